@@ -1,0 +1,53 @@
+// Causal self-attention with grouped-query heads, an optional sliding window and packed
+// variable-length sequences.
+//
+// Layout: the batch is N tokens laid end to end; sequence s owns tokens
+// [cu_seqlens[s], cu_seqlens[s+1]). A query at position i (within its sequence) sees keys j with
+//   j <= i  and  j > i - window      (window = 0: no window)
+// Query head h reads key/value head h / (H / KVH) (GQA: K and V are never replicated).
+//
+// forward, per query row (scale = 1/sqrt(D)):
+//   s_j = scale * q . k_j,   lse = log sum_j exp(s_j),   p_j = exp(s_j - lse),   o = sum_j p_j v_j
+// The online softmax computes this in one pass over key tiles: keep the running max m, the running
+// sum l = sum exp(s_j - m) and the unnormalised output acc; for a new tile with max m' > m rescale
+// l and acc by exp(m - m') before adding the tile. At the end o = acc / l and lse = m + log l.
+//
+// backward, with D_i = do_i . o_i (= sum_j p_j dp_j):
+//   dp_j = do . v_j,   ds_j = p_j (dp_j - D_i),
+//   dq  = scale * sum_j ds_j k_j,   dk_j += scale * ds_j q,   dv_j += p_j do
+// p is recomputed from the saved lse, so nothing of size T x T is ever stored. dk/dv sum over
+// the query heads of a group.
+#pragma once
+#include "kernels/tensor.h"
+
+namespace cst {
+
+struct AttentionShape {
+  int heads = 0;       // H, query heads
+  int kv_heads = 0;    // KVH, divides H
+  int head_dim = 0;    // D
+  int window = 0;      // sliding window W; 0 = plain causal
+};
+
+// q, out (N, H, D); k, v (N, KVH, D); lse (H, N) f32; cu_seqlens (S + 1) i32 on the host.
+void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
+                       const Tensor& v, const std::vector<int32_t>& cu_seqlens,
+                       const AttentionShape& shape);
+// dq (N, H, D), dk/dv (N, KVH, D) are overwritten.
+void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
+                        const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                        const Tensor& lse, const std::vector<int32_t>& cu_seqlens,
+                        const AttentionShape& shape);
+
+namespace cuda {
+// cu_seqlens_device: the same offsets as an i32 tensor on the GPU.
+void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
+                       const Tensor& v, const Tensor& cu_seqlens_device, int max_seqlen,
+                       const AttentionShape& shape);
+void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
+                        const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                        const Tensor& lse, const Tensor& cu_seqlens_device, int max_seqlen,
+                        const AttentionShape& shape);
+}
+
+}  // namespace cst

@@ -1,0 +1,29 @@
+// Device plumbing: which backend a tensor lives on, and the CUDA entry points for memory.
+// Ops dispatch with CST_ON_CUDA(...), which in a CPU-only build becomes a clear error.
+#pragma once
+#include <cstddef>
+
+#include "kernels/error.h"
+
+namespace cst {
+
+// True when this build has the CUDA backend and a GPU is visible.
+bool cuda_available();
+
+namespace cuda {  // implemented in kernels/device.cu
+void* allocate(size_t bytes);  // fails with a clear out-of-memory message naming the sizes
+void release(void* pointer);
+void copy_bytes(void* destination, const void* source, size_t bytes);  // any direction
+void zero_bytes(void* destination, size_t bytes);
+void synchronize();
+int device_count();
+}  // namespace cuda
+
+}  // namespace cst
+
+#ifdef CST_HAVE_CUDA
+#define CST_ON_CUDA(call) call
+#else
+#define CST_ON_CUDA(call) \
+  ::cst::fail("this build has no CUDA backend: rebuild on a machine with nvcc to use the GPU")
+#endif
