@@ -18,6 +18,8 @@
 // p is recomputed from the saved lse, so nothing of size T x T is ever stored. dk/dv sum over
 // the query heads of a group.
 #pragma once
+#include <vector>
+
 #include "kernels/tensor.h"
 
 namespace cst {
@@ -40,13 +42,13 @@ void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, co
                         const AttentionShape& shape);
 
 namespace cuda {
-// cu_seqlens_device: the same offsets as an i32 tensor on the GPU.
+// Same contract; the implementation uploads the offsets (a few bytes) and takes max_seqlen from them.
 void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
-                       const Tensor& v, const Tensor& cu_seqlens_device, int max_seqlen,
+                       const Tensor& v, const std::vector<int32_t>& cu_seqlens,
                        const AttentionShape& shape);
 void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
                         const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                        const Tensor& lse, const Tensor& cu_seqlens_device, int max_seqlen,
+                        const Tensor& lse, const std::vector<int32_t>& cu_seqlens,
                         const AttentionShape& shape);
 }
 
