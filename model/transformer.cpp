@@ -1,0 +1,239 @@
+#include "model/transformer.h"
+
+#include <cmath>
+
+#include "kernels/attention.h"
+#include "kernels/elementwise.h"
+#include "kernels/embedding.h"
+#include "kernels/gemm.h"
+#include "kernels/logprobs.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
+#include "kernels/swiglu.h"
+#include "model/lora_linear.h"
+
+namespace cst {
+
+// What one layer's backward needs from its forward.
+struct LayerActivations {
+  Tensor x;                 // (N, C) layer input (residual stream)
+  Tensor rstd1, n1;         // (N), (N, C)
+  Tensor q, k, v;           // (N, H, D), (N, KVH, D) x2, after RoPE
+  Tensor attention, lse;    // (N, H, D), (H, N)
+  Tensor h;                 // (N, C) residual after attention
+  Tensor rstd2, n2;         // (N), (N, C)
+  Tensor gate, up, act;     // (N, F)
+  std::array<Tensor, kNumProjections> lora_u;  // (N, r) per adapted projection
+};
+
+struct Transformer::Saved {
+  explicit Saved(Device device) : arena(device) {}
+  Arena arena;  // every activation of the current batch
+  std::vector<int32_t> cu_seqlens;
+  Tensor tokens, positions, labels;  // (N) i32 on the device
+  std::vector<LayerActivations> layers;
+  Tensor final_input, final_rstd, final_hidden, lse;  // (N, C), (N), (N, C), (N)
+  ForwardOptions options;
+  bool ready_for_backward = false;
+};
+
+Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights, LoraAdapter* lora)
+    : config_(config), weights_(weights), lora_(lora),
+      saved_(std::make_unique<Saved>(weights.device())) {}
+
+Transformer::~Transformer() = default;
+
+size_t Transformer::activation_bytes() const { return saved_->arena.bytes_reserved(); }
+
+static AttentionShape attention_shape(const ModelConfig& config) {
+  return {config.num_heads, config.num_kv_heads, config.head_dim, config.sliding_window};
+}
+
+// The projection's layer with its adapter, or without when adapters are off.
+static LoraLinear projection_layer(const ModelWeights& weights, LoraAdapter* lora, int layer,
+                                   Projection projection, const ForwardOptions& options) {
+  const Tensor& weight = weights.projection(layer, projection);
+  LoraLinear linear{weight};
+  if (lora && options.adapters_enabled) {
+    linear.lora = lora->pair(layer, projection);
+    linear.scaling = lora->config().scaling();
+    linear.dropout = options.save_for_backward ? lora->config().dropout : 0.0f;  // eval: no dropout
+    linear.dropout_seed = options.dropout_seed;
+    linear.dropout_stream = uint64_t(layer) * kNumProjections + uint64_t(projection);
+  }
+  return linear;
+}
+
+static Tensor upload_ints(Arena& arena, std::span<const int32_t> values) {
+  Tensor device_values = arena.alloc({int64_t(values.size())}, DType::i32);
+  Tensor host_values = make_view(const_cast<int32_t*>(values.data()), {int64_t(values.size())},
+                                 DType::i32, Device::cpu);
+  copy_tensor(device_values, host_values);
+  return device_values;
+}
+
+void Transformer::upload_batch(const TokenSpans& batch) {
+  const size_t n = batch.tokens.size();
+  CST_CHECK(batch.positions.size() == n && batch.labels.size() == n, "batch spans differ in length");
+  CST_CHECK(batch.cu_seqlens.size() >= 2 && batch.cu_seqlens.front() == 0 &&
+                size_t(batch.cu_seqlens.back()) == n,
+            "cu_seqlens must run from 0 to the token count ", n);
+  for (int32_t position : batch.positions)
+    if (position < 0 || (config_.max_position_embeddings > 0 &&
+                         position >= config_.max_position_embeddings))
+      fail("position ", position, " is outside the model's range [0, ",
+           config_.max_position_embeddings, ")");
+  Saved& saved = *saved_;
+  saved.arena.reset();
+  saved.cu_seqlens.assign(batch.cu_seqlens.begin(), batch.cu_seqlens.end());
+  saved.tokens = upload_ints(saved.arena, batch.tokens);
+  saved.positions = upload_ints(saved.arena, batch.positions);
+  saved.labels = upload_ints(saved.arena, batch.labels);
+}
+
+// Runs the embedding and every layer; returns the final hidden state (after the final norm).
+Tensor Transformer::run_layers(const TokenSpans& batch, const ForwardOptions& options) {
+  upload_batch(batch);
+  Saved& saved = *saved_;
+  saved.options = options;
+  saved.ready_for_backward = false;
+  saved.layers.assign(options.save_for_backward ? config_.num_layers : 0, {});
+  Arena& arena = saved.arena;
+  const DType dtype = weights_.dtype();
+  const int64_t n = int64_t(batch.tokens.size());
+  const int64_t C = config_.hidden_size, F = config_.intermediate_size, D = config_.head_dim;
+  const int64_t H = config_.num_heads, KVH = config_.num_kv_heads;
+  const AttentionShape shape = attention_shape(config_);
+
+  Tensor x = arena.alloc({n, C}, dtype);
+  embedding_forward(x, saved.tokens, weights_.embed_tokens);
+
+  for (int layer = 0; layer < config_.num_layers; ++layer) {
+    const LayerWeights& w = weights_.layers[layer];
+    LayerActivations a;
+    auto linear = [&](Projection p) { return projection_layer(weights_, lora_, layer, p, options); };
+    a.x = x;
+    // Attention block.
+    a.rstd1 = arena.alloc({n}, DType::f32);
+    a.n1 = arena.alloc({n, C}, dtype);
+    rmsnorm_forward(a.n1, a.rstd1, x, w.input_norm, config_.rms_norm_eps);
+    a.q = arena.alloc({n, H, D}, dtype);
+    a.k = arena.alloc({n, KVH, D}, dtype);
+    a.v = arena.alloc({n, KVH, D}, dtype);
+    a.lora_u[int(Projection::q)] = lora_linear_forward(a.q.reshaped({n, H * D}), a.n1, linear(Projection::q), arena);
+    a.lora_u[int(Projection::k)] = lora_linear_forward(a.k.reshaped({n, KVH * D}), a.n1, linear(Projection::k), arena);
+    a.lora_u[int(Projection::v)] = lora_linear_forward(a.v.reshaped({n, KVH * D}), a.n1, linear(Projection::v), arena);
+    rope_forward(a.q, saved.positions, config_.rope_theta);
+    rope_forward(a.k, saved.positions, config_.rope_theta);
+    a.attention = arena.alloc({n, H, D}, dtype);
+    a.lse = arena.alloc({H, n}, DType::f32);
+    attention_forward(a.attention, a.lse, a.q, a.k, a.v, saved.cu_seqlens, shape);
+    a.h = arena.alloc({n, C}, dtype);
+    a.lora_u[int(Projection::o)] = lora_linear_forward(a.h, a.attention.reshaped({n, H * D}), linear(Projection::o), arena);
+    add_inplace(a.h, x);
+    // MLP block.
+    a.rstd2 = arena.alloc({n}, DType::f32);
+    a.n2 = arena.alloc({n, C}, dtype);
+    rmsnorm_forward(a.n2, a.rstd2, a.h, w.post_attention_norm, config_.rms_norm_eps);
+    a.gate = arena.alloc({n, F}, dtype);
+    a.up = arena.alloc({n, F}, dtype);
+    a.lora_u[int(Projection::gate)] = lora_linear_forward(a.gate, a.n2, linear(Projection::gate), arena);
+    a.lora_u[int(Projection::up)] = lora_linear_forward(a.up, a.n2, linear(Projection::up), arena);
+    a.act = arena.alloc({n, F}, dtype);
+    swiglu_forward(a.act, a.gate, a.up);
+    Tensor out = arena.alloc({n, C}, dtype);
+    a.lora_u[int(Projection::down)] = lora_linear_forward(out, a.act, linear(Projection::down), arena);
+    add_inplace(out, a.h);
+    if (options.save_for_backward) saved.layers[layer] = a;
+    x = out;
+  }
+  saved.final_input = x;
+  saved.final_rstd = arena.alloc({n}, DType::f32);
+  saved.final_hidden = arena.alloc({n, C}, dtype);
+  rmsnorm_forward(saved.final_hidden, saved.final_rstd, x, weights_.final_norm, config_.rms_norm_eps);
+  return saved.final_hidden;
+}
+
+static std::vector<float> download_f32(const Tensor& t) {
+  std::vector<float> host(size_t(t.numel()));
+  copy_tensor(make_view(host.data(), {t.numel()}, DType::f32, Device::cpu), t.reshaped({t.numel()}));
+  return host;
+}
+
+TokenLogps Transformer::forward(const TokenSpans& batch, const ForwardOptions& options) {
+  Tensor hidden = run_layers(batch, options);
+  Saved& saved = *saved_;
+  const int64_t n = hidden.dim(0);
+  Tensor logps = saved.arena.alloc({n}, DType::f32);
+  Tensor logit_sums = saved.arena.alloc({n}, DType::f32);
+  saved.lse = saved.arena.alloc({n}, DType::f32);
+  logprobs_forward(logps, saved.lse, logit_sums, hidden, weights_.lm_head, saved.labels, saved.arena);
+  saved.ready_for_backward = options.save_for_backward;
+  return {download_f32(logps), download_f32(logit_sums)};
+}
+
+std::vector<float> Transformer::logits(const TokenSpans& batch, bool adapters_enabled) {
+  ForwardOptions options;
+  options.adapters_enabled = adapters_enabled;
+  Tensor hidden = run_layers(batch, options);
+  Tensor logits = saved_->arena.alloc({hidden.dim(0), config_.vocab_size}, DType::f32);
+  matmul(logits, hidden, weights_.lm_head, false, true);
+  return download_f32(logits);
+}
+
+void Transformer::backward(const std::vector<float>& dlogps) {
+  Saved& saved = *saved_;
+  CST_CHECK(saved.ready_for_backward, "backward() needs a forward() with save_for_backward");
+  saved.ready_for_backward = false;
+  Arena& arena = saved.arena;
+  const ForwardOptions& options = saved.options;
+  const DType dtype = weights_.dtype();
+  const int64_t n = saved.final_hidden.dim(0);
+  CST_CHECK(int64_t(dlogps.size()) == n, "dlogps has ", dlogps.size(), " entries for ", n, " tokens");
+  const int64_t C = config_.hidden_size, F = config_.intermediate_size, D = config_.head_dim;
+  const int64_t H = config_.num_heads, KVH = config_.num_kv_heads;
+  const AttentionShape shape = attention_shape(config_);
+
+  // LM head and final norm: d(final hidden) -> d(residual stream).
+  Tensor dlogps_device = arena.alloc({n}, DType::f32);
+  copy_tensor(dlogps_device, make_view(const_cast<float*>(dlogps.data()), {n}, DType::f32, Device::cpu));
+  Tensor dhidden = arena.alloc({n, C}, dtype);
+  logprobs_backward(dhidden, dlogps_device, saved.final_hidden, weights_.lm_head, saved.labels,
+                    saved.lse, arena);
+  Tensor dresidual = arena.alloc({n, C}, dtype);
+  rmsnorm_backward(dresidual, Tensor{}, dhidden, saved.final_input, weights_.final_norm, saved.final_rstd);
+
+  // Scratch reused by every layer.
+  Tensor dnorm = arena.alloc({n, C}, dtype), dnorm_input = arena.alloc({n, C}, dtype);
+  Tensor dact = arena.alloc({n, F}, dtype), dgate = arena.alloc({n, F}, dtype), dup = arena.alloc({n, F}, dtype);
+  Tensor dattention = arena.alloc({n, H, D}, dtype), dq = arena.alloc({n, H, D}, dtype);
+  Tensor dk = arena.alloc({n, KVH, D}, dtype), dv = arena.alloc({n, KVH, D}, dtype);
+
+  for (int layer = config_.num_layers - 1; layer >= 0; --layer) {
+    const LayerWeights& w = weights_.layers[layer];
+    const LayerActivations& a = saved.layers[layer];
+    auto linear = [&](Projection p) { return projection_layer(weights_, lora_, layer, p, options); };
+    auto u = [&](Projection p) { return a.lora_u[int(p)]; };
+    // MLP block: out = h + down(swiglu(gate(n2), up(n2))).
+    lora_linear_backward(dact, false, dresidual, a.act, u(Projection::down), linear(Projection::down), arena);
+    swiglu_backward(dgate, dup, dact, a.gate, a.up);
+    lora_linear_backward(dnorm, false, dgate, a.n2, u(Projection::gate), linear(Projection::gate), arena);
+    lora_linear_backward(dnorm, true, dup, a.n2, u(Projection::up), linear(Projection::up), arena);
+    rmsnorm_backward(dnorm_input, Tensor{}, dnorm, a.h, w.post_attention_norm, a.rstd2);
+    add_inplace(dresidual, dnorm_input);  // now d(h)
+    // Attention block: h = x + o(attention(rope(q(n1)), rope(k(n1)), v(n1))).
+    lora_linear_backward(dattention.reshaped({n, H * D}), false, dresidual,
+                         a.attention.reshaped({n, H * D}), u(Projection::o), linear(Projection::o), arena);
+    attention_backward(dq, dk, dv, dattention, a.q, a.k, a.v, a.attention, a.lse, saved.cu_seqlens, shape);
+    rope_backward(dq, saved.positions, config_.rope_theta);
+    rope_backward(dk, saved.positions, config_.rope_theta);
+    lora_linear_backward(dnorm, false, dq.reshaped({n, H * D}), a.n1, u(Projection::q), linear(Projection::q), arena);
+    lora_linear_backward(dnorm, true, dk.reshaped({n, KVH * D}), a.n1, u(Projection::k), linear(Projection::k), arena);
+    lora_linear_backward(dnorm, true, dv.reshaped({n, KVH * D}), a.n1, u(Projection::v), linear(Projection::v), arena);
+    rmsnorm_backward(dnorm_input, Tensor{}, dnorm, a.x, w.input_norm, a.rstd1);
+    add_inplace(dresidual, dnorm_input);  // now d(x), the previous layer's output gradient
+  }
+  // The embedding is frozen: the gradient stops here.
+}
+
+}  // namespace cst

@@ -1,0 +1,132 @@
+// The CPU reference model against transformers + PEFT (golden data from
+// tools/python/make_model_fixtures.py): logits, per-token log-probs and LoRA gradients.
+//
+// Tolerances: the fixtures are float32 computations of the same math in a different order (BLAS
+// blocking, softmax order), so values of order 1-10 agree to a few 1e-6; 1e-4 absolute for logits
+// and log-probs leaves room for that while catching any real error (a wrong mask, scale or rotation
+// moves values by 1e-2 or more). Gradients are compared per tensor by relative Frobenius error
+// ||cst - hf|| / ||hf|| <= 1e-4.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "model/lora.h"
+#include "model/model_file.h"
+#include "model/safetensors.h"
+#include "model/transformer.h"
+#include "model/weights.h"
+
+namespace cst {
+namespace {
+
+std::string fixture_dir(const std::string& name) {
+  return std::string(CST_SOURCE_DIR) + "/tests/fixtures/model/" + name;
+}
+
+template <class T>
+std::vector<T> read_vector(const SafetensorsFile& file, const std::string& name) {
+  const TensorInfo* info = file.find(name);
+  EXPECT_NE(info, nullptr) << name;
+  const T* values = reinterpret_cast<const T*>(info->data);
+  return std::vector<T>(values, values + info->numel());
+}
+
+std::vector<float> to_host(const Tensor& t) {
+  std::vector<float> host(size_t(t.numel()));
+  copy_tensor(make_view(host.data(), {t.numel()}, DType::f32, Device::cpu), t.reshaped({t.numel()}));
+  return host;
+}
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double worst = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) worst = std::max(worst, std::abs(double(a[i]) - b[i]));
+  return worst;
+}
+
+double relative_error(const std::vector<float>& actual, const std::vector<float>& expected) {
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < expected.size(); ++i) {
+    diff += (double(actual[i]) - expected[i]) * (double(actual[i]) - expected[i]);
+    norm += double(expected[i]) * expected[i];
+  }
+  return std::sqrt(diff / norm);
+}
+
+// A packed batch built from the golden sequences: positions restart per sequence, each token is
+// labelled with the next token of its own sequence.
+struct GoldenBatch {
+  std::vector<int32_t> tokens, positions, labels, cu_seqlens;
+  TokenSpans spans() const { return {tokens, positions, labels, cu_seqlens}; }
+};
+
+GoldenBatch golden_batch(const SafetensorsFile& golden) {
+  GoldenBatch batch;
+  batch.tokens = read_vector<int32_t>(golden, "input_ids");
+  batch.cu_seqlens = read_vector<int32_t>(golden, "cu_seqlens");
+  batch.positions.resize(batch.tokens.size());
+  batch.labels.assign(batch.tokens.size(), -1);
+  for (size_t s = 0; s + 1 < batch.cu_seqlens.size(); ++s)
+    for (int32_t t = batch.cu_seqlens[s]; t < batch.cu_seqlens[s + 1]; ++t) {
+      batch.positions[size_t(t)] = t - batch.cu_seqlens[s];
+      if (t + 1 < batch.cu_seqlens[s + 1]) batch.labels[size_t(t)] = batch.tokens[size_t(t) + 1];
+    }
+  return batch;
+}
+
+class TransformerGolden : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(TransformerGolden, MatchesTransformersAndPeft) {
+  const std::string dir = fixture_dir(GetParam());
+  ModelFile model(dir + "/hf");
+  ModelWeights weights(model, Device::cpu, DType::f32);
+  LoraConfig lora_config = LoraAdapter::read_peft_config(dir + "/adapter");
+  LoraAdapter lora(model.config(), lora_config, Device::cpu);
+  lora.load_peft_weights(dir + "/adapter");
+  Transformer transformer(model.config(), weights, &lora);
+
+  SafetensorsFile golden(dir + "/golden.safetensors");
+  GoldenBatch batch = golden_batch(golden);
+
+  EXPECT_LE(max_abs_diff(transformer.logits(batch.spans(), true), read_vector<float>(golden, "logits")), 1e-4);
+  EXPECT_LE(max_abs_diff(transformer.logits(batch.spans(), false), read_vector<float>(golden, "base_logits")), 1e-4)
+      << "adapters disabled must give the base model";
+
+  ForwardOptions options;
+  options.save_for_backward = true;
+  TokenLogps result = transformer.forward(batch.spans(), options);
+  EXPECT_LE(max_abs_diff(result.logps, read_vector<float>(golden, "logps")), 1e-4);
+
+  // loss = sum(logps * mask): d loss / d logp = mask.
+  std::vector<int32_t> mask = read_vector<int32_t>(golden, "loss_mask");
+  std::vector<float> dlogps(mask.begin(), mask.end());
+  lora.zero_grad();
+  transformer.backward(dlogps);
+  int compared = 0;
+  for (const LoraAdapter::Parameter& parameter : lora.parameters()) {
+    std::vector<float> expected = read_vector<float>(golden, "grad." + parameter.name);
+    EXPECT_LE(relative_error(to_host(parameter.grad), expected), 1e-4) << parameter.name;
+    ++compared;
+  }
+  EXPECT_EQ(compared, 2 * 7 * model.config().num_layers);
+}
+
+TEST_P(TransformerGolden, FreshAdapterLeavesTheModelUnchanged) {
+  const std::string dir = fixture_dir(GetParam());
+  ModelFile model(dir + "/hf");
+  ModelWeights weights(model, Device::cpu, DType::f32);
+  LoraAdapter lora(model.config(), LoraConfig{}, Device::cpu);
+  lora.initialize(7);  // A random, B = 0
+  Transformer transformer(model.config(), weights, &lora);
+  SafetensorsFile golden(dir + "/golden.safetensors");
+  GoldenBatch batch = golden_batch(golden);
+  EXPECT_LE(max_abs_diff(transformer.logits(batch.spans(), true), read_vector<float>(golden, "base_logits")), 1e-4);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, TransformerGolden,
+                         ::testing::Values("mistral_gqa_window", "llama_tied"));
+
+}  // namespace
+}  // namespace cst
