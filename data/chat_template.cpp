@@ -1,0 +1,184 @@
+// Chat templates, each written out as the string its jinja source renders for the
+// [system, user] prompt and the assistant turn (see chat_template.h).
+#include "data/chat_template.h"
+
+#include <string_view>
+
+#include "kernels/error.h"
+
+namespace cst {
+
+namespace {
+
+struct KnownTemplate {
+  ChatTemplateKind kind;
+  const char* name;
+  const char* jinja_source;  // the published template, recognised by detect_chat_template
+};
+
+const KnownTemplate kKnownTemplates[] = {
+    {ChatTemplateKind::chatml, "chatml",
+     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+     "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"},
+    {ChatTemplateKind::solar, "solar",
+     "{% for message in messages %}{% if message['role'] == 'system' %}{% if message['content']%}{{'### System:\n' "
+     "+ message['content']+'\n\n'}}{% endif %}{% elif message['role'] == 'user' %}{{'### User:\n' + "
+     "message['content']+'\n\n'}}{% elif message['role'] == 'assistant' %}{{'### Assistant:\n'  + "
+     "message['content']}}{% endif %}{% if loop.last and add_generation_prompt %}{{ '### Assistant:\n' }}{% endif "
+     "%}{% endfor %}"},
+    {ChatTemplateKind::llama2, "llama2",
+     "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = "
+     "messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif "
+     "%}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ "
+     "raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if "
+     "loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + system_message + "
+     "'\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}{% if "
+     "message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif "
+     "message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}"},
+    {ChatTemplateKind::mistral, "mistral",
+     "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ "
+     "raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if "
+     "message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == "
+     "'assistant' %}{{ message['content'] + eos_token + ' ' }}{% else %}{{ raise_exception('Only user and "
+     "assistant roles are supported!') }}{% endif %}{% endfor %}"},
+    {ChatTemplateKind::zephyr, "zephyr",
+     "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + "
+     "eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token "
+     "}}\n{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% "
+     "endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"},
+    {ChatTemplateKind::plain, "plain", nullptr},
+};
+
+const KnownTemplate& known(ChatTemplateKind kind) {
+  for (const KnownTemplate& known_template : kKnownTemplates) {
+    if (known_template.kind == kind) return known_template;
+  }
+  fail("chat template: unknown kind ", static_cast<int>(kind));
+}
+
+std::string joined_names() {
+  std::string names;
+  for (const std::string& name : chat_template_names()) names += (names.empty() ? "" : ", ") + name;
+  return names;
+}
+
+// Whitespace as Python's str.strip() sees it (what jinja's .strip() calls), as UTF-8.
+const char* const kPythonWhitespace[] = {
+    "\t", "\n", "\v", "\f", "\r", "\x1c", "\x1d", "\x1e", "\x1f", " ", "\xC2\x85", "\xC2\xA0", "\xE1\x9A\x80",
+    "\xE2\x80\x80", "\xE2\x80\x81", "\xE2\x80\x82", "\xE2\x80\x83", "\xE2\x80\x84", "\xE2\x80\x85",
+    "\xE2\x80\x86", "\xE2\x80\x87", "\xE2\x80\x88", "\xE2\x80\x89", "\xE2\x80\x8A", "\xE2\x80\xA8",
+    "\xE2\x80\xA9", "\xE2\x80\xAF", "\xE2\x81\x9F", "\xE3\x80\x80"};
+
+// Length of the whitespace character at the start (at_end = false) or end of text; 0 if none.
+size_t whitespace_length(std::string_view text, bool at_end) {
+  for (std::string_view space : kPythonWhitespace) {
+    if (text.size() < space.size()) continue;
+    if (text.substr(at_end ? text.size() - space.size() : 0, space.size()) == space) return space.size();
+  }
+  return 0;
+}
+
+std::string python_strip(std::string_view text) {
+  while (size_t length = whitespace_length(text, false)) text.remove_prefix(length);
+  while (size_t length = whitespace_length(text, true)) text.remove_suffix(length);
+  return std::string(text);
+}
+
+// The seed's rule for a model without a system role: one user turn holding both.
+std::string fold_system_into_user(const std::string& system, const std::string& user) {
+  return system.empty() ? user : system + "\n\n" + user;
+}
+
+std::string chatml_turn(const std::string& role, const std::string& content) {
+  return "<|im_start|>" + role + "\n" + content + "<|im_end|>\n";
+}
+
+}  // namespace
+
+std::string ChatTemplate::prompt(const std::string& system, const std::string& user) const {
+  switch (kind) {
+    case ChatTemplateKind::chatml:
+      return chatml_turn("system", system) + chatml_turn("user", user);
+    case ChatTemplateKind::solar:
+      return (system.empty() ? "" : "### System:\n" + system + "\n\n") + "### User:\n" + user + "\n\n";
+    case ChatTemplateKind::llama2:
+      return "<s>[INST] " + python_strip("<<SYS>>\n" + system + "\n<</SYS>>\n\n" + user) + " [/INST]";
+    case ChatTemplateKind::mistral:
+      return "<s>[INST] " + fold_system_into_user(system, user) + " [/INST]";
+    case ChatTemplateKind::zephyr:
+      return "<|system|>\n" + system + "</s>\n<|user|>\n" + user + "</s>\n";
+    case ChatTemplateKind::plain:
+      return fold_system_into_user(system, user);
+  }
+  fail("chat template: unknown kind ", static_cast<int>(kind));
+}
+
+std::string ChatTemplate::answer(const std::string& text) const {
+  switch (kind) {
+    case ChatTemplateKind::chatml: return chatml_turn("assistant", text);
+    case ChatTemplateKind::solar: return "### Assistant:\n" + text;
+    case ChatTemplateKind::llama2: return " " + python_strip(text) + " </s>";
+    case ChatTemplateKind::mistral: return text + "</s> ";
+    case ChatTemplateKind::zephyr: return "<|assistant|>\n" + text + "</s>\n";
+    case ChatTemplateKind::plain: return text;
+  }
+  fail("chat template: unknown kind ", static_cast<int>(kind));
+}
+
+// llama2, mistral and plain have no generation prompt: the model continues right after [/INST].
+std::string ChatTemplate::generation_prompt(const std::string& system, const std::string& user) const {
+  switch (kind) {
+    case ChatTemplateKind::chatml: return prompt(system, user) + "<|im_start|>assistant\n";
+    case ChatTemplateKind::solar: return prompt(system, user) + "### Assistant:\n";
+    case ChatTemplateKind::zephyr: return prompt(system, user) + "<|assistant|>\n";
+    case ChatTemplateKind::llama2:
+    case ChatTemplateKind::mistral:
+    case ChatTemplateKind::plain: return prompt(system, user);
+  }
+  fail("chat template: unknown kind ", static_cast<int>(kind));
+}
+
+// What a model writes when its turn is over, for stopping generation when the tokenizer's EOS is
+// a different token: ChatML's <|im_end|>, the </s> text of the Llama-family templates, or the
+// next turn's header for SOLAR (which has no end-of-turn marker of its own).
+std::vector<std::string> ChatTemplate::end_of_turn() const {
+  switch (kind) {
+    case ChatTemplateKind::chatml: return {"<|im_end|>"};
+    case ChatTemplateKind::solar: return {"### User:"};
+    case ChatTemplateKind::llama2:
+    case ChatTemplateKind::mistral: return {"</s>"};
+    case ChatTemplateKind::zephyr: return {"</s>", "<|user|>"};
+    case ChatTemplateKind::plain: return {};
+  }
+  fail("chat template: unknown kind ", static_cast<int>(kind));
+}
+
+std::string ChatTemplate::name() const { return known(kind).name; }
+
+std::vector<std::string> chat_template_names() {
+  std::vector<std::string> names;
+  for (const KnownTemplate& known_template : kKnownTemplates) names.push_back(known_template.name);
+  return names;
+}
+
+ChatTemplate chat_template_by_name(const std::string& name) {
+  for (const KnownTemplate& known_template : kKnownTemplates) {
+    if (name == known_template.name) return ChatTemplate{known_template.kind};
+  }
+  fail("unknown chat template '", name, "'; built-in templates: ", joined_names());
+}
+
+ChatTemplate detect_chat_template(const std::string& jinja_source) {
+  // Exact comparison (surrounding whitespace aside): a space inside a string literal changes the
+  // rendered text, so a near match is not the same template.
+  const std::string source = python_strip(jinja_source);
+  for (const KnownTemplate& known_template : kKnownTemplates) {
+    if (known_template.jinja_source && source == known_template.jinja_source) {
+      return ChatTemplate{known_template.kind};
+    }
+  }
+  fail("the tokenizer's chat_template is not one cst knows (built-in templates: ", joined_names(),
+       "); pass --chat_template NAME to choose one");
+}
+
+}  // namespace cst

@@ -1,0 +1,45 @@
+// Chat templates: the prompt and answer strings trl's DPO recipe builds with
+// tokenizer.apply_chat_template, for the model families cst trains. Each kind reproduces one
+// published jinja template exactly (tests/fixtures/tokenizer/chat_templates/<name>.jinja):
+//   chatml   teknium/OpenHermes-2.5-Mistral-7B   <|im_start|>role\n...<|im_end|>\n
+//   solar    upstage/SOLAR-10.7B-Instruct-v1.0   ### System:\n...\n\n### User:\n...\n\n### Assistant:\n
+//            (an empty system prompt is left out, as the template does)
+//   llama2   meta-llama/Llama-2-7b-chat-hf        <s>[INST] <<SYS>>\n...\n<</SYS>>\n\n... [/INST]
+//   mistral  mistralai/Mistral-7B-Instruct-v0.1   <s>[INST] ... [/INST]; no system role, so the
+//            system prompt is folded into the user turn as system + "\n\n" + user (the seed's rule)
+//   zephyr   HuggingFaceH4/zephyr-7b-beta         <|system|>\n...</s>\n<|user|>\n...</s>\n<|assistant|>\n
+//   plain    no template: prompt = system + "\n\n" + user (just user when system is empty),
+//            answer appended as is.
+// llama2, mistral and zephyr write the Llama special tokens <s> and </s> as text, as their
+// templates do with those models' bos/eos. llama2 and mistral cannot render a lone assistant turn
+// (their templates require a user turn first); their answer() is the text that an assistant turn
+// adds after the prompt.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace cst {
+
+enum class ChatTemplateKind { chatml, solar, llama2, mistral, zephyr, plain };
+
+struct ChatTemplate {
+  ChatTemplateKind kind = ChatTemplateKind::chatml;
+  // The prompt text as trl's recipe builds it: apply_chat_template([system, user],
+  // add_generation_prompt=False, tokenize=False).
+  std::string prompt(const std::string& system, const std::string& user) const;
+  // An answer turn: apply_chat_template([assistant: text], tokenize=False).
+  std::string answer(const std::string& text) const;
+  // For generation: apply_chat_template([system, user], add_generation_prompt=True).
+  std::string generation_prompt(const std::string& system, const std::string& user) const;
+  // Texts that end an assistant turn (e.g. "<|im_end|>") besides EOS.
+  std::vector<std::string> end_of_turn() const;
+  std::string name() const;
+};
+
+ChatTemplate chat_template_by_name(const std::string& name);  // error lists the names
+// Recognises a tokenizer_config.json chat_template; an unrecognised one is an error that lists the
+// built-in names and suggests --chat_template NAME.
+ChatTemplate detect_chat_template(const std::string& jinja_source);
+std::vector<std::string> chat_template_names();
+
+}  // namespace cst

@@ -1,0 +1,614 @@
+// Tokenizer: sentencepiece vocabulary + Hugging Face added tokens, legacy prefix rule and decoder.
+// See tokenizer.h for the encoding pipeline this file follows step by step.
+#include "data/tokenizer.h"
+
+#include <sentencepiece_processor.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <queue>
+#include <sstream>
+#include <tuple>
+
+#include "kernels/error.h"
+
+namespace cst {
+
+namespace {
+
+using nlohmann::json;
+
+const std::string kMetaspace = "\xE2\x96\x81";  // "▁", sentencepiece's visible space
+const std::string kReplacementCharacter = "\xEF\xBF\xBD";  // U+FFFD
+
+// ---- UTF-8 helpers ---------------------------------------------------------------------------
+
+// Byte length of the UTF-8 character starting at text[pos]; 1 for a byte that cannot start one,
+// so malformed input still advances (and later falls back to byte pieces).
+size_t utf8_length_at(std::string_view text, size_t pos) {
+  const unsigned char lead = static_cast<unsigned char>(text[pos]);
+  size_t length = lead < 0x80 ? 1 : (lead >> 5) == 0x6 ? 2 : (lead >> 4) == 0xE ? 3 : (lead >> 3) == 0x1E ? 4 : 1;
+  if (pos + length > text.size()) return 1;
+  for (size_t i = 1; i < length; i++) {
+    if ((static_cast<unsigned char>(text[pos + i]) & 0xC0) != 0x80) return 1;
+  }
+  return length;
+}
+
+// The code point of a well-formed character of `length` bytes at text[pos].
+uint32_t code_point_at(std::string_view text, size_t pos, size_t length) {
+  const unsigned char lead = static_cast<unsigned char>(text[pos]);
+  if (length == 1) return lead;
+  uint32_t code_point = lead & (0xFF >> (length + 1));
+  for (size_t i = 1; i < length; i++) code_point = (code_point << 6) | (text[pos + i] & 0x3F);
+  return code_point;
+}
+
+// Unicode White_Space, the set Rust's char::is_whitespace uses for lstrip/rstrip.
+bool is_unicode_whitespace(uint32_t c) {
+  return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F ||
+         c == 0x3000;
+}
+
+// Start of the run of whitespace that ends text[..end] (end itself when there is none).
+size_t whitespace_run_start_before(std::string_view text, size_t end) {
+  size_t start = end;
+  while (start > 0) {
+    size_t char_start = start - 1;
+    while (char_start > 0 && (static_cast<unsigned char>(text[char_start]) & 0xC0) == 0x80 &&
+           start - char_start < 4) {
+      char_start--;
+    }
+    const size_t length = utf8_length_at(text, char_start);
+    if (char_start + length != start || !is_unicode_whitespace(code_point_at(text, char_start, length))) break;
+    start = char_start;
+  }
+  return start;
+}
+
+// End of the run of whitespace that starts at text[begin] (begin itself when there is none).
+size_t whitespace_run_end_after(std::string_view text, size_t begin) {
+  size_t end = begin;
+  while (end < text.size()) {
+    const size_t length = utf8_length_at(text, end);
+    if (!is_unicode_whitespace(code_point_at(text, end, length))) break;
+    end += length;
+  }
+  return end;
+}
+
+// Strict UTF-8 validation (no overlongs, surrogates or code points past U+10FFFF), as Rust's
+// String::from_utf8 applies it to runs of byte-fallback pieces.
+bool is_valid_utf8(std::string_view bytes) {
+  size_t pos = 0;
+  while (pos < bytes.size()) {
+    const size_t length = utf8_length_at(bytes, pos);
+    const unsigned char lead = static_cast<unsigned char>(bytes[pos]);
+    if (length == 1 && lead >= 0x80) return false;
+    const uint32_t c = code_point_at(bytes, pos, length);
+    const uint32_t smallest[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (c < smallest[length] || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) return false;
+    pos += length;
+  }
+  return true;
+}
+
+std::string replace_all(std::string_view text, std::string_view from, std::string_view to) {
+  std::string result;
+  size_t pos = 0;
+  while (true) {
+    const size_t found = text.find(from, pos);
+    result.append(text.substr(pos, found == std::string_view::npos ? std::string_view::npos : found - pos));
+    if (found == std::string_view::npos) return result;
+    result.append(to);
+    pos = found + from.size();
+  }
+}
+
+// "<0xAB>" -> 0xAB; -1 for anything else.
+int byte_of_piece(std::string_view piece) {
+  if (piece.size() != 6 || piece.substr(0, 3) != "<0x" || piece[5] != '>') return -1;
+  int value = 0;
+  for (char c : piece.substr(3, 2)) {
+    const int digit = (c >= '0' && c <= '9') ? c - '0' : (c >= 'A' && c <= 'F') ? c - 'A' + 10
+                      : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
+    if (digit < 0) return -1;
+    value = value * 16 + digit;
+  }
+  return value;
+}
+
+uint64_t pair_key(int32_t left, int32_t right) {
+  return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
+}
+
+// ---- Tokenizer files ------------------------------------------------------------------------------
+
+const std::vector<std::string> kTokenizerFiles = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+                                                  "added_tokens.json", "special_tokens_map.json"};
+
+std::optional<json> parse_json_file(const std::map<std::string, std::string>& files, const std::string& name) {
+  const auto found = files.find(name);
+  if (found == files.end()) return std::nullopt;
+  json parsed = json::parse(found->second, nullptr, /*allow_exceptions=*/false);
+  if (parsed.is_discarded()) fail(name, ": not valid JSON");
+  if (!parsed.is_object()) fail(name, ": expected a JSON object at the top level");
+  return parsed;
+}
+
+bool json_flag(const json& object, const char* key, bool fallback, const std::string& where) {
+  const auto found = object.find(key);
+  if (found == object.end() || found->is_null()) return fallback;
+  if (!found->is_boolean()) fail(where, ": \"", key, "\" must be true or false");
+  return found->get<bool>();
+}
+
+// A special-token setting: a string, an AddedToken-like object {"content": ...}, or null.
+std::optional<std::string> token_name(const json& value, const std::string& where) {
+  if (value.is_null()) return std::nullopt;
+  if (value.is_string()) return value.get<std::string>();
+  if (value.is_object() && value.contains("content") && value["content"].is_string()) {
+    return value["content"].get<std::string>();
+  }
+  fail(where, ": expected a token string, {\"content\": ...} or null");
+}
+
+AddedToken added_token_from_json(const json& entry, int32_t id, const std::string& where) {
+  if (!entry.is_object() || !entry.contains("content") || !entry["content"].is_string()) {
+    fail(where, ": added token ", id, " needs a string \"content\"");
+  }
+  AddedToken token;
+  token.id = id;
+  token.content = entry["content"].get<std::string>();
+  token.special = json_flag(entry, "special", false, where);
+  token.normalized = json_flag(entry, "normalized", !token.special, where);
+  token.lstrip = json_flag(entry, "lstrip", false, where);
+  token.rstrip = json_flag(entry, "rstrip", false, where);
+  if (json_flag(entry, "single_word", false, where)) {
+    fail(where, ": added token '", token.content, "' uses single_word matching, which cst does not support");
+  }
+  return token;
+}
+
+int32_t parse_token_id(const json& value, const std::string& where) {
+  if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() > INT32_MAX) {
+    fail(where, ": token id must be a non-negative 32-bit integer, got ", value.dump());
+  }
+  return value.get<int32_t>();
+}
+
+}  // namespace
+
+// ---- Loading --------------------------------------------------------------------------------------
+
+Tokenizer::Tokenizer(const std::map<std::string, std::string>& files) {
+  const auto model = files.find("tokenizer.model");
+  if (model == files.end()) fail("tokenizer: tokenizer.model is required");
+  load_sentencepiece(model->second);
+  build_merges();
+  load_added_tokens(files);
+  resolve_special_ids(files);
+}
+
+Tokenizer Tokenizer::from_directory(const std::string& directory) {
+  std::map<std::string, std::string> files;
+  for (const std::string& name : kTokenizerFiles) {
+    const std::filesystem::path path = std::filesystem::path(directory) / name;
+    if (!std::filesystem::exists(path)) continue;
+    std::ifstream stream(path, std::ios::binary);
+    if (!stream) fail(path.string(), ": cannot open");
+    std::ostringstream bytes;
+    bytes << stream.rdbuf();
+    files[name] = bytes.str();
+  }
+  if (!files.count("tokenizer.model")) fail(directory, ": no tokenizer.model in this directory");
+  return Tokenizer(files);
+}
+
+// Reads pieces, scores and byte pieces out of the sentencepiece model; the BPE itself runs here, in
+// encode_word, so that merge order and tie-breaking follow the fast tokenizer exactly.
+void Tokenizer::load_sentencepiece(const std::string& model_bytes) {
+  sentencepiece::SentencePieceProcessor processor;
+  const auto status = processor.LoadFromSerializedProto(model_bytes);
+  if (!status.ok()) fail("tokenizer.model: not a sentencepiece model (", status.ToString(), ")");
+  const int piece_count = processor.GetPieceSize();
+  if (piece_count <= 0) fail("tokenizer.model: the model has no pieces");
+  pieces_.resize(piece_count);
+  scores_.resize(piece_count);
+  for (int id = 0; id < piece_count; id++) {
+    pieces_[id] = processor.IdToPiece(id);
+    scores_[id] = processor.GetScore(id);
+    piece_ids_[pieces_[id]] = id;  // a later duplicate wins, as in the converter's vocab dict
+    if (processor.IsUnknown(id)) unk_id_ = id;
+  }
+  for (int byte = 0; byte < 256; byte++) {
+    char name[8];
+    std::snprintf(name, sizeof(name), "<0x%02X>", byte);
+    const auto found = piece_ids_.find(name);
+    byte_piece_ids_[byte] = found == piece_ids_.end() ? -1 : found->second;
+  }
+  vocab_size_ = piece_count;
+}
+
+// Every split of a piece into two pieces is a merge; rank = (higher score of the merged piece,
+// then merged id, then left id, then right id), the order of transformers' SentencePieceExtractor.
+void Tokenizer::build_merges() {
+  struct Candidate {
+    float score;
+    int32_t merged, left, right;
+  };
+  std::vector<Candidate> candidates;
+  for (int32_t merged = 0; merged < static_cast<int32_t>(pieces_.size()); merged++) {
+    const std::string& piece = pieces_[merged];
+    for (size_t split = utf8_length_at(piece, 0); split < piece.size(); split += utf8_length_at(piece, split)) {
+      const auto left = piece_ids_.find(piece.substr(0, split));
+      const auto right = piece_ids_.find(piece.substr(split));
+      if (left == piece_ids_.end() || right == piece_ids_.end()) continue;
+      candidates.push_back({scores_[merged], piece_ids_.at(piece), left->second, right->second});
+    }
+  }
+  std::sort(candidates.begin(), candidates.end(), [](const Candidate& a, const Candidate& b) {
+    return std::tuple(-a.score, a.merged, a.left, a.right) < std::tuple(-b.score, b.merged, b.left, b.right);
+  });
+  merges_.reserve(candidates.size());
+  for (size_t rank = 0; rank < candidates.size(); rank++) {
+    const Candidate& c = candidates[rank];
+    merges_.emplace(pair_key(c.left, c.right), Merge{static_cast<int32_t>(rank), c.merged});
+  }
+}
+
+void Tokenizer::add_token(AddedToken token) {
+  if (token.content.empty()) fail("added token ", token.id, " has empty content");
+  const auto existing = added_index_by_id_.find(token.id);
+  int index;
+  if (existing != added_index_by_id_.end()) {
+    index = existing->second;
+    added_tokens_[index] = std::move(token);
+  } else {
+    index = static_cast<int>(added_tokens_.size());
+    added_tokens_.push_back(std::move(token));
+    added_index_by_id_[added_tokens_.back().id] = index;
+  }
+  added_index_by_content_[added_tokens_[index].content] = index;
+  vocab_size_ = std::max(vocab_size_, added_tokens_[index].id + 1);
+}
+
+// Added tokens come from, in transformers' order of precedence: the converter (the model's first
+// three pieces <unk> <s> </s>, special), then tokenizer_config.json "added_tokens_decoder" when it
+// exists, otherwise tokenizer.json "added_tokens" and added_tokens.json (whose tokens are
+// "normalized" unless they name a special token).
+void Tokenizer::load_added_tokens(const std::map<std::string, std::string>& files) {
+  for (int32_t id = 0; id < std::min<int32_t>(3, static_cast<int32_t>(pieces_.size())); id++) {
+    add_token(AddedToken{pieces_[id], id, /*special=*/true, /*normalized=*/false});
+  }
+  const json config = parse_json_file(files, "tokenizer_config.json").value_or(json::object());
+  const std::optional<json> tokenizer_json = parse_json_file(files, "tokenizer.json");
+
+  if (config.contains("legacy") && !config["legacy"].is_null()) {
+    legacy_ = json_flag(config, "legacy", true, "tokenizer_config.json");
+  }
+  add_prefix_space_ = json_flag(config, "add_prefix_space", true, "tokenizer_config.json");
+  if (tokenizer_json) {
+    // A tokenizer.json is loaded as is by AutoTokenizer: its own pipeline decides the prefix rule.
+    const json& normalizer = (*tokenizer_json)["normalizer"];
+    const json& pre_tokenizer = (*tokenizer_json)["pre_tokenizer"];
+    const std::string dump = normalizer.dump();
+    if (pre_tokenizer.is_object() && pre_tokenizer.value("type", "") == "Metaspace") {
+      const std::string scheme = pre_tokenizer.value("prepend_scheme", "always");
+      if (scheme != "first" && scheme != "never") {
+        fail("tokenizer.json: Metaspace prepend_scheme '", scheme, "' is not supported (expected first or never)");
+      }
+      legacy_ = false;
+      add_prefix_space_ = scheme == "first";
+    } else if (pre_tokenizer.is_null() && dump.find("\"Replace\"") != std::string::npos) {
+      legacy_ = true;
+      add_prefix_space_ = dump.find("\"Prepend\"") != std::string::npos;
+    } else {
+      fail("tokenizer.json: unsupported normalizer/pre_tokenizer (expected the Llama legacy or Metaspace form)");
+    }
+  }
+  if (config.contains("chat_template") && config["chat_template"].is_string()) {
+    chat_template_source_ = config["chat_template"].get<std::string>();
+  }
+
+  if (config.contains("added_tokens_decoder")) {
+    const json& decoder = config["added_tokens_decoder"];
+    if (!decoder.is_object()) fail("tokenizer_config.json: \"added_tokens_decoder\" must be an object");
+    for (const auto& [key, entry] : decoder.items()) {
+      int32_t id = -1;
+      try {
+        id = parse_token_id(json::parse(key), "tokenizer_config.json");
+      } catch (const json::exception&) {
+        fail("tokenizer_config.json: added_tokens_decoder key '", key, "' is not a token id");
+      }
+      add_token(added_token_from_json(entry, id, "tokenizer_config.json"));
+    }
+    return;
+  }
+  if (tokenizer_json && tokenizer_json->contains("added_tokens")) {
+    const json& list = (*tokenizer_json)["added_tokens"];
+    if (!list.is_array()) fail("tokenizer.json: \"added_tokens\" must be a list");
+    for (const json& entry : list) {
+      if (!entry.is_object() || !entry.contains("id")) fail("tokenizer.json: added token without an \"id\"");
+      add_token(added_token_from_json(entry, parse_token_id(entry["id"], "tokenizer.json"), "tokenizer.json"));
+    }
+  }
+  if (const auto added = parse_json_file(files, "added_tokens.json")) {
+    for (const auto& [content, id] : added->items()) {
+      // Whether it is special is settled in resolve_special_ids; until then it is "normalized".
+      add_token(AddedToken{content, parse_token_id(id, "added_tokens.json"), false, /*normalized=*/true});
+    }
+  }
+}
+
+// bos/eos/unk/pad/additional_special_tokens name special tokens (tokenizer_config.json; the old
+// layout without added_tokens_decoder lets special_tokens_map.json override it). A named token is
+// special; added_tokens.json tokens that are special are matched in raw text, others normalized.
+void Tokenizer::resolve_special_ids(const std::map<std::string, std::string>& files) {
+  json settings = parse_json_file(files, "tokenizer_config.json").value_or(json::object());
+  const bool old_layout = !settings.contains("added_tokens_decoder");
+  if (old_layout) {
+    if (const auto map = parse_json_file(files, "special_tokens_map.json")) {
+      for (const auto& [key, value] : map->items()) settings[key] = value;
+    }
+  }
+  // LlamaTokenizer's defaults when a key is absent; null means "none".
+  const std::map<std::string, std::string> defaults = {{"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}};
+  std::map<std::string, std::optional<std::string>> names;
+  for (const char* key : {"bos_token", "eos_token", "unk_token", "pad_token"}) {
+    if (settings.contains(key)) {
+      names[key] = token_name(settings[key], "tokenizer_config.json " + std::string(key));
+    } else if (defaults.count(key)) {
+      names[key] = defaults.at(key);
+    }
+  }
+  std::vector<std::string> special_names;
+  for (const auto& [key, name] : names) {
+    if (name) special_names.push_back(*name);
+  }
+  if (settings.contains("additional_special_tokens") && settings["additional_special_tokens"].is_array()) {
+    for (const json& value : settings["additional_special_tokens"]) {
+      if (auto name = token_name(value, "tokenizer_config.json additional_special_tokens")) special_names.push_back(*name);
+    }
+  }
+  for (const std::string& name : special_names) {
+    const auto found = added_index_by_content_.find(name);
+    if (found != added_index_by_content_.end()) {
+      AddedToken& token = added_tokens_[found->second];
+      if (!token.special && old_layout) token.normalized = false;  // added_tokens.json rule
+      token.special = true;
+    } else if (!piece_ids_.count(name)) {
+      fail("tokenizer_config.json: special token '", name, "' is not in the vocabulary");
+    }
+  }
+  for (const AddedToken& token : added_tokens_) {
+    normalized_contents_.push_back(token.normalized ? normalize(token.content) : token.content);
+  }
+  const auto id_of = [&](const char* key) -> int32_t {
+    const auto found = names.find(key);
+    if (found == names.end() || !found->second) return -1;
+    return *token_id(*found->second);
+  };
+  bos_id_ = id_of("bos_token");
+  eos_id_ = id_of("eos_token");
+  pad_id_ = id_of("pad_token") >= 0 ? id_of("pad_token") : eos_id_;
+}
+
+// ---- Encoding -------------------------------------------------------------------------------------
+
+// Finds added tokens (the raw pass or the normalized pass) leftmost first, longest at a position,
+// and cuts the text into token spans and the ordinary text between them.
+std::vector<Tokenizer::Span> Tokenizer::split_on_added_tokens(std::string_view text, bool normalized_pass) const {
+  std::vector<Span> spans;
+  size_t start_of_rest = 0;
+  size_t search_from = 0;
+  while (search_from < text.size()) {
+    int best = -1;
+    size_t match_at = 0, best_length = 0;
+    for (size_t pos = search_from; pos < text.size() && best < 0; pos++) {
+      for (size_t i = 0; i < added_tokens_.size(); i++) {
+        if (added_tokens_[i].normalized != normalized_pass) continue;
+        const std::string& pattern = normalized_contents_[i];
+        if (pattern[0] != text[pos] || pattern.size() <= best_length) continue;
+        if (text.compare(pos, pattern.size(), pattern) == 0) {
+          best = static_cast<int>(i);
+          best_length = pattern.size();
+          match_at = pos;
+        }
+      }
+    }
+    if (best < 0) break;
+    size_t begin = match_at, end = match_at + best_length;
+    if (added_tokens_[best].lstrip) begin = std::max(whitespace_run_start_before(text, begin), start_of_rest);
+    if (added_tokens_[best].rstrip) end = whitespace_run_end_after(text, end);
+    if (begin > start_of_rest) spans.push_back({start_of_rest, begin, -1});
+    spans.push_back({begin, end, best});
+    start_of_rest = search_from = end;
+  }
+  if (start_of_rest < text.size()) spans.push_back({start_of_rest, text.size(), -1});
+  return spans;
+}
+
+// The legacy normalizer: "▁" before the text (when add_prefix_space) and spaces as "▁".
+// legacy = false has no normalizer.
+std::string Tokenizer::normalize(std::string_view text) const {
+  if (!legacy_ || text.empty()) return std::string(text);
+  return (add_prefix_space_ ? kMetaspace : "") + replace_all(text, " ", kMetaspace);
+}
+
+std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
+  std::vector<int32_t> ids;
+  for (const Span& span : split_on_added_tokens(text, /*normalized_pass=*/false)) {
+    if (span.added_token_index >= 0) {
+      ids.push_back(added_tokens_[span.added_token_index].id);
+    } else {
+      encode_ordinary(text.substr(span.begin, span.end - span.begin), span.begin, ids);
+    }
+  }
+  return ids;
+}
+
+// Text between raw-matched added tokens: normalize, match normalized added tokens, pre-tokenize
+// (legacy = false: Metaspace, "▁" prepended only at the very start of the text), then BPE.
+void Tokenizer::encode_ordinary(std::string_view text, size_t offset_in_text, std::vector<int32_t>& ids) const {
+  const std::string normalized = normalize(text);
+  for (const Span& span : split_on_added_tokens(normalized, /*normalized_pass=*/true)) {
+    if (span.added_token_index >= 0) {
+      ids.push_back(added_tokens_[span.added_token_index].id);
+      continue;
+    }
+    std::string word = normalized.substr(span.begin, span.end - span.begin);
+    if (!legacy_) {
+      word = replace_all(word, " ", kMetaspace);
+      const bool starts_text = offset_in_text + span.begin == 0;
+      if (add_prefix_space_ && starts_text && word.compare(0, kMetaspace.size(), kMetaspace) != 0) {
+        word = kMetaspace + word;
+      }
+    }
+    encode_word(word, ids);
+  }
+}
+
+// Byte-pair encoding of one word: characters (or their byte pieces) merged best rank first,
+// leftmost first among equal ranks.
+void Tokenizer::encode_word(std::string_view word, std::vector<int32_t>& ids) const {
+  struct Symbol {
+    int32_t id;
+    int prev, next;  // neighbours in the merged sequence; -1 at the ends
+  };
+  std::vector<Symbol> symbols;
+  const auto push_symbol = [&](int32_t id) {
+    const int index = static_cast<int>(symbols.size());
+    symbols.push_back({id, index - 1, -1});
+    if (index > 0) symbols[index - 1].next = index;
+  };
+  for (size_t pos = 0; pos < word.size();) {
+    const size_t length = utf8_length_at(word, pos);
+    const auto found = piece_ids_.find(std::string(word.substr(pos, length)));
+    if (found != piece_ids_.end()) {
+      push_symbol(found->second);
+    } else if (std::all_of(word.begin() + pos, word.begin() + pos + length,
+                           [&](char c) { return byte_piece_ids_[static_cast<unsigned char>(c)] >= 0; })) {
+      for (size_t i = pos; i < pos + length; i++) push_symbol(byte_piece_ids_[static_cast<unsigned char>(word[i])]);
+    } else if (symbols.empty() || symbols.back().id != unk_id_) {  // consecutive unknowns fuse
+      push_symbol(unk_id_);
+    }
+    pos += length;
+  }
+
+  struct Candidate {
+    int32_t rank;
+    int position;
+    int32_t merged_id;
+    bool operator>(const Candidate& other) const {
+      return rank != other.rank ? rank > other.rank : position > other.position;
+    }
+  };
+  std::priority_queue<Candidate, std::vector<Candidate>, std::greater<Candidate>> queue;
+  const auto consider = [&](int left) {
+    const int right = symbols[left].next;
+    if (right < 0) return;
+    const auto merge = merges_.find(pair_key(symbols[left].id, symbols[right].id));
+    if (merge != merges_.end()) queue.push({merge->second.rank, left, merge->second.merged_id});
+  };
+  for (int i = 0; i + 1 < static_cast<int>(symbols.size()); i++) consider(i);
+
+  while (!queue.empty()) {
+    const Candidate top = queue.top();
+    queue.pop();
+    Symbol& left = symbols[top.position];
+    if (left.id < 0 || left.next < 0) continue;  // merged away, or nothing to its right any more
+    const auto merge = merges_.find(pair_key(left.id, symbols[left.next].id));
+    if (merge == merges_.end() || merge->second.merged_id != top.merged_id) continue;  // stale
+    Symbol& right = symbols[left.next];
+    left.id = top.merged_id;
+    left.next = right.next;
+    if (right.next >= 0) symbols[right.next].prev = top.position;
+    right.id = -1;
+    if (left.prev >= 0) consider(left.prev);
+    consider(top.position);
+  }
+  for (const Symbol& symbol : symbols) {
+    if (symbol.id >= 0) ids.push_back(symbol.id);
+  }
+}
+
+// ---- Decoding -------------------------------------------------------------------------------------
+
+const std::string& Tokenizer::token_text(int32_t id) const {
+  const auto added = added_index_by_id_.find(id);
+  if (added != added_index_by_id_.end()) return added_tokens_[added->second].content;
+  if (id < 0 || id >= static_cast<int32_t>(pieces_.size())) {
+    fail("decode: token id ", id, " is outside the vocabulary (size ", vocab_size_, ")");
+  }
+  return pieces_[id];
+}
+
+// The fast tokenizer's decoder: "▁" -> " ", runs of <0xXX> pieces -> their bytes (one U+FFFD per
+// byte when the run is not valid UTF-8), everything joined, then one leading space stripped.
+std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const {
+  std::string text, pending_bytes;
+  const auto flush_bytes = [&] {
+    if (is_valid_utf8(pending_bytes)) {
+      text += pending_bytes;
+    } else {
+      for (size_t i = 0; i < pending_bytes.size(); i++) text += kReplacementCharacter;
+    }
+    pending_bytes.clear();
+  };
+  for (int32_t id : ids) {
+    if (skip_special_tokens && is_special(id)) continue;
+    const std::string piece = replace_all(token_text(id), kMetaspace, " ");
+    const int byte = byte_of_piece(piece);
+    if (byte >= 0) {
+      pending_bytes.push_back(static_cast<char>(byte));
+      continue;
+    }
+    flush_bytes();
+    text += piece;
+  }
+  flush_bytes();
+  if (add_prefix_space_ && !text.empty() && text[0] == ' ') text.erase(0, 1);
+  return text;
+}
+
+// ---- Lookups --------------------------------------------------------------------------------------
+
+std::optional<int32_t> Tokenizer::token_id(std::string_view token) const {
+  const auto added = added_index_by_content_.find(std::string(token));
+  if (added != added_index_by_content_.end()) return added_tokens_[added->second].id;
+  const auto piece = piece_ids_.find(std::string(token));
+  if (piece != piece_ids_.end()) return piece->second;
+  return std::nullopt;
+}
+
+bool Tokenizer::is_special(int32_t id) const {
+  const auto added = added_index_by_id_.find(id);
+  return added != added_index_by_id_.end() && added_tokens_[added->second].special;
+}
+
+bool Tokenizer::is_byte(int32_t id) const {
+  return id >= 0 && id < static_cast<int32_t>(pieces_.size()) && !added_index_by_id_.count(id) &&
+         byte_of_piece(pieces_[id]) >= 0;
+}
+
+// ---- Streaming ------------------------------------------------------------------------------------
+
+// Decodes the whole sequence each time (decode is prefix-stable apart from a trailing incomplete
+// byte run), which is cheap next to a model step.
+std::string StreamingDecoder::push(int32_t id) {
+  ids_.push_back(id);
+  const std::string text = tokenizer_.decode(ids_, skip_special_tokens_);
+  const bool waiting_for_bytes = tokenizer_.is_byte(id) && text.size() >= 3 &&
+                                 text.compare(text.size() - 3, 3, kReplacementCharacter) == 0;
+  if (waiting_for_bytes || text.size() <= emitted_bytes_) return "";
+  std::string fresh = text.substr(emitted_bytes_);
+  emitted_bytes_ = text.size();
+  return fresh;
+}
+
+}  // namespace cst

@@ -1,0 +1,94 @@
+// Chat templates against transformers' apply_chat_template on the real jinja sources.
+// Golden data: tools/python/make_tokenizer_fixtures.py -> tests/fixtures/tokenizer/chat_templates.json
+// and chat_templates/<name>.jinja. Strings must be identical.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "data/chat_template.h"
+#include "kernels/error.h"
+
+namespace cst {
+namespace {
+
+using nlohmann::json;
+
+const std::string kFixtures = CST_SOURCE_DIR "/tests/fixtures/tokenizer/";
+
+std::string read_file(const std::string& path) {
+  std::ifstream stream(path, std::ios::binary);
+  if (!stream) throw std::runtime_error("cannot open " + path);
+  std::ostringstream bytes;
+  bytes << stream.rdbuf();
+  return bytes.str();
+}
+
+std::string error_message(const std::function<void()>& action) {
+  try {
+    action();
+  } catch (const Error& error) {
+    return error.what();
+  }
+  return "no error";
+}
+
+TEST(ChatTemplate, MatchesApplyChatTemplate) {
+  const json golden = json::parse(read_file(kFixtures + "chat_templates.json"));
+  const json& triples = golden["triples"];
+  ASSERT_EQ(golden["rendered"].size(), chat_template_names().size());
+  for (const auto& [name, rendered] : golden["rendered"].items()) {
+    const ChatTemplate chat_template = chat_template_by_name(name);
+    EXPECT_EQ(chat_template.name(), name);
+    for (size_t i = 0; i < triples.size(); i++) {
+      const std::string system = triples[i][0], user = triples[i][1], answer = triples[i][2];
+      EXPECT_EQ(chat_template.prompt(system, user), rendered[i]["prompt"]) << name << " triple " << i;
+      EXPECT_EQ(chat_template.generation_prompt(system, user), rendered[i]["generation_prompt"])
+          << name << " triple " << i;
+      EXPECT_EQ(chat_template.answer(answer), rendered[i]["answer"]) << name << " triple " << i;
+    }
+  }
+}
+
+TEST(ChatTemplate, DetectsPublishedSources) {
+  for (const std::string& name : chat_template_names()) {
+    if (name == "plain") continue;  // no jinja source: chosen by name only
+    const std::string source = read_file(kFixtures + "chat_templates/" + name + ".jinja");
+    EXPECT_EQ(detect_chat_template(source).name(), name);
+    EXPECT_EQ(detect_chat_template("\n" + source + "\n").name(), name);  // surrounding whitespace is fine
+  }
+}
+
+TEST(ChatTemplate, UnknownTemplatesListTheNames) {
+  // ChatML with a changed literal renders differently, so it must not be taken for ChatML.
+  std::string altered = read_file(kFixtures + "chat_templates/chatml.jinja");
+  altered.replace(altered.find("'<|im_end|>'"), 12, "'<|im_end|> '");
+  const std::string detect_error = error_message([&] { detect_chat_template(altered); });
+  for (const std::string& name : chat_template_names()) {
+    EXPECT_NE(detect_error.find(name), std::string::npos) << detect_error;
+  }
+  EXPECT_NE(detect_error.find("--chat_template NAME"), std::string::npos) << detect_error;
+
+  const std::string name_error = error_message([] { chat_template_by_name("vicuna"); });
+  EXPECT_NE(name_error.find("'vicuna'"), std::string::npos) << name_error;
+  EXPECT_NE(name_error.find("chatml, solar, llama2, mistral, zephyr, plain"), std::string::npos) << name_error;
+}
+
+TEST(ChatTemplate, EndOfTurnMarkers) {
+  EXPECT_EQ(chat_template_by_name("chatml").end_of_turn(), std::vector<std::string>{"<|im_end|>"});
+  EXPECT_TRUE(chat_template_by_name("plain").end_of_turn().empty());
+  // Each marker is what the template itself writes at the end of an assistant turn or the start of
+  // the next user turn.
+  for (const std::string& name : chat_template_names()) {
+    const ChatTemplate chat_template = chat_template_by_name(name);
+    const std::string conversation = chat_template.prompt("s", "u") + chat_template.answer("a") +
+                                     chat_template.prompt("s", "u");
+    for (const std::string& marker : chat_template.end_of_turn()) {
+      EXPECT_NE(conversation.find(marker), std::string::npos) << name << " " << marker;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace cst

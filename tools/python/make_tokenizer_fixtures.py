@@ -1,0 +1,343 @@
+#!/usr/bin/env python3
+# Golden fixtures for data/tokenizer and data/chat_template.
+#
+# Rerun from the repository root (needs transformers 4.42.4, sentencepiece, mistral-common):
+#     python3 tools/python/make_tokenizer_fixtures.py
+# It rewrites everything under tests/fixtures/tokenizer/:
+#   chatml/                      OpenHermes-2.5-style tokenizer directory built from the Mistral v1
+#                                tokenizer.model shipped by mistral-common (legacy = true)
+#   chatml_legacy_false/         same model, legacy = false, plus two extra added tokens that
+#                                exercise the lstrip/rstrip and normalized flags
+#   chatml_added_tokens_json/    same model, old-style config without added_tokens_decoder, so
+#                                transformers reads added_tokens.json (<|im_start|> becomes a
+#                                "normalized" token that is matched after the legacy normalizer)
+#   encode_golden.json           per variant: corpus texts, AutoTokenizer ids, decode() strings
+#   dataset_hashes.txt           FNV-1a hashes of the ids of every real dataset text (see below)
+#   chat_templates/<name>.jinja  the real jinja sources of the built-in chat templates
+#   chat_templates.json          strings rendered by transformers' apply_chat_template
+#
+# Hash of an id sequence (must match tests/test_tokenizer.cpp): 64-bit FNV-1a over the ids, each
+# id fed as 4 little-endian bytes of its int32 value; offset basis 0xcbf29ce484222325,
+# prime 0x100000001b3. Written as 16 lowercase hex digits.
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+
+import mistral_common
+import transformers
+from transformers import AutoTokenizer, LlamaTokenizer
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+OUT = os.path.join(REPO, "tests", "fixtures", "tokenizer")
+DATASET = os.path.join(REPO, "..", "shared", "data", "configurable-system-prompt-multitask.json")
+MISTRAL_V1_MODEL = os.path.join(os.path.dirname(mistral_common.__file__), "data", "tokenizer.model.v1")
+
+# --- Chat templates: the sources as published in each model's tokenizer_config.json. ----------------
+
+CHAT_TEMPLATES = {
+    # teknium/OpenHermes-2.5-Mistral-7B
+    "chatml": "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}",
+    # upstage/SOLAR-10.7B-Instruct-v1.0
+    "solar": "{% for message in messages %}{% if message['role'] == 'system' %}{% if message['content']%}{{'### System:\n' + message['content']+'\n\n'}}{% endif %}{% elif message['role'] == 'user' %}{{'### User:\n' + message['content']+'\n\n'}}{% elif message['role'] == 'assistant' %}{{'### Assistant:\n'  + message['content']}}{% endif %}{% if loop.last and add_generation_prompt %}{{ '### Assistant:\n' }}{% endif %}{% endfor %}",
+    # meta-llama/Llama-2-7b-chat-hf
+    "llama2": "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}",
+    # mistralai/Mistral-7B-Instruct-v0.1
+    "mistral": "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token + ' ' }}{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}",
+    # HuggingFaceH4/zephyr-7b-beta
+    "zephyr": "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}",
+}
+
+# --- Tokenizer directories. ------------------------------------------------------------------------
+
+
+def added_token(content, special, lstrip=False, rstrip=False, normalized=False):
+    return {"content": content, "lstrip": lstrip, "normalized": normalized, "rstrip": rstrip,
+            "single_word": False, "special": special}
+
+
+def base_added_tokens_decoder():
+    return {
+        "0": added_token("<unk>", True),
+        "1": added_token("<s>", True),
+        "2": added_token("</s>", True),
+        "32000": added_token("<|im_end|>", True),
+        "32001": added_token("<|im_start|>", True),
+    }
+
+
+def openhermes_config(legacy):
+    # The fields of teknium/OpenHermes-2.5-Mistral-7B's tokenizer_config.json that matter.
+    return {
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "added_tokens_decoder": base_added_tokens_decoder(),
+        "additional_special_tokens": [],
+        "bos_token": "<s>",
+        "chat_template": CHAT_TEMPLATES["chatml"],
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "<|im_end|>",
+        "legacy": legacy,
+        "model_max_length": 1000000000000000019884624838656,
+        "pad_token": None,
+        "sp_model_kwargs": {},
+        "spaces_between_special_tokens": False,
+        "tokenizer_class": "LlamaTokenizer",
+        "trust_remote_code": False,
+        "unk_token": "<unk>",
+        "use_default_system_prompt": True,
+        "use_fast": True,
+    }
+
+
+SPECIAL_TOKENS_MAP = {"bos_token": "<s>", "eos_token": "<|im_end|>", "unk_token": "<unk>"}
+
+
+def variant_files():
+    """name -> {file name: json object}; tokenizer.model is shared from chatml/."""
+    legacy_false = openhermes_config(legacy=False)
+    legacy_false["added_tokens_decoder"]["32002"] = added_token("<|tool|>", False, lstrip=True, rstrip=True)
+    legacy_false["added_tokens_decoder"]["32003"] = added_token("[[note]]", False, normalized=True)
+    old_style = openhermes_config(legacy=None)
+    del old_style["added_tokens_decoder"]
+    del old_style["legacy"]
+    return {
+        "chatml": {
+            "tokenizer_config.json": openhermes_config(legacy=True),
+            "added_tokens.json": {"<|im_end|>": 32000, "<|im_start|>": 32001},
+            "special_tokens_map.json": SPECIAL_TOKENS_MAP,
+        },
+        "chatml_legacy_false": {
+            "tokenizer_config.json": legacy_false,
+            "added_tokens.json": {"<|im_end|>": 32000, "<|im_start|>": 32001, "<|tool|>": 32002, "[[note]]": 32003},
+            "special_tokens_map.json": SPECIAL_TOKENS_MAP,
+        },
+        "chatml_added_tokens_json": {
+            "tokenizer_config.json": old_style,
+            "added_tokens.json": {"<|im_end|>": 32000, "<|im_start|>": 32001},
+            "special_tokens_map.json": SPECIAL_TOKENS_MAP,
+        },
+    }
+
+
+def write_json(path, obj):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=1)
+        f.write("\n")
+
+
+def write_variants():
+    os.makedirs(os.path.join(OUT, "chatml"), exist_ok=True)
+    shutil.copyfile(MISTRAL_V1_MODEL, os.path.join(OUT, "chatml", "tokenizer.model"))
+    for name, files in variant_files().items():
+        os.makedirs(os.path.join(OUT, name), exist_ok=True)
+        for file_name, obj in files.items():
+            write_json(os.path.join(OUT, name, file_name), obj)
+
+
+def load_variant(name, tokenizer_class=AutoTokenizer, **kwargs):
+    """Loads a variant the way the C++ test assembles it: its files plus chatml/tokenizer.model."""
+    with tempfile.TemporaryDirectory() as directory:
+        shutil.copyfile(os.path.join(OUT, "chatml", "tokenizer.model"), os.path.join(directory, "tokenizer.model"))
+        for file_name in variant_files()[name]:
+            shutil.copyfile(os.path.join(OUT, name, file_name), os.path.join(directory, file_name))
+        return tokenizer_class.from_pretrained(directory, **kwargs)
+
+# --- Corpus. ---------------------------------------------------------------------------------------
+
+
+HAND_WRITTEN = [
+    "", " ", "  ", "   ", "\n", "\n\n", "\n\n\n\n", "\t", "\t\t", " \t \n ", "\r\n", "\r\n\r\n",
+    "Hello world", " Hello world", "Hello world ", "  Hello  world  ", "Hello\nworld", "Hello\n\nworld\n",
+    "a", " a", "a ", "I", "I'm", "don't", "The quick brown fox jumps over the lazy dog.",
+    "café naïve résumé façade jalapeño", "Ça va? Où est l'hôtel?", "Straße Größe Übermut",
+    "ÀÁÂÃÄÅ àáâãäå", "e\u0301 (combining acute)", "ﬁ ligature", "Ångström",
+    "中文测试", "我爱自然语言处理。", "日本語のテキストです。", "カタカナ ひらがな", "한국어 텍스트",
+    "Привет, мир!", "Γειά σου Κόσμε", "مرحبا بالعالم", "שלום עולם", "नमस्ते दुनिया", "สวัสดีชาวโลก",
+    "ሰላም ልዑል", "Ꭰ Ꭱ Ꭲ", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𝕞𝕒𝕥𝕙", "𓀀𓀁𓀂", "\u0378\u0379", "\ue000 private use",
+    "👍", "👍🏽", "🤖🎉🔥", "👨\u200d👩\u200d👧\u200d👦", "🇫🇷🇯🇵", "emoji in text 😀 here", "❤️",
+    "\u0000", "nul\u0000inside", "\u0007bell", "\u007f", "\u200b zero width", "\u00a0nbsp\u00a0",
+    "\u3000ideographic space", "\u2028line separator",
+    "▁", "▁▁", "▁ x", "x▁y", " ▁", "<0x41>", "<0x0A>", "<0xZZ>",
+    "1234567890", "3.14159", "2024-01-01T12:00:00Z", "1,000,000", "-42", "0x1F", "12 345 678",
+    "<|im_start|>user\nhi<|im_end|>\n", "<|im_start|><|im_end|>", "x<|im_start|>y", "word<|im_end|>word",
+    "<|im_start|> spaced", " <|im_end|> ", "<|im_start|>\n", "<|im_start|>system\nBe good.<|im_end|>\n",
+    "<|im_start|>assistant\n", "<|im_start|>", "<|im_end|>", "<|im_start|><|im_start|>", "<|im_start",
+    "<|im_end|>>", "<<|im_end|>", "|im_start|", "<|im_start |>",
+    "<s>", "</s>", "<s>hello</s>", " <s> ", "<unk>", "<s><s></s>", "text</s>", "</s>text", "<s >",
+    "<|tool|>", "a <|tool|> b", "a  <|tool|>  b", "\n<|tool|>\n", "x<|tool|>y", "<|tool|><|tool|>",
+    "[[note]]", "a [[note]] b", "a[[note]]b", " [[note]]", "[[note]] ", "<|im_start|>[[note]]",
+    "def f(x):\n    return x * 2\n", "if (a && b) { c(); }", "    indented four", "\tindented tab",
+    "SELECT * FROM t WHERE a = 'b';", "https://example.com/path?q=1&r=2", "user@example.com",
+    "!!!???...", "\"quoted\" 'single'", "(paren) [bracket] {brace}", "#hashtag @mention", "~`^|\\",
+]
+
+
+def random_corpus(count, seed=1234):
+    fragments = [
+        "hello", "world", "The", " the", "tokenizer", "Mistral", "ChatML", "system", "user", "assistant",
+        " ", "  ", "   ", "\n", "\n\n", "\t", "\r\n", ".", ",", "!", "?", "'", '"', "-", ":", ";",
+        "0", "7", "42", "1999", "3.5", "é", "ñ", "ü", "中", "文", "の", "한", "ж", "ß", "😀", "🚀", "👍🏾",
+        "\u0301", "\u200d", "▁", "<", ">", "|", "<|im_start|>", "<|im_end|>", "<s>", "</s>", "<unk>",
+        "<|tool|>", "[[note]]", "im_start", "<0x41>", "𝔘", "\u00a0", "\u3000", "ሰ",
+    ]
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(count):
+        parts = [rng.choice(fragments) for _ in range(rng.randint(1, 20))]
+        texts.append("".join(parts))
+    return texts
+
+
+def space_runs():
+    texts = []
+    for n in range(1, 21):
+        texts.append(" " * n)
+        texts.append("a" + " " * n + "b")
+        texts.append("\n" * n)
+        texts.append("x" + "\t" * (n % 5 + 1) + "y" + " " * n)
+    return texts
+
+
+def synthetic_corpus():
+    return HAND_WRITTEN + space_runs() + random_corpus(300)
+
+
+def random_id_sequences(vocab_size, count, seed=99):
+    """Arbitrary id sequences for decode(): byte pieces, specials and added tokens mixed."""
+    rng = random.Random(seed)
+    pools = [list(range(0, 300)), list(range(vocab_size - 6, vocab_size)), list(range(300, 32000))]
+    sequences = []
+    for _ in range(count):
+        sequence = [rng.choice(rng.choice(pools)) for _ in range(rng.randint(1, 12))]
+        sequences.append(sequence)
+    return sequences
+
+# --- Golden data. ----------------------------------------------------------------------------------
+
+
+def fnv1a64(ids):
+    h = 0xCBF29CE484222325
+    for token_id in ids:
+        for byte in int(token_id).to_bytes(4, "little", signed=True):
+            h ^= byte
+            h = (h * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return format(h, "016x")
+
+
+def encode_golden():
+    texts = synthetic_corpus()
+    golden = {"transformers": transformers.__version__, "texts": texts, "variants": {}}
+    for name in variant_files():
+        tokenizer = load_variant(name)
+        assert type(tokenizer).__name__ == "LlamaTokenizerFast", type(tokenizer)
+        slow = load_variant(name, LlamaTokenizer)
+        ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        slow_differs = sum(1 for t, i in zip(texts, ids) if slow(t, add_special_tokens=False)["input_ids"] != i)
+        sequences = ids + random_id_sequences(len(tokenizer), 120)
+        golden["variants"][name] = {
+            "class": type(tokenizer).__name__,
+            "vocab_size": len(tokenizer),
+            "bos_id": tokenizer.bos_token_id,
+            "eos_id": tokenizer.eos_token_id,
+            "pad_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+            "added_special_ids": sorted(i for i, t in tokenizer.added_tokens_decoder.items() if t.special),
+            "texts_where_slow_tokenizer_differs": slow_differs,
+            "ids": ids,
+            "decode_ids": sequences,
+            "decoded": [tokenizer.decode(s) for s in sequences],
+            "decoded_skip_special": [tokenizer.decode(s, skip_special_tokens=True) for s in sequences],
+        }
+        print(f"{name}: {len(texts)} texts, slow tokenizer differs on {slow_differs}", file=sys.stderr)
+    with open(os.path.join(OUT, "encode_golden.json"), "w", encoding="utf-8") as f:
+        json.dump(golden, f, ensure_ascii=False, separators=(",", ":"))
+
+
+def dataset_hashes():
+    """One line per dataset row: hashes of system, prompt, chosen, rejected, then the seed's ChatML
+    rendering of the prompt ([system, user]) and of the chosen and rejected answer turns."""
+    if not os.path.exists(DATASET):
+        print(f"dataset {DATASET} absent: dataset_hashes.txt not regenerated", file=sys.stderr)
+        return
+    tokenizer = load_variant("chatml")
+    with open(DATASET, encoding="utf-8") as f:
+        rows = json.load(f)
+    lines = ["# system prompt chosen rejected chatml_prompt chatml_chosen chatml_rejected"]
+    for row in rows:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "system", "content": row["system"]}, {"role": "user", "content": row["prompt"]}],
+            tokenize=False, add_generation_prompt=False)
+        answers = [tokenizer.apply_chat_template([{"role": "assistant", "content": row[k]}], tokenize=False)
+                   for k in ("chosen", "rejected")]
+        texts = [row["system"], row["prompt"], row["chosen"], row["rejected"], prompt] + answers
+        lines.append(" ".join(fnv1a64(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts))
+    with open(os.path.join(OUT, "dataset_hashes.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+# --- Chat templates. -------------------------------------------------------------------------------
+
+
+TRIPLES = [
+    ("You are a helpful assistant.", "Hello, who are you?", "I am a model."),
+    ("You are a helpful assistant that is completely uncensored.", "Write a poem\nabout the sea.",
+     "The sea is wide,\nthe sea is deep.\n\nThe end."),
+    ("", "No system prompt here.", "Fine."),
+    ("  padded system  ", "  padded user\n", "  padded answer  \n"),
+    ("Système: réponds en français 🇫🇷", "日本語で答えて", "はい、わかりました。"),
+    ("multi\nline\nsystem", "<s> literal tags </s> [INST] inside", "answer with <|im_end|> inside"),
+]
+
+
+def render(tokenizer, template, messages, generation):
+    return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                         add_generation_prompt=generation)
+
+
+def fold_system(system, user):
+    # The seed's rule for templates without a system role (and cst's "plain" template).
+    return system + "\n\n" + user if system else user
+
+
+def render_triple(tokenizer, name, system, user, answer):
+    if name == "plain":
+        prompt = fold_system(system, user)
+        return {"prompt": prompt, "generation_prompt": prompt, "answer": answer}
+    template = CHAT_TEMPLATES[name]
+    if name == "mistral":  # no system role: fold it into the user turn
+        messages = [{"role": "user", "content": fold_system(system, user)}]
+    else:
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    prompt = render(tokenizer, template, messages, False)
+    full = render(tokenizer, template, messages + [{"role": "assistant", "content": answer}], False)
+    assert full.startswith(prompt), (name, prompt, full)
+    answer_turn = full[len(prompt):]
+    if name in ("chatml", "solar", "zephyr"):  # these render a lone assistant turn too: it must agree
+        alone = render(tokenizer, template, [{"role": "assistant", "content": answer}], False)
+        assert alone == answer_turn, (name, alone, answer_turn)
+    return {"prompt": prompt, "generation_prompt": render(tokenizer, template, messages, True),
+            "answer": answer_turn}
+
+
+def chat_template_golden():
+    directory = os.path.join(OUT, "chat_templates")
+    os.makedirs(directory, exist_ok=True)
+    for name, source in CHAT_TEMPLATES.items():
+        with open(os.path.join(directory, name + ".jinja"), "w", encoding="utf-8") as f:
+            f.write(source)
+    # Templates other than ChatML are rendered with the Llama/Mistral special tokens <s> and </s>.
+    tokenizers = {"chatml": load_variant("chatml")}
+    llama_tokens = load_variant("chatml", eos_token="</s>")
+    golden = {"triples": [list(t) for t in TRIPLES], "rendered": {}}
+    for name in list(CHAT_TEMPLATES) + ["plain"]:
+        tokenizer = tokenizers.get(name, llama_tokens)
+        golden["rendered"][name] = [render_triple(tokenizer, name, *t) for t in TRIPLES]
+    write_json(os.path.join(OUT, "chat_templates.json"), golden)
+
+
+if __name__ == "__main__":
+    write_variants()
+    encode_golden()
+    dataset_hashes()
+    chat_template_golden()
