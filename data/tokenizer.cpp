@@ -254,10 +254,34 @@ void Tokenizer::build_merges() {
   std::sort(candidates.begin(), candidates.end(), [](const Candidate& a, const Candidate& b) {
     return std::tuple(-a.score, a.merged, a.left, a.right) < std::tuple(-b.score, b.merged, b.left, b.right);
   });
-  merges_.reserve(candidates.size());
+  std::vector<std::pair<uint64_t, Merge>> entries;
   for (size_t rank = 0; rank < candidates.size(); rank++) {
     const Candidate& c = candidates[rank];
-    merges_.emplace(pair_key(c.left, c.right), Merge{static_cast<int32_t>(rank), c.merged});
+    entries.push_back({pair_key(c.left, c.right), Merge{static_cast<int32_t>(rank), c.merged}});
+  }
+  merges_.build(entries);
+}
+
+// At most half full; Fibonacci hashing spreads the structured pair keys over the slots.
+void Tokenizer::MergeTable::build(const std::vector<std::pair<uint64_t, Merge>>& entries) {
+  int bits = 4;
+  while ((size_t{1} << bits) < 2 * entries.size()) bits++;
+  shift = 64 - bits;
+  keys.assign(size_t{1} << bits, kEmpty);
+  merges.assign(size_t{1} << bits, Merge{});
+  for (const auto& [key, merge] : entries) {
+    size_t slot = (key * 0x9E3779B97F4A7C15ull) >> shift;
+    while (keys[slot] != kEmpty && keys[slot] != key) slot = (slot + 1) & (keys.size() - 1);
+    if (keys[slot] == key) continue;  // the first (best-ranked) entry for a pair wins
+    keys[slot] = key;
+    merges[slot] = merge;
+  }
+}
+
+const Tokenizer::Merge* Tokenizer::MergeTable::find(uint64_t key) const {
+  for (size_t slot = (key * 0x9E3779B97F4A7C15ull) >> shift;; slot = (slot + 1) & (keys.size() - 1)) {
+    if (keys[slot] == key) return &merges[slot];
+    if (keys[slot] == kEmpty) return nullptr;
   }
 }
 
@@ -512,8 +536,8 @@ void Tokenizer::encode_word(std::string_view word, std::vector<int32_t>& ids) co
   const auto consider = [&](int left) {
     const int right = symbols[left].next;
     if (right < 0) return;
-    const auto merge = merges_.find(pair_key(symbols[left].id, symbols[right].id));
-    if (merge != merges_.end()) queue.push({merge->second.rank, left, merge->second.merged_id});
+    const Merge* merge = merges_.find(pair_key(symbols[left].id, symbols[right].id));
+    if (merge) queue.push({merge->rank, left, merge->merged_id});
   };
   for (int i = 0; i + 1 < static_cast<int>(symbols.size()); i++) consider(i);
 
@@ -522,8 +546,8 @@ void Tokenizer::encode_word(std::string_view word, std::vector<int32_t>& ids) co
     queue.pop();
     Symbol& left = symbols[top.position];
     if (left.id < 0 || left.next < 0) continue;  // merged away, or nothing to its right any more
-    const auto merge = merges_.find(pair_key(left.id, symbols[left.next].id));
-    if (merge == merges_.end() || merge->second.merged_id != top.merged_id) continue;  // stale
+    const Merge* merge = merges_.find(pair_key(left.id, symbols[left.next].id));
+    if (!merge || merge->merged_id != top.merged_id) continue;  // stale
     Symbol& right = symbols[left.next];
     left.id = top.merged_id;
     left.next = right.next;

@@ -69,6 +69,16 @@ class Tokenizer {
     int32_t rank;
     int32_t merged_id;
   };
+  // Open addressing, (left id << 32 | right id) -> merge: the lookup the BPE loop spends its time on,
+  // kept in two flat arrays so a probe touches one or two cache lines.
+  struct MergeTable {
+    static constexpr uint64_t kEmpty = ~0ull;
+    std::vector<uint64_t> keys;
+    std::vector<Merge> merges;
+    int shift = 64;
+    void build(const std::vector<std::pair<uint64_t, Merge>>& entries);
+    const Merge* find(uint64_t key) const;
+  };
   struct Span {  // a piece of the text being encoded: [begin, end) and the added token there, if any
     size_t begin, end;
     int added_token_index;  // -1: ordinary text
@@ -92,7 +102,7 @@ class Tokenizer {
   std::unordered_map<std::string, int32_t> piece_ids_;
   int32_t byte_piece_ids_[256];
   int32_t unk_id_ = 0;
-  std::unordered_map<uint64_t, Merge> merges_;  // (left id << 32 | right id) -> merge
+  MergeTable merges_;
 
   // The Hugging Face layer.
   std::vector<AddedToken> added_tokens_;
