@@ -1,0 +1,181 @@
+// Pair tokenization against trl 0.9.6's own DPOTrainer.tokenize_row.
+// Golden data: tools/python/make_trl_tokenization_fixtures.py (rerun it from the repository root)
+// wrote tests/fixtures/trl_tokenization/ with the ChatML tokenizer of
+// tests/fixtures/tokenizer/chatml. Token ids are integers: every comparison is exact, no tolerance.
+//
+// Dataset rows are stored as a 64-bit FNV-1a hash (offset 0xcbf29ce484222325, prime 0x100000001b3)
+// over four sequences in order: chosen ids, chosen labels, rejected ids, rejected labels; each as
+// its length (8 bytes little-endian) then its values (4 bytes little-endian int32). Labels are
+// trl's: the id on completion tokens, -100 on prompt tokens.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "data/pair_tokenizer.h"
+#include "kernels/error.h"
+
+namespace cst {
+namespace {
+
+const std::string kFixtures = CST_SOURCE_DIR "/tests/fixtures/trl_tokenization/";
+const std::string kTokenizerDirectory = CST_SOURCE_DIR "/tests/fixtures/tokenizer/chatml";
+const std::string kDataset =
+    CST_SOURCE_DIR "/../shared/data/configurable-system-prompt-multitask.json";
+constexpr int32_t kLabelPad = -100;  // trl's label_pad_token_id
+
+nlohmann::json read_json(const std::string& path) {
+  std::ifstream file(path);
+  if (!file) throw std::runtime_error("cannot open " + path);
+  return nlohmann::json::parse(file);
+}
+
+std::vector<int32_t> trl_labels(const TokenizedSequence& sequence) {
+  std::vector<int32_t> labels(sequence.ids.size());
+  for (size_t t = 0; t < labels.size(); t++) {
+    labels[t] = sequence.completion_mask[t] ? sequence.ids[t] : kLabelPad;
+  }
+  return labels;
+}
+
+uint64_t fnv1a64_pair(const TokenizedPair& pair) {
+  uint64_t hash = 0xcbf29ce484222325ull;
+  auto feed = [&](uint64_t value, int bytes) {
+    for (int i = 0; i < bytes; i++) {
+      hash = (hash ^ ((value >> (8 * i)) & 0xff)) * 0x100000001b3ull;
+    }
+  };
+  for (const TokenizedSequence* sequence : {&pair.chosen, &pair.rejected}) {
+    for (const std::vector<int32_t>& values : {sequence->ids, trl_labels(*sequence)}) {
+      feed(uint64_t(values.size()), 8);
+      for (int32_t value : values) feed(uint32_t(value), 4);
+    }
+  }
+  return hash;
+}
+
+// First index where two sequences differ, or -1.
+template <class A, class B>
+long first_difference(const A& actual, const B& expected) {
+  size_t common = std::min(actual.size(), expected.size());
+  for (size_t i = 0; i < common; i++) {
+    if (int64_t(actual[i]) != int64_t(expected[i])) return long(i);
+  }
+  return actual.size() == expected.size() ? -1 : long(common);
+}
+
+// Compares a pair with a fixture record of trl's output (ids and labels in full).
+void expect_same_as_trl(const TokenizedPair& pair, const nlohmann::json& trl,
+                        const std::string& what) {
+  auto check = [&](const std::vector<int32_t>& actual, const char* key) {
+    std::vector<int64_t> expected = trl[key].get<std::vector<int64_t>>();
+    long at = first_difference(actual, expected);
+    EXPECT_EQ(at, -1) << what << ": " << key << " differs at index " << at << " (lengths "
+                      << actual.size() << " vs trl " << expected.size() << ")";
+  };
+  check(pair.chosen.ids, "chosen_input_ids");
+  check(trl_labels(pair.chosen), "chosen_labels");
+  check(pair.rejected.ids, "rejected_input_ids");
+  check(trl_labels(pair.rejected), "rejected_labels");
+  EXPECT_EQ(size_t(pair.prompt_length), trl["prompt_input_ids"].size()) << what;
+}
+
+TokenizeOptions options_of(const nlohmann::json& record) {
+  TokenizeOptions options;
+  options.max_length = record["max_length"].get<int>();
+  options.max_prompt_length = record["max_prompt_length"].get<int>();
+  options.truncation_mode = truncation_mode_by_name(record["truncation_mode"].get<std::string>());
+  return options;
+}
+
+class PairTokenizer : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!std::filesystem::exists(kTokenizerDirectory + "/tokenizer.model")) {
+      GTEST_SKIP() << "ChatML tokenizer fixture missing at " << kTokenizerDirectory;
+    }
+    tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::from_directory(kTokenizerDirectory));
+  }
+  std::unique_ptr<Tokenizer> tokenizer_;
+};
+
+// Short limits, both truncation modes, BOS/EOS already present, empty texts, and raw texts whose
+// last prompt token merges with the answer's first.
+TEST_F(PairTokenizer, SyntheticCasesMatchTrl) {
+  nlohmann::json fixture = read_json(kFixtures + "synthetic.json");
+  ChatTemplate chatml = chat_template_by_name("chatml");
+  ASSERT_GE(fixture["cases"].size(), 10u);
+  for (const nlohmann::json& record : fixture["cases"]) {
+    std::string name = record["name"].get<std::string>();
+    const nlohmann::json& input = record["input"];
+    const nlohmann::json& rendered = record["rendered"];
+    TokenizeOptions options = options_of(record);
+    TokenizedPair pair;
+    if (input.contains("system")) {
+      PreferenceExample example{input["system"], input["user"], input["chosen"], input["rejected"]};
+      EXPECT_EQ(chatml.prompt(example.system, example.prompt), rendered["prompt"]) << name;
+      pair = tokenize_pair(*tokenizer_, chatml, example, options);
+      EXPECT_EQ(pair.system, example.system);
+    } else {
+      pair = tokenize_rendered_pair(*tokenizer_, rendered["prompt"], rendered["chosen"],
+                                    rendered["rejected"], options);
+    }
+    expect_same_as_trl(pair, record, name);
+    EXPECT_LE(pair.chosen.ids.size(), size_t(options.max_length)) << name;
+    EXPECT_LE(pair.rejected.ids.size(), size_t(options.max_length)) << name;
+  }
+}
+
+TEST_F(PairTokenizer, BadOptionsAreErrors) {
+  TokenizeOptions options;
+  options.max_prompt_length = 512;
+  EXPECT_THROW(tokenize_rendered_pair(*tokenizer_, "a", "b", "c", options), Error);
+  options.max_prompt_length = 0;
+  EXPECT_THROW(tokenize_rendered_pair(*tokenizer_, "a", "b", "c", options), Error);
+  EXPECT_THROW(truncation_mode_by_name("keep_middle"), Error);
+}
+
+// Every row of the real dataset, rendered and tokenized as the seed did (512 / 128 / keep_end).
+TEST_F(PairTokenizer, EveryDatasetRowMatchesTrl) {
+  if (!std::filesystem::exists(kDataset)) GTEST_SKIP() << "dataset not found at " << kDataset;
+  nlohmann::json fixture = read_json(kFixtures + "dataset_rows.json");
+  TokenizeOptions options = options_of(fixture);
+
+  PreferenceData data = load_preference_data(kDataset, *tokenizer_, chat_template_by_name("chatml"),
+                                             PreferenceOptions{}, options);
+  std::printf("%s", format_dataset_stats(data.stats, options).c_str());
+
+  const nlohmann::json& rows = fixture["rows"];
+  ASSERT_EQ(data.pairs.size(), rows.size());
+  int64_t mismatches = 0;
+  for (size_t i = 0; i < rows.size(); i++) {
+    // [row, hash, prompt_length, chosen_length, rejected_length, truncated]
+    const nlohmann::json& row = rows[i];
+    const TokenizedPair& pair = data.pairs[i];
+    char hash[17];
+    std::snprintf(hash, sizeof hash, "%016llx", (unsigned long long)fnv1a64_pair(pair));
+    bool same = hash == row[1].get<std::string>() && pair.prompt_length == row[2].get<int>() &&
+                pair.truncated == row[5].get<bool>();
+    if (!same && mismatches++ == 0) {
+      ADD_FAILURE() << "first mismatch at dataset row " << row[0]
+                    << ": lengths prompt/chosen/rejected " << pair.prompt_length << "/"
+                    << pair.chosen.ids.size() << "/" << pair.rejected.ids.size() << " vs trl "
+                    << row[2] << "/" << row[3] << "/" << row[4] << ", truncated " << pair.truncated
+                    << " vs " << row[5];
+    }
+  }
+  EXPECT_EQ(mismatches, 0) << "rows differing from trl";
+  EXPECT_EQ(data.stats.truncated_pairs, fixture["truncated_rows"].get<int64_t>());
+  EXPECT_EQ(data.stats.pairs, 1952);
+  EXPECT_EQ(data.stats.dropped_pairs, 0);
+
+  for (const nlohmann::json& record : fixture["full_rows"]) {
+    int64_t row = record["row"].get<int64_t>();
+    expect_same_as_trl(data.pairs[size_t(row)], record, "dataset row " + std::to_string(row));
+  }
+}
+
+}  // namespace
+}  // namespace cst
