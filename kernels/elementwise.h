@@ -2,10 +2,20 @@
 //
 //   add:      y += x                       (residual connections; gradient fan-in)
 //   scale:    y *= alpha
-//   dropout:  y = x * keep / (1 - p),  keep = hash(seed, stream, index) >= p
-//             backward applies the same mask to dy. The mask is a pure function of
-//             (seed, stream, index), so it is recomputed in backward instead of stored, and it is
-//             identical on every backend.
+//   dropout:  y_i = keep_i ? x_i * scale : 0,   keep_i = counter_uniform(seed, stream, i) >= p,
+//             scale = 1.0f / (1.0f - p) computed in f32, i = the element's flat index, 0 <= p < 1.
+//             backward applies the same mask to dy (dropout(dx, dy, p, seed, stream)). The mask
+//             is a pure function of (seed, stream, index), so it is recomputed in backward instead
+//             of stored, and it is identical on every backend.
+//
+// counter_uniform, bit for bit (all arithmetic on uint64_t, wrapping):
+//   mix64(z):  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
+//              z = (z ^ (z >> 27)) * 0x94d049bb133111eb
+//              return z ^ (z >> 31)                      (the splitmix64 output function)
+//   gamma    = 0x9e3779b97f4a7c15
+//   key      = mix64(seed ^ mix64(stream + gamma))
+//   bits     = mix64(key + (index + 1) * gamma)         (the index-th splitmix64 draw from key)
+//   result   = float(bits >> 40) * 2^-24                 (top 24 bits: exact in f32, in [0, 1))
 #pragma once
 #include <cstdint>
 

@@ -29,6 +29,9 @@ void logprobs_backward(const Tensor& dhidden, const Tensor& dlogps, const Tensor
 
 // Tokens per chunk: about 64 MiB of f32 logits, at least one token.
 int64_t logprobs_chunk_tokens(int64_t vocab_size);
+// Fixes the tokens per chunk for every later call (0 restores the default). Tests lower it to
+// cover several chunks with a small vocabulary; a tight memory budget can lower it too.
+void set_logprobs_chunk_tokens(int64_t tokens);
 
 namespace cuda {
 void logprobs_forward(const Tensor& logps, const Tensor& lse, const Tensor& logit_sums,
