@@ -1,0 +1,122 @@
+// Small building blocks shared by the CUDA kernels: dtype dispatch on the host, 16-byte chunked
+// loads and stores, launch sizes, and the warp sum.
+#pragma once
+#include <cstdint>
+
+#include "kernels/cuda_common.cuh"
+#include "kernels/op_checks.h"
+
+namespace cst::cuda {
+
+// ---- host side ----
+
+// Calls function(T{}) with T = float or __nv_bfloat16 matching the tensor's dtype, so one
+// templated launch serves both: `with_float_type(x, op, [&](auto tag) { using T = decltype(tag); })`.
+template <class Function>
+void with_float_type(const Tensor& t, const char* op, const char* what, Function&& function) {
+  switch (t.dtype) {
+    case DType::f32: function(float{}); return;
+    case DType::bf16: function(__nv_bfloat16{}); return;
+    default: fail(op, ": ", what, " must be f32 or bf16, got ", t.describe());
+  }
+}
+
+// The cuda:: entry points are callable directly, so they check the device themselves.
+inline void check_on_gpu(const Tensor& t, const char* op, const char* what) {
+  if (t.device != Device::cuda) fail(op, ": ", what, " must be on cuda, got ", t.describe());
+}
+
+inline bool is_aligned_16(const void* pointer) {
+  return reinterpret_cast<uintptr_t>(pointer) % 16 == 0;
+}
+
+// Chunks of 8 elements are one 16-byte load for bf16 (two for f32). A row or array can use them
+// when its length is a multiple of 8 and every pointer involved is 16-byte aligned.
+constexpr int kChunk = 8;
+
+template <class... Pointers>
+bool can_use_chunks(int64_t length, const Pointers*... pointers) {
+  return length % kChunk == 0 && (is_aligned_16(pointers) && ...);
+}
+
+constexpr int kThreads = 256;
+
+// Blocks for a grid-stride loop over `items` work items. The cap keeps the grid a few waves deep
+// on any GPU; the loops cover the rest.
+inline int grid_blocks(int64_t items, int threads = kThreads) {
+  int64_t blocks = (items + threads - 1) / threads;
+  constexpr int64_t kMaxBlocks = 1 << 16;
+  if (blocks < 1) blocks = 1;
+  return int(blocks < kMaxBlocks ? blocks : kMaxBlocks);
+}
+
+// ---- device side: grid-stride loops over chunks ----
+// for (int64_t i = first_chunk(Width); i < count; i += chunk_stride(Width)) visits every chunk
+// start of a flat array exactly once, whatever the grid size.
+__device__ inline int64_t first_chunk(int width) {
+  return (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * width;
+}
+__device__ inline int64_t chunk_stride(int width) { return int64_t(gridDim.x) * blockDim.x * width; }
+
+// ---- device side: chunked loads and stores (Width 1: scalar; Width 8: vectorised) ----
+
+__device__ inline void load_8(const float* source, float (&values)[8]) {
+  float4 first = reinterpret_cast<const float4*>(source)[0];
+  float4 second = reinterpret_cast<const float4*>(source)[1];
+  values[0] = first.x, values[1] = first.y, values[2] = first.z, values[3] = first.w;
+  values[4] = second.x, values[5] = second.y, values[6] = second.z, values[7] = second.w;
+}
+
+__device__ inline void load_8(const __nv_bfloat16* source, float (&values)[8]) {
+  uint4 raw = *reinterpret_cast<const uint4*>(source);
+  const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
+  for (int k = 0; k < 4; ++k) {
+    float2 pair = __bfloat1622float2(pairs[k]);
+    values[2 * k] = pair.x;
+    values[2 * k + 1] = pair.y;
+  }
+}
+
+__device__ inline void store_8(float* destination, const float (&values)[8]) {
+  reinterpret_cast<float4*>(destination)[0] = make_float4(values[0], values[1], values[2], values[3]);
+  reinterpret_cast<float4*>(destination)[1] = make_float4(values[4], values[5], values[6], values[7]);
+}
+
+__device__ inline void store_8(__nv_bfloat16* destination, const float (&values)[8]) {
+  union {
+    uint4 raw;
+    __nv_bfloat162 pairs[4];
+  } packed;
+  for (int k = 0; k < 4; ++k) packed.pairs[k] = __floats2bfloat162_rn(values[2 * k], values[2 * k + 1]);
+  *reinterpret_cast<uint4*>(destination) = packed.raw;
+}
+
+template <int Width, class T>
+__device__ inline void load_chunk(const T* source, float (&values)[Width]) {
+  if constexpr (Width == 1) {
+    values[0] = to_float(source[0]);
+  } else {
+    static_assert(Width == kChunk, "chunks are 1 or 8 elements");
+    load_8(source, values);
+  }
+}
+
+template <int Width, class T>
+__device__ inline void store_chunk(T* destination, const float (&values)[Width]) {
+  if constexpr (Width == 1) {
+    destination[0] = from_float<T>(values[0]);
+  } else {
+    static_assert(Width == kChunk, "chunks are 1 or 8 elements");
+    store_8(destination, values);
+  }
+}
+
+// ---- device side: reductions ----
+
+// Sum over the 32 lanes of a warp, returned to every lane.
+__device__ inline float warp_sum(float value) {
+  for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
+  return value;
+}
+
+}  // namespace cst::cuda

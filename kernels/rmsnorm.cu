@@ -1,0 +1,181 @@
+// CUDA RMSNorm. One warp per row: C = 4096 is 16 chunks of 8 bf16 per lane, so a row needs no
+// block-level synchronisation, and the row is read twice (sum of squares, then normalise), the
+// second time mostly from L1/L2.
+// x, out, dout, dx share one dtype T (bf16 or f32); the weight may be bf16 or f32; rstd is f32.
+#include "kernels/cuda_utils.cuh"
+#include "kernels/rmsnorm.h"
+
+namespace cst::cuda {
+
+constexpr int kRowsPerBlock = kThreads / 32;
+
+// out (rows, channels), rstd (rows), x (rows, channels), weight (channels).
+template <int Width, class T, class W>
+__global__ void rmsnorm_forward_kernel(T* out, float* rstd, const T* x, const W* weight,
+                                       int64_t rows, int channels, float eps) {
+  int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
+  int lane = threadIdx.x % 32;
+  if (row >= rows) return;  // the whole warp leaves together
+  const T* x_row = x + row * channels;
+  T* out_row = out + row * channels;
+
+  float sum_of_squares = 0.0f;
+  for (int c = lane * Width; c < channels; c += 32 * Width) {
+    float values[Width];
+    load_chunk<Width>(x_row + c, values);
+    for (int k = 0; k < Width; ++k) sum_of_squares += values[k] * values[k];
+  }
+  sum_of_squares = warp_sum(sum_of_squares);
+  float r = 1.0f / sqrtf(sum_of_squares / float(channels) + eps);
+  if (lane == 0) rstd[row] = r;
+
+  for (int c = lane * Width; c < channels; c += 32 * Width) {
+    float values[Width], weights[Width];
+    load_chunk<Width>(x_row + c, values);
+    load_chunk<Width>(weight + c, weights);
+    for (int k = 0; k < Width; ++k) values[k] = weights[k] * (values[k] * r);
+    store_chunk<Width>(out_row + c, values);
+  }
+}
+
+// dx (rows, channels); each lane reads its positions before writing them, so dx may alias dout.
+template <int Width, class T, class W>
+__global__ void rmsnorm_backward_input_kernel(T* dx, const T* dout, const T* x, const W* weight,
+                                              const float* rstd, int64_t rows, int channels) {
+  int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
+  int lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  const T* dout_row = dout + row * channels;
+  const T* x_row = x + row * channels;
+  T* dx_row = dx + row * channels;
+  float r = rstd[row];
+
+  // mean over c of g_c n_c, with g = dout * w and n = x * r
+  float sum_g_n = 0.0f;
+  for (int c = lane * Width; c < channels; c += 32 * Width) {
+    float d[Width], xs[Width], w[Width];
+    load_chunk<Width>(dout_row + c, d);
+    load_chunk<Width>(x_row + c, xs);
+    load_chunk<Width>(weight + c, w);
+    for (int k = 0; k < Width; ++k) sum_g_n += (d[k] * w[k]) * (xs[k] * r);
+  }
+  float mean_g_n = warp_sum(sum_g_n) / float(channels);
+
+  for (int c = lane * Width; c < channels; c += 32 * Width) {
+    float d[Width], xs[Width], w[Width], result[Width];
+    load_chunk<Width>(dout_row + c, d);
+    load_chunk<Width>(x_row + c, xs);
+    load_chunk<Width>(weight + c, w);
+    for (int k = 0; k < Width; ++k) result[k] = r * (d[k] * w[k] - (xs[k] * r) * mean_g_n);
+    store_chunk<Width>(dx_row + c, result);
+  }
+}
+
+// dweight_c += sum over rows of dout_c * x_c * r. A block owns 32 columns and all rows: its
+// 8 row lanes each sum every 8th row, then the 8 partial sums are added in a fixed order.
+// No atomics, so the result is the same on every run. The norm weights are frozen in LoRA
+// training, so this pass runs only when a caller asks for dweight.
+constexpr int kWeightColumns = 32, kWeightRowLanes = 8;
+
+template <class T>
+__global__ void rmsnorm_backward_weight_kernel(float* dweight, const T* dout, const T* x,
+                                               const float* rstd, int64_t rows, int channels) {
+  __shared__ float partial_sums[kWeightRowLanes][kWeightColumns];
+  int c = blockIdx.x * kWeightColumns + threadIdx.x;
+  float partial = 0.0f;
+  if (c < channels) {
+    for (int64_t row = threadIdx.y; row < rows; row += kWeightRowLanes) {
+      int64_t i = row * channels + c;
+      partial += to_float(dout[i]) * (to_float(x[i]) * rstd[row]);
+    }
+  }
+  partial_sums[threadIdx.y][threadIdx.x] = partial;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < channels) {
+    float sum = 0.0f;
+    for (int lane = 0; lane < kWeightRowLanes; ++lane) sum += partial_sums[lane][threadIdx.x];
+    dweight[c] += sum;
+  }
+}
+
+static void check_rmsnorm_tensors(const char* op, const Tensor& x, const Tensor& weight,
+                                  const Tensor& rstd, std::initializer_list<const Tensor*> like_x) {
+  check_rank(x, 2, op, "x");
+  check_dims(weight, {x.shape[1]}, op, "weight");
+  check_dims(rstd, {x.shape[0]}, op, "rstd");
+  check_dtype(rstd, DType::f32, op, "rstd");
+  for (const Tensor* t : {&x, &weight, &rstd}) check_on_gpu(*t, op, "every argument");
+  for (const Tensor* t : like_x) {
+    check_on_gpu(*t, op, "every argument");
+    if (t->dtype != x.dtype) fail(op, ": expected the dtype of x ", x.describe(), ", got ", t->describe());
+    check_dims(*t, {x.shape[0], x.shape[1]}, op, "activation");
+  }
+  if (x.shape[1] > (int64_t(1) << 30)) fail(op, ": ", x.describe(), " has too many channels");
+}
+
+void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& weight,
+                     float eps) {
+  const char* op = "rmsnorm_forward";
+  check_rmsnorm_tensors(op, x, weight, rstd, {&out});
+  int64_t rows = x.shape[0];
+  int channels = int(x.shape[1]);
+  if (rows == 0 || channels == 0) return;
+  int blocks = ceil_div(rows, kRowsPerBlock);
+  with_float_type(x, op, "x", [&](auto x_tag) {
+    with_float_type(weight, op, "weight", [&](auto weight_tag) {
+      using T = decltype(x_tag);
+      using W = decltype(weight_tag);
+      T* out_data = static_cast<T*>(out.data);
+      const T* x_data = static_cast<const T*>(x.data);
+      const W* weight_data = static_cast<const W*>(weight.data);
+      if (can_use_chunks(channels, out_data, x_data, weight_data))
+        rmsnorm_forward_kernel<kChunk><<<blocks, kThreads, 0, stream()>>>(
+            out_data, rstd.f32(), x_data, weight_data, rows, channels, eps);
+      else
+        rmsnorm_forward_kernel<1><<<blocks, kThreads, 0, stream()>>>(
+            out_data, rstd.f32(), x_data, weight_data, rows, channels, eps);
+      CUDA_CHECK_LAUNCH();
+    });
+  });
+}
+
+void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dout, const Tensor& x,
+                      const Tensor& weight, const Tensor& rstd) {
+  const char* op = "rmsnorm_backward";
+  check_rmsnorm_tensors(op, x, weight, rstd, {&dx, &dout});
+  if (!dweight.empty()) {
+    check_on_gpu(dweight, op, "dweight");
+    check_dims(dweight, {x.shape[1]}, op, "dweight");
+    check_dtype(dweight, DType::f32, op, "dweight");
+  }
+  int64_t rows = x.shape[0];
+  int channels = int(x.shape[1]);
+  if (rows == 0 || channels == 0) return;
+  with_float_type(x, op, "x", [&](auto x_tag) {
+    using T = decltype(x_tag);
+    T* dx_data = static_cast<T*>(dx.data);
+    const T* dout_data = static_cast<const T*>(dout.data);
+    const T* x_data = static_cast<const T*>(x.data);
+    // dweight first: dx may alias dout.
+    if (!dweight.empty()) {
+      dim3 threads(kWeightColumns, kWeightRowLanes);
+      rmsnorm_backward_weight_kernel<<<ceil_div(channels, kWeightColumns), threads, 0, stream()>>>(
+          dweight.f32(), dout_data, x_data, rstd.f32(), rows, channels);
+      CUDA_CHECK_LAUNCH();
+    }
+    with_float_type(weight, op, "weight", [&](auto weight_tag) {
+      using W = decltype(weight_tag);
+      const W* weight_data = static_cast<const W*>(weight.data);
+      int blocks = ceil_div(rows, kRowsPerBlock);
+      if (can_use_chunks(channels, dx_data, dout_data, x_data, weight_data))
+        rmsnorm_backward_input_kernel<kChunk><<<blocks, kThreads, 0, stream()>>>(
+            dx_data, dout_data, x_data, weight_data, rstd.f32(), rows, channels);
+      else
+        rmsnorm_backward_input_kernel<1><<<blocks, kThreads, 0, stream()>>>(
+            dx_data, dout_data, x_data, weight_data, rstd.f32(), rows, channels);
+      CUDA_CHECK_LAUNCH();
+    });
+  });
+}
+
+}  // namespace cst::cuda

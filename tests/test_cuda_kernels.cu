@@ -1,0 +1,418 @@
+// The CUDA kernels against the CPU reference (the same cst:: op on CPU tensors).
+//
+// Inputs are random, never zero, and rounded to bf16 first, so both backends see the very same
+// numbers and the comparison measures only the GPU's arithmetic and output rounding. Errors are
+// relative over the whole tensor, ||gpu - cpu|| / ||cpu||:
+//   bf16 outputs <= 1e-2: bf16 keeps 8 significant bits, so one rounding costs at most
+//     2^-9 = 0.2% per element; a result that passes through two or three roundings (a GEMM on a
+//     bf16 intermediate, dz in bf16) stays well under 1%, while a wrong index, a missing term or a
+//     race gives errors of order 1.
+//   f32 outputs <= 1e-5: the same f32 math in another order (f32 sums vs the CPU's double sums,
+//     GPU expf vs libm) differs by a few ulps, ~1e-7 relative per element.
+// Tests of GPU kernels skip when no GPU is visible; the host-side tests run everywhere.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "kernels/adamw.h"
+#include "kernels/cuda_random.cuh"
+#include "kernels/device.h"
+#include "kernels/elementwise.h"
+#include "kernels/embedding.h"
+#include "kernels/gemm.h"
+#include "kernels/logprobs.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
+#include "kernels/swiglu.h"
+#include "kernels/tensor.h"
+
+namespace cst {
+namespace {
+
+constexpr double kBf16Tolerance = 1e-2;
+constexpr double kF32Tolerance = 1e-5;
+
+std::vector<int64_t> shape_of(const Tensor& t) {
+  return std::vector<int64_t>(t.shape.begin(), t.shape.begin() + t.rank);
+}
+
+// Uniform in [-scale, scale] with no zeros, rounded to bf16 values (exact in f32).
+OwnedTensor random_cpu(const std::vector<int64_t>& shape, uint32_t seed, float scale = 1.0f) {
+  OwnedTensor t(shape, DType::f32, Device::cpu);
+  std::mt19937 generator(seed);
+  std::uniform_real_distribution<float> uniform(0.05f, 1.0f);
+  std::bernoulli_distribution negative(0.5);
+  float* data = t->f32();
+  for (int64_t i = 0; i < t->numel(); ++i) {
+    float value = scale * uniform(generator) * (negative(generator) ? -1.0f : 1.0f);
+    data[i] = bf16_to_f32(f32_to_bf16(value));
+  }
+  return t;
+}
+
+OwnedTensor random_ints(int64_t count, int32_t low, int32_t high, uint32_t seed) {
+  OwnedTensor t({count}, DType::i32, Device::cpu);
+  std::mt19937 generator(seed);
+  std::uniform_int_distribution<int32_t> uniform(low, high - 1);
+  for (int64_t i = 0; i < count; ++i) t->i32()[i] = uniform(generator);
+  return t;
+}
+
+OwnedTensor upload(const Tensor& cpu, DType dtype) {
+  OwnedTensor gpu(shape_of(cpu), dtype, Device::cuda);
+  copy_tensor(gpu, cpu);
+  return gpu;
+}
+
+OwnedTensor download(const Tensor& gpu) {
+  OwnedTensor cpu(shape_of(gpu), gpu.dtype == DType::i32 ? DType::i32 : DType::f32, Device::cpu);
+  copy_tensor(cpu, gpu);
+  return cpu;
+}
+
+// ||gpu - cpu|| / ||cpu|| over the whole tensor, in double.
+double relative_error(const Tensor& gpu, const Tensor& cpu) {
+  OwnedTensor result = download(gpu);
+  EXPECT_EQ(result->numel(), cpu.numel());
+  double difference = 0, reference = 0;
+  for (int64_t i = 0; i < cpu.numel(); ++i) {
+    double expected = cpu.f32()[i], actual = result->f32()[i];
+    difference += (actual - expected) * (actual - expected);
+    reference += expected * expected;
+  }
+  EXPECT_GT(reference, 0.0) << "the reference is all zeros: the comparison would prove nothing";
+  return std::sqrt(difference / reference);
+}
+
+double tolerance_for(DType dtype) { return dtype == DType::bf16 ? kBf16Tolerance : kF32Tolerance; }
+
+class CudaKernels : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: the kernels cannot run on this machine";
+  }
+};
+
+// ---- host-side checks: no GPU needed ----
+
+TEST(CudaKernelsHost, DropoutUniformMatchesCpuBitForBit) {
+  for (uint64_t seed : {0ull, 1ull, 42ull, 0xdeadbeefcafef00dull})
+    for (uint64_t stream : {0ull, 3ull, 1ull << 40})
+      for (uint64_t index : {0ull, 1ull, 2ull, 1000ull, 123456789ull, (1ull << 33) + 7}) {
+        float cpu = counter_uniform(seed, stream, index);
+        float gpu_formula = cuda::uniform_from_key(cuda::dropout_stream_key(seed, stream), index);
+        ASSERT_EQ(cpu, gpu_formula) << "seed " << seed << " stream " << stream << " index " << index;
+      }
+}
+
+TEST(CudaKernelsHost, MatmulRejectsMixedDtypes) {
+  // Views only: the dtype check comes before any use of the memory or the GPU.
+  Tensor out = make_view(nullptr, {4, 4}, DType::f32, Device::cuda);
+  Tensor a = make_view(nullptr, {4, 4}, DType::bf16, Device::cuda);
+  Tensor b = make_view(nullptr, {4, 4}, DType::f32, Device::cuda);
+  try {
+    cuda::matmul(out, a, b, false, false, 1.0f, 0.0f);
+    FAIL() << "mixed input dtypes were accepted";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("same dtype"), std::string::npos) << error.what();
+  }
+}
+
+// ---- GEMM ----
+
+TEST_F(CudaKernels, MatmulMatchesCpuForEveryTransposeAndDtype) {
+  struct Dtypes { DType input, output; };
+  const int64_t shapes[][3] = {{7, 5, 3}, {64, 48, 80}, {33, 17, 129}, {1, 300, 64}};
+  uint32_t seed = 1;
+  for (auto [input, output] : {Dtypes{DType::bf16, DType::f32}, Dtypes{DType::bf16, DType::bf16},
+                               Dtypes{DType::f32, DType::f32}})
+    for (bool transpose_a : {false, true})
+      for (bool transpose_b : {false, true})
+        for (auto [m, n, k] : shapes) {
+          OwnedTensor a = random_cpu(transpose_a ? std::vector<int64_t>{k, m} : std::vector<int64_t>{m, k}, seed++);
+          OwnedTensor b = random_cpu(transpose_b ? std::vector<int64_t>{n, k} : std::vector<int64_t>{k, n}, seed++);
+          OwnedTensor out = random_cpu({m, n}, seed++);
+          OwnedTensor a_gpu = upload(a, input), b_gpu = upload(b, input), out_gpu = upload(out, output);
+          matmul(out, a, b, transpose_a, transpose_b, 0.75f, 0.5f);
+          matmul(out_gpu, a_gpu, b_gpu, transpose_a, transpose_b, 0.75f, 0.5f);
+          EXPECT_LE(relative_error(out_gpu, out), tolerance_for(output))
+              << dtype_name(input) << " -> " << dtype_name(output) << " m " << m << " n " << n
+              << " k " << k << " ta " << transpose_a << " tb " << transpose_b;
+        }
+}
+
+// ---- embedding ----
+
+TEST_F(CudaKernels, EmbeddingGathersExactRows) {
+  for (int64_t channels : {12, 64, 13}) {
+    OwnedTensor table = random_cpu({37, channels}, 7);
+    OwnedTensor ids = random_ints(19, 0, 37, 8);
+    OwnedTensor out({19, channels}, DType::f32, Device::cpu);
+    embedding_forward(out, ids, table);
+    OwnedTensor ids_gpu = upload(ids, DType::i32), table_gpu = upload(table, DType::bf16);
+    for (DType output : {DType::bf16, DType::f32}) {
+      OwnedTensor out_gpu({19, channels}, output, Device::cuda);
+      embedding_forward(out_gpu, ids_gpu, table_gpu);
+      EXPECT_EQ(relative_error(out_gpu, out), 0.0) << "a gather of bf16 values is exact";
+    }
+  }
+}
+
+TEST_F(CudaKernels, EmbeddingRejectsIdOutsideVocabulary) {
+  OwnedTensor table = upload(random_cpu({10, 8}, 9), DType::bf16);
+  OwnedTensor ids = random_ints(5, 0, 10, 10);
+  ids->i32()[3] = 10;
+  OwnedTensor ids_gpu = upload(ids, DType::i32);
+  OwnedTensor out({5, 8}, DType::bf16, Device::cuda);
+  EXPECT_THROW(embedding_forward(out, ids_gpu, table), Error);
+}
+
+// ---- RMSNorm ----
+
+const int64_t kRowShapes[][2] = {{7, 12}, {5, 64}, {33, 4096}, {3, 1000}, {1, 8}};
+
+TEST_F(CudaKernels, RmsnormForwardMatchesCpu) {
+  uint32_t seed = 100;
+  for (DType dtype : {DType::bf16, DType::f32})
+    for (auto [rows, channels] : kRowShapes) {
+      OwnedTensor x = random_cpu({rows, channels}, seed++, 3.0f), weight = random_cpu({channels}, seed++);
+      OwnedTensor out({rows, channels}, DType::f32, Device::cpu), rstd({rows}, DType::f32, Device::cpu);
+      rmsnorm_forward(out, rstd, x, weight, 1e-5f);
+      OwnedTensor x_gpu = upload(x, dtype), weight_gpu = upload(weight, dtype);
+      OwnedTensor out_gpu({rows, channels}, dtype, Device::cuda), rstd_gpu({rows}, DType::f32, Device::cuda);
+      rmsnorm_forward(out_gpu, rstd_gpu, x_gpu, weight_gpu, 1e-5f);
+      EXPECT_LE(relative_error(out_gpu, out), tolerance_for(dtype)) << rows << "x" << channels;
+      EXPECT_LE(relative_error(rstd_gpu, rstd), kF32Tolerance) << rows << "x" << channels;
+    }
+}
+
+TEST_F(CudaKernels, RmsnormBackwardMatchesCpu) {
+  uint32_t seed = 200;
+  for (DType dtype : {DType::bf16, DType::f32})
+    for (auto [rows, channels] : kRowShapes) {
+      OwnedTensor x = random_cpu({rows, channels}, seed++, 3.0f), weight = random_cpu({channels}, seed++);
+      OwnedTensor dout = random_cpu({rows, channels}, seed++), dweight = random_cpu({channels}, seed++);
+      OwnedTensor out({rows, channels}, DType::f32, Device::cpu), rstd({rows}, DType::f32, Device::cpu);
+      rmsnorm_forward(out, rstd, x, weight, 1e-5f);
+      // Both backends start from the same rstd, so the backward is compared on its own.
+      OwnedTensor rstd_gpu = upload(rstd, DType::f32), dweight_gpu = upload(dweight, DType::f32);
+      OwnedTensor x_gpu = upload(x, dtype), weight_gpu = upload(weight, dtype), dout_gpu = upload(dout, dtype);
+      OwnedTensor dx({rows, channels}, DType::f32, Device::cpu), dx_gpu({rows, channels}, dtype, Device::cuda);
+      rmsnorm_backward(dx, dweight, dout, x, weight, rstd);
+      rmsnorm_backward(dx_gpu, dweight_gpu, dout_gpu, x_gpu, weight_gpu, rstd_gpu);
+      EXPECT_LE(relative_error(dx_gpu, dx), tolerance_for(dtype)) << rows << "x" << channels;
+      // dweight is f32 on both sides; the GPU sums rows in f32, the CPU in double.
+      EXPECT_LE(relative_error(dweight_gpu, dweight), 1e-4) << rows << "x" << channels;
+    }
+}
+
+TEST_F(CudaKernels, RmsnormDweightIsDeterministic) {
+  OwnedTensor x = upload(random_cpu({301, 96}, 5), DType::bf16), weight = upload(random_cpu({96}, 6), DType::bf16);
+  OwnedTensor dout = upload(random_cpu({301, 96}, 7), DType::bf16);
+  OwnedTensor out({301, 96}, DType::bf16, Device::cuda), rstd({301}, DType::f32, Device::cuda);
+  rmsnorm_forward(out, rstd, x, weight, 1e-6f);
+  OwnedTensor dx({301, 96}, DType::bf16, Device::cuda);
+  OwnedTensor first({96}, DType::f32, Device::cuda), second({96}, DType::f32, Device::cuda);
+  rmsnorm_backward(dx, first, dout, x, weight, rstd);
+  rmsnorm_backward(dx, second, dout, x, weight, rstd);
+  OwnedTensor a = download(first), b = download(second);
+  for (int64_t c = 0; c < 96; ++c) ASSERT_EQ(a->f32()[c], b->f32()[c]) << "column " << c;
+}
+
+// ---- RoPE ----
+
+TEST_F(CudaKernels, RopeForwardAndBackwardMatchCpu) {
+  const int64_t shapes[][3] = {{5, 3, 8}, {7, 2, 128}, {4, 4, 6}, {9, 1, 48}};
+  uint32_t seed = 300;
+  for (DType dtype : {DType::bf16, DType::f32})
+    for (float theta : {10000.0f, 1000000.0f})
+      for (bool backward : {false, true})
+        for (auto [tokens, heads, head_dim] : shapes) {
+          OwnedTensor x = random_cpu({tokens, heads, head_dim}, seed++);
+          OwnedTensor positions = random_ints(tokens, 0, 4096, seed++);
+          OwnedTensor x_gpu = upload(x, dtype), positions_gpu = upload(positions, DType::i32);
+          if (backward) {
+            rope_backward(x, positions, theta);
+            rope_backward(x_gpu, positions_gpu, theta);
+          } else {
+            rope_forward(x, positions, theta);
+            rope_forward(x_gpu, positions_gpu, theta);
+          }
+          EXPECT_LE(relative_error(x_gpu, x), tolerance_for(dtype))
+              << (backward ? "backward " : "forward ") << tokens << "x" << heads << "x" << head_dim;
+        }
+}
+
+// ---- SwiGLU ----
+
+const int64_t kElementShapes[][2] = {{7, 13}, {16, 64}, {4, 1000}, {3, 14336}};
+
+TEST_F(CudaKernels, SwigluForwardAndBackwardMatchCpu) {
+  uint32_t seed = 400;
+  for (DType dtype : {DType::bf16, DType::f32})
+    for (auto [rows, features] : kElementShapes) {
+      OwnedTensor gate = random_cpu({rows, features}, seed++, 4.0f), up = random_cpu({rows, features}, seed++);
+      OwnedTensor dout = random_cpu({rows, features}, seed++);
+      OwnedTensor out({rows, features}, DType::f32, Device::cpu);
+      OwnedTensor dgate({rows, features}, DType::f32, Device::cpu), dup({rows, features}, DType::f32, Device::cpu);
+      swiglu_forward(out, gate, up);
+      swiglu_backward(dgate, dup, dout, gate, up);
+      OwnedTensor gate_gpu = upload(gate, dtype), up_gpu = upload(up, dtype), dout_gpu = upload(dout, dtype);
+      OwnedTensor out_gpu({rows, features}, dtype, Device::cuda);
+      OwnedTensor dgate_gpu({rows, features}, dtype, Device::cuda), dup_gpu({rows, features}, dtype, Device::cuda);
+      swiglu_forward(out_gpu, gate_gpu, up_gpu);
+      swiglu_backward(dgate_gpu, dup_gpu, dout_gpu, gate_gpu, up_gpu);
+      EXPECT_LE(relative_error(out_gpu, out), tolerance_for(dtype)) << rows << "x" << features;
+      EXPECT_LE(relative_error(dgate_gpu, dgate), tolerance_for(dtype)) << rows << "x" << features;
+      EXPECT_LE(relative_error(dup_gpu, dup), tolerance_for(dtype)) << rows << "x" << features;
+    }
+}
+
+// ---- elementwise ----
+
+TEST_F(CudaKernels, AddAndScaleMatchCpu) {
+  uint32_t seed = 500;
+  for (auto [rows, features] : kElementShapes)
+    for (DType y_dtype : {DType::bf16, DType::f32})
+      for (DType x_dtype : {DType::bf16, DType::f32}) {
+        OwnedTensor y = random_cpu({rows, features}, seed++), x = random_cpu({rows, features}, seed++);
+        OwnedTensor y_gpu = upload(y, y_dtype), x_gpu = upload(x, x_dtype);
+        add_inplace(y, x);
+        scale_inplace(y, -1.5f);
+        add_inplace(y_gpu, x_gpu);
+        scale_inplace(y_gpu, -1.5f);
+        EXPECT_LE(relative_error(y_gpu, y), tolerance_for(y_dtype)) << rows << "x" << features;
+      }
+}
+
+TEST_F(CudaKernels, DropoutMatchesCpuMaskExactly) {
+  uint32_t seed = 600;
+  for (auto [rows, features] : kElementShapes)
+    for (float p : {0.0f, 0.1f, 0.5f}) {
+      OwnedTensor x = random_cpu({rows, features}, seed++);
+      OwnedTensor out({rows, features}, DType::f32, Device::cpu);
+      dropout(out, x, p, 1234, 7);
+      // f32: the same expression on both sides, so the same bits.
+      OwnedTensor x_gpu = upload(x, DType::f32), out_gpu({rows, features}, DType::f32, Device::cuda);
+      dropout(out_gpu, x_gpu, p, 1234, 7);
+      OwnedTensor result = download(out_gpu);
+      for (int64_t i = 0; i < x->numel(); ++i)
+        ASSERT_EQ(result->f32()[i], out->f32()[i]) << "element " << i << " p " << p;
+      // bf16 in place (out aliases x): the same mask, the values within bf16 rounding.
+      OwnedTensor x_bf16 = upload(x, DType::bf16);
+      dropout(x_bf16, x_bf16, p, 1234, 7);
+      OwnedTensor result_bf16 = download(x_bf16);
+      for (int64_t i = 0; i < x->numel(); ++i)
+        ASSERT_EQ(result_bf16->f32()[i] == 0.0f, out->f32()[i] == 0.0f) << "mask at " << i;
+      EXPECT_LE(relative_error(x_bf16, out), kBf16Tolerance);
+    }
+}
+
+// ---- AdamW and the gradient norm ----
+
+TEST_F(CudaKernels, AdamwMatchesCpuOverSeveralSteps) {
+  AdamWConfig config;
+  config.learning_rate = 1e-3f;
+  config.weight_decay = 0.01f;
+  uint32_t seed = 700;
+  for (int64_t count : {37, 1024, 4099}) {
+    OwnedTensor param = random_cpu({count}, seed++), m({count}, DType::f32, Device::cpu);
+    OwnedTensor v({count}, DType::f32, Device::cpu);
+    OwnedTensor param_gpu = upload(param, DType::f32), m_gpu = upload(m, DType::f32);
+    OwnedTensor v_gpu = upload(v, DType::f32);
+    for (int64_t step = 1; step <= 5; ++step) {
+      OwnedTensor grad = random_cpu({count}, seed++, 0.1f);
+      OwnedTensor grad_gpu = upload(grad, DType::f32);
+      adamw_update(param, grad, m, v, config, 2e-3f, step, 0.5f);
+      adamw_update(param_gpu, grad_gpu, m_gpu, v_gpu, config, 2e-3f, step, 0.5f);
+    }
+    // Same f32 formula in the same order; only FMA contraction on the GPU differs (an ulp).
+    EXPECT_LE(relative_error(param_gpu, param), 1e-6) << count;
+    EXPECT_LE(relative_error(m_gpu, m), 1e-6) << count;
+    EXPECT_LE(relative_error(v_gpu, v), 1e-6) << count;
+  }
+}
+
+TEST_F(CudaKernels, SumOfSquaresMatchesCpuAndIsDeterministic) {
+  uint32_t seed = 800;
+  for (int64_t count : {1, 37, 100000, 3000001}) {
+    OwnedTensor x = random_cpu({count}, seed++);
+    OwnedTensor x_gpu = upload(x, DType::f32);
+    double cpu = sum_of_squares(x);
+    double first = sum_of_squares(x_gpu), second = sum_of_squares(x_gpu);
+    // Squares of f32 values are exact in double; only the order of the double sums differs.
+    EXPECT_NEAR(first, cpu, 1e-12 * cpu) << count;
+    EXPECT_EQ(first, second) << count;
+  }
+}
+
+// ---- fused log-probabilities ----
+
+struct LogprobsInputs {
+  OwnedTensor hidden, lm_head, labels, dlogps;
+};
+
+LogprobsInputs logprobs_inputs(int64_t tokens, int64_t channels, int64_t vocab, uint32_t seed) {
+  LogprobsInputs inputs{random_cpu({tokens, channels}, seed), random_cpu({vocab, channels}, seed + 1),
+                        random_ints(tokens, 0, int32_t(vocab), seed + 2),
+                        random_cpu({tokens}, seed + 3)};
+  // Prompt and padding tokens carry no label.
+  for (int64_t n = 0; n < tokens; n += 3) inputs.labels->i32()[n] = n % 2 ? -1 : -100;
+  return inputs;
+}
+
+TEST_F(CudaKernels, LogprobsForwardAndBackwardMatchCpu) {
+  const int64_t shapes[][3] = {{37, 24, 1031}, {5, 64, 32000}, {64, 8, 50}};
+  uint32_t seed = 900;
+  for (int64_t chunk_tokens : {0, 8})  // 0: the default (one chunk here); 8: several chunks
+    for (DType dtype : {DType::bf16, DType::f32})
+      for (auto [tokens, channels, vocab] : shapes) {
+        set_logprobs_chunk_tokens(chunk_tokens);
+        LogprobsInputs in = logprobs_inputs(tokens, channels, vocab, seed += 4);
+        Arena cpu_scratch(Device::cpu), gpu_scratch(Device::cuda);
+        OwnedTensor logps({tokens}, DType::f32, Device::cpu), lse({tokens}, DType::f32, Device::cpu);
+        OwnedTensor sums({tokens}, DType::f32, Device::cpu), dhidden({tokens, channels}, DType::f32, Device::cpu);
+        logprobs_forward(logps, lse, sums, in.hidden, in.lm_head, in.labels, cpu_scratch);
+        logprobs_backward(dhidden, in.dlogps, in.hidden, in.lm_head, in.labels, lse, cpu_scratch);
+
+        OwnedTensor hidden_gpu = upload(in.hidden, dtype), head_gpu = upload(in.lm_head, dtype);
+        OwnedTensor labels_gpu = upload(in.labels, DType::i32), dlogps_gpu = upload(in.dlogps, DType::f32);
+        OwnedTensor logps_gpu({tokens}, DType::f32, Device::cuda), lse_gpu({tokens}, DType::f32, Device::cuda);
+        OwnedTensor sums_gpu({tokens}, DType::f32, Device::cuda);
+        OwnedTensor dhidden_gpu({tokens, channels}, dtype, Device::cuda);
+        logprobs_forward(logps_gpu, lse_gpu, sums_gpu, hidden_gpu, head_gpu, labels_gpu, gpu_scratch);
+        logprobs_backward(dhidden_gpu, dlogps_gpu, hidden_gpu, head_gpu, labels_gpu, lse_gpu, gpu_scratch);
+        set_logprobs_chunk_tokens(0);
+
+        // The logits are f32 on both sides (bf16 products are exact in f32), so logp, lse and
+        // the logit sums agree to f32 summation order: 1e-4 leaves room for V = 32000 terms.
+        std::string where = std::string(dtype_name(dtype)) + " tokens " + std::to_string(tokens) +
+                            " vocab " + std::to_string(vocab) + " chunk " + std::to_string(chunk_tokens);
+        EXPECT_LE(relative_error(logps_gpu, logps), 1e-4) << where;
+        EXPECT_LE(relative_error(lse_gpu, lse), 1e-5) << where;
+        EXPECT_LE(relative_error(sums_gpu, sums), 1e-4) << where;
+        // dz goes through the head's dtype (bf16: 0.2% per element) before the second GEMM.
+        EXPECT_LE(relative_error(dhidden_gpu, dhidden), tolerance_for(dtype)) << where;
+        OwnedTensor dhidden_result = download(dhidden_gpu);
+        for (int64_t n = 0; n < tokens; ++n)
+          if (in.labels->i32()[n] < 0)
+            for (int64_t c = 0; c < channels; ++c)
+              ASSERT_EQ(dhidden_result->f32()[n * channels + c], 0.0f) << "unlabelled token " << n;
+      }
+}
+
+TEST_F(CudaKernels, LogprobsRejectsLabelOutsideVocabulary) {
+  LogprobsInputs in = logprobs_inputs(6, 8, 20, 77);
+  in.labels->i32()[4] = 20;
+  OwnedTensor hidden = upload(in.hidden, DType::bf16), head = upload(in.lm_head, DType::bf16);
+  OwnedTensor labels = upload(in.labels, DType::i32);
+  OwnedTensor logps({6}, DType::f32, Device::cuda), lse({6}, DType::f32, Device::cuda);
+  OwnedTensor sums({6}, DType::f32, Device::cuda);
+  Arena scratch(Device::cuda);
+  EXPECT_THROW(logprobs_forward(logps, lse, sums, hidden, head, labels, scratch), Error);
+}
+
+}  // namespace
+}  // namespace cst
