@@ -106,7 +106,7 @@ void LoraAdapter::initialize(uint64_t seed) {
       if (!pair) continue;
       const int64_t count = pair->a.view.numel(), in_features = pair->a.view.dim(1);
       const float bound = 1.0f / std::sqrt(float(in_features));
-      std::vector<float> values(size_t(count));
+      std::vector<float> values(static_cast<size_t>(count));
       for (int64_t i = 0; i < count; ++i)
         values[size_t(i)] = bound * (2.0f * counter_uniform(seed, stream, uint64_t(i)) - 1.0f);
       copy_tensor(pair->a.view, make_view(values.data(), {count}, DType::f32, Device::cpu));

@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -90,14 +91,18 @@ TEST_P(TransformerGolden, MatchesTransformersAndPeft) {
   SafetensorsFile golden(dir + "/golden.safetensors");
   GoldenBatch batch = golden_batch(golden);
 
-  EXPECT_LE(max_abs_diff(transformer.logits(batch.spans(), true), read_vector<float>(golden, "logits")), 1e-4);
-  EXPECT_LE(max_abs_diff(transformer.logits(batch.spans(), false), read_vector<float>(golden, "base_logits")), 1e-4)
-      << "adapters disabled must give the base model";
+  const double logits_diff = max_abs_diff(transformer.logits(batch.spans(), true), read_vector<float>(golden, "logits"));
+  const double base_diff = max_abs_diff(transformer.logits(batch.spans(), false), read_vector<float>(golden, "base_logits"));
+  EXPECT_LE(logits_diff, 1e-4);
+  EXPECT_LE(base_diff, 1e-4) << "adapters disabled must give the base model";
+  std::printf("%s: logits max|diff| %.2e, base logits %.2e\n", GetParam().c_str(), logits_diff, base_diff);
 
   ForwardOptions options;
   options.save_for_backward = true;
   TokenLogps result = transformer.forward(batch.spans(), options);
-  EXPECT_LE(max_abs_diff(result.logps, read_vector<float>(golden, "logps")), 1e-4);
+  const double logps_diff = max_abs_diff(result.logps, read_vector<float>(golden, "logps"));
+  EXPECT_LE(logps_diff, 1e-4);
+  std::printf("%s: log-probs max|diff| %.2e\n", GetParam().c_str(), logps_diff);
 
   // loss = sum(logps * mask): d loss / d logp = mask.
   std::vector<int32_t> mask = read_vector<int32_t>(golden, "loss_mask");
@@ -105,12 +110,17 @@ TEST_P(TransformerGolden, MatchesTransformersAndPeft) {
   lora.zero_grad();
   transformer.backward(dlogps);
   int compared = 0;
+  double worst_gradient_error = 0;
   for (const LoraAdapter::Parameter& parameter : lora.parameters()) {
     std::vector<float> expected = read_vector<float>(golden, "grad." + parameter.name);
-    EXPECT_LE(relative_error(to_host(parameter.grad), expected), 1e-4) << parameter.name;
+    const double error = relative_error(to_host(parameter.grad), expected);
+    EXPECT_LE(error, 1e-4) << parameter.name;
+    worst_gradient_error = std::max(worst_gradient_error, error);
     ++compared;
   }
   EXPECT_EQ(compared, 2 * 7 * model.config().num_layers);
+  std::printf("%s: LoRA gradients, worst relative error %.2e over %d tensors\n", GetParam().c_str(),
+              worst_gradient_error, compared);
 }
 
 TEST_P(TransformerGolden, FreshAdapterLeavesTheModelUnchanged) {
