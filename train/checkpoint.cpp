@@ -1,0 +1,59 @@
+#include "train/checkpoint.h"
+
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+namespace cst {
+
+namespace fs = std::filesystem;
+
+std::string save_checkpoint(const std::string& output_dir, const TrainerState& state,
+                            const LoraAdapter& adapter, const AdamW& optimizer,
+                            const std::string& base_model_name) {
+  const fs::path final_dir = fs::path(output_dir) / ("checkpoint-" + std::to_string(state.step));
+  const fs::path temporary = final_dir.string() + ".tmp";
+  fs::remove_all(temporary);
+  fs::create_directories(temporary);
+  adapter.save_peft(temporary.string(), base_model_name);
+  optimizer.save((temporary / "optimizer.safetensors").string());
+  nlohmann::json json = {{"step", state.step},
+                         {"epoch", state.data_position.epoch},
+                         {"batch_in_epoch", state.data_position.batch_in_epoch},
+                         {"seed", state.seed}};
+  {
+    std::ofstream out(temporary / "trainer_state.json");
+    out << json.dump(2) << "\n";
+    if (!out.flush()) fail("cannot write ", (temporary / "trainer_state.json").string());
+  }
+  fs::remove_all(final_dir);
+  fs::rename(temporary, final_dir);
+  return final_dir.string();
+}
+
+TrainerState load_checkpoint(const std::string& checkpoint_dir, LoraAdapter& adapter, AdamW& optimizer) {
+  const fs::path dir(checkpoint_dir);
+  const fs::path state_path = dir / "trainer_state.json";
+  std::ifstream in(state_path);
+  if (!in) fail("--resume_from_checkpoint: ", state_path.string(), " not found (is ", checkpoint_dir, " a cst checkpoint?)");
+  TrainerState state;
+  try {
+    nlohmann::json json = nlohmann::json::parse(in);
+    state.step = json.at("step").get<long>();
+    state.data_position.epoch = json.at("epoch").get<int64_t>();
+    state.data_position.batch_in_epoch = json.at("batch_in_epoch").get<int64_t>();
+    state.seed = json.at("seed").get<int>();
+  } catch (const nlohmann::json::exception& e) {
+    fail(state_path.string(), ": ", e.what());
+  }
+  LoraConfig saved = LoraAdapter::read_peft_config(checkpoint_dir);
+  if (saved.r != adapter.config().r || saved.targets != adapter.config().targets)
+    fail(checkpoint_dir, ": the checkpoint's adapter (r=", saved.r,
+         ") does not match this run's LoRA options");
+  adapter.load_peft_weights(checkpoint_dir);
+  optimizer.load((dir / "optimizer.safetensors").string());
+  return state;
+}
+
+}  // namespace cst

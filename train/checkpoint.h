@@ -1,0 +1,30 @@
+// Checkpoints: everything needed to continue a run with bit-identical losses on the CPU backend.
+//
+//   <output_dir>/checkpoint-<step>/
+//     adapter_config.json, adapter_model.safetensors   the LoRA adapter (PEFT format)
+//     optimizer.safetensors                            AdamW moments and step count
+//     trainer_state.json                               step, data position, seed
+// A checkpoint is written into checkpoint-<step>.tmp and renamed into place, so a crash never
+// leaves a half-written checkpoint behind a valid name.
+#pragma once
+#include <string>
+
+#include "data/batch.h"
+#include "model/lora.h"
+#include "train/optimizer.h"
+
+namespace cst {
+
+struct TrainerState {
+  long step = 0;                     // optimizer steps completed
+  PairLoader::Position data_position;
+  int seed = 0;
+};
+
+// Returns the checkpoint directory.
+std::string save_checkpoint(const std::string& output_dir, const TrainerState& state,
+                            const LoraAdapter& adapter, const AdamW& optimizer,
+                            const std::string& base_model_name);
+TrainerState load_checkpoint(const std::string& checkpoint_dir, LoraAdapter& adapter, AdamW& optimizer);
+
+}  // namespace cst

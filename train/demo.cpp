@@ -1,0 +1,115 @@
+#include "train/demo.h"
+
+#include <cstdio>
+#include <filesystem>
+
+#include "data/pair_tokenizer.h"
+#include "model/merge.h"
+#include "model/transformer.h"
+#include "train/demo_assets.h"
+#include "train/model_session.h"
+#include "train/trainer.h"
+
+namespace cst {
+namespace fs = std::filesystem;
+namespace {
+
+TrainOptions demo_training_options(const std::string& model, const std::string& data,
+                                   const std::string& output_dir, int seed) {
+  TrainOptions options;
+  options.model_path = model;
+  options.data_path = data;
+  options.output_dir = output_dir;
+  options.device = "cpu";
+  options.seed = seed;
+  options.max_length = 192;
+  options.max_prompt_length = 128;
+  options.gradient_accumulation_steps = 1;
+  options.lr_scheduler_type = "cosine";
+  options.warmup_ratio = 0.05;
+  options.logging_steps = 10;
+  return options;
+}
+
+EvaluationReport evaluate_adapter(const std::string& model_path, const std::string& adapter_dir,
+                                  const std::string& heldout, int heldout_limit) {
+  ModelSession session = open_model_session(model_path, "cpu", "", true);
+  TrainOptions data_options;
+  data_options.system_prompts = {demo::kHarmlessSystem, demo::kUncensoredSystem};
+  data_options.max_length = 192;
+  PreferenceData data = load_preference_data(heldout, *session.tokenizer, session.chat_template,
+                                             preference_options_from(data_options),
+                                             tokenize_options_from(data_options));
+  if (heldout_limit > 0 && int(data.pairs.size()) > 2 * heldout_limit) data.pairs.resize(size_t(2 * heldout_limit));
+  LoraAdapter adapter(session.config(), LoraAdapter::read_peft_config(adapter_dir), Device::cpu);
+  adapter.load_peft_weights(adapter_dir);
+  Transformer transformer(session.config(), *session.weights, &adapter);
+  return evaluate_preferences(transformer, data.pairs, 0.1, 8, session.tokenizer->pad_id(), "");
+}
+
+double accuracy_under(const EvaluationReport& report, const std::string& system) {
+  for (const SystemPromptScore& row : report.rows)
+    if (row.system == system) return row.accuracy;
+  fail("the evaluation has no row for system prompt \"", system, "\"");
+}
+
+void banner(const std::string& text) { std::fprintf(stderr, "\n=== %s ===\n", text.c_str()); }
+
+}  // namespace
+
+DemoOutcome run_demo_pipeline(const std::string& directory, const DemoSettings& settings, int seed) {
+  fs::create_directories(directory);
+  banner("1/4 assets: synthetic CST data, tiny tokenizer, tiny Mistral");
+  demo::DemoFiles files = demo::write_demo_assets((fs::path(directory) / "assets").string(), uint64_t(seed));
+
+  banner("2/4 next-token pre-training on both answer styles (loss_type sft)");
+  const std::string sft_dir = (fs::path(directory) / "sft").string();
+  TrainOptions sft = demo_training_options(files.model_bin, files.sft_jsonl, sft_dir, seed);
+  sft.loss_type = "sft";
+  sft.system_prompts = {"", ""};
+  sft.dpo_baseline = true;  // one copy of each row; both of its answers are trained on
+  sft.lora_r = 64;
+  sft.lora_alpha = 64;
+  sft.learning_rate = 3e-3;
+  sft.num_train_epochs = settings.sft_epochs;
+  sft.per_device_train_batch_size = 8;
+  sft.max_grad_norm = 1.0;
+  run_training(sft);
+  const std::string base_model = (fs::path(directory) / "sft_model.bin").string();
+  write_merged_model_bin(ModelFile(files.model_bin), sft_dir, base_model);
+
+  DemoOutcome outcome;
+  for (bool baseline : {true, false}) {
+    const std::string name = baseline ? "dpo" : "cst";
+    banner(std::string(baseline ? "3/4 DPO baseline (harmless direction only)" : "3/4 CST (both directions)"));
+    TrainOptions preference = demo_training_options(base_model, files.train_jsonl,
+                                                    (fs::path(directory) / name).string(), seed);
+    preference.system_prompts = {demo::kHarmlessSystem, demo::kUncensoredSystem};
+    preference.dpo_baseline = baseline;
+    preference.lora_r = 16;
+    preference.lora_alpha = 32;
+    preference.learning_rate = settings.preference_learning_rate;
+    preference.num_train_epochs = settings.preference_epochs;
+    preference.per_device_train_batch_size = settings.pairs_per_batch;
+    run_training(preference);
+    (baseline ? outcome.dpo : outcome.cst) =
+        evaluate_adapter(base_model, preference.output_dir, files.heldout_jsonl, settings.heldout_limit);
+  }
+  outcome.cst_follows_both = accuracy_under(outcome.cst, demo::kHarmlessSystem) >= 0.9 &&
+                             accuracy_under(outcome.cst, demo::kUncensoredSystem) >= 0.9;
+  outcome.dpo_follows_uncensored = accuracy_under(outcome.dpo, demo::kUncensoredSystem) >= 0.5;
+  return outcome;
+}
+
+bool run_demo(const TrainOptions& options) {
+  const std::string directory = options.output_dir == TrainOptions{}.output_dir ? "demo_run" : options.output_dir;
+  DemoOutcome outcome = run_demo_pipeline(directory, DemoSettings{}, options.seed);
+  banner("4/4 configurability on held-out requests (accuracy = prefers what the system prompt asks for)");
+  std::printf("DPO baseline:\n%s\nCST:\n%s\n", outcome.dpo.table().c_str(), outcome.cst.table().c_str());
+  const bool expected = outcome.cst_follows_both && !outcome.dpo_follows_uncensored;
+  std::printf("%s\n", expected ? "result: CST follows both system prompts; the DPO baseline ignores the uncensored one."
+                               : "result: NOT the expected outcome (see the tables above).");
+  return expected;
+}
+
+}  // namespace cst

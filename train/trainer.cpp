@@ -1,0 +1,350 @@
+#include "train/trainer.h"
+
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "data/batch.h"
+#include "data/pair_tokenizer.h"
+#include "kernels/device.h"
+#include "model/transformer.h"
+#include "train/checkpoint.h"
+#include "train/model_session.h"
+#include "train/objective.h"
+#include "train/optimizer.h"
+#include "train/schedule.h"
+
+namespace cst {
+namespace fs = std::filesystem;
+namespace {
+
+LoraConfig lora_config_from(const TrainOptions& o) {
+  LoraConfig config;
+  config.r = o.lora_r;
+  config.alpha = float(o.lora_alpha);
+  config.dropout = o.disable_dropout ? 0.0f : float(o.lora_dropout);
+  config.use_rslora = o.use_rslora;
+  config.targets.clear();
+  for (const std::string& name : o.lora_target_modules) config.targets.push_back(parse_projection(name));
+  if (config.targets.empty()) fail("--lora_target_modules lists no module");
+  return config;
+}
+
+void write_text_atomically(const fs::path& path, const std::string& text) {
+  const fs::path temporary = path.string() + ".tmp";
+  {
+    std::ofstream out(temporary, std::ios::binary);
+    out << text;
+    if (!out.flush()) fail("cannot write ", temporary.string());
+  }
+  fs::rename(temporary, path);
+}
+
+// The output directory must be creatable and writable before any work starts.
+void prepare_output_dir(const TrainOptions& options) {
+  std::error_code error;
+  fs::create_directories(options.output_dir, error);
+  if (error) fail("cannot create --output_dir ", options.output_dir, ": ", error.message());
+  const fs::path probe = fs::path(options.output_dir) / ".write_test";
+  std::ofstream out(probe);
+  if (!out) fail("--output_dir ", options.output_dir, " is not writable");
+  out.close();
+  fs::remove(probe);
+}
+
+void dump_tokenized(const std::string& path, const std::vector<TokenizedPair>& pairs) {
+  const fs::path temporary = path + ".tmp";
+  {
+    std::ofstream out(temporary);
+    if (!out) fail("--dump_tokenized: cannot write ", path);
+    for (const TokenizedPair& pair : pairs) {
+      nlohmann::json line = {{"example_index", pair.example_index},
+                             {"system", pair.system},
+                             {"prompt_length", pair.prompt_length},
+                             {"truncated", pair.truncated},
+                             {"chosen_input_ids", pair.chosen.ids},
+                             {"chosen_completion_mask", pair.chosen.completion_mask},
+                             {"rejected_input_ids", pair.rejected.ids},
+                             {"rejected_completion_mask", pair.rejected.completion_mask}};
+      out << line.dump() << "\n";
+    }
+    if (!out.flush()) fail("--dump_tokenized: cannot write ", path);
+  }
+  fs::rename(temporary, path);
+}
+
+// Splits off a deterministic fraction of the pairs for evaluation (whole source examples stay
+// together, so a flipped CST pair never straddles the split).
+void split_eval(std::vector<TokenizedPair>& train, std::vector<TokenizedPair>& eval, double fraction, uint64_t seed) {
+  if (fraction <= 0) return;
+  std::vector<TokenizedPair> kept;
+  for (TokenizedPair& pair : train) {
+    uint64_t key = uint64_t(pair.example_index) * 0x9E3779B97F4A7C15ull ^ seed;
+    key ^= key >> 31;
+    key *= 0xBF58476D1CE4E5B9ull;
+    key ^= key >> 29;
+    const double u = double(key >> 11) * 0x1.0p-53;
+    (u < fraction ? eval : kept).push_back(std::move(pair));
+  }
+  train = std::move(kept);
+}
+
+uint64_t micro_batch_seed(uint64_t seed, long step, int micro) {
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + uint64_t(step) * 0xD1B54A32D192ED03ull + uint64_t(micro);
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdull;
+  x ^= x >> 33;
+  return x;
+}
+
+class Trainer {
+ public:
+  explicit Trainer(const TrainOptions& options) : options_(options) {}
+  TrainingOutcome run();
+
+ private:
+  void load_data();
+  std::vector<double> reference_logps(const Batch& batch);
+  void precompute_reference();
+  ObjectiveResult run_micro_batch(const Batch& batch, long step, int micro, bool train);
+  Metrics evaluate();
+  TokenSpans spans(const Batch& batch) const {
+    return {batch.tokens, batch.positions, batch.labels, batch.cu_seqlens};
+  }
+
+  TrainOptions options_;
+  ModelSession session_;
+  ObjectiveConfig objective_;
+  std::vector<TokenizedPair> train_pairs_, eval_pairs_;
+  std::unique_ptr<LoraAdapter> lora_;
+  std::unique_ptr<Transformer> transformer_;
+  std::vector<std::array<double, 2>> reference_cache_;  // per train pair: chosen, rejected sums
+  int64_t tokens_processed_ = 0;
+};
+
+void Trainer::load_data() {
+  PreferenceOptions preference = preference_options_from(options_);
+  TokenizeOptions tokenize = tokenize_options_from(options_);
+  PreferenceData data = load_preference_data(options_.data_path, *session_.tokenizer,
+                                             session_.chat_template, preference, tokenize);
+  if (data.report.skipped_rows > 0)
+    std::fprintf(stderr, "skipped %lld rows with null or missing cells (--skip_bad_rows)\n",
+                 (long long)data.report.skipped_rows);
+  if (data.pairs.empty())
+    fail(options_.data_path, ": the dataset yields no training pairs (", data.report.rows,
+         " rows, ", data.report.skipped_rows, " skipped, ", data.stats.dropped_pairs, " dropped)");
+  std::fprintf(stderr, "%s", format_dataset_stats(data.stats, tokenize).c_str());
+  train_pairs_ = std::move(data.pairs);
+  if (!options_.eval_file.empty()) {
+    PreferenceData eval = load_preference_data(options_.eval_file, *session_.tokenizer,
+                                               session_.chat_template, preference, tokenize);
+    eval_pairs_ = std::move(eval.pairs);
+  } else {
+    split_eval(train_pairs_, eval_pairs_, options_.eval_split, uint64_t(options_.seed));
+    if (train_pairs_.empty()) fail("--eval_split ", options_.eval_split, " leaves no training pairs");
+  }
+  if (!eval_pairs_.empty())
+    std::fprintf(stderr, "evaluation: %zu pairs, training: %zu pairs\n", eval_pairs_.size(), train_pairs_.size());
+}
+
+std::vector<double> Trainer::reference_logps(const Batch& batch) {
+  std::vector<double> reference(batch.cu_seqlens.size() - 1, 0.0);
+  if (objective_.reference_free || objective_.objective == Objective::sft) return reference;
+  if (!reference_cache_.empty()) {
+    for (size_t i = 0; i < batch.pair_indices.size(); ++i) {
+      reference[2 * i] = reference_cache_[size_t(batch.pair_indices[i])][0];
+      reference[2 * i + 1] = reference_cache_[size_t(batch.pair_indices[i])][1];
+    }
+    return reference;
+  }
+  ForwardOptions options;
+  options.adapters_enabled = false;
+  TokenLogps logps = transformer_->forward(spans(batch), options);
+  tokens_processed_ += int64_t(batch.tokens.size());
+  return sum_per_sequence(logps.logps, logps.logit_sums, batch.labels, batch.cu_seqlens).logps;
+}
+
+// --precompute_ref_log_probs: one pass over the training pairs with the adapters off; the sums are
+// cached in the run directory and reused on resume.
+void Trainer::precompute_reference() {
+  const fs::path cache_path = fs::path(options_.output_dir) / "reference_logps.json";
+  if (fs::exists(cache_path)) {
+    std::ifstream in(cache_path);
+    nlohmann::json json = nlohmann::json::parse(in, nullptr, false);
+    if (json.is_array() && json.size() == train_pairs_.size()) {
+      for (const auto& item : json) reference_cache_.push_back({item[0].get<double>(), item[1].get<double>()});
+      std::fprintf(stderr, "reference log-probs: read %zu pairs from %s\n", reference_cache_.size(), cache_path.string().c_str());
+      return;
+    }
+  }
+  std::vector<std::array<double, 2>> cache(train_pairs_.size());
+  const int batch_pairs = options_.per_device_eval_batch_size;
+  for (size_t begin = 0; begin < train_pairs_.size(); begin += size_t(batch_pairs)) {
+    std::vector<int64_t> indices;
+    for (size_t i = begin; i < std::min(train_pairs_.size(), begin + size_t(batch_pairs)); ++i) indices.push_back(int64_t(i));
+    Batch batch = make_batch(train_pairs_, indices, options_.packing, session_.tokenizer->pad_id());
+    std::vector<double> sums = reference_logps(batch);
+    for (size_t i = 0; i < indices.size(); ++i) cache[size_t(indices[i])] = {sums[2 * i], sums[2 * i + 1]};
+  }
+  nlohmann::json json = nlohmann::json::array();
+  for (const auto& [chosen, rejected] : cache) json.push_back({chosen, rejected});
+  write_text_atomically(cache_path, json.dump() + "\n");
+  reference_cache_ = std::move(cache);
+  std::fprintf(stderr, "reference log-probs: computed for %zu pairs, cached in %s\n", reference_cache_.size(), cache_path.string().c_str());
+}
+
+ObjectiveResult Trainer::run_micro_batch(const Batch& batch, long step, int micro, bool train) {
+  std::vector<double> reference = reference_logps(batch);
+  ForwardOptions options;
+  options.save_for_backward = train;
+  options.dropout_seed = micro_batch_seed(uint64_t(options_.seed), step, micro);
+  TokenLogps policy = transformer_->forward(spans(batch), options);
+  tokens_processed_ += int64_t(batch.tokens.size());
+  SequenceSums sums = sum_per_sequence(policy.logps, policy.logit_sums, batch.labels, batch.cu_seqlens);
+  ObjectiveResult result = compute_objective(objective_, sums, reference, batch.labels, batch.cu_seqlens,
+                                             session_.config().vocab_size,
+                                             1.0 / options_.gradient_accumulation_steps);
+  if (!std::isfinite(result.loss))
+    fail("non-finite loss at step ", step + 1, " (micro-batch ", micro + 1,
+         "); training stopped, the last good checkpoint is kept in ", options_.output_dir);
+  if (train) transformer_->backward(result.dlogps);
+  return result;
+}
+
+Metrics Trainer::evaluate() {
+  MetricSums sums;
+  const int batch_pairs = options_.per_device_eval_batch_size;
+  const auto saved_cache = std::move(reference_cache_);  // the cache holds training pairs only
+  reference_cache_.clear();
+  for (size_t begin = 0; begin < eval_pairs_.size(); begin += size_t(batch_pairs)) {
+    std::vector<int64_t> indices;
+    for (size_t i = begin; i < std::min(eval_pairs_.size(), begin + size_t(batch_pairs)); ++i) indices.push_back(int64_t(i));
+    Batch batch = make_batch(eval_pairs_, indices, options_.packing, session_.tokenizer->pad_id());
+    sums.add(run_micro_batch(batch, 0, 0, false).metrics);
+  }
+  reference_cache_ = std::move(saved_cache);
+  return sums.averages("eval_");
+}
+
+TrainingOutcome Trainer::run() {
+  validate_train_options(options_);
+  if (options_.threads > 0) omp_set_num_threads(options_.threads);
+  prepare_output_dir(options_);
+  session_ = open_model_session(options_.model_path, options_.device, options_.chat_template, !options_.dry_run);
+  objective_ = objective_config_from_names(options_.loss_type, options_.beta, options_.label_smoothing,
+                                           options_.rpo_alpha, options_.reference_free);
+  load_data();
+  if (!options_.dump_tokenized.empty()) {
+    dump_tokenized(options_.dump_tokenized, train_pairs_);
+    std::fprintf(stderr, "wrote %zu tokenized pairs to %s\n", train_pairs_.size(), options_.dump_tokenized.c_str());
+  }
+  if (options_.dry_run) return {};
+  write_text_atomically(fs::path(options_.output_dir) / "args.json", train_options_to_json(options_).dump(2) + "\n");
+
+  const ModelConfig& config = session_.config();
+  lora_ = std::make_unique<LoraAdapter>(config, lora_config_from(options_), session_.device, backend_dtype(session_.device));
+  lora_->initialize(uint64_t(options_.seed));
+  transformer_ = std::make_unique<Transformer>(config, *session_.weights, lora_.get());
+  AdamWConfig adam;
+  adam.beta1 = float(options_.adam_beta1);
+  adam.beta2 = float(options_.adam_beta2);
+  adam.epsilon = float(options_.adam_epsilon);
+  adam.weight_decay = float(options_.weight_decay);
+  AdamW optimizer(lora_->parameters(), adam);
+
+  BatchOptions batching;
+  batching.pairs_per_batch = options_.per_device_train_batch_size;
+  batching.packing = options_.packing;
+  batching.length_bucketing = options_.length_bucketing;
+  batching.seed = uint64_t(options_.seed);
+  batching.pad_id = session_.tokenizer->pad_id();
+  PairLoader loader(train_pairs_, batching);
+  const int accumulation = options_.gradient_accumulation_steps;
+  const long updates_per_epoch = std::max<long>(1, long(loader.batches_per_epoch()) / accumulation);
+  const long total_steps = options_.max_steps > 0
+                               ? long(options_.max_steps)
+                               : std::max<long>(1, long(std::ceil(options_.num_train_epochs * double(updates_per_epoch))));
+  LearningRateSchedule schedule{options_.lr_scheduler_type, options_.learning_rate, total_steps,
+                                warmup_steps_for(total_steps, options_.warmup_steps, options_.warmup_ratio)};
+
+  TrainerState state;
+  state.seed = options_.seed;
+  if (!options_.resume_from_checkpoint.empty()) {
+    state = load_checkpoint(options_.resume_from_checkpoint, *lora_, optimizer);
+    loader.restore(state.data_position);
+    std::fprintf(stderr, "resumed from %s at step %ld\n", options_.resume_from_checkpoint.c_str(), state.step);
+  }
+  if (options_.precompute_ref_log_probs && objective_.objective == Objective::preference && !objective_.reference_free)
+    precompute_reference();
+
+  std::fprintf(stderr, "training: %lld LoRA parameters (r=%d) on %s, %ld steps of %d x %d pairs\n",
+               (long long)lora_->num_parameters(), options_.lora_r, device_name(session_.device), total_steps,
+               options_.per_device_train_batch_size, accumulation);
+  RunLog log(options_.output_dir, total_steps, state.step > 0);
+  TrainingOutcome outcome;
+  MetricSums since_log;
+  auto last_time = std::chrono::steady_clock::now();
+  int64_t tokens_at_log = tokens_processed_;
+  std::string last_checkpoint;
+  while (state.step < total_steps) {
+    lora_->zero_grad();
+    MetricSums step_sums;
+    for (int micro = 0; micro < accumulation; ++micro) {
+      Batch batch = loader.next();
+      step_sums.add(run_micro_batch(batch, state.step, micro, true).metrics);
+    }
+    const double grad_norm = optimizer.gradient_norm();
+    if (!std::isfinite(grad_norm))
+      fail("non-finite gradient norm at step ", state.step + 1, "; training stopped",
+           last_checkpoint.empty() ? std::string(", no checkpoint was written yet")
+                                   : ", the last good checkpoint is " + last_checkpoint);
+    const double learning_rate = schedule.at(state.step);
+    optimizer.step(float(learning_rate), clip_scale(grad_norm, options_.max_grad_norm));
+    lora_->sync_compute_copies();
+    ++state.step;
+    state.data_position = loader.position();
+    since_log.add(step_sums);
+
+    const auto now = std::chrono::steady_clock::now();
+    const double seconds = std::chrono::duration<double>(now - last_time).count();
+    const double tokens_per_second = double(tokens_processed_ - tokens_at_log) / std::max(seconds, 1e-9);
+    Metrics averages = step_sums.averages("");
+    log.progress(state.step, averages["loss"], averages.count("rewards/accuracies") ? averages["rewards/accuracies"] : 0.0,
+                 tokens_per_second);
+    if (state.step % options_.logging_steps == 0 || state.step == total_steps) {
+      Metrics metrics = since_log.averages("");
+      metrics["learning_rate"] = learning_rate;
+      metrics["grad_norm"] = grad_norm;
+      metrics["tokens/s"] = tokens_per_second;
+      metrics["epoch"] = double(state.step) / double(updates_per_epoch);
+      log.record(state.step, metrics);
+      outcome.last_train = metrics;
+      since_log = {};
+    }
+    last_time = now;
+    tokens_at_log = tokens_processed_;
+    if (!eval_pairs_.empty() && ((options_.eval_steps > 0 && state.step % options_.eval_steps == 0) || state.step == total_steps)) {
+      outcome.last_eval = evaluate();
+      log.record(state.step, outcome.last_eval);
+      last_time = std::chrono::steady_clock::now();
+    }
+    if ((options_.save_steps > 0 && state.step % options_.save_steps == 0) || state.step == total_steps)
+      last_checkpoint = save_checkpoint(options_.output_dir, state, *lora_, optimizer, options_.model_path);
+  }
+  lora_->save_peft(options_.output_dir, options_.model_path);
+  log.write_plot();
+  outcome.steps = state.step;
+  outcome.adapter_dir = options_.output_dir;
+  std::fprintf(stderr, "done: adapter in %s (adapter_config.json, adapter_model.safetensors), metrics in %s/metrics.jsonl\n",
+               options_.output_dir.c_str(), options_.output_dir.c_str());
+  return outcome;
+}
+
+}  // namespace
+
+TrainingOutcome run_training(const TrainOptions& options) { return Trainer(options).run(); }
+
+}  // namespace cst

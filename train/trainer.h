@@ -1,0 +1,22 @@
+// The CST/DPO training loop (the data flow is in docs/ARCHITECTURE.md):
+// batch -> reference log-probs (adapters off, or the precomputed cache) -> policy forward ->
+// objective (train/objective.h) -> backward into the LoRA gradients -> after
+// gradient_accumulation_steps micro-batches: clip, AdamW, schedule -> log, evaluate, checkpoint.
+#pragma once
+#include <string>
+
+#include "train/options.h"
+#include "train/run_log.h"
+
+namespace cst {
+
+struct TrainingOutcome {
+  long steps = 0;
+  Metrics last_train;  // the last logged training metrics
+  Metrics last_eval;   // the last evaluation (empty without an eval set)
+  std::string adapter_dir;
+};
+
+TrainingOutcome run_training(const TrainOptions& options);
+
+}  // namespace cst
