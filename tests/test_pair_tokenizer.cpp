@@ -116,6 +116,8 @@ TEST_F(PairTokenizer, SyntheticCasesMatchTrl) {
     if (input.contains("system")) {
       PreferenceExample example{input["system"], input["user"], input["chosen"], input["rejected"]};
       EXPECT_EQ(chatml.prompt(example.system, example.prompt), rendered["prompt"]) << name;
+      EXPECT_EQ(chatml.answer(example.chosen), rendered["chosen"]) << name;
+      EXPECT_EQ(chatml.answer(example.rejected), rendered["rejected"]) << name;
       pair = tokenize_pair(*tokenizer_, chatml, example, options);
       EXPECT_EQ(pair.system, example.system);
     } else {
