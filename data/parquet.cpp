@@ -1,0 +1,488 @@
+#include "data/parquet.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "data/parquet_codec.h"
+#include "data/parquet_encoding.h"
+#include "data/parquet_metadata.h"
+#include "kernels/error.h"
+
+namespace cst {
+
+using namespace parquet;
+
+namespace {
+
+// Writers cap pages at a few MiB; 1 GiB is far beyond any real page and stops corrupt sizes early.
+constexpr int64_t kMaxPageBytes = int64_t(1) << 30;
+constexpr char kMagic[] = "PAR1";
+constexpr char kEncryptedMagic[] = "PARE";
+constexpr size_t kMagicSize = 4;
+
+// A file opened for reading byte ranges; every range is checked against the file size.
+class InputFile {
+ public:
+  explicit InputFile(const std::string& path) : path_(path), stream_(path, std::ios::binary) {
+    if (!std::filesystem::is_regular_file(path)) fail("cannot open ", path, ": not a regular file");
+    if (!stream_) fail("cannot open ", path, ": ", std::strerror(errno));
+    stream_.seekg(0, std::ios::end);
+    size_ = uint64_t(stream_.tellg());
+  }
+
+  uint64_t size() const { return size_; }
+
+  std::vector<uint8_t> read(uint64_t offset, uint64_t length) {
+    if (offset > size_ || length > size_ - offset)
+      fail(path_, ": byte range ", offset, "+", length, " lies outside the ", size_, "-byte file");
+    std::vector<uint8_t> bytes(length);
+    stream_.seekg(std::streamoff(offset));
+    stream_.read(reinterpret_cast<char*>(bytes.data()), std::streamsize(length));
+    if (!stream_) fail(path_, ": read of ", length, " bytes at ", offset, " failed");
+    return bytes;
+  }
+
+ private:
+  std::string path_;
+  std::ifstream stream_;
+  uint64_t size_ = 0;
+};
+
+bool has_magic(const std::vector<uint8_t>& bytes, size_t at, const char* magic) {
+  return bytes.size() >= at + kMagicSize && std::memcmp(bytes.data() + at, magic, kMagicSize) == 0;
+}
+
+// The footer: PAR1 | column chunks | FileMetaData | u32 LE metadata length | PAR1.
+struct Footer {
+  FileMetaData metadata;
+  uint64_t data_end = 0;  // where the column chunks end and the metadata begins
+};
+
+Footer read_footer(InputFile& file, const std::string& path) {
+  const uint64_t size = file.size();
+  const std::vector<uint8_t> head = file.read(0, std::min<uint64_t>(size, 64));
+  fail_if_git_lfs_pointer(std::string_view(reinterpret_cast<const char*>(head.data()), head.size()),
+                          path);
+  if (size < 3 * kMagicSize) fail(path, " is too small (", size, " bytes) to be a parquet file");
+  if (!has_magic(head, 0, kMagic))
+    fail(path, " does not start with the PAR1 magic: not a parquet file");
+  const std::vector<uint8_t> tail = file.read(size - 2 * kMagicSize, 2 * kMagicSize);
+  if (has_magic(tail, kMagicSize, kEncryptedMagic))
+    fail(path, " is an encrypted parquet file (PARE magic): encryption is not supported");
+  if (!has_magic(tail, kMagicSize, kMagic))
+    fail(path, " does not end with the PAR1 magic: the file is truncated or not parquet");
+  const uint64_t metadata_size = uint64_t(tail[0]) | uint64_t(tail[1]) << 8 |
+                                 uint64_t(tail[2]) << 16 | uint64_t(tail[3]) << 24;
+  if (metadata_size > size - 3 * kMagicSize)
+    fail(path, ": footer length ", metadata_size, " exceeds the file size ", size,
+         " (truncated or corrupt file)");
+  Footer footer;
+  footer.data_end = size - 2 * kMagicSize - metadata_size;
+  const std::vector<uint8_t> metadata = file.read(footer.data_end, metadata_size);
+  try {
+    footer.metadata = parse_file_metadata(metadata);
+  } catch (const Error& error) {
+    fail(path, ": corrupt footer metadata: ", error.what());
+  }
+  if (footer.metadata.encrypted)
+    fail(path, " has encrypted columns: parquet encryption is not supported");
+  return footer;
+}
+
+// A top-level field of the schema. Nested fields (groups, repeated fields) span several leaves,
+// which is also how many column chunks they own in each row group.
+struct Field {
+  const SchemaElement* element = nullptr;
+  size_t first_leaf = 0;
+  size_t leaf_count = 0;
+  bool nested = false;
+};
+
+// Walks the depth-first schema list: after an element come its num_children subtrees.
+std::vector<Field> top_level_fields(const std::vector<SchemaElement>& schema,
+                                    size_t* total_leaves) {
+  if (schema.empty()) fail("the footer has no schema");
+  std::vector<Field> fields;
+  size_t index = 1, leaves = 0;
+  for (int32_t child = 0; child < schema[0].num_children; ++child) {
+    if (index >= schema.size())
+      fail("the root has ", schema[0].num_children, " children but the schema ends");
+    Field field{&schema[index], leaves, 0, false};
+    const size_t start = index;
+    int64_t pending = 1;  // subtrees still to walk
+    while (pending > 0) {
+      if (index >= schema.size()) fail("the schema is cut off after ", schema.size(), " elements");
+      const SchemaElement& element = schema[index++];
+      if (element.type.has_value() == (element.num_children > 0))
+        fail("schema element '", element.name,
+             "' is neither a typed leaf nor a group with children");
+      pending += element.num_children - 1;
+      if (element.type) ++field.leaf_count;
+    }
+    field.nested = index - start > 1 || field.element->repetition == int32_t(Repetition::repeated);
+    leaves += field.leaf_count;
+    fields.push_back(field);
+  }
+  if (index != schema.size())
+    fail("the schema has ", schema.size() - index, " elements outside the root");
+  *total_leaves = leaves;
+  return fields;
+}
+
+// Names the annotation when an INT32/INT64 column holds something other than plain integers.
+const char* non_integer_annotation(const SchemaElement& element) {
+  enum { kDecimal = 5, kDate = 6, kTime = 7, kTimestamp = 8 };  // LogicalType union members
+  if (element.logical_type) {
+    switch (*element.logical_type) {
+      case kDecimal: return "DECIMAL";
+      case kDate: return "DATE";
+      case kTime: return "TIME";
+      case kTimestamp: return "TIMESTAMP";
+    }
+  }
+  if (element.converted_type) {
+    switch (*element.converted_type) {  // ConvertedType, the legacy annotation
+      case 5: return "DECIMAL";
+      case 6: return "DATE";
+      case 7:
+      case 8: return "TIME";
+      case 9:
+      case 10: return "TIMESTAMP";
+      case 21: return "INTERVAL";
+    }
+  }
+  return nullptr;
+}
+
+bool is_unsigned(const SchemaElement& element) {
+  constexpr int32_t kUint8 = 11, kUint64 = 14;  // ConvertedType UINT_8 .. UINT_64
+  return element.logical_integer_unsigned ||
+         (element.converted_type && *element.converted_type >= kUint8 &&
+          *element.converted_type <= kUint64);
+}
+
+// A requested column, checked readable: what decoding its chunks needs.
+struct ColumnSpec {
+  std::string name;
+  size_t leaf = 0;
+  int32_t physical_type = 0;
+  int max_definition_level = 0;  // 0 for REQUIRED (no levels stored), 1 for OPTIONAL
+  bool is_unsigned = false;
+};
+
+ColumnSpec readable_column(const Field& field) {
+  const SchemaElement& element = *field.element;
+  const std::string& name = element.name;
+  if (field.nested)
+    fail("column '", name, "' is a nested column (",
+         element.num_children > 0 ? "a group such as list<struct<role, content>>"
+                                  : "a repeated field",
+         "); only flat string and integer columns are supported");
+  const int32_t type = *element.type;
+  const bool integer = type == int32_t(PhysicalType::int32) || type == int32_t(PhysicalType::int64);
+  if (!integer && type != int32_t(PhysicalType::byte_array))
+    fail("column '", name, "' has type ", physical_type_name(type),
+         "; only string (BYTE_ARRAY) and integer (INT32, INT64) columns are supported");
+  if (const char* annotation = integer ? non_integer_annotation(element) : nullptr)
+    fail("column '", name, "' holds ", annotation,
+         " values; only plain integers and strings are supported");
+  return {name, field.first_leaf, type, element.repetition == int32_t(Repetition::optional) ? 1 : 0,
+          is_unsigned(element)};
+}
+
+// Brings decoded integers to their true value: INT32 annotated unsigned is zero-extended.
+void normalize_integers(const ColumnSpec& column, std::vector<int64_t>& values) {
+  for (int64_t& value : values) {
+    if (column.physical_type == int32_t(PhysicalType::int32))
+      value = column.is_unsigned ? int64_t(uint32_t(value)) : int64_t(int32_t(value));
+    else if (column.is_unsigned && value < 0)
+      fail("unsigned 64-bit value ", uint64_t(value), " does not fit in int64");
+  }
+}
+
+void require_strings(const ColumnSpec& column, int32_t encoding) {
+  if (column.physical_type != int32_t(PhysicalType::byte_array))
+    fail(encoding_name(encoding), " encoding on an integer column is not valid");
+}
+
+PageValues decode_values(const ColumnSpec& column, int32_t encoding, std::span<const uint8_t> bytes,
+                         size_t count, const std::optional<PageValues>& dictionary) {
+  PageValues values;
+  switch (Encoding(encoding)) {
+    case Encoding::plain: decode_plain(column.physical_type, bytes, count, values); break;
+    case Encoding::plain_dictionary:
+    case Encoding::rle_dictionary: {
+      if (!dictionary)
+        fail("dictionary-encoded page but the chunk has no dictionary page before it");
+      const bool strings = column.physical_type == int32_t(PhysicalType::byte_array);
+      const size_t dictionary_size =
+          strings ? dictionary->text.size() : dictionary->integers.size();
+      for (const uint32_t index : decode_dictionary_indices(bytes, count)) {
+        if (index >= dictionary_size)
+          fail("dictionary index ", index, " is past the ", dictionary_size, "-entry dictionary");
+        if (strings)
+          values.text.push_back(dictionary->text[index]);
+        else
+          values.integers.push_back(dictionary->integers[index]);
+      }
+      break;
+    }
+    case Encoding::delta_length_byte_array:
+      require_strings(column, encoding);
+      decode_delta_length_byte_array(bytes, count, values);
+      break;
+    case Encoding::delta_byte_array:
+      require_strings(column, encoding);
+      decode_delta_byte_array(bytes, count, values);
+      break;
+    case Encoding::delta_binary_packed: {
+      if (column.physical_type == int32_t(PhysicalType::byte_array))
+        fail("DELTA_BINARY_PACKED encoding on a string column is not valid");
+      size_t consumed = 0;
+      values.integers = decode_delta_binary_packed(bytes, count, &consumed);
+      if (values.integers.size() != count)
+        fail("DELTA_BINARY_PACKED page holds ", values.integers.size(), " values, expected ",
+             count);
+      break;
+    }
+    default: fail("encoding ", encoding_name(encoding), " (", encoding, ") is not supported");
+  }
+  normalize_integers(column, values.integers);
+  return values;
+}
+
+// Appends one data page's rows to the column: definition level 1 = value present, 0 = null.
+void append_page_rows(const ColumnSpec& column, std::span<const uint8_t> level_bytes,
+                      std::span<const uint8_t> value_bytes, int32_t encoding, size_t num_values,
+                      const std::optional<PageValues>& dictionary, Column& out) {
+  std::vector<uint32_t> levels;
+  size_t present = num_values;
+  if (column.max_definition_level > 0) {
+    levels = decode_hybrid(level_bytes, 1, num_values);
+    present = size_t(std::count(levels.begin(), levels.end(), 1u));
+    if (std::any_of(levels.begin(), levels.end(), [](uint32_t level) { return level > 1; }))
+      fail("definition level above the column's maximum of 1");
+  }
+  PageValues values = decode_values(column, encoding, value_bytes, present, dictionary);
+  size_t next = 0;
+  for (size_t row = 0; row < num_values; ++row) {
+    const bool is_present = levels.empty() || levels[row] == 1;
+    if (out.is_integer)
+      out.integers.push_back(is_present ? std::optional(values.integers[next++]) : std::nullopt);
+    else
+      out.text.push_back(is_present ? std::optional(std::move(values.text[next++])) : std::nullopt);
+  }
+}
+
+uint32_t read_u32_le(std::span<const uint8_t> bytes) {
+  return uint32_t(bytes[0]) | uint32_t(bytes[1]) << 8 | uint32_t(bytes[2]) << 16 |
+         uint32_t(bytes[3]) << 24;
+}
+
+// Decoding state of one column chunk: its pages share a dictionary and a count of values so far.
+struct ChunkReader {
+  const ColumnSpec& column;
+  const ColumnChunk& chunk;
+  Column& out;
+  std::optional<PageValues> dictionary;
+  int64_t values_read = 0;
+  std::vector<uint8_t> scratch;  // decompression buffer, reused across pages
+
+  size_t page_value_count(int32_t num_values) const {
+    if (num_values < 0 || num_values > chunk.num_values - values_read)
+      fail("page of ", num_values, " values overruns the chunk's ", chunk.num_values, " values (",
+           values_read, " read)");
+    return size_t(num_values);
+  }
+
+  void read_dictionary_page(const PageHeader& header, std::span<const uint8_t> body) {
+    if (dictionary || values_read > 0) fail("a dictionary page after the chunk's first page");
+    const int32_t encoding = header.dictionary->encoding;
+    if (encoding != int32_t(Encoding::plain) && encoding != int32_t(Encoding::plain_dictionary))
+      fail("dictionary page encoding ", encoding_name(encoding), " is not supported");
+    if (header.dictionary->num_values < 0)
+      fail("dictionary page has ", header.dictionary->num_values, " values");
+    const auto bytes =
+        decompress(chunk.codec, body, size_t(header.uncompressed_page_size), scratch);
+    dictionary = decode_values(column, int32_t(Encoding::plain), bytes,
+                               size_t(header.dictionary->num_values), {});
+  }
+
+  // Page v1: the whole body is compressed; inside, the definition levels carry a u32 length.
+  void read_data_page_v1(const PageHeader& header, std::span<const uint8_t> body) {
+    const DataPageHeader& page = *header.data;
+    const size_t num_values = page_value_count(page.num_values);
+    std::span<const uint8_t> bytes =
+        decompress(chunk.codec, body, size_t(header.uncompressed_page_size), scratch);
+    std::span<const uint8_t> levels;
+    if (column.max_definition_level > 0) {
+      if (page.definition_level_encoding != int32_t(Encoding::rle))
+        fail("definition levels in ", encoding_name(page.definition_level_encoding),
+             " encoding are not supported");
+      if (bytes.size() < 4) fail("page is too short for its definition levels");
+      const uint32_t levels_size = read_u32_le(bytes);
+      if (levels_size > bytes.size() - 4)
+        fail("definition levels of ", levels_size, " bytes overrun the page");
+      levels = bytes.subspan(4, levels_size);
+      bytes = bytes.subspan(4 + levels_size);
+    }
+    append_page_rows(column, levels, bytes, page.encoding, num_values, dictionary, out);
+    values_read += int64_t(num_values);
+  }
+
+  // Page v2: levels come first, uncompressed, with their sizes in the header; then the values.
+  void read_data_page_v2(const PageHeader& header, std::span<const uint8_t> body) {
+    const DataPageHeaderV2& page = *header.data_v2;
+    const size_t num_values = page_value_count(page.num_values);
+    if (page.repetition_levels_byte_length != 0) fail("repetition levels in a flat column");
+    const int64_t levels_size = page.definition_levels_byte_length;
+    if (levels_size < 0 || levels_size > int64_t(body.size()) ||
+        levels_size > header.uncompressed_page_size)
+      fail("definition levels of ", levels_size, " bytes overrun the page");
+    const std::span<const uint8_t> levels = body.first(size_t(levels_size));
+    const std::span<const uint8_t> stored = body.subspan(size_t(levels_size));
+    const size_t values_size = size_t(header.uncompressed_page_size - levels_size);
+    const int32_t codec = page.is_compressed ? chunk.codec : int32_t(Codec::uncompressed);
+    const auto values = decompress(codec, stored, values_size, scratch);
+    append_page_rows(column, levels, values, page.encoding, num_values, dictionary, out);
+    values_read += int64_t(num_values);
+  }
+
+  void read_page(const PageHeader& header, std::span<const uint8_t> body) {
+    switch (PageType(header.type)) {
+      case PageType::dictionary:
+        if (!header.dictionary) fail("dictionary page without a dictionary page header");
+        read_dictionary_page(header, body);
+        return;
+      case PageType::data:
+        if (!header.data) fail("data page without a data page header");
+        read_data_page_v1(header, body);
+        return;
+      case PageType::data_v2:
+        if (!header.data_v2) fail("data page v2 without its header");
+        read_data_page_v2(header, body);
+        return;
+      case PageType::index: return;  // carries no rows
+    }
+    fail("unknown page type ", header.type);
+  }
+
+  void read_pages(std::span<const uint8_t> bytes) {
+    size_t position = 0;
+    for (int page = 0; values_read < chunk.num_values; ++page) {
+      if (position >= bytes.size())
+        fail("the chunk ends after ", values_read, " of its ", chunk.num_values, " values");
+      try {
+        const PageHeader header = parse_page_header(bytes.subspan(position));
+        const size_t body_start = position + header.header_size;
+        if (header.compressed_page_size < 0 ||
+            size_t(header.compressed_page_size) > bytes.size() - body_start)
+          fail("compressed size ", header.compressed_page_size, " overruns the chunk");
+        if (header.uncompressed_page_size < 0 || header.uncompressed_page_size > kMaxPageBytes)
+          fail("uncompressed size ", header.uncompressed_page_size, " is outside 0..",
+               kMaxPageBytes);
+        read_page(header, bytes.subspan(body_start, size_t(header.compressed_page_size)));
+        position = body_start + size_t(header.compressed_page_size);
+      } catch (const Error& error) {
+        fail("page ", page, " at chunk byte ", position, ": ", error.what());
+      }
+    }
+  }
+};
+
+// Where a chunk's pages start: its dictionary page if any, else its first data page. Some old
+// writers store 0 for "no dictionary", so only an offset before the data pages counts.
+int64_t chunk_start(const ColumnChunk& chunk) {
+  const int64_t dictionary = chunk.dictionary_page_offset.value_or(0);
+  return dictionary > 0 && dictionary < chunk.data_page_offset ? dictionary
+                                                               : chunk.data_page_offset;
+}
+
+void read_column_chunk(InputFile& file, uint64_t data_end, const ColumnChunk& chunk,
+                       const ColumnSpec& column, int64_t rows, Column& out) {
+  if (chunk.encrypted) fail("the column chunk is encrypted: parquet encryption is not supported");
+  if (chunk.has_file_path)
+    fail("the column chunk lives in another file (file_path): not supported");
+  if (chunk.type != column.physical_type)
+    fail("the chunk's type ", physical_type_name(chunk.type), " differs from the schema's ",
+         physical_type_name(column.physical_type));
+  if (chunk.path_in_schema.size() != 1 || chunk.path_in_schema[0] != column.name)
+    fail("the chunk's path in schema (", chunk.path_in_schema.size(), " parts, first '",
+         chunk.path_in_schema.empty() ? "" : chunk.path_in_schema[0],
+         "') is not the column's name");
+  if (chunk.num_values != rows)
+    fail("the chunk holds ", chunk.num_values, " values for the row group's ", rows, " rows");
+  check_codec_supported(chunk.codec);
+  if (rows == 0) return;  // pyarrow gives an empty chunk no data page (data_page_offset 0)
+  const int64_t start = chunk_start(chunk);
+  if (start < int64_t(kMagicSize) || chunk.total_compressed_size < 0 ||
+      uint64_t(start) > data_end ||
+      uint64_t(chunk.total_compressed_size) > data_end - uint64_t(start))
+    fail("the chunk's bytes ", start, "+", chunk.total_compressed_size,
+         " lie outside the data region 4..", data_end);
+  const std::vector<uint8_t> bytes =
+      file.read(uint64_t(start), uint64_t(chunk.total_compressed_size));
+  ChunkReader reader{column, chunk, out, std::nullopt, 0, {}};
+  reader.read_pages(bytes);
+}
+
+}  // namespace
+
+Table read_parquet_file(const std::string& path, const std::vector<std::string>& wanted) {
+  InputFile file(path);
+  const Footer footer = read_footer(file, path);
+  const FileMetaData& metadata = footer.metadata;
+
+  Table table;
+  table.source = path;
+  size_t total_leaves = 0;
+  std::vector<Field> fields;
+  try {
+    fields = top_level_fields(metadata.schema, &total_leaves);
+  } catch (const Error& error) {
+    fail(path, ": corrupt schema: ", error.what());
+  }
+  for (const Field& field : fields) table.columns_in_source.push_back(field.element->name);
+
+  std::vector<ColumnSpec> specs;
+  for (const std::string& name : names_to_read(wanted, table.columns_in_source)) {
+    const auto field = std::find_if(fields.begin(), fields.end(),
+                                    [&](const Field& f) { return f.element->name == name; });
+    try {
+      specs.push_back(readable_column(*field));
+    } catch (const Error& error) {
+      fail(path, ": ", error.what());
+    }
+    table.columns.push_back(
+        Column{name, specs.back().physical_type != int32_t(PhysicalType::byte_array), {}, {}});
+  }
+
+  int64_t rows_in_groups = 0;
+  for (size_t group = 0; group < metadata.row_groups.size(); ++group) {
+    const RowGroup& row_group = metadata.row_groups[group];
+    if (row_group.columns.size() != total_leaves || row_group.num_rows < 0 ||
+        row_group.num_rows > metadata.num_rows - rows_in_groups)
+      fail(path, ": row group ", group, " has ", row_group.columns.size(), " column chunks and ",
+           row_group.num_rows, " rows, which does not match the schema's ", total_leaves,
+           " columns and the file's ", metadata.num_rows, " rows");
+    for (size_t i = 0; i < specs.size(); ++i) {
+      try {
+        read_column_chunk(file, footer.data_end, row_group.columns[specs[i].leaf], specs[i],
+                          row_group.num_rows, table.columns[i]);
+      } catch (const Error& error) {
+        fail(path, ": column '", specs[i].name, "', row group ", group, ": ", error.what());
+      }
+    }
+    rows_in_groups += row_group.num_rows;
+  }
+  if (rows_in_groups != metadata.num_rows)
+    fail(path, ": the footer promises ", metadata.num_rows, " rows but the row groups hold ",
+         rows_in_groups);
+  table.num_rows = metadata.num_rows;
+  return table;
+}
+
+}  // namespace cst

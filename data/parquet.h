@@ -1,0 +1,19 @@
+// Parquet reader for the files pyarrow, pandas and Hugging Face datasets write, written from the
+// format specification (https://github.com/apache/parquet-format). It reads flat string
+// (BYTE_ARRAY, string and large_string) and integer (INT32, INT64) columns, REQUIRED or OPTIONAL,
+// in PLAIN, dictionary and delta encodings, from data pages v1 and v2, compressed with snappy,
+// gzip or zstd or not at all. Only the requested columns' chunks are read from disk.
+//
+// Anything else (nested columns, other types or codecs, encryption) and any corrupt byte ends in
+// one cst::Error naming the file, the column and the problem.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "data/table.h"
+
+namespace cst {
+
+Table read_parquet_file(const std::string& path, const std::vector<std::string>& wanted);
+
+}  // namespace cst
