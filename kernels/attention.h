@@ -17,6 +17,11 @@
 //   dq  = scale * sum_j ds_j k_j,   dk_j += scale * ds_j q,   dv_j += p_j do
 // p is recomputed from the saved lse, so nothing of size T x T is ever stored. dk/dv sum over
 // the query heads of a group.
+//
+// CUDA (kernels/attention.cu, docs/attention.md): the forward runs the online softmax per 64-query
+// tile in registers; the backward first computes D, then dk/dv per 64-key tile (looping over the
+// group's query heads and the query tiles that see it) and dq per 64-query tile in a separate
+// pass, so every sum has a fixed order and results are bitwise reproducible.
 #pragma once
 #include <vector>
 

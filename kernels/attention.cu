@@ -1,0 +1,198 @@
+// Flash attention on the GPU: forward, and a deterministic backward in three kernels.
+// The tile code is in kernels/attention_tiles.cuh; this file checks the arguments, keeps the
+// device copy of the sequence offsets and launches.
+//
+//   forward      grid (query tiles, H, S): O and lse of one 64-query tile of one head
+//   D            one warp per (token, head): D = rowsum(dO * O)
+//   dK, dV       grid (key tiles, KVH, S): loops over the group's query heads and query tiles
+//   dQ           grid (query tiles, H, S): loops over key tiles
+// Every output element is written by exactly one thread, after a fixed sequence of additions,
+// so the results are bitwise reproducible from run to run.
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/attention.h"
+#include "kernels/attention_tiles.cuh"
+#include "kernels/cuda_common.cuh"
+#include "kernels/device.h"
+
+namespace cst::cuda {
+namespace {
+
+using flash::AttentionParams;
+using flash::TileCoordinates;
+
+// Tiles are handed out longest-first: under the causal mask the last query tile of a sequence
+// sees the most keys, and starting it early keeps the tail of the grid short.
+__device__ __forceinline__ TileCoordinates block_coordinates() {
+  return {int(gridDim.x - 1 - blockIdx.x), int(blockIdx.y), int(blockIdx.z)};
+}
+
+template <int kHeadDim>
+__global__ void __launch_bounds__(flash::kThreads) forward_kernel(AttentionParams params) {
+  extern __shared__ __align__(16) char shared[];
+  flash::forward_block<kHeadDim>(params, shared, block_coordinates(), int(threadIdx.x));
+}
+
+template <int kHeadDim>
+__global__ void __launch_bounds__(flash::kThreads) dkdv_kernel(AttentionParams params) {
+  extern __shared__ __align__(16) char shared[];
+  flash::backward_dkdv_block<kHeadDim>(params, shared, block_coordinates(), int(threadIdx.x));
+}
+
+template <int kHeadDim>
+__global__ void __launch_bounds__(flash::kThreads) dq_kernel(AttentionParams params) {
+  extern __shared__ __align__(16) char shared[];
+  flash::backward_dq_block<kHeadDim>(params, shared, block_coordinates(), int(threadIdx.x));
+}
+
+template <int kHeadDim>
+__global__ void dout_dot_out_kernel(AttentionParams params) {
+  int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  flash::dout_dot_out_warp<kHeadDim>(params, row, int(threadIdx.x % 32));
+}
+
+// A device allocation that grows on demand and is kept between calls. Every kernel runs on the
+// backend's one stream, so a later call's upload cannot overtake an earlier call's kernels.
+struct ScratchBuffer {
+  Buffer memory;
+  void* reserve(size_t bytes) {
+    if (memory.size() < bytes) memory = Buffer(Device::cuda, bytes);
+    return memory.data();
+  }
+};
+
+struct DeviceOffsets {
+  const int32_t* data = nullptr;
+  int sequences = 0;
+  int max_seqlen = 0;
+};
+
+// Copies the offsets to the device and finds the longest sequence, which sizes the grid. The
+// public op (kernels/attention.cpp) has already checked the offsets and every shape.
+// Every layer of a step passes the same offsets, so they are uploaded only when they change:
+// a copy from pageable host memory waits for the stream, which would stall every call.
+DeviceOffsets upload_offsets(const std::vector<int32_t>& cu_seqlens) {
+  static ScratchBuffer storage;
+  static std::vector<int32_t> uploaded;
+  DeviceOffsets offsets;
+  offsets.sequences = int(cu_seqlens.size()) - 1;
+  for (int s = 0; s < offsets.sequences; ++s)
+    offsets.max_seqlen = std::max(offsets.max_seqlen, cu_seqlens[s + 1] - cu_seqlens[s]);
+  if (offsets.sequences > 65535)
+    fail("attention: ", offsets.sequences, " sequences in one batch (the CUDA grid allows 65535)");
+  if (cu_seqlens != uploaded) {
+    size_t bytes = cu_seqlens.size() * sizeof(int32_t);
+    storage.reserve(bytes);
+    CUDA_CHECK(cudaMemcpyAsync(storage.memory.data(), cu_seqlens.data(), bytes,
+                               cudaMemcpyHostToDevice, stream()));
+    uploaded = cu_seqlens;
+  }
+  offsets.data = static_cast<const int32_t*>(storage.memory.data());
+  return offsets;
+}
+
+// What only the CUDA kernels need beyond the public op's checks.
+void check_operand(const Tensor& t, DType dtype, const char* what) {
+  if (t.dtype != dtype)
+    fail("attention on cuda: ", what, " must be ", dtype_name(dtype), ", got ", t.describe());
+  if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0)
+    fail("attention on cuda: ", what, " must be 16-byte aligned for vector loads");
+}
+
+AttentionParams make_params(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                            const Tensor& lse, const AttentionShape& shape) {
+  if (shape.head_dim != 64 && shape.head_dim != 128)
+    fail("attention on cuda: head_dim ", shape.head_dim, " is not supported (64 or 128)");
+  if (q.shape[0] > INT32_MAX / 2) fail("attention on cuda: ", q.shape[0], " tokens is too many");
+  check_operand(q, DType::bf16, "q");
+  check_operand(k, DType::bf16, "k");
+  check_operand(v, DType::bf16, "v");
+  check_operand(out, DType::bf16, "out");
+  check_operand(lse, DType::f32, "lse");
+
+  AttentionParams params;
+  params.q = static_cast<const __nv_bfloat16*>(q.data);
+  params.k = static_cast<const __nv_bfloat16*>(k.data);
+  params.v = static_cast<const __nv_bfloat16*>(v.data);
+  params.out = static_cast<__nv_bfloat16*>(out.data);
+  params.lse = static_cast<float*>(lse.data);
+  params.tokens = int(q.shape[0]);
+  params.heads = shape.heads;
+  params.kv_heads = shape.kv_heads;
+  params.window = shape.window;
+  params.scale = 1.0f / std::sqrt(float(shape.head_dim));
+  return params;
+}
+
+// Raises the kernel's dynamic shared memory limit (over 48 KiB needs an explicit opt-in) and
+// launches one block per (tile, head, sequence).
+template <class Kernel>
+void launch_tiles(Kernel kernel, int shared_bytes, int tiles, int heads,
+                  const DeviceOffsets& offsets, const AttentionParams& params) {
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  shared_bytes));
+  dim3 grid(tiles, heads, offsets.sequences);
+  kernel<<<grid, flash::kThreads, shared_bytes, stream()>>>(params);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <int kHeadDim>
+void forward_for_head_dim(const AttentionParams& params, const DeviceOffsets& offsets) {
+  int tiles = ceil_div(offsets.max_seqlen, flash::kTileRows);
+  launch_tiles(forward_kernel<kHeadDim>, flash::forward_shared_bytes<kHeadDim>(), tiles,
+               params.heads, offsets, params);
+}
+
+template <int kHeadDim>
+void backward_for_head_dim(const AttentionParams& params, const DeviceOffsets& offsets) {
+  int64_t warps = int64_t(params.tokens) * params.heads;
+  int blocks = ceil_div(warps * 32, 256);
+  dout_dot_out_kernel<kHeadDim><<<blocks, 256, 0, stream()>>>(params);
+  CUDA_CHECK_LAUNCH();
+  int tiles = ceil_div(offsets.max_seqlen, flash::kTileRows);
+  launch_tiles(dkdv_kernel<kHeadDim>, flash::dkdv_shared_bytes<kHeadDim>(), tiles,
+               params.kv_heads, offsets, params);
+  launch_tiles(dq_kernel<kHeadDim>, flash::dq_shared_bytes<kHeadDim>(), tiles, params.heads,
+               offsets, params);
+}
+
+}  // namespace
+
+void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
+                       const Tensor& v, const std::vector<int32_t>& cu_seqlens,
+                       const AttentionShape& shape) {
+  AttentionParams params = make_params(q, k, v, out, lse, shape);
+  if (params.tokens == 0) return;
+  DeviceOffsets offsets = upload_offsets(cu_seqlens);
+  params.cu_seqlens = offsets.data;
+  if (shape.head_dim == 64) forward_for_head_dim<64>(params, offsets);
+  else forward_for_head_dim<128>(params, offsets);
+}
+
+void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
+                        const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                        const Tensor& lse, const std::vector<int32_t>& cu_seqlens,
+                        const AttentionShape& shape) {
+  AttentionParams params = make_params(q, k, v, out, lse, shape);
+  check_operand(dout, DType::bf16, "dout");
+  check_operand(dq, DType::bf16, "dq");
+  check_operand(dk, DType::bf16, "dk");
+  check_operand(dv, DType::bf16, "dv");
+  if (params.tokens == 0) return;
+  DeviceOffsets offsets = upload_offsets(cu_seqlens);
+  params.cu_seqlens = offsets.data;
+  params.dout = static_cast<const __nv_bfloat16*>(dout.data);
+  params.dq = static_cast<__nv_bfloat16*>(dq.data);
+  params.dk = static_cast<__nv_bfloat16*>(dk.data);
+  params.dv = static_cast<__nv_bfloat16*>(dv.data);
+  static ScratchBuffer dout_dot_out;
+  params.dout_dot_out =
+      static_cast<float*>(dout_dot_out.reserve(size_t(params.tokens) * shape.heads * sizeof(float)));
+  if (shape.head_dim == 64) backward_for_head_dim<64>(params, offsets);
+  else backward_for_head_dim<128>(params, offsets);
+}
+
+}  // namespace cst::cuda

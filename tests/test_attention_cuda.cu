@@ -1,0 +1,157 @@
+// The CUDA flash attention against the CPU reference op (kernels/attention.cpp, itself checked
+// against finite differences and torch in the CPU tests).
+//
+// Inputs are drawn, rounded to bf16 and then given to both backends, so the two see the same
+// numbers and only the arithmetic differs. Errors are measured over whole tensors,
+// ||gpu - cpu|| / ||cpu||. The expected size, from bf16's 8-bit significand (unit roundoff
+// u = 2^-8 ~ 3.9e-3):
+//   out, dq, dk, dv are stored in bf16, which alone costs ~u/sqrt(12)*sqrt(2) ~ 1.6e-3 RMS; the
+//   probabilities (and dS) are rounded to bf16 before they meet V (or Q, K) in the tensor cores,
+//   which adds a similar, partly averaged-out amount. A host model of these kernels gave
+//   1.7e-3..1.8e-3 for out and 2.2e-3..2.4e-3 for the gradients on shapes like these, so
+//   kOutputTolerance = 1e-2 leaves a 4x margin and still catches any indexing or masking error
+//   (those give errors of order 1e-1 to 1).
+//   lse is computed and stored in f32 from the exact bf16 products: only f32 summation order
+//   and exp2/log2 rounding differ, ~1e-7; kLseTolerance = 1e-5.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "kernels/attention.h"
+#include "kernels/device.h"
+#include "tests/op_reference.h"
+
+namespace cst {
+namespace {
+
+constexpr double kOutputTolerance = 1e-2;
+constexpr double kLseTolerance = 1e-5;
+
+struct AttentionCase {
+  const char* name;
+  std::vector<int32_t> lengths;  // one entry per packed sequence
+  AttentionShape shape;
+};
+
+std::vector<int32_t> offsets_of(const std::vector<int32_t>& lengths) {
+  std::vector<int32_t> offsets = {0};
+  for (int32_t length : lengths) offsets.push_back(offsets.back() + length);
+  return offsets;
+}
+
+// Random values already representable in bf16, so the bf16 copy on the GPU is exact.
+std::vector<float> bf16_values(test::Rng& rng, int64_t count, double magnitude) {
+  std::vector<float> values = rng.floats(count, -magnitude, magnitude);
+  for (float& value : values) value = bf16_to_f32(f32_to_bf16(value));
+  return values;
+}
+
+OwnedTensor on_gpu_bf16(const std::vector<int64_t>& shape, const std::vector<float>& values) {
+  OwnedTensor host(shape, DType::f32, Device::cpu);
+  std::copy(values.begin(), values.end(), host->f32());
+  OwnedTensor device(shape, DType::bf16, Device::cuda);
+  copy_tensor(device, host);
+  return device;
+}
+
+std::vector<float> to_host_f32(const Tensor& device) {
+  OwnedTensor host(std::vector<int64_t>(device.shape.begin(), device.shape.begin() + device.rank),
+                   DType::f32, Device::cpu);
+  copy_tensor(host, device);
+  return test::to_vector(host);
+}
+
+OwnedTensor on_cpu(const std::vector<int64_t>& shape, const std::vector<float>& values) {
+  OwnedTensor t(shape, DType::f32, Device::cpu);
+  std::copy(values.begin(), values.end(), t->f32());
+  return t;
+}
+
+double relative_error(const std::vector<float>& gpu, const Tensor& cpu) {
+  return test::relative_error(gpu, test::to_double(test::to_vector(cpu)));
+}
+
+class AttentionCuda : public ::testing::TestWithParam<AttentionCase> {
+ protected:
+  void SetUp() override {
+    if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU visible: the flash attention kernels need one";
+  }
+};
+
+// One forward and backward on both backends, then every output compared.
+TEST_P(AttentionCuda, MatchesCpuReference) {
+  const AttentionCase& c = GetParam();
+  const AttentionShape& shape = c.shape;
+  const std::vector<int32_t> cu_seqlens = offsets_of(c.lengths);
+  const int64_t tokens = cu_seqlens.back(), heads = shape.heads, kv_heads = shape.kv_heads,
+                dim = shape.head_dim;
+  const std::vector<int64_t> q_shape = {tokens, heads, dim}, kv_shape = {tokens, kv_heads, dim},
+                             lse_shape = {heads, tokens};
+  test::Rng rng(1000 + tokens * 7 + heads);
+  // |q|, |k| up to 2 spread the scores over several units, so the softmax is neither flat nor
+  // one-hot and every key's contribution matters.
+  std::vector<float> q = bf16_values(rng, tokens * heads * dim, 2.0);
+  std::vector<float> k = bf16_values(rng, tokens * kv_heads * dim, 2.0);
+  std::vector<float> v = bf16_values(rng, tokens * kv_heads * dim, 1.0);
+  std::vector<float> dout = bf16_values(rng, tokens * heads * dim, 1.0);
+
+  OwnedTensor cpu_q = on_cpu(q_shape, q), cpu_k = on_cpu(kv_shape, k), cpu_v = on_cpu(kv_shape, v);
+  OwnedTensor cpu_dout = on_cpu(q_shape, dout);
+  OwnedTensor cpu_out(q_shape, DType::f32, Device::cpu), cpu_lse(lse_shape, DType::f32, Device::cpu);
+  OwnedTensor cpu_dq(q_shape, DType::f32, Device::cpu), cpu_dk(kv_shape, DType::f32, Device::cpu),
+      cpu_dv(kv_shape, DType::f32, Device::cpu);
+  attention_forward(cpu_out, cpu_lse, cpu_q, cpu_k, cpu_v, cu_seqlens, shape);
+  attention_backward(cpu_dq, cpu_dk, cpu_dv, cpu_dout, cpu_q, cpu_k, cpu_v, cpu_out, cpu_lse,
+                     cu_seqlens, shape);
+
+  OwnedTensor gpu_q = on_gpu_bf16(q_shape, q), gpu_k = on_gpu_bf16(kv_shape, k),
+              gpu_v = on_gpu_bf16(kv_shape, v), gpu_dout = on_gpu_bf16(q_shape, dout);
+  OwnedTensor gpu_out(q_shape, DType::bf16, Device::cuda), gpu_lse(lse_shape, DType::f32, Device::cuda);
+  OwnedTensor gpu_dq(q_shape, DType::bf16, Device::cuda), gpu_dk(kv_shape, DType::bf16, Device::cuda),
+      gpu_dv(kv_shape, DType::bf16, Device::cuda);
+  attention_forward(gpu_out, gpu_lse, gpu_q, gpu_k, gpu_v, cu_seqlens, shape);
+  attention_backward(gpu_dq, gpu_dk, gpu_dv, gpu_dout, gpu_q, gpu_k, gpu_v, gpu_out, gpu_lse,
+                     cu_seqlens, shape);
+
+  EXPECT_LT(relative_error(to_host_f32(gpu_out), cpu_out), kOutputTolerance) << "out";
+  EXPECT_LT(relative_error(to_host_f32(gpu_lse), cpu_lse), kLseTolerance) << "lse";
+  EXPECT_LT(relative_error(to_host_f32(gpu_dq), cpu_dq), kOutputTolerance) << "dq";
+  EXPECT_LT(relative_error(to_host_f32(gpu_dk), cpu_dk), kOutputTolerance) << "dk";
+  EXPECT_LT(relative_error(to_host_f32(gpu_dv), cpu_dv), kOutputTolerance) << "dv";
+
+  // Deterministic: a second backward gives the same bits (no atomics, fixed summation order).
+  OwnedTensor again_dq(q_shape, DType::bf16, Device::cuda), again_dk(kv_shape, DType::bf16, Device::cuda),
+      again_dv(kv_shape, DType::bf16, Device::cuda);
+  attention_backward(again_dq, again_dk, again_dv, gpu_dout, gpu_q, gpu_k, gpu_v, gpu_out, gpu_lse,
+                     cu_seqlens, shape);
+  EXPECT_EQ(to_host_f32(again_dq), to_host_f32(gpu_dq)) << "dq differs between two runs";
+  EXPECT_EQ(to_host_f32(again_dk), to_host_f32(gpu_dk)) << "dk differs between two runs";
+  EXPECT_EQ(to_host_f32(again_dv), to_host_f32(gpu_dv)) << "dv differs between two runs";
+}
+
+// Lengths cover 1, odd lengths, exact tiles (64) and tails (65, 130, 200); windows below, at and
+// above the 64-row tile; GQA group sizes 1, 4 and 8; head dims 64 and 128.
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, AttentionCuda,
+    ::testing::Values(
+        AttentionCase{"causal_mha_d64", {1, 17, 64, 130}, {4, 4, 64, 0}},
+        AttentionCase{"causal_gqa4_d128", {200, 1, 63}, {8, 2, 128, 0}},
+        AttentionCase{"window48_gqa8_d128", {129, 5, 1}, {8, 1, 128, 48}},
+        AttentionCase{"window64_gqa8_d64", {257}, {16, 2, 64, 64}},
+        AttentionCase{"window100_gqa4_d64", {3, 190, 65}, {4, 1, 64, 100}},
+        AttentionCase{"window1_mha_d128", {70}, {2, 2, 128, 1}},
+        AttentionCase{"single_tokens_gqa4_d128", {1, 1, 1}, {4, 1, 128, 0}}),
+    [](const ::testing::TestParamInfo<AttentionCase>& info) { return std::string(info.param.name); });
+
+TEST(AttentionCudaArguments, RejectsUnsupportedHeadDim) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU visible";
+  const AttentionShape shape{2, 2, 96, 0};
+  OwnedTensor q({3, 2, 96}, DType::bf16, Device::cuda), k({3, 2, 96}, DType::bf16, Device::cuda),
+      v({3, 2, 96}, DType::bf16, Device::cuda), out({3, 2, 96}, DType::bf16, Device::cuda),
+      lse({2, 3}, DType::f32, Device::cuda);
+  EXPECT_THROW(attention_forward(out, lse, q, k, v, {0, 3}, shape), Error);
+}
+
+}  // namespace
+}  // namespace cst

@@ -1,0 +1,197 @@
+// Flash attention speed: TFLOP/s of the forward and backward at head dim 128, causal, 32 query
+// heads over 8 key/value heads, 16k tokens per batch split into equal sequences of 512..4096.
+// Causal FLOPs count only the visible half: forward 4 * N * T * H * D / 2 (two matmuls, 2 FLOPs
+// per multiply-add) for N tokens in sequences of T; backward 2.5x that (five matmuls, none
+// recounted for the recomputation it does). tools/python/bench_sdpa.py prints the same table for
+// torch's SDPA flash backend.
+//
+//   attention_bench [--json FILE]          the table, and optionally the rows as JSON
+//   attention_bench --dump DIR [--window W]  runs one small mixed-length case and writes its
+//       inputs and outputs for tools/python/check_attention_sdpa.py
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "kernels/attention.h"
+#include "kernels/cuda_common.cuh"
+#include "kernels/device.h"
+
+namespace {
+
+using cst::DType;
+using cst::Device;
+using cst::OwnedTensor;
+
+struct Inputs {
+  OwnedTensor q, k, v, dout, out, lse, dq, dk, dv;
+};
+
+OwnedTensor random_bf16(const std::vector<int64_t>& shape, std::mt19937& rng) {
+  OwnedTensor host(shape, DType::f32, Device::cpu);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  float* values = host->f32();
+  for (int64_t i = 0; i < host->numel(); ++i) values[i] = normal(rng);
+  OwnedTensor device(shape, DType::bf16, Device::cuda);
+  cst::copy_tensor(device, host);
+  return device;
+}
+
+Inputs make_inputs(int64_t tokens, const cst::AttentionShape& shape, unsigned seed) {
+  std::mt19937 rng(seed);
+  const std::vector<int64_t> q_shape = {tokens, shape.heads, shape.head_dim};
+  const std::vector<int64_t> kv_shape = {tokens, shape.kv_heads, shape.head_dim};
+  Inputs in;
+  in.q = random_bf16(q_shape, rng);
+  in.k = random_bf16(kv_shape, rng);
+  in.v = random_bf16(kv_shape, rng);
+  in.dout = random_bf16(q_shape, rng);
+  in.out = OwnedTensor(q_shape, DType::bf16, Device::cuda);
+  in.lse = OwnedTensor({shape.heads, tokens}, DType::f32, Device::cuda);
+  in.dq = OwnedTensor(q_shape, DType::bf16, Device::cuda);
+  in.dk = OwnedTensor(kv_shape, DType::bf16, Device::cuda);
+  in.dv = OwnedTensor(kv_shape, DType::bf16, Device::cuda);
+  return in;
+}
+
+void forward(const Inputs& in, const std::vector<int32_t>& cu_seqlens,
+             const cst::AttentionShape& shape) {
+  cst::attention_forward(in.out, in.lse, in.q, in.k, in.v, cu_seqlens, shape);
+}
+
+void backward(const Inputs& in, const std::vector<int32_t>& cu_seqlens,
+              const cst::AttentionShape& shape) {
+  cst::attention_backward(in.dq, in.dk, in.dv, in.dout, in.q, in.k, in.v, in.out, in.lse,
+                          cu_seqlens, shape);
+}
+
+// Mean milliseconds per call over `repeats` calls, after warm-up calls.
+template <class Call>
+double time_ms(Call call, int repeats) {
+  for (int i = 0; i < 3; ++i) call();
+  cudaEvent_t start, stop;
+  CUDA_CHECK(cudaEventCreate(&start));
+  CUDA_CHECK(cudaEventCreate(&stop));
+  CUDA_CHECK(cudaEventRecord(start, cst::cuda::stream()));
+  for (int i = 0; i < repeats; ++i) call();
+  CUDA_CHECK(cudaEventRecord(stop, cst::cuda::stream()));
+  CUDA_CHECK(cudaEventSynchronize(stop));
+  float total = 0;
+  CUDA_CHECK(cudaEventElapsedTime(&total, start, stop));
+  CUDA_CHECK(cudaEventDestroy(start));
+  CUDA_CHECK(cudaEventDestroy(stop));
+  return total / repeats;
+}
+
+nlohmann::json benchmark(int seqlen) {
+  const int64_t tokens = 16384;
+  const cst::AttentionShape shape{32, 8, 128, 0};
+  std::vector<int32_t> cu_seqlens = {0};
+  while (cu_seqlens.back() < tokens) cu_seqlens.push_back(cu_seqlens.back() + seqlen);
+  Inputs in = make_inputs(tokens, shape, 1);
+  forward(in, cu_seqlens, shape);  // backward needs a real out and lse
+  double forward_ms = time_ms([&] { forward(in, cu_seqlens, shape); }, 20);
+  double backward_ms = time_ms([&] { backward(in, cu_seqlens, shape); }, 20);
+  double forward_flops = 4.0 * double(tokens) * seqlen * shape.heads * shape.head_dim / 2;
+  double backward_flops = 2.5 * forward_flops;
+  return {{"seqlen", seqlen},
+          {"batch", tokens / seqlen},
+          {"heads", shape.heads},
+          {"kv_heads", shape.kv_heads},
+          {"head_dim", shape.head_dim},
+          {"forward_ms", forward_ms},
+          {"forward_tflops", forward_flops / forward_ms * 1e-9},
+          {"backward_ms", backward_ms},
+          {"backward_tflops", backward_flops / backward_ms * 1e-9}};
+}
+
+void write_raw(const std::filesystem::path& path, const cst::Tensor& device) {
+  std::vector<char> bytes(device.nbytes());
+  cst::cuda::copy_bytes(bytes.data(), device.data, bytes.size());
+  std::ofstream file(path, std::ios::binary);
+  file.write(bytes.data(), std::streamsize(bytes.size()));
+  if (!file) cst::fail("cannot write ", path.string());
+}
+
+// A small case with lengths that are not multiples of the tile, for an outside check.
+void dump_case(const std::filesystem::path& directory, int window) {
+  const std::vector<int32_t> cu_seqlens = {0, 1, 78, 278, 342};
+  const cst::AttentionShape shape{8, 2, 128, window};
+  Inputs in = make_inputs(cu_seqlens.back(), shape, 7);
+  forward(in, cu_seqlens, shape);
+  backward(in, cu_seqlens, shape);
+  std::filesystem::create_directories(directory);
+  const std::pair<const char*, const OwnedTensor*> tensors[] = {
+      {"q", &in.q},       {"k", &in.k},   {"v", &in.v},   {"dout", &in.dout}, {"out", &in.out},
+      {"lse", &in.lse},   {"dq", &in.dq}, {"dk", &in.dk}, {"dv", &in.dv}};
+  nlohmann::json meta = {{"cu_seqlens", cu_seqlens},
+                         {"heads", shape.heads},
+                         {"kv_heads", shape.kv_heads},
+                         {"head_dim", shape.head_dim},
+                         {"window", shape.window},
+                         {"files", nlohmann::json::object()}};
+  for (const auto& [name, tensor] : tensors) {
+    write_raw(directory / (std::string(name) + ".bin"), **tensor);
+    meta["files"][name] = {{"dtype", cst::dtype_name((*tensor)->dtype)},
+                           {"shape", std::vector<int64_t>((*tensor)->shape.begin(),
+                                                          (*tensor)->shape.begin() +
+                                                              (*tensor)->rank)}};
+  }
+  std::ofstream(directory / "meta.json") << meta.dump(2) << "\n";
+  std::printf("wrote %s\n", directory.string().c_str());
+}
+
+int run(int argc, char** argv) {
+  std::string json_path, dump_directory;
+  int window = 0;
+  for (int i = 1; i < argc; ++i) {
+    std::string flag = argv[i];
+    if (i + 1 >= argc) cst::fail("attention_bench: ", flag, " needs a value");
+    if (flag == "--json") json_path = argv[++i];
+    else if (flag == "--dump") dump_directory = argv[++i];
+    else if (flag == "--window") window = std::stoi(argv[++i]);
+    else cst::fail("attention_bench: unknown flag ", flag, " (--json FILE, --dump DIR, --window W)");
+  }
+  if (!cst::cuda_available()) cst::fail("attention_bench: no CUDA GPU visible");
+  if (!dump_directory.empty()) {
+    dump_case(dump_directory, window);
+    return 0;
+  }
+  std::printf("cst flash attention, head_dim 128, causal, 32 heads / 8 kv heads, 16384 tokens\n");
+  std::printf("%8s %6s %10s %10s %10s %10s\n", "seqlen", "batch", "fwd ms", "fwd TF/s", "bwd ms",
+              "bwd TF/s");
+  nlohmann::json rows = nlohmann::json::array();
+  for (int seqlen : {512, 1024, 2048, 4096}) {
+    nlohmann::json row = benchmark(seqlen);
+    std::printf("%8d %6d %10.3f %10.1f %10.3f %10.1f\n", seqlen, row["batch"].get<int>(),
+                row["forward_ms"].get<double>(), row["forward_tflops"].get<double>(),
+                row["backward_ms"].get<double>(), row["backward_tflops"].get<double>());
+    rows.push_back(row);
+  }
+  if (!json_path.empty()) {
+    std::ofstream file(json_path);
+    file << nlohmann::json{{"benchmark", "attention"}, {"implementation", "cst"}, {"rows", rows}}
+                .dump(2)
+         << "\n";
+    if (!file) cst::fail("attention_bench: cannot write ", json_path);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "error: %s\n", error.what());
+    return 1;
+  }
+}
