@@ -238,7 +238,7 @@ def benchmark(tokenizer, dataset_path):
 
     datasets.disable_caching()
     trainer = make_trl_tokenizer_object(tokenizer, 512, 128, "keep_end")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     dataset = datasets.load_dataset("json", data_files=dataset_path, split="train")
     loaded = time.perf_counter()
     dataset = dataset.map(lambda row: render(tokenizer, row["system"], row["prompt"], row["chosen"],
@@ -250,10 +250,11 @@ def benchmark(tokenizer, dataset_path):
     loader = torch.utils.data.DataLoader(dataset.select_columns(columns), batch_size=2, shuffle=True,
                                          collate_fn=collator, generator=torch.Generator().manual_seed(42))
     batches = sum(1 for _ in loader)
-    finished = time.perf_counter()
+    finished, cpu_finished = time.perf_counter(), time.process_time()
     print(f"python (datasets + trl 0.9.6): load {loaded - start:.3f} s, render+tokenize "
           f"{tokenized - loaded:.3f} s, {batches} padded batches {finished - tokenized:.3f} s, "
-          f"total {finished - start:.3f} s for {len(dataset)} rows")
+          f"total {finished - start:.3f} s wall, {cpu_finished - cpu_start:.3f} s CPU "
+          f"for {len(dataset)} rows")
 
 
 def main():
