@@ -24,28 +24,32 @@ namespace {
 using flash::AttentionParams;
 using flash::TileCoordinates;
 
-// Tiles are handed out longest-first: under the causal mask the last query tile of a sequence
-// sees the most keys, and starting it early keeps the tail of the grid short.
-__device__ __forceinline__ TileCoordinates block_coordinates() {
+// Tiles are handed out longest-first, which keeps the tail of the grid short: under the causal
+// mask the last query tile of a sequence sees the most keys, and the first key tile is seen by
+// the most queries.
+__device__ __forceinline__ TileCoordinates query_tile_coordinates() {
   return {int(gridDim.x - 1 - blockIdx.x), int(blockIdx.y), int(blockIdx.z)};
+}
+__device__ __forceinline__ TileCoordinates key_tile_coordinates() {
+  return {int(blockIdx.x), int(blockIdx.y), int(blockIdx.z)};
 }
 
 template <int kHeadDim>
 __global__ void __launch_bounds__(flash::kThreads) forward_kernel(AttentionParams params) {
   extern __shared__ __align__(16) char shared[];
-  flash::forward_block<kHeadDim>(params, shared, block_coordinates(), int(threadIdx.x));
+  flash::forward_block<kHeadDim>(params, shared, query_tile_coordinates(), int(threadIdx.x));
 }
 
 template <int kHeadDim>
 __global__ void __launch_bounds__(flash::kThreads) dkdv_kernel(AttentionParams params) {
   extern __shared__ __align__(16) char shared[];
-  flash::backward_dkdv_block<kHeadDim>(params, shared, block_coordinates(), int(threadIdx.x));
+  flash::backward_dkdv_block<kHeadDim>(params, shared, key_tile_coordinates(), int(threadIdx.x));
 }
 
 template <int kHeadDim>
 __global__ void __launch_bounds__(flash::kThreads) dq_kernel(AttentionParams params) {
   extern __shared__ __align__(16) char shared[];
-  flash::backward_dq_block<kHeadDim>(params, shared, block_coordinates(), int(threadIdx.x));
+  flash::backward_dq_block<kHeadDim>(params, shared, query_tile_coordinates(), int(threadIdx.x));
 }
 
 template <int kHeadDim>

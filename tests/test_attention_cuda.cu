@@ -131,7 +131,9 @@ TEST_P(AttentionCuda, MatchesCpuReference) {
 }
 
 // Lengths cover 1, odd lengths, exact tiles (64) and tails (65, 130, 200); windows below, at and
-// above the 64-row tile; GQA group sizes 1, 4 and 8; head dims 64 and 128.
+// above the 64-row tile; GQA group sizes 1, 4 and 8; head dims 64 and 128. A query that sees only
+// itself (length 1, window 1) has dq = dk = 0 exactly, so such rows are mixed into batches with
+// longer sequences: a whole tensor of zeros has no relative error to measure.
 INSTANTIATE_TEST_SUITE_P(
     Shapes, AttentionCuda,
     ::testing::Values(
@@ -140,8 +142,7 @@ INSTANTIATE_TEST_SUITE_P(
         AttentionCase{"window48_gqa8_d128", {129, 5, 1}, {8, 1, 128, 48}},
         AttentionCase{"window64_gqa8_d64", {257}, {16, 2, 64, 64}},
         AttentionCase{"window100_gqa4_d64", {3, 190, 65}, {4, 1, 64, 100}},
-        AttentionCase{"window1_mha_d128", {70}, {2, 2, 128, 1}},
-        AttentionCase{"single_tokens_gqa4_d128", {1, 1, 1}, {4, 1, 128, 0}}),
+        AttentionCase{"window2_mha_d128", {70, 1, 2}, {2, 2, 128, 2}}),
     [](const ::testing::TestParamInfo<AttentionCase>& info) { return std::string(info.param.name); });
 
 TEST(AttentionCudaArguments, RejectsUnsupportedHeadDim) {
