@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <utility>
 
 #include "kernels/device.h"
 #include "kernels/op_checks.h"
@@ -31,6 +30,8 @@ struct AttentionGeometry {
   }
 };
 
+// omp simd allows the f32 sum to be split across vector lanes, a reordering the compiler may not
+// make on its own.
 float dot(const float* a, const float* b, int64_t n) {
   float sum = 0;
 #pragma omp simd reduction(+ : sum)
@@ -47,9 +48,8 @@ void axpy(float* y, float alpha, const float* x, int64_t n) {
 // One query head of one sequence: q/out rows at stride q_stride, k/v rows at stride kv_stride,
 // all already offset to the sequence's first token and the right head. lse is that head's
 // row of the (H, N) table, offset to the sequence. scores holds one row of visible keys.
-void attention_forward_head(float* out, float* lse, const float* q, const float* k,
-                            const float* v, int64_t length, const AttentionGeometry& g,
-                            float* scores) {
+void attention_forward_head(float* out, float* lse, const float* q, const float* k, const float* v,
+                            int64_t length, const AttentionGeometry& g, float* scores) {
   int64_t D = g.head_dim;
   for (int64_t i = 0; i < length; ++i) {
     const float* q_row = q + i * g.q_stride();
@@ -102,8 +102,8 @@ int64_t longest_sequence(const std::vector<int32_t>& cu_seqlens) {
 }
 
 // Checks every argument; returns the geometry shared by forward and backward.
-AttentionGeometry attention_check(const char* op, const Tensor& q, const Tensor& k,
-                                  const Tensor& v, const Tensor& out, const Tensor& lse,
+AttentionGeometry attention_check(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const Tensor& out, const Tensor& lse,
                                   const std::vector<int32_t>& cu_seqlens,
                                   const AttentionShape& shape) {
   if (shape.heads <= 0 || shape.kv_heads <= 0 || shape.head_dim <= 0 || shape.window < 0)
@@ -146,8 +146,7 @@ void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, co
   AttentionGeometry g = attention_check(op, q, k, v, out, lse, cu_seqlens, shape);
   if (device == Device::cuda)
     return CST_ON_CUDA(cuda::attention_forward(out, lse, q, k, v, cu_seqlens, shape));
-  for (auto [t, name] : {std::pair{&out, "out"}, {&q, "q"}, {&k, "k"}, {&v, "v"}})
-    check_dtype(*t, DType::f32, op, name);
+  check_f32(op, {{&out, "out"}, {&q, "q"}, {&k, "k"}, {&v, "v"}});
 
   int64_t sequences = int64_t(cu_seqlens.size()) - 1;
   int64_t group = g.heads / g.kv_heads;
@@ -160,12 +159,11 @@ void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, co
       for (int64_t h = 0; h < g.heads; ++h) {
         int64_t begin = cu_seqlens[s], length = cu_seqlens[s + 1] - begin;
         int64_t kv_head = h / group;
-        attention_forward_head(out.f32() + begin * g.q_stride() + h * g.head_dim,
-                               lse.f32() + h * g.tokens + begin,
-                               q.f32() + begin * g.q_stride() + h * g.head_dim,
-                               k.f32() + begin * g.kv_stride() + kv_head * g.head_dim,
-                               v.f32() + begin * g.kv_stride() + kv_head * g.head_dim, length, g,
-                               scores.data());
+        attention_forward_head(
+            out.f32() + begin * g.q_stride() + h * g.head_dim, lse.f32() + h * g.tokens + begin,
+            q.f32() + begin * g.q_stride() + h * g.head_dim,
+            k.f32() + begin * g.kv_stride() + kv_head * g.head_dim,
+            v.f32() + begin * g.kv_stride() + kv_head * g.head_dim, length, g, scores.data());
       }
     }
   }
@@ -185,9 +183,8 @@ void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, co
   if (device == Device::cuda)
     return CST_ON_CUDA(
         cuda::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, shape));
-  for (auto [t, name] : {std::pair{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}, {&dout, "dout"},
-                         {&q, "q"}, {&k, "k"}, {&v, "v"}, {&out, "out"}})
-    check_dtype(*t, DType::f32, op, name);
+  check_f32(op, {{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}, {&dout, "dout"}});
+  check_f32(op, {{&q, "q"}, {&k, "k"}, {&v, "v"}, {&out, "out"}});
 
   fill_zero(dk);
   fill_zero(dv);

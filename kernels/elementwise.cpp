@@ -31,10 +31,7 @@ float uniform_at(uint64_t key, uint64_t index) {
 void check_same_f32_shape(const char* op, const Tensor& y, const Tensor& x) {
   common_device(op, y, x);
   if (!same_shape(y, x)) fail(op, ": shapes differ: ", y.describe(), " and ", x.describe());
-  if (y.device == Device::cpu) {
-    check_dtype(y, DType::f32, op, "out");
-    check_dtype(x, DType::f32, op, "x");
-  }
+  if (y.device == Device::cpu) check_f32(op, {{&y, "out"}, {&x, "x"}});
 }
 
 }  // namespace

@@ -18,8 +18,7 @@ void embedding_forward(const Tensor& out, const Tensor& ids, const Tensor& table
   check_dims(out, {tokens, channels}, op, "out");
   if (device == Device::cuda) return CST_ON_CUDA(cuda::embedding_forward(out, ids, table));
 
-  check_dtype(out, DType::f32, op, "out");
-  check_dtype(table, DType::f32, op, "table");
+  check_f32(op, {{&out, "out"}, {&table, "table"}});
   const int32_t* id_data = ids.i32();
   // Checked up front, outside the parallel loop, so a bad id is an error and never a wild read.
   for (int64_t n = 0; n < tokens; ++n)

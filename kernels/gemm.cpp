@@ -8,8 +8,8 @@
 
 namespace cst {
 
-void matmul(const Tensor& out, const Tensor& a, const Tensor& b, bool transpose_a,
-            bool transpose_b, float alpha, float beta) {
+void matmul(const Tensor& out, const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b,
+            float alpha, float beta) {
   const char* op = "matmul";
   Device device = common_device(op, out, a, b);
   check_rank(out, 2, op, "out");
@@ -27,14 +27,13 @@ void matmul(const Tensor& out, const Tensor& a, const Tensor& b, bool transpose_
   if (device == Device::cuda)
     return CST_ON_CUDA(cuda::matmul(out, a, b, transpose_a, transpose_b, alpha, beta));
 
-  check_dtype(out, DType::f32, op, "out");
-  check_dtype(a, DType::f32, op, "a");
-  check_dtype(b, DType::f32, op, "b");
+  check_f32(op, {{&out, "out"}, {&a, "a"}, {&b, "b"}});
   if (rows == 0 || cols == 0) return;
   // sgemm does not scale the output when the inner dimension is empty; the contract does.
   if (inner == 0) {
     float* out_data = out.f32();
-    for (int64_t i = 0; i < rows * cols; ++i) out_data[i] = beta == 0.0f ? 0.0f : beta * out_data[i];
+    for (int64_t i = 0; i < rows * cols; ++i)
+      out_data[i] = beta == 0.0f ? 0.0f : beta * out_data[i];
     return;
   }
   cblas_sgemm(CblasRowMajor, transpose_a ? CblasTrans : CblasNoTrans,

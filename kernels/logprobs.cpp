@@ -25,9 +25,9 @@ namespace {
 std::atomic<int64_t> chunk_tokens_override{0};
 
 // hidden (N, C), lm_head (V, C), labels (N) i32, and per-token f32 values (N).
-void logprobs_check(
-    const char* op, const Tensor& hidden, const Tensor& lm_head, const Tensor& labels,
-    std::initializer_list<std::pair<const Tensor*, const char*>> per_token_values) {
+void logprobs_check(const char* op, const Tensor& hidden, const Tensor& lm_head,
+                    const Tensor& labels,
+                    std::initializer_list<std::pair<const Tensor*, const char*>> per_token_values) {
   check_rank(hidden, 2, op, "hidden");
   check_rank(lm_head, 2, op, "lm_head");
   int64_t tokens = hidden.shape[0], channels = hidden.shape[1];
@@ -47,7 +47,8 @@ std::vector<int64_t> labelled_tokens(const char* op, const Tensor& labels, int64
   std::vector<int64_t> tokens;
   for (int64_t n = 0; n < labels.shape[0]; ++n) {
     if (label_data[n] >= vocab)
-      fail(op, ": labels[", n, "] = ", label_data[n], " is outside the vocabulary [0, ", vocab, ")");
+      fail(op, ": labels[", n, "] = ", label_data[n], " is outside the vocabulary [0, ", vocab,
+           ")");
     if (label_data[n] >= 0) tokens.push_back(n);
   }
   return tokens;
@@ -118,8 +119,7 @@ void logprobs_forward(const Tensor& logps, const Tensor& lse, const Tensor& logi
   if (device == Device::cuda)
     return CST_ON_CUDA(
         cuda::logprobs_forward(logps, lse, logit_sums, hidden, lm_head, labels, scratch));
-  check_dtype(hidden, DType::f32, op, "hidden");
-  check_dtype(lm_head, DType::f32, op, "lm_head");
+  check_f32(op, {{&hidden, "hidden"}, {&lm_head, "lm_head"}});
 
   int64_t vocab = lm_head.shape[0];
   std::vector<int64_t> tokens = labelled_tokens(op, labels, vocab);
@@ -130,8 +130,7 @@ void logprobs_forward(const Tensor& logps, const Tensor& lse, const Tensor& logi
   float* logp_data = logps.f32();
   float* lse_data = lse.f32();
   float* logit_sum_data = logit_sums.f32();
-  for_each_logit_chunk(hidden, lm_head, tokens, scratch,
-                       [&](const int64_t* chunk_tokens, const Tensor& logits, const Tensor&) {
+  auto score_chunk = [&](const int64_t* chunk_tokens, const Tensor& logits, const Tensor&) {
     const float* logit_data = logits.f32();
 #pragma omp parallel for
     for (int64_t r = 0; r < logits.shape[0]; ++r) {
@@ -144,7 +143,8 @@ void logprobs_forward(const Tensor& logps, const Tensor& lse, const Tensor& logi
       logp_data[n] = z[label_data[n]] - row_lse;
       logit_sum_data[n] = float(sum);
     }
-  });
+  };
+  for_each_logit_chunk(hidden, lm_head, tokens, scratch, score_chunk);
 }
 
 void logprobs_backward(const Tensor& dhidden, const Tensor& dlogps, const Tensor& hidden,
@@ -158,9 +158,7 @@ void logprobs_backward(const Tensor& dhidden, const Tensor& dlogps, const Tensor
   if (device == Device::cuda)
     return CST_ON_CUDA(
         cuda::logprobs_backward(dhidden, dlogps, hidden, lm_head, labels, lse, scratch));
-  check_dtype(hidden, DType::f32, op, "hidden");
-  check_dtype(lm_head, DType::f32, op, "lm_head");
-  check_dtype(dhidden, DType::f32, op, "dhidden");
+  check_f32(op, {{&hidden, "hidden"}, {&lm_head, "lm_head"}, {&dhidden, "dhidden"}});
 
   int64_t vocab = lm_head.shape[0], channels = hidden.shape[1];
   std::vector<int64_t> tokens = labelled_tokens(op, labels, vocab);
@@ -169,8 +167,8 @@ void logprobs_backward(const Tensor& dhidden, const Tensor& dlogps, const Tensor
   const float* dlogp_data = dlogps.f32();
   const float* lse_data = lse.f32();
   float* dhidden_data = dhidden.f32();
-  for_each_logit_chunk(hidden, lm_head, tokens, scratch,
-                       [&](const int64_t* chunk_tokens, const Tensor& logits, const Tensor& block) {
+  auto backward_chunk = [&](const int64_t* chunk_tokens, const Tensor& logits,
+                            const Tensor& block) {
     int64_t rows = logits.shape[0];
     float* logit_data = logits.f32();
 #pragma omp parallel for
@@ -189,7 +187,8 @@ void logprobs_backward(const Tensor& dhidden, const Tensor& dlogps, const Tensor
     for (int64_t r = 0; r < rows; ++r)
       std::memcpy(dhidden_data + chunk_tokens[r] * channels, block_data + r * channels,
                   sizeof(float) * size_t(channels));
-  });
+  };
+  for_each_logit_chunk(hidden, lm_head, tokens, scratch, backward_chunk);
 }
 
 }  // namespace cst

@@ -54,7 +54,8 @@ void check_config(const PreferenceLossConfig& config) {
 }
 
 void check_finite(double value, const char* what) {
-  if (!std::isfinite(value)) fail("preference loss: ", what, " log-prob is not finite (", value, ")");
+  if (!std::isfinite(value))
+    fail("preference loss: ", what, " log-prob is not finite (", value, ")");
 }
 
 }  // namespace
@@ -67,10 +68,14 @@ LossType parse_loss_type(const std::string& name) {
 
 const char* loss_type_name(LossType type) {
   switch (type) {
-    case LossType::sigmoid: return "sigmoid";
-    case LossType::robust: return "robust";
-    case LossType::hinge: return "hinge";
-    case LossType::ipo: return "ipo";
+    case LossType::sigmoid:
+      return "sigmoid";
+    case LossType::robust:
+      return "robust";
+    case LossType::hinge:
+      return "hinge";
+    case LossType::ipo:
+      return "ipo";
   }
   return "?";
 }

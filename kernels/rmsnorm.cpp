@@ -21,9 +21,7 @@ void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, con
   check_dtype(rstd, DType::f32, op, "rstd");
   if (device == Device::cuda) return CST_ON_CUDA(cuda::rmsnorm_forward(out, rstd, x, weight, eps));
 
-  check_dtype(out, DType::f32, op, "out");
-  check_dtype(x, DType::f32, op, "x");
-  check_dtype(weight, DType::f32, op, "weight");
+  check_f32(op, {{&out, "out"}, {&x, "x"}, {&weight, "weight"}});
   const float* x_data = x.f32();
   const float* w = weight.f32();
   float* out_data = out.f32();
@@ -94,10 +92,7 @@ void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dou
   if (device == Device::cuda)
     return CST_ON_CUDA(cuda::rmsnorm_backward(dx, dweight, dout, x, weight, rstd));
 
-  check_dtype(dx, DType::f32, op, "dx");
-  check_dtype(dout, DType::f32, op, "dout");
-  check_dtype(x, DType::f32, op, "x");
-  check_dtype(weight, DType::f32, op, "weight");
+  check_f32(op, {{&dx, "dx"}, {&dout, "dout"}, {&x, "x"}, {&weight, "weight"}});
   rmsnorm_backward_input(dx.f32(), dout.f32(), x.f32(), weight.f32(), rstd.f32(), rows, channels);
   if (!dweight.empty()) {
     check_dtype(dweight, DType::f32, op, "dweight");

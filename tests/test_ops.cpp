@@ -54,8 +54,8 @@ TEST(OpsGemm, AllTransposesWithAlphaBetaMatchFloat64AndTheirGradients) {
   const float alpha = 0.7f, beta = 0.3f;
   for (bool transpose_a : {false, true}) {
     for (bool transpose_b : {false, true}) {
-      SCOPED_TRACE(testing::Message() << "transpose_a " << transpose_a << " transpose_b "
-                                      << transpose_b);
+      SCOPED_TRACE(testing::Message()
+                   << "transpose_a " << transpose_a << " transpose_b " << transpose_b);
       Rng rng(10 + 2 * transpose_a + transpose_b);
       std::vector<float> a_values = rng.floats(M * K), b_values = rng.floats(K * N);
       std::vector<float> out_before = rng.floats(M * N), weights = rng.floats(M * N);
@@ -64,8 +64,8 @@ TEST(OpsGemm, AllTransposesWithAlphaBetaMatchFloat64AndTheirGradients) {
       OwnedTensor out = f32_tensor({M, N}, out_before);
       matmul(out, a, b, transpose_a, transpose_b, alpha, beta);
       std::vector<double> expected =
-          reference_matmul(to_double(a_values), to_double(b_values), to_double(out_before), M, N,
-                           K, transpose_a, transpose_b, alpha, beta);
+          reference_matmul(to_double(a_values), to_double(b_values), to_double(out_before), M, N, K,
+                           transpose_a, transpose_b, alpha, beta);
       // K = 9 f32 products: a few ulps (1e-7) of rounding, so 1e-5 is generous yet tight.
       EXPECT_LT(relative_error(to_vector(out), expected), 1e-5);
 
@@ -75,18 +75,22 @@ TEST(OpsGemm, AllTransposesWithAlphaBetaMatchFloat64AndTheirGradients) {
                                    : OwnedTensor({M, K}, DType::f32, Device::cpu);
       OwnedTensor db = transpose_b ? OwnedTensor({N, K}, DType::f32, Device::cpu)
                                    : OwnedTensor({K, N}, DType::f32, Device::cpu);
-      if (transpose_a) matmul(da, b, R, transpose_b, true, alpha);  // da = alpha op(b) R^T
-      else matmul(da, R, b, false, !transpose_b, alpha);            // da = alpha R op(b)^T
-      if (transpose_b) matmul(db, R, a, true, transpose_a, alpha);  // db = alpha R^T op(a)
-      else matmul(db, a, R, !transpose_a, false, alpha);            // db = alpha op(a)^T R
+      if (transpose_a)
+        matmul(da, b, R, transpose_b, true, alpha);  // da = alpha op(b) R^T
+      else
+        matmul(da, R, b, false, !transpose_b, alpha);  // da = alpha R op(b)^T
+      if (transpose_b)
+        matmul(db, R, a, true, transpose_a, alpha);  // db = alpha R^T op(a)
+      else
+        matmul(db, a, R, !transpose_a, false, alpha);  // db = alpha op(a)^T R
       auto loss_of_a = [&](const std::vector<double>& a_point) {
-        return weighted_sum(reference_matmul(a_point, to_double(b_values), to_double(out_before),
-                                             M, N, K, transpose_a, transpose_b, alpha, beta),
+        return weighted_sum(reference_matmul(a_point, to_double(b_values), to_double(out_before), M,
+                                             N, K, transpose_a, transpose_b, alpha, beta),
                             weights);
       };
       auto loss_of_b = [&](const std::vector<double>& b_point) {
-        return weighted_sum(reference_matmul(to_double(a_values), b_point, to_double(out_before),
-                                             M, N, K, transpose_a, transpose_b, alpha, beta),
+        return weighted_sum(reference_matmul(to_double(a_values), b_point, to_double(out_before), M,
+                                             N, K, transpose_a, transpose_b, alpha, beta),
                             weights);
       };
       EXPECT_LT(relative_error(to_vector(da), numeric_gradient(loss_of_a, to_double(a_values))),
@@ -126,7 +130,8 @@ std::vector<double> reference_rmsnorm(const std::vector<double>& x, const std::v
   std::vector<double> out(x.size());
   for (int64_t r = 0; r < rows; ++r) {
     double mean_square = 0;
-    for (int64_t c = 0; c < channels; ++c) mean_square += x[size_t(r * channels + c)] * x[size_t(r * channels + c)];
+    for (int64_t c = 0; c < channels; ++c)
+      mean_square += x[size_t(r * channels + c)] * x[size_t(r * channels + c)];
     mean_square /= double(channels);
     double scale = 1 / std::sqrt(mean_square + eps);
     for (int64_t c = 0; c < channels; ++c)
@@ -176,8 +181,9 @@ TEST(OpsRmsnorm, ForwardMatchesFloat64AndBackwardMatchesFiniteDifferences) {
 // ---------------------------------------------------------------- rope
 
 // Rotation of pairs (i, i + D/2) by position * theta^(-2i/D), all in double.
-std::vector<double> reference_rope(const std::vector<double>& x, const std::vector<int32_t>& positions,
-                                   int64_t heads, int64_t head_dim, double theta) {
+std::vector<double> reference_rope(const std::vector<double>& x,
+                                   const std::vector<int32_t>& positions, int64_t heads,
+                                   int64_t head_dim, double theta) {
   std::vector<double> out(x.size());
   int64_t half = head_dim / 2;
   for (size_t n = 0; n < positions.size(); ++n)
@@ -202,8 +208,9 @@ TEST(OpsRope, ForwardMatchesFloat64AndBackwardMatchesFiniteDifferences) {
   OwnedTensor x = f32_tensor({N, H, D}, x_values), position_tensor = i32_tensor({N}, positions);
   rope_forward(x, position_tensor, theta);
   // The kernel's f32 angle (position * f32 inv_freq) is off by up to ~40 * 6e-8 rad here.
-  EXPECT_LT(relative_error(to_vector(x), reference_rope(to_double(x_values), positions, H, D, theta)),
-            1e-5);
+  EXPECT_LT(
+      relative_error(to_vector(x), reference_rope(to_double(x_values), positions, H, D, theta)),
+      1e-5);
 
   OwnedTensor dx = f32_tensor({N, H, D}, weights);
   rope_backward(dx, position_tensor, theta);
@@ -220,7 +227,8 @@ TEST(OpsRope, ForwardMatchesFloat64AndBackwardMatchesFiniteDifferences) {
 
 // ---------------------------------------------------------------- swiglu
 
-std::vector<double> reference_swiglu(const std::vector<double>& gate, const std::vector<double>& up) {
+std::vector<double> reference_swiglu(const std::vector<double>& gate,
+                                     const std::vector<double>& up) {
   std::vector<double> out(gate.size());
   for (size_t i = 0; i < gate.size(); ++i) out[i] = gate[i] / (1 + std::exp(-gate[i])) * up[i];
   return out;
@@ -234,7 +242,8 @@ TEST(OpsSwiglu, ForwardMatchesFloat64AndBackwardMatchesFiniteDifferences) {
   OwnedTensor gate = f32_tensor({N, F}, gate_values), up = f32_tensor({N, F}, up_values);
   OwnedTensor out({N, F}, DType::f32, Device::cpu);
   swiglu_forward(out, gate, up);
-  EXPECT_LT(relative_error(to_vector(out), reference_swiglu(to_double(gate_values), to_double(up_values))),
+  EXPECT_LT(relative_error(to_vector(out),
+                           reference_swiglu(to_double(gate_values), to_double(up_values))),
             1e-6);
 
   OwnedTensor dout = f32_tensor({N, F}, weights);
@@ -246,8 +255,9 @@ TEST(OpsSwiglu, ForwardMatchesFloat64AndBackwardMatchesFiniteDifferences) {
   auto loss_of_up = [&](const std::vector<double>& point) {
     return weighted_sum(reference_swiglu(to_double(gate_values), point), weights);
   };
-  EXPECT_LT(relative_error(to_vector(dgate), numeric_gradient(loss_of_gate, to_double(gate_values))),
-            kGradientTolerance);
+  EXPECT_LT(
+      relative_error(to_vector(dgate), numeric_gradient(loss_of_gate, to_double(gate_values))),
+      kGradientTolerance);
   EXPECT_LT(relative_error(to_vector(dup), numeric_gradient(loss_of_up, to_double(up_values))),
             kGradientTolerance);
 }

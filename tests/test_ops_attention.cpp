@@ -32,7 +32,8 @@ ReferenceAttention reference_attention(const std::vector<double>& q, const std::
                                        const AttentionShape& shape) {
   int64_t H = shape.heads, KVH = shape.kv_heads, D = shape.head_dim;
   int64_t N = cu_seqlens.back();
-  ReferenceAttention result{std::vector<double>(size_t(N * H * D)), std::vector<double>(size_t(H * N))};
+  ReferenceAttention result{std::vector<double>(size_t(N * H * D)),
+                            std::vector<double>(size_t(H * N))};
   auto q_at = [&](int64_t t, int64_t h, int64_t d) { return q[size_t((t * H + h) * D + d)]; };
   auto k_at = [&](int64_t t, int64_t g, int64_t d) { return k[size_t((t * KVH + g) * D + d)]; };
   auto v_at = [&](int64_t t, int64_t g, int64_t d) { return v[size_t((t * KVH + g) * D + d)]; };
@@ -88,8 +89,8 @@ void check_attention_case(const AttentionCase& test_case, uint64_t seed) {
   OwnedTensor out({N, H, D}, DType::f32, Device::cpu), lse({H, N}, DType::f32, Device::cpu);
   attention_forward(out, lse, q, k, v, test_case.cu_seqlens, shape);
 
-  ReferenceAttention expected = reference_attention(to_double(q_values), to_double(k_values),
-                                                    to_double(v_values), test_case.cu_seqlens, shape);
+  ReferenceAttention expected = reference_attention(
+      to_double(q_values), to_double(k_values), to_double(v_values), test_case.cu_seqlens, shape);
   // f32 dot products of D terms and softmax sums of at most a sequence's length: ~1e-7 relative.
   EXPECT_LT(relative_error(to_vector(out), expected.out), 1e-5);
   EXPECT_LT(relative_error(to_vector(lse), expected.lse), 1e-5);
@@ -104,9 +105,11 @@ void check_attention_case(const AttentionCase& test_case, uint64_t seed) {
 
   auto loss_of = [&](int which) {
     return [&, which](const std::vector<double>& point) {
-      std::vector<double> qd = to_double(q_values), kd = to_double(k_values), vd = to_double(v_values);
+      std::vector<double> qd = to_double(q_values), kd = to_double(k_values),
+                          vd = to_double(v_values);
       (which == 0 ? qd : which == 1 ? kd : vd) = point;
-      return weighted_sum(reference_attention(qd, kd, vd, test_case.cu_seqlens, shape).out, weights);
+      return weighted_sum(reference_attention(qd, kd, vd, test_case.cu_seqlens, shape).out,
+                          weights);
     };
   };
   EXPECT_LT(relative_error(to_vector(dq), numeric_gradient(loss_of(0), to_double(q_values))),
@@ -136,7 +139,8 @@ TEST(OpsAttention, WindowLongerThanEverySequenceIsPlainCausal) {
   Rng rng(103);
   OwnedTensor q = f32_tensor({9, 2, 4}, rng.floats(72)), k = f32_tensor({9, 1, 4}, rng.floats(36)),
               v = f32_tensor({9, 1, 4}, rng.floats(36));
-  OwnedTensor out_causal({9, 2, 4}, DType::f32, Device::cpu), out_window({9, 2, 4}, DType::f32, Device::cpu);
+  OwnedTensor out_causal({9, 2, 4}, DType::f32, Device::cpu),
+      out_window({9, 2, 4}, DType::f32, Device::cpu);
   OwnedTensor lse({2, 9}, DType::f32, Device::cpu);
   attention_forward(out_causal, lse, q, k, v, cu_seqlens, causal);
   attention_forward(out_window, lse, q, k, v, cu_seqlens, long_window);

@@ -2,10 +2,10 @@
 // embedding, torch.optim.AdamW, trl's DPO losses, and the dropout hash as specified in
 // kernels/elementwise.h. Fixtures: tests/fixtures/ops/, made by tools/python/make_ops_fixtures.py.
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include <cmath>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 

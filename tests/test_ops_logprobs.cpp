@@ -36,7 +36,8 @@ ReferenceLogprobs reference_logprobs(const std::vector<double>& hidden,
     std::vector<double> logits(static_cast<size_t>(vocab));
     for (int64_t v = 0; v < vocab; ++v)
       for (int64_t c = 0; c < channels; ++c)
-        logits[size_t(v)] += lm_head[size_t(v * channels + c)] * hidden[n * size_t(channels) + size_t(c)];
+        logits[size_t(v)] +=
+            lm_head[size_t(v * channels + c)] * hidden[n * size_t(channels) + size_t(c)];
     double normaliser = 0, sum = 0;
     for (double z : logits) {
       normaliser += std::exp(z);
@@ -60,7 +61,8 @@ TEST(OpsLogprobs, ChunksMatchFullLogSoftmaxAndBackwardMatchesFiniteDifferences) 
   Rng rng(200);
   std::vector<float> hidden_values = rng.floats(N * C, -2, 2), head_values = rng.floats(V * C);
   std::vector<int32_t> labels(N);
-  for (int64_t n = 0; n < N; ++n) labels[size_t(n)] = n % 3 == 0 ? -100 : int32_t(rng.integer(0, V - 1));
+  for (int64_t n = 0; n < N; ++n)
+    labels[size_t(n)] = n % 3 == 0 ? -100 : int32_t(rng.integer(0, V - 1));
   labels[1] = -1;
   labels[N - 1] = V - 1;
   std::vector<float> dlogp_values = rng.floats(N);
@@ -94,7 +96,8 @@ TEST(OpsLogprobs, ChunksMatchFullLogSoftmaxAndBackwardMatchesFiniteDifferences) 
     logprobs_backward(dhidden, dlogps, hidden, lm_head, label_tensor, lse, scratch);
     // loss = sum_n dlogp_n logp_n: the backward's input plays the role of R.
     auto loss = [&](const std::vector<double>& point) {
-      std::vector<double> logp = reference_logprobs(point, to_double(head_values), labels, V, C).logps;
+      std::vector<double> logp =
+          reference_logprobs(point, to_double(head_values), labels, V, C).logps;
       return test::weighted_sum(logp, dlogp_values);
     };
     std::vector<double> numeric = numeric_gradient(loss, to_double(hidden_values));
@@ -120,7 +123,8 @@ TEST(OpsLogprobs, LabelsPastTheVocabularyAreErrors) {
   EXPECT_THROW(logprobs_forward(logps, lse, sums, hidden, lm_head, labels, scratch), Error);
   OwnedTensor wrong_width({5, 3}, DType::f32, Device::cpu);
   OwnedTensor good_labels = i32_tensor({3}, {0, 4, -100});
-  EXPECT_THROW(logprobs_forward(logps, lse, sums, hidden, wrong_width, good_labels, scratch), Error);
+  EXPECT_THROW(logprobs_forward(logps, lse, sums, hidden, wrong_width, good_labels, scratch),
+               Error);
 }
 
 }  // namespace

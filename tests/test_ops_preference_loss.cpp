@@ -23,9 +23,12 @@ double reference_loss(const PairLogps& p, const PreferenceLossConfig& config) {
              eps * std::log(reference_sigmoid(-beta * z));
     case LossType::robust:
       return (-(1 - eps) * std::log(reference_sigmoid(beta * z)) +
-              eps * std::log(reference_sigmoid(-beta * z))) / (1 - 2 * eps);
-    case LossType::hinge: return std::max(0.0, 1 - beta * z);
-    case LossType::ipo: return std::pow(z - 1 / (2 * beta), 2);
+              eps * std::log(reference_sigmoid(-beta * z))) /
+             (1 - 2 * eps);
+    case LossType::hinge:
+      return std::max(0.0, 1 - beta * z);
+    case LossType::ipo:
+      return std::pow(z - 1 / (2 * beta), 2);
   }
   return NAN;
 }
