@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "kernels/attention.h"
+#include "kernels/attention_decode.h"
 #include "kernels/elementwise.h"
 #include "kernels/embedding.h"
 #include "kernels/gemm.h"
@@ -91,8 +92,37 @@ void Transformer::upload_batch(const TokenSpans& batch) {
   saved.labels = upload_ints(saved.arena, batch.labels);
 }
 
+KvCache::KvCache(const ModelConfig& config, Device device, DType dtype, int64_t capacity_tokens)
+    : capacity(capacity_tokens) {
+  for (int layer = 0; layer < config.num_layers; ++layer) {
+    keys.emplace_back(std::initializer_list<int64_t>{capacity, config.num_kv_heads, config.head_dim}, dtype, device);
+    values.emplace_back(std::initializer_list<int64_t>{capacity, config.num_kv_heads, config.head_dim}, dtype, device);
+  }
+}
+
+// Attention of one layer. With a cache, the new keys and values are appended first; a prefill
+// (empty cache) runs the training kernel, later tokens the decoding kernel.
+static void layer_attention(LayerActivations& a, const std::vector<int32_t>& cu_seqlens,
+                            const AttentionShape& shape, KvCache* cache, int layer) {
+  if (!cache) {
+    attention_forward(a.attention, a.lse, a.q, a.k, a.v, cu_seqlens, shape);
+    return;
+  }
+  const int64_t n = a.q.dim(0), start = cache->length;
+  if (start + n > cache->capacity)
+    fail("generation exceeds the KV cache of ", cache->capacity, " tokens");
+  copy_tensor(cache->keys[size_t(layer)].view.rows(start, start + n), a.k);
+  copy_tensor(cache->values[size_t(layer)].view.rows(start, start + n), a.v);
+  if (start == 0) {
+    attention_forward(a.attention, a.lse, a.q, a.k, a.v, cu_seqlens, shape);
+  } else {
+    attention_decode(a.attention, a.q, cache->keys[size_t(layer)].view, cache->values[size_t(layer)].view,
+                     start, shape);
+  }
+}
+
 // Runs the embedding and every layer; returns the final hidden state (after the final norm).
-Tensor Transformer::run_layers(const TokenSpans& batch, const ForwardOptions& options) {
+Tensor Transformer::run_layers(const TokenSpans& batch, const ForwardOptions& options, KvCache* cache) {
   upload_batch(batch);
   Saved& saved = *saved_;
   saved.options = options;
@@ -127,7 +157,7 @@ Tensor Transformer::run_layers(const TokenSpans& batch, const ForwardOptions& op
     rope_forward(a.k, saved.positions, config_.rope_theta);
     a.attention = arena.alloc({n, H, D}, dtype);
     a.lse = arena.alloc({H, n}, DType::f32);
-    attention_forward(a.attention, a.lse, a.q, a.k, a.v, saved.cu_seqlens, shape);
+    layer_attention(a, saved.cu_seqlens, shape, cache, layer);
     a.h = arena.alloc({n, C}, dtype);
     a.lora_u[int(Projection::o)] = lora_linear_forward(a.h, a.attention.reshaped({n, H * D}), linear(Projection::o), arena);
     add_inplace(a.h, x);
@@ -178,6 +208,20 @@ std::vector<float> Transformer::logits(const TokenSpans& batch, bool adapters_en
   Tensor hidden = run_layers(batch, options);
   Tensor logits = saved_->arena.alloc({hidden.dim(0), config_.vocab_size}, DType::f32);
   matmul(logits, hidden, weights_.lm_head, false, true);
+  return download_f32(logits);
+}
+
+std::vector<float> Transformer::decode(std::span<const int32_t> tokens, KvCache& cache, bool adapters_enabled) {
+  const int32_t n = int32_t(tokens.size());
+  CST_CHECK(n > 0, "decode needs at least one token");
+  std::vector<int32_t> positions(tokens.size()), labels(tokens.size(), -1), cu_seqlens = {0, n};
+  for (int32_t i = 0; i < n; ++i) positions[size_t(i)] = int32_t(cache.length) + i;
+  ForwardOptions options;
+  options.adapters_enabled = adapters_enabled;
+  Tensor hidden = run_layers({tokens, positions, labels, cu_seqlens}, options, &cache);
+  cache.length += n;
+  Tensor logits = saved_->arena.alloc({1, config_.vocab_size}, DType::f32);
+  matmul(logits, hidden.rows(n - 1, n), weights_.lm_head, false, true);
   return download_f32(logits);
 }
 

@@ -44,6 +44,14 @@ struct TokenLogps {
   std::vector<float> logit_sums;  // N: sum of raw logits over the vocabulary, 0 where label < 0
 };
 
+// Keys and values of every layer for the tokens decoded so far (incremental decoding).
+struct KvCache {
+  KvCache(const ModelConfig& config, Device device, DType dtype, int64_t capacity);
+  int64_t length = 0;                // tokens cached
+  int64_t capacity = 0;
+  std::vector<OwnedTensor> keys, values;  // per layer (capacity, KVH, D), after RoPE
+};
+
 class Transformer {
  public:
   // lora may be null (no adapter). The weights and adapter must outlive the transformer.
@@ -55,16 +63,22 @@ class Transformer {
   // derivative with respect to each token's log-prob is dlogps (N).
   void backward(const std::vector<float>& dlogps);
 
-  // Full logits (N, V) in f32 on the host, for tests and generation.
+  // Full logits (N, V) in f32 on the host, for tests.
   std::vector<float> logits(const TokenSpans& batch, bool adapters_enabled);
+
+  // Incremental decoding: runs `tokens` (one sequence) after the cache's tokens, appends their keys
+  // and values to the cache and returns the logits (V) of the last one. The first call (empty
+  // cache) is the prefill and uses the training attention kernel.
+  std::vector<float> decode(std::span<const int32_t> tokens, KvCache& cache, bool adapters_enabled);
 
   const ModelConfig& config() const { return config_; }
   Device device() const { return weights_.device(); }
+  DType weights_dtype() const { return weights_.dtype(); }
   size_t activation_bytes() const;
 
  private:
   struct Saved;
-  Tensor run_layers(const TokenSpans& batch, const ForwardOptions& options);
+  Tensor run_layers(const TokenSpans& batch, const ForwardOptions& options, KvCache* cache = nullptr);
   void upload_batch(const TokenSpans& batch);
 
   ModelConfig config_;

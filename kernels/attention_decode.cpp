@@ -1,0 +1,68 @@
+// CPU reference of cached-decoding attention: one task per (new token, head), a two-pass softmax
+// over the visible cached keys.
+#include "kernels/attention_decode.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernels/device.h"
+#include "kernels/op_checks.h"
+
+namespace cst {
+
+void attention_decode(const Tensor& out, const Tensor& q, const Tensor& k_cache,
+                      const Tensor& v_cache, int64_t start, const AttentionShape& shape) {
+  const char* op = "attention_decode";
+  Device device = common_device(op, out, q, k_cache, v_cache);
+  if (shape.heads <= 0 || shape.kv_heads <= 0 || shape.heads % shape.kv_heads != 0)
+    fail(op, ": bad heads ", shape.heads, " / kv_heads ", shape.kv_heads);
+  check_rank(q, 3, op, "q");
+  check_rank(k_cache, 3, op, "k_cache");
+  const int64_t n = q.shape[0], H = shape.heads, KVH = shape.kv_heads, D = shape.head_dim;
+  const int64_t capacity = k_cache.shape[0];
+  check_dims(q, {n, H, D}, op, "q");
+  check_dims(out, {n, H, D}, op, "out");
+  check_dims(k_cache, {capacity, KVH, D}, op, "k_cache");
+  check_dims(v_cache, {capacity, KVH, D}, op, "v_cache");
+  if (start < 0 || start + n > capacity)
+    fail(op, ": positions ", start, "..", start + n - 1, " exceed the cache capacity ", capacity);
+  if (device == Device::cuda) return CST_ON_CUDA(cuda::attention_decode(out, q, k_cache, v_cache, start, shape));
+  for (auto [t, name] : {std::pair{&out, "out"}, {&q, "q"}, {&k_cache, "k_cache"}, {&v_cache, "v_cache"}})
+    check_dtype(*t, DType::f32, op, name);
+
+  const float scale = float(1.0 / std::sqrt(double(D)));
+  const int64_t group = H / KVH;
+#pragma omp parallel
+  {
+    std::vector<float> scores(size_t(start + n));
+#pragma omp for collapse(2)
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t position = start + i;
+        const int64_t first = shape.window > 0 ? std::max<int64_t>(0, position - shape.window + 1) : 0;
+        const float* q_row = q.f32() + (i * H + h) * D;
+        const int64_t kv_offset = (h / group) * D;
+        float max_score = -INFINITY;
+        for (int64_t j = first; j <= position; ++j) {
+          const float* k_row = k_cache.f32() + j * KVH * D + kv_offset;
+          float dot = 0;
+          for (int64_t d = 0; d < D; ++d) dot += q_row[d] * k_row[d];
+          scores[size_t(j)] = scale * dot;
+          max_score = std::max(max_score, scores[size_t(j)]);
+        }
+        double normaliser = 0;
+        for (int64_t j = first; j <= position; ++j) normaliser += std::exp(double(scores[size_t(j)] - max_score));
+        float* out_row = out.f32() + (i * H + h) * D;
+        std::fill(out_row, out_row + D, 0.0f);
+        for (int64_t j = first; j <= position; ++j) {
+          const float p = float(std::exp(double(scores[size_t(j)] - max_score)) / normaliser);
+          const float* v_row = v_cache.f32() + j * KVH * D + kv_offset;
+          for (int64_t d = 0; d < D; ++d) out_row[d] += p * v_row[d];
+        }
+      }
+    }
+  }
+}
+
+}  // namespace cst
