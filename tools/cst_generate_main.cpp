@@ -1,0 +1,196 @@
+// cst_generate model.bin [--adapter DIR] --system "..." --prompt "..."
+// cst_generate model.bin [--adapter DIR] --prompts FILE --output OUT.jsonl   (also writes OUT.md)
+// Answers prompts under a chosen system prompt with the chat template used in training, streaming
+// the text to the terminal and reporting tokens/s.
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "data/table.h"
+#include "model/generation.h"
+#include "model/lora.h"
+#include "model/transformer.h"
+#include "train/model_session.h"
+
+namespace {
+
+const char* kUsage =
+    "usage: cst_generate model.bin [--adapter DIR] --system TEXT --prompt TEXT [options]\n"
+    "       cst_generate model.bin [--adapter DIR] --prompts FILE --output OUT.jsonl [options]\n"
+    "  --prompts FILE         json/jsonl/parquet with a 'prompt' column and optionally 'system'\n"
+    "                         (--system is the default for rows without one)\n"
+    "  --output OUT.jsonl     one line per prompt: prompt, response, system_prompt; also OUT.md\n"
+    "  --max_new_tokens N     [256]     --temperature T  [0 = greedy]\n"
+    "  --top_k K              [0 = off] --top_p P        [1 = off]     --seed S [0]\n"
+    "  --chat_template NAME   [recognised from the tokenizer]          --device auto|cpu|cuda\n"
+    "  --quiet                no streaming to the terminal\n";
+
+struct GenerateFlags {
+  std::string model, adapter, system, prompt, prompts_file, output, chat_template, device = "auto";
+  cst::GenerationOptions generation;
+  bool quiet = false;
+};
+
+GenerateFlags parse_flags(int argc, char** argv, bool& help) {
+  GenerateFlags flags;
+  for (int i = 1; i < argc; ++i) {
+    const std::string word = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) cst::fail(word, " needs a value");
+      return argv[++i];
+    };
+    auto number = [&](auto parse) {
+      const std::string text = value();
+      try {
+        size_t used = 0;
+        auto result = parse(text, &used);
+        if (used != text.size()) throw std::invalid_argument(text);
+        return result;
+      } catch (const std::exception&) {
+        cst::fail(word, ": '", text, "' is not a number");
+      }
+    };
+    auto to_int = [](const std::string& s, size_t* used) { return std::stoi(s, used); };
+    auto to_float = [](const std::string& s, size_t* used) { return std::stof(s, used); };
+    if (word == "--help" || word == "-h") help = true;
+    else if (word == "--adapter") flags.adapter = value();
+    else if (word == "--system") flags.system = value();
+    else if (word == "--prompt") flags.prompt = value();
+    else if (word == "--prompts") flags.prompts_file = value();
+    else if (word == "--output") flags.output = value();
+    else if (word == "--chat_template") flags.chat_template = value();
+    else if (word == "--device") flags.device = value();
+    else if (word == "--max_new_tokens") flags.generation.max_new_tokens = number(to_int);
+    else if (word == "--temperature") flags.generation.temperature = number(to_float);
+    else if (word == "--top_k") flags.generation.top_k = number(to_int);
+    else if (word == "--top_p") flags.generation.top_p = number(to_float);
+    else if (word == "--seed") flags.generation.seed = uint64_t(number(to_int));
+    else if (word == "--quiet") flags.quiet = true;
+    else if (word.rfind("--", 0) == 0) cst::fail("unknown flag ", word, " (see --help)");
+    else if (flags.model.empty()) flags.model = word;
+    else cst::fail("unexpected argument ", word);
+  }
+  if (help) return flags;
+  if (flags.model.empty()) cst::fail("missing model path (see --help)");
+  if (flags.prompt.empty() == flags.prompts_file.empty()) cst::fail("give either --prompt or --prompts FILE");
+  if (!flags.prompts_file.empty() && flags.output.empty()) cst::fail("--prompts needs --output OUT.jsonl");
+  if (flags.generation.max_new_tokens < 1) cst::fail("--max_new_tokens must be >= 1");
+  if (flags.generation.temperature < 0) cst::fail("--temperature must be >= 0");
+  if (flags.generation.top_p <= 0 || flags.generation.top_p > 1) cst::fail("--top_p must be in (0, 1]");
+  return flags;
+}
+
+struct Request {
+  std::string system, prompt;
+};
+
+std::vector<Request> read_requests(const GenerateFlags& flags) {
+  if (flags.prompts_file.empty()) return {{flags.system, flags.prompt}};
+  cst::Table table = cst::read_table(flags.prompts_file, {"prompt", "system"});
+  const cst::Column* prompts = table.find("prompt");
+  const cst::Column* systems = table.find("system");
+  if (!prompts || prompts->is_integer) cst::fail(flags.prompts_file, ": needs a text column 'prompt'");
+  std::vector<Request> requests;
+  for (int64_t row = 0; row < table.num_rows; ++row) {
+    const auto& prompt = prompts->text[size_t(row)];
+    if (!prompt) cst::fail(flags.prompts_file, " row ", row, ": prompt is null");
+    std::string system = flags.system;
+    if (systems && !systems->is_integer && systems->text[size_t(row)]) system = *systems->text[size_t(row)];
+    requests.push_back({system, *prompt});
+  }
+  return requests;
+}
+
+// The answer text, cut at the first end-of-turn marker of the template.
+std::string cut_at_end_of_turn(std::string text, const cst::ChatTemplate& chat_template) {
+  for (const std::string& marker : chat_template.end_of_turn())
+    if (size_t at = text.find(marker); at != std::string::npos) text.resize(at);
+  return text;
+}
+
+std::string markdown_cell(std::string text) {
+  std::string cell;
+  for (char c : text) cell += c == '\n' ? std::string("<br>") : c == '|' ? std::string("\\|") : std::string(1, c);
+  return cell;
+}
+
+int run(int argc, char** argv) {
+  bool help = false;
+  GenerateFlags flags = parse_flags(argc, argv, help);
+  if (help) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  std::vector<Request> requests = read_requests(flags);
+  cst::ModelSession session = cst::open_model_session(flags.model, flags.device, flags.chat_template, true);
+  std::unique_ptr<cst::LoraAdapter> adapter;
+  if (!flags.adapter.empty()) {
+    adapter = std::make_unique<cst::LoraAdapter>(session.config(), cst::LoraAdapter::read_peft_config(flags.adapter),
+                                                 session.device, cst::backend_dtype(session.device));
+    adapter->load_peft_weights(flags.adapter);
+  }
+  cst::Transformer transformer(session.config(), *session.weights, adapter.get());
+  const cst::Tokenizer& tokenizer = *session.tokenizer;
+  cst::GenerationOptions options = flags.generation;
+  options.stop_tokens = {tokenizer.eos_id()};
+  for (const std::string& marker : session.chat_template.end_of_turn())
+    if (auto id = tokenizer.token_id(marker)) options.stop_tokens.push_back(*id);
+
+  std::ofstream jsonl, markdown;
+  if (!flags.output.empty()) {
+    jsonl.open(flags.output + ".tmp");
+    markdown.open(flags.output + ".md.tmp");
+    if (!jsonl || !markdown) cst::fail("cannot write ", flags.output);
+    markdown << "| prompt | response | system_prompt |\n|---|---|---|\n";
+  }
+  const bool stream = !flags.quiet;
+  for (const Request& request : requests) {
+    std::vector<int32_t> prompt_ids = tokenizer.encode(session.chat_template.generation_prompt(request.system, request.prompt));
+    if (tokenizer.bos_id() >= 0 && (prompt_ids.empty() || prompt_ids[0] != tokenizer.bos_id()))
+      prompt_ids.insert(prompt_ids.begin(), tokenizer.bos_id());  // as trl's training prompts
+    if (stream) std::fprintf(stderr, "\n[system] %s\n[user] %s\n[assistant] ", request.system.c_str(), request.prompt.c_str());
+    cst::StreamingDecoder decoder(tokenizer, true);
+    const auto start = std::chrono::steady_clock::now();
+    std::vector<int32_t> answer_ids = cst::generate(transformer, prompt_ids, options, [&](int32_t token) {
+      const std::string piece = decoder.push(token);
+      if (stream) {
+        std::fputs(piece.c_str(), stderr);
+        std::fflush(stderr);
+      }
+    });
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const std::string response = cut_at_end_of_turn(tokenizer.decode(answer_ids, true), session.chat_template);
+    if (stream)
+      std::fprintf(stderr, "\n(%zu tokens, %.1f tokens/s)\n", answer_ids.size(), double(answer_ids.size()) / seconds);
+    if (jsonl.is_open()) {
+      jsonl << nlohmann::json{{"prompt", request.prompt}, {"response", response}, {"system_prompt", request.system}}.dump() << "\n";
+      markdown << "| " << markdown_cell(request.prompt) << " | " << markdown_cell(response) << " | "
+               << markdown_cell(request.system) << " |\n";
+    } else if (!stream) {
+      std::printf("%s\n", response.c_str());
+    }
+  }
+  if (jsonl.is_open()) {
+    if (!jsonl.flush() || !markdown.flush()) cst::fail("cannot write ", flags.output);
+    jsonl.close();
+    markdown.close();
+    std::filesystem::rename(flags.output + ".tmp", flags.output);
+    std::filesystem::rename(flags.output + ".md.tmp", std::filesystem::path(flags.output).replace_extension(".md"));
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "cst_generate: error: %s\n", error.what());
+    return 1;
+  }
+}
