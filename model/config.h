@@ -2,6 +2,7 @@
 // LlamaForCausalLM). Anything cst does not implement is refused here, at the boundary.
 #pragma once
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -22,7 +23,8 @@ struct ModelConfig {
   int max_position_embeddings = 0;
   bool tie_word_embeddings = false;
   int bos_token_id = -1;         // -1 = absent
-  int eos_token_id = -1;
+  int eos_token_id = -1;         // the first when config.json lists several
+  std::vector<int> eos_token_ids;  // all of them (Llama-3 configs list several stop tokens)
   std::string torch_dtype;       // as written ("bfloat16", "float32", ...), may be empty
 
   nlohmann::json original;       // config.json as read, so export writes back what came in

@@ -33,10 +33,24 @@ class ModelFile {
   std::map<std::string, std::string> tokenizer_files_;
 };
 
+// The tokenizer files cst carries along, by name, in the order they are looked for.
+inline constexpr const char* kTokenizerFileNames[] = {
+    "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "added_tokens.json",
+    "special_tokens_map.json"};
+
+// Checks that weights hold every tensor config implies, with the shape it implies and a float
+// dtype (extra tensors are allowed). `where` names the source in the Error.
+void check_weights_match_config(const ModelConfig& config, const SafetensorsSet& weights,
+                                const std::string& where);
+
 // cst_convert: HF model directory -> model.bin (weights keep their dtype). Written atomically.
 void convert_hf_directory(const std::string& hf_directory, const std::string& model_bin_path);
 // The reverse: model.bin -> HF directory (config.json, sharded safetensors, tokenizer files).
 void export_hf_directory(const ModelFile& model, const std::string& hf_directory,
                          size_t max_shard_bytes);
+
+// A byte count as transformers' max_shard_size spells it: "5GB" (10^9), "2GiB" (2^30), "500MB",
+// "64KB", or plain bytes. `what` names the setting in the Error.
+size_t parse_byte_size(const std::string& text, const std::string& what);
 
 }  // namespace cst

@@ -52,12 +52,15 @@ class SafetensorsFile {
 class SafetensorsSet {
  public:
   explicit SafetensorsSet(const std::string& path);
+  // The same, leaving out tensors whose names start with excluded_prefix (model.bin's "cst.").
+  SafetensorsSet(const std::string& path, const std::string& excluded_prefix);
   const TensorInfo* find(const std::string& name) const;
   const TensorInfo& get(const std::string& name) const;  // Error naming the tensor when absent
   std::vector<const TensorInfo*> tensors() const;       // all tensors, sorted by name
 
  private:
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, const TensorInfo*> by_name_;  // into files_
 };
 
 struct TensorToWrite {
@@ -76,5 +79,14 @@ void write_sharded_safetensors(const std::string& directory,
                                const std::vector<TensorToWrite>& tensors, size_t max_shard_bytes);
 
 const char* safetensors_dtype_name(DType dtype);  // "F32", "BF16", ...
+
+struct BytesToWrite {
+  const void* data = nullptr;
+  size_t size = 0;
+};
+// Writes the pieces, in order, to a temporary file beside path, flushes it to disk and renames it
+// over path: readers see the old file or the complete new one. On failure the temporary file is
+// removed and an Error is thrown.
+void write_file_atomically(const std::string& path, const std::vector<BytesToWrite>& pieces);
 
 }  // namespace cst
