@@ -5,6 +5,7 @@
 #   python3 tools/python/make_safetensors_fixtures.py
 # It rewrites tests/fixtures/config/ and tests/fixtures/safetensors/. Everything the C++ tests
 # compare against comes from transformers and Python's safetensors here, never from cst.
+import io
 import json
 import os
 import shutil
@@ -132,18 +133,21 @@ def write_golden_files():
 
 # --- a tiny Mistral checkpoint saved by transformers, sharded, with tokenizer files ----------
 
-def train_tiny_tokenizer(directory):
-    corpus = os.path.join(directory, "corpus.txt")
-    with open(corpus, "w") as f:
-        for i in range(200):
-            f.write(f"The safe answer number {i} refuses; the other answer complies.\n")
-            f.write("Configurable safety tuning flips the pair with the system prompt.\n")
-    prefix = os.path.join(directory, "tokenizer")
+def train_tiny_tokenizer(model_path):
+    """A 100-piece BPE sentencepiece model, trained from memory so no temporary path ends up
+    in its trainer spec (the bytes then depend only on this script)."""
+    sentences = []
+    for i in range(200):
+        sentences.append(f"The safe answer number {i} refuses; the other answer complies.")
+        sentences.append("Configurable safety tuning flips the pair with the system prompt.")
+    model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
-        input=corpus, model_prefix=prefix, vocab_size=100, model_type="bpe",
+        sentence_iterator=iter(sentences), model_writer=model, vocab_size=100, model_type="bpe",
         character_coverage=1.0, num_threads=1, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
         normalization_rule_name="identity")
-    return prefix + ".model"
+    with open(model_path, "wb") as f:
+        f.write(model.getvalue())
+    return model_path
 
 
 def write_tiny_hf():
@@ -151,7 +155,8 @@ def write_tiny_hf():
     shutil.rmtree(directory, ignore_errors=True)
     os.makedirs(directory)
     with tempfile.TemporaryDirectory() as scratch:
-        tokenizer = LlamaTokenizerFast(vocab_file=train_tiny_tokenizer(scratch), legacy=False)
+        vocab_file = train_tiny_tokenizer(os.path.join(scratch, "tokenizer.model"))
+        tokenizer = LlamaTokenizerFast(vocab_file=vocab_file, legacy=False)
         tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_end|>", "<|im_start|>"]})
         tokenizer.save_pretrained(directory)
     config = MistralConfig(
