@@ -9,9 +9,10 @@
 # libraries the build links (OpenBLAS, sentencepiece, snappy, zstd, nlohmann-json, GoogleTest).
 # So the build happens where they are: --prepare builds build-gpu/ (CUDA on, sm_90 for H100/H200;
 # CST_GPU_ARCH overrides), copies the test and benchmark programs to build-gpu/bin and the shared
-# libraries they need to build-gpu/lib. Only those two folders travel (a few MB; the CUDA toolkit's
-# own libraries, cuBLAS above all, are far too big to carry and are taken from the GPU machine's
-# CUDA install, which must be CUDA 13 like the build's). On the GPU machine the programs run with
+# libraries they need, compressed, to build-gpu/lib/shared-libraries.tar.gz. Only those two
+# folders travel (about 25 MB). The CUDA toolkit's own libraries, cuBLAS above all, are far too
+# big to carry and are taken from the GPU machine's CUDA install, which must be CUDA 13 like the
+# build's. On the GPU machine the libraries are unpacked and the programs run with
 # LD_LIBRARY_PATH=build-gpu/lib plus the CUDA library folder. If build-gpu/bin is missing but the
 # machine does have the -dev libraries, the check builds there itself.
 #
@@ -40,19 +41,25 @@ prepare() {
   local targets=(cst_tests kernel_bench)
   ninja -C "$BUILD" -t targets all 2>/dev/null | grep -q '^attention_bench:' && targets+=(attention_bench)
   ninja -C "$BUILD" -j "${JOBS:-2}" "${targets[@]}" || return 1
-  rm -rf "$BUILD/bin" "$BUILD/lib"
-  mkdir -p "$BUILD/bin" "$BUILD/lib"
-  local program library
+  rm -rf "$BUILD/bin" "$BUILD/lib" "$BUILD/lib-staging"
+  mkdir -p "$BUILD/bin" "$BUILD/lib" "$BUILD/lib-staging"
+  local program
   for program in "${targets[@]}"; do
     cp "$BUILD/$program" "$BUILD/bin/"
     # "libname.so.N => /path/libname.so.N (0x...)": keep the paths of the libraries to carry.
     ldd "$BUILD/$program" | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' |
       while read -r name path; do
-        [[ "$name" =~ $SYSTEM_LIBRARIES ]] || cp -L "$path" "$BUILD/lib/$name"
+        [[ "$name" =~ $SYSTEM_LIBRARIES ]] || cp -L "$path" "$BUILD/lib-staging/$name"
       done
   done
+  # Host debug info only (the kernels' line info for the sanitizer lives in the fatbinary), and
+  # the libraries compressed: OpenBLAS alone is 36 MB, and what travels must stay small.
+  strip --strip-debug "$BUILD"/bin/* "$BUILD"/lib-staging/*
+  tar czf "$BUILD/lib/shared-libraries.tar.gz" -C "$BUILD/lib-staging" .
+  rm -rf "$BUILD/lib-staging"
   echo "prepared: $(du -sh "$BUILD/bin" | cut -f1) of programs, $(du -sh "$BUILD/lib" | cut -f1) of libraries:"
-  ls "$BUILD/bin" "$BUILD/lib"
+  ls "$BUILD/bin"
+  tar tzf "$BUILD/lib/shared-libraries.tar.gz"
   echo "carry build-gpu/bin and build-gpu/lib to the GPU machine, then run tools/gpu_check.sh there"
 }
 
@@ -105,6 +112,9 @@ if [[ ! -x "$BUILD/bin/cst_tests" ]]; then
   echo "no build-gpu/bin/cst_tests: trying to build here (needs the Debian -dev libraries)"
   run_step "build on this machine" 900 "$OUT/tests.log" "$0" --prepare
 fi
+if [[ -f "$BUILD/lib/shared-libraries.tar.gz" ]]; then
+  tar xzf "$BUILD/lib/shared-libraries.tar.gz" -C "$BUILD/lib" || echo "could not unpack the carried libraries"
+fi
 CUDA_LIBRARIES="$(find_cuda_libraries)"
 export LD_LIBRARY_PATH="$BUILD/lib${CUDA_LIBRARIES:+:$CUDA_LIBRARIES}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 SANITIZER="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)"
@@ -153,7 +163,8 @@ fi
   echo "## Tests"
   echo
   echo '```'
-  grep -E '^\[  (PASSED|FAILED|SKIPPED) |^\[==========\]' "$OUT/tests.log" 2>/dev/null | tail -40
+  # The totals and the name of every failed test.
+  grep -E '^\[==========\] [0-9]|^\[  (PASSED|SKIPPED) \] [0-9]|^\[  FAILED  \]' "$OUT/tests.log" 2>/dev/null
   echo '```'
   echo
   echo "## Sanitizers"
