@@ -164,7 +164,7 @@ fi
   echo
   echo '```'
   # The totals and the name of every failed test.
-  grep -E '^\[==========\] [0-9]|^\[  (PASSED|SKIPPED) \] [0-9]|^\[  FAILED  \]' "$OUT/tests.log" 2>/dev/null
+  grep -E '^\[==========\] [0-9]|^\[  (PASSED|SKIPPED) *\] [0-9]|^\[  FAILED  \]' "$OUT/tests.log" 2>/dev/null
   echo '```'
   echo
   echo "## Sanitizers"
