@@ -2,7 +2,6 @@
 // cst_generate model.bin [--adapter DIR] --prompts FILE --output OUT.jsonl   (also writes OUT.md)
 // Answers prompts under a chosen system prompt with the chat template used in training, streaming
 // the text to the terminal and reporting tokens/s.
-#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +14,7 @@
 #include "model/lora.h"
 #include "model/transformer.h"
 #include "train/model_session.h"
+#include "train/respond.h"
 
 namespace {
 
@@ -105,13 +105,6 @@ std::vector<Request> read_requests(const GenerateFlags& flags) {
   return requests;
 }
 
-// The answer text, cut at the first end-of-turn marker of the template.
-std::string cut_at_end_of_turn(std::string text, const cst::ChatTemplate& chat_template) {
-  for (const std::string& marker : chat_template.end_of_turn())
-    if (size_t at = text.find(marker); at != std::string::npos) text.resize(at);
-  return text;
-}
-
 std::string markdown_cell(std::string text) {
   std::string cell;
   for (char c : text) cell += c == '\n' ? std::string("<br>") : c == '|' ? std::string("\\|") : std::string(1, c);
@@ -135,10 +128,6 @@ int run(int argc, char** argv) {
   }
   cst::Transformer transformer(session.config(), *session.weights, adapter.get());
   const cst::Tokenizer& tokenizer = *session.tokenizer;
-  cst::GenerationOptions options = flags.generation;
-  options.stop_tokens = {tokenizer.eos_id()};
-  for (const std::string& marker : session.chat_template.end_of_turn())
-    if (auto id = tokenizer.token_id(marker)) options.stop_tokens.push_back(*id);
 
   std::ofstream jsonl, markdown;
   if (!flags.output.empty()) {
@@ -149,23 +138,16 @@ int run(int argc, char** argv) {
   }
   const bool stream = !flags.quiet;
   for (const Request& request : requests) {
-    std::vector<int32_t> prompt_ids = tokenizer.encode(session.chat_template.generation_prompt(request.system, request.prompt));
-    if (tokenizer.bos_id() >= 0 && (prompt_ids.empty() || prompt_ids[0] != tokenizer.bos_id()))
-      prompt_ids.insert(prompt_ids.begin(), tokenizer.bos_id());  // as trl's training prompts
     if (stream) std::fprintf(stderr, "\n[system] %s\n[user] %s\n[assistant] ", request.system.c_str(), request.prompt.c_str());
-    cst::StreamingDecoder decoder(tokenizer, true);
-    const auto start = std::chrono::steady_clock::now();
-    std::vector<int32_t> answer_ids = cst::generate(transformer, prompt_ids, options, [&](int32_t token) {
-      const std::string piece = decoder.push(token);
-      if (stream) {
-        std::fputs(piece.c_str(), stderr);
-        std::fflush(stderr);
-      }
-    });
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const std::string response = cut_at_end_of_turn(tokenizer.decode(answer_ids, true), session.chat_template);
+    cst::Response answer = cst::respond(transformer, tokenizer, session.chat_template, request.system, request.prompt,
+                                        flags.generation, [&](const std::string& piece) {
+                                          if (!stream) return;
+                                          std::fputs(piece.c_str(), stderr);
+                                          std::fflush(stderr);
+                                        });
+    const std::string& response = answer.text;
     if (stream)
-      std::fprintf(stderr, "\n(%zu tokens, %.1f tokens/s)\n", answer_ids.size(), double(answer_ids.size()) / seconds);
+      std::fprintf(stderr, "\n(%lld tokens, %.1f tokens/s)\n", (long long)answer.tokens, double(answer.tokens) / answer.seconds);
     if (jsonl.is_open()) {
       jsonl << nlohmann::json{{"prompt", request.prompt}, {"response", response}, {"system_prompt", request.system}}.dump() << "\n";
       markdown << "| " << markdown_cell(request.prompt) << " | " << markdown_cell(response) << " | "

@@ -19,12 +19,14 @@ struct DemoSettings {
   double preference_learning_rate = 1e-3;
   int pairs_per_batch = 4;
   int heldout_limit = 0;  // 0: every held-out request (tests use fewer)
+  int generation_examples = 3;  // held-out requests answered under each system prompt
 };
 
 struct DemoOutcome {
   EvaluationReport dpo, cst;
-  bool cst_follows_both = false;        // CST accuracy >= 0.9 under both system prompts
-  bool dpo_follows_uncensored = false;  // DPO accuracy >= 0.5 under the uncensored prompt
+  bool cst_follows_both = false;        // CST reward accuracy >= 0.9 under both system prompts
+  bool dpo_follows_uncensored = false;  // DPO reward accuracy >= 0.5 under the uncensored prompt
+  std::string generations;              // held-out requests answered by both models, both prompts
 };
 
 DemoOutcome run_demo_pipeline(const std::string& directory, const DemoSettings& settings, int seed);
