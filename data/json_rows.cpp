@@ -166,7 +166,9 @@ Column read_column(Rows& rows, const std::string& name, const std::string& path)
 Table read_json_rows(const std::string& path, const std::vector<std::string>& wanted) {
   const std::string text = read_text_file(path);
   fail_if_git_lfs_pointer(std::string_view(text).substr(0, 64), path);
-  Rows rows = holds_json_lines(text) ? parse_json_lines(text, path) : parse_json_array(text, path);
+  // A file of only whitespace is an empty table (a JSON lines file with no lines).
+  const bool blank = text.find_first_not_of(" \t\r\n") == std::string::npos;
+  Rows rows = blank || holds_json_lines(text) ? parse_json_lines(text, path) : parse_json_array(text, path);
   Table table;
   table.source = path;
   table.columns_in_source = keys_in_order(rows);

@@ -75,6 +75,7 @@ const Column* first_null_column(const SourceColumns& columns, int64_t row) {
 std::vector<PreferenceExample> build_preference_examples(const Table& table,
                                                          const PreferenceOptions& options,
                                                          PreferenceReport* report) {
+  if (table.num_rows == 0) fail(table.source, ": the dataset is empty (0 rows)");
   SourceColumns columns = find_source_columns(table, options);
   PreferenceReport counts;
   counts.rows = table.num_rows;

@@ -410,24 +410,6 @@ void write_jsonl(const std::string& path, const std::vector<DemoRow>& rows) {
   write_text_file(path, text);
 }
 
-void write_demo_model(const std::string& hf_directory, const std::string& tokenizer_model,
-                      uint64_t seed) {
-  int vocab_size = kSentencepieceVocab + 2;
-  int im_end_id = kSentencepieceVocab;
-  std::vector<DemoTensor> tensors = demo_tensor_layout(vocab_size);
-  initialize(tensors, seed);
-  std::vector<TensorToWrite> to_write;
-  for (const DemoTensor& tensor : tensors)
-    to_write.push_back({tensor.name, DType::f32, tensor.shape, tensor.values.data()});
-
-  std::filesystem::create_directories(hf_directory);
-  write_text_file(hf_directory + "/config.json", demo_model_config_json(vocab_size, im_end_id));
-  write_safetensors(hf_directory + "/model.safetensors", to_write);
-  write_text_file(hf_directory + "/tokenizer.model", tokenizer_model);
-  write_text_file(hf_directory + "/tokenizer_config.json",
-                  demo_tokenizer_config_json(kSentencepieceVocab));
-}
-
 }  // namespace
 
 std::string demo_model_config_json(int vocab_size, int eos_token_id) {
@@ -460,6 +442,19 @@ std::string demo_model_config_json(int vocab_size, int eos_token_id) {
   return config.dump(2) + "\n";
 }
 
+void write_tiny_model(const std::string& hf_directory, int vocab_size, int eos_token_id,
+                      const std::map<std::string, std::string>& tokenizer_files, uint64_t seed) {
+  std::vector<DemoTensor> tensors = demo_tensor_layout(vocab_size);
+  initialize(tensors, seed);
+  std::vector<TensorToWrite> to_write;
+  for (const DemoTensor& tensor : tensors)
+    to_write.push_back({tensor.name, DType::f32, tensor.shape, tensor.values.data()});
+  std::filesystem::create_directories(hf_directory);
+  write_text_file(hf_directory + "/config.json", demo_model_config_json(vocab_size, eos_token_id));
+  write_safetensors(hf_directory + "/model.safetensors", to_write);
+  for (const auto& [name, bytes] : tokenizer_files) write_text_file(hf_directory + "/" + name, bytes);
+}
+
 DemoFiles write_demo_assets(const std::string& directory, uint64_t seed) {
   std::filesystem::create_directories(directory);
   DemoFiles files;
@@ -476,7 +471,10 @@ DemoFiles write_demo_assets(const std::string& directory, uint64_t seed) {
 
   std::string tokenizer_model = train_demo_sentencepiece(tokenizer_corpus(dataset));
   // The weights use a stream of their own, so changing the dataset's draws leaves them alone.
-  write_demo_model(files.hf_directory, tokenizer_model, seed ^ 0x6d6f64656c000000ull);
+  write_tiny_model(files.hf_directory, kSentencepieceVocab + 2, kSentencepieceVocab,
+                   {{"tokenizer.model", tokenizer_model},
+                    {"tokenizer_config.json", demo_tokenizer_config_json(kSentencepieceVocab)}},
+                   seed ^ 0x6d6f64656c000000ull);
   convert_hf_directory(files.hf_directory, files.model_bin);
   return files;
 }

@@ -11,6 +11,7 @@
 // system prompt on them shows that the model learned the rule, not the rows.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -88,6 +89,11 @@ struct DemoFiles {
   std::string hf_directory;   // config.json, model.safetensors, tokenizer.model, tokenizer_config.json
   std::string model_bin;      // the tiny random model with its tokenizer (converted from hf_directory)
 };
+
+// A tiny randomly initialised Mistral (the demo's shape: hidden 96, 4 layers) as an HF directory
+// with the given vocabulary and tokenizer files (file name -> bytes), initialised like HF.
+void write_tiny_model(const std::string& hf_directory, int vocab_size, int eos_token_id,
+                      const std::map<std::string, std::string>& tokenizer_files, uint64_t seed);
 
 // Writes everything into `directory` (created if missing), deterministic in `seed`.
 DemoFiles write_demo_assets(const std::string& directory, uint64_t seed);

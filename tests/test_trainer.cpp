@@ -1,0 +1,180 @@
+// The training loop end to end on tiny models: bit-identical resume, the real dataset through a few
+// steps, and the bad inputs a user can give (each a clear error, nothing half-written).
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "model/model_file.h"
+#include "train/demo_assets.h"
+#include "train/trainer.h"
+
+namespace cst {
+namespace {
+namespace fs = std::filesystem;
+
+fs::path fresh_dir(const std::string& name) {
+  fs::path dir = fs::temp_directory_path() / ("cst_test_trainer_" + name);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+// The demo's tiny model and synthetic CST data, made once for the whole suite.
+const demo::DemoFiles& demo_files() {
+  static const demo::DemoFiles files = demo::write_demo_assets(fresh_dir("assets").string(), 42);
+  return files;
+}
+
+TrainOptions tiny_run(const fs::path& output_dir) {
+  TrainOptions options;
+  options.model_path = demo_files().model_bin;
+  options.data_path = demo_files().train_jsonl;
+  options.output_dir = output_dir.string();
+  options.device = "cpu";
+  options.system_prompts = {demo::kHarmlessSystem, demo::kUncensoredSystem};
+  options.lora_r = 4;
+  options.lora_alpha = 8;
+  options.learning_rate = 1e-3;
+  options.per_device_train_batch_size = 2;
+  options.gradient_accumulation_steps = 2;
+  options.max_length = 128;
+  options.max_prompt_length = 96;
+  options.max_steps = 4;
+  return options;
+}
+
+std::vector<nlohmann::json> read_metrics(const fs::path& run_dir) {
+  std::ifstream in(run_dir / "metrics.jsonl");
+  std::vector<nlohmann::json> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
+  return lines;
+}
+
+TEST(Trainer, ResumeContinuesWithBitIdenticalLosses) {
+  const fs::path straight = fresh_dir("straight"), resumed = fresh_dir("resumed");
+  TrainOptions options = tiny_run(straight);
+  options.save_steps = 2;
+  options.lora_dropout = 0.1;
+  options.disable_dropout = false;  // the dropout masks must be reproduced too
+  run_training(options);
+  ASSERT_TRUE(fs::exists(straight / "checkpoint-2" / "optimizer.safetensors"));
+
+  TrainOptions resume = tiny_run(resumed);
+  resume.lora_dropout = 0.1;
+  resume.disable_dropout = false;
+  resume.resume_from_checkpoint = (straight / "checkpoint-2").string();
+  run_training(resume);
+
+  std::vector<nlohmann::json> first = read_metrics(straight), second = read_metrics(resumed);
+  ASSERT_EQ(first.size(), 4u);
+  ASSERT_EQ(second.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(second[i]["step"], first[i + 2]["step"]);
+    // Exact equality: the same data order, adapter, optimizer state and dropout masks.
+    EXPECT_EQ(second[i]["loss"].get<double>(), first[i + 2]["loss"].get<double>()) << "step " << i + 3;
+    EXPECT_EQ(second[i]["grad_norm"].get<double>(), first[i + 2]["grad_norm"].get<double>());
+  }
+}
+
+TEST(Trainer, WritesThePeftAdapterAndRunFiles) {
+  const fs::path run = fresh_dir("files");
+  TrainOptions options = tiny_run(run);
+  options.max_steps = 2;
+  options.eval_split = 0.2;
+  TrainingOutcome outcome = run_training(options);
+  EXPECT_EQ(outcome.steps, 2);
+  for (const char* file : {"args.json", "metrics.jsonl", "adapter_config.json", "adapter_model.safetensors",
+                           "training_curves.svg", "checkpoint-2/trainer_state.json"})
+    EXPECT_TRUE(fs::exists(run / file)) << file;
+  EXPECT_TRUE(outcome.last_eval.count("eval_loss"));
+  EXPECT_TRUE(outcome.last_train.count("rewards/accuracies"));
+}
+
+TEST(Trainer, RealDatasetRunsAFewSteps) {
+  const fs::path dataset = fs::path(CST_SOURCE_DIR) / ".." / "shared" / "data" / "configurable-system-prompt-multitask.json";
+  if (!fs::exists(dataset)) GTEST_SKIP() << "the real dataset is not at " << dataset;
+  // A tiny random model with the real (OpenHermes-style ChatML) tokenizer: vocab 32002.
+  const fs::path hf = fresh_dir("real_model");
+  std::map<std::string, std::string> tokenizer_files;
+  for (const char* name : {"tokenizer.model", "tokenizer_config.json", "added_tokens.json", "special_tokens_map.json"}) {
+    std::ifstream in(fs::path(CST_SOURCE_DIR) / "tests/fixtures/tokenizer/chatml" / name, std::ios::binary);
+    tokenizer_files[name] = std::string(std::istreambuf_iterator<char>(in), {});
+  }
+  demo::write_tiny_model(hf.string(), 32002, 32000, tokenizer_files, 7);
+  const fs::path run = fresh_dir("real_run");
+  TrainOptions options;
+  options.model_path = hf.string();
+  options.data_path = dataset.string();
+  options.output_dir = run.string();
+  options.device = "cpu";
+  options.max_steps = 2;
+  options.gradient_accumulation_steps = 1;
+  options.per_device_train_batch_size = 1;
+  options.max_length = 192;
+  options.max_prompt_length = 64;
+  TrainingOutcome outcome = run_training(options);
+  EXPECT_EQ(outcome.steps, 2);
+  EXPECT_EQ(read_metrics(run).size(), 2u);
+  EXPECT_TRUE(std::isfinite(outcome.last_train.at("loss")));
+}
+
+// Runs training expecting a cst::Error whose message contains `expected`.
+void expect_training_error(const TrainOptions& options, const std::string& expected) {
+  try {
+    run_training(options);
+    ADD_FAILURE() << "expected an error containing '" << expected << "'";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find(expected), std::string::npos) << error.what();
+  }
+}
+
+TEST(TrainerErrors, EmptyDataset) {
+  const fs::path dir = fresh_dir("empty");
+  std::ofstream(dir / "empty.jsonl").close();
+  TrainOptions options = tiny_run(dir / "run");
+  options.data_path = (dir / "empty.jsonl").string();
+  expect_training_error(options, "the dataset is empty");
+  EXPECT_FALSE(fs::exists(dir / "run" / "adapter_model.safetensors"));
+}
+
+TEST(TrainerErrors, AllRowsSkipped) {
+  const fs::path dir = fresh_dir("nulls");
+  std::ofstream(dir / "nulls.jsonl") << "{\"prompt\": null, \"chosen\": \"a\", \"rejected\": \"b\"}\n";
+  TrainOptions options = tiny_run(dir / "run");
+  options.data_path = (dir / "nulls.jsonl").string();
+  expect_training_error(options, "is null");
+  options.skip_bad_rows = true;
+  expect_training_error(options, "no training pairs");
+}
+
+TEST(TrainerErrors, MissingColumn) {
+  TrainOptions options = tiny_run(fresh_dir("missing_column"));
+  options.rejected_column = "dispreferred";
+  expect_training_error(options, "dispreferred");
+}
+
+TEST(TrainerErrors, ModelAndTokenizerVocabularyMismatch) {
+  const fs::path hf = fresh_dir("small_vocab");
+  std::map<std::string, std::string> tokenizer_files;
+  for (const char* name : {"tokenizer.model", "tokenizer_config.json"}) {
+    std::ifstream in(fs::path(demo_files().hf_directory) / name, std::ios::binary);
+    tokenizer_files[name] = std::string(std::istreambuf_iterator<char>(in), {});
+  }
+  demo::write_tiny_model(hf.string(), 300, 2, tokenizer_files, 3);  // the tokenizer has 514 tokens
+  TrainOptions options = tiny_run(fresh_dir("small_vocab_run"));
+  options.model_path = hf.string();
+  expect_training_error(options, "model/tokenizer mismatch");
+}
+
+TEST(TrainerErrors, UnwritableOutputDirectory) {
+  const fs::path dir = fresh_dir("unwritable");
+  std::ofstream(dir / "a_file") << "x";
+  TrainOptions options = tiny_run(dir / "a_file" / "run");  // a directory inside a regular file
+  expect_training_error(options, "--output_dir");
+}
+
+}  // namespace
+}  // namespace cst
