@@ -1,4 +1,5 @@
 // CUDA memory and error checking for the whole backend.
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
 #include "kernels/cuda_common.cuh"
@@ -22,8 +23,7 @@ void* allocate(size_t bytes) {
     cudaMemGetInfo(&free_bytes, &total_bytes);
     fail("out of GPU memory: requested ", bytes / (1 << 20), " MiB with ", free_bytes / (1 << 20),
          " MiB free of ", total_bytes / (1 << 20),
-         " MiB (reduce --per_device_train_batch_size or --max_length, or enable "
-         "--gradient_checkpointing)");
+         " MiB (reduce --per_device_train_batch_size or --max_length,)");
   }
   return pointer;
 }
@@ -45,6 +45,16 @@ int device_count() {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess) return 0;
   return count;
+}
+
+void profiler_start() {
+  synchronize();
+  CUDA_CHECK(cudaProfilerStart());
+}
+
+void profiler_stop() {
+  synchronize();
+  CUDA_CHECK(cudaProfilerStop());
 }
 
 cudaStream_t stream() {

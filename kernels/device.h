@@ -17,6 +17,9 @@ void copy_bytes(void* destination, const void* source, size_t bytes);  // any di
 void zero_bytes(void* destination, size_t bytes);
 void synchronize();
 int device_count();
+// Bracket what `ncu --profile-from-start off` / `nsys --capture-range=cudaProfilerApi` capture.
+void profiler_start();
+void profiler_stop();
 }  // namespace cuda
 
 }  // namespace cst

@@ -8,6 +8,7 @@
 #include "kernels/embedding.h"
 #include "kernels/gemm.h"
 #include "kernels/logprobs.h"
+#include "kernels/nvtx.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
@@ -139,6 +140,7 @@ Tensor Transformer::run_layers(const TokenSpans& batch, const ForwardOptions& op
   embedding_forward(x, saved.tokens, weights_.embed_tokens);
 
   for (int layer = 0; layer < config_.num_layers; ++layer) {
+    NvtxRange range("layer " + std::to_string(layer) + " forward");
     const LayerWeights& w = weights_.layers[layer];
     LayerActivations a;
     auto linear = [&](Projection p) { return projection_layer(weights_, lora_, layer, p, options); };
@@ -194,6 +196,7 @@ TokenLogps Transformer::forward(const TokenSpans& batch, const ForwardOptions& o
   Tensor hidden = run_layers(batch, options);
   Saved& saved = *saved_;
   const int64_t n = hidden.dim(0);
+  NvtxRange range("logprobs forward");
   Tensor logps = saved.arena.alloc({n}, DType::f32);
   Tensor logit_sums = saved.arena.alloc({n}, DType::f32);
   saved.lse = saved.arena.alloc({n}, DType::f32);
@@ -254,6 +257,7 @@ void Transformer::backward(const std::vector<float>& dlogps) {
   Tensor dk = arena.alloc({n, KVH, D}, dtype), dv = arena.alloc({n, KVH, D}, dtype);
 
   for (int layer = config_.num_layers - 1; layer >= 0; --layer) {
+    NvtxRange range("layer " + std::to_string(layer) + " backward");
     const LayerWeights& w = weights_.layers[layer];
     const LayerActivations& a = saved.layers[layer];
     auto linear = [&](Projection p) { return projection_layer(weights_, lora_, layer, p, options); };

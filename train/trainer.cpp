@@ -10,6 +10,7 @@
 #include "data/batch.h"
 #include "data/pair_tokenizer.h"
 #include "kernels/device.h"
+#include "kernels/nvtx.h"
 #include "model/transformer.h"
 #include "train/checkpoint.h"
 #include "train/model_session.h"
@@ -90,6 +91,23 @@ void split_eval(std::vector<TokenizedPair>& train, std::vector<TokenizedPair>& e
     (u < fraction ? eval : kept).push_back(std::move(pair));
   }
   train = std::move(kept);
+}
+
+// --profile_steps A:B -> {A, B}; empty -> {0, -1} (never).
+std::pair<long, long> parse_profile_steps(const std::string& text) {
+  if (text.empty()) return {0, -1};
+  const size_t colon = text.find(':');
+  try {
+    if (colon == std::string::npos) throw std::invalid_argument(text);
+    size_t used_first = 0, used_last = 0;
+    const long first = std::stol(text.substr(0, colon), &used_first);
+    const long last = std::stol(text.substr(colon + 1), &used_last);
+    if (used_first != colon || used_last != text.size() - colon - 1 || first < 1 || last < first)
+      throw std::invalid_argument(text);
+    return {first, last};
+  } catch (const std::exception&) {
+    fail("--profile_steps must be A:B with 1 <= A <= B (steps to profile), got '", text, "'");
+  }
 }
 
 uint64_t micro_batch_seed(uint64_t seed, long step, int micro) {
@@ -289,7 +307,12 @@ TrainingOutcome Trainer::run() {
   auto last_time = std::chrono::steady_clock::now();
   int64_t tokens_at_log = tokens_processed_;
   std::string last_checkpoint;
+  const auto [profile_first, profile_last] = parse_profile_steps(options_.profile_steps);
+  const bool profiling = profile_last >= profile_first;
+  if (profiling && session_.device != Device::cuda) fail("--profile_steps needs the CUDA backend");
   while (state.step < total_steps) {
+    if (profiling && state.step + 1 == profile_first) CST_ON_CUDA(cuda::profiler_start());
+    NvtxRange step_range("step " + std::to_string(state.step + 1));
     lora_->zero_grad();
     MetricSums step_sums;
     for (int micro = 0; micro < accumulation; ++micro) {
@@ -305,6 +328,7 @@ TrainingOutcome Trainer::run() {
     optimizer.step(float(learning_rate), clip_scale(grad_norm, options_.max_grad_norm));
     lora_->sync_compute_copies();
     ++state.step;
+    if (profiling && state.step == profile_last) CST_ON_CUDA(cuda::profiler_stop());
     state.data_position = loader.position();
     since_log.add(step_sums);
 
