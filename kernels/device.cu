@@ -23,7 +23,7 @@ void* allocate(size_t bytes) {
     cudaMemGetInfo(&free_bytes, &total_bytes);
     fail("out of GPU memory: requested ", bytes / (1 << 20), " MiB with ", free_bytes / (1 << 20),
          " MiB free of ", total_bytes / (1 << 20),
-         " MiB (reduce --per_device_train_batch_size or --max_length,)");
+         " MiB (reduce --per_device_train_batch_size or --max_length)");
   }
   return pointer;
 }
