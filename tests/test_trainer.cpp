@@ -9,6 +9,7 @@
 
 #include "model/model_file.h"
 #include "train/demo_assets.h"
+#include "train/objective.h"
 #include "train/trainer.h"
 
 namespace cst {
@@ -174,6 +175,90 @@ TEST(TrainerErrors, UnwritableOutputDirectory) {
   std::ofstream(dir / "a_file") << "x";
   TrainOptions options = tiny_run(dir / "a_file" / "run");  // a directory inside a regular file
   expect_training_error(options, "--output_dir");
+}
+
+}  // namespace
+}  // namespace cst
+
+namespace cst {
+namespace {
+
+TEST(Trainer, DryRunDumpsExactlyTheTokenizedPairs) {
+  const fs::path run = fresh_dir("dry_run");
+  TrainOptions options = tiny_run(run);
+  options.dry_run = true;
+  options.dump_tokenized = (run / "tokens.jsonl").string();
+  run_training(options);
+  std::ifstream in(options.dump_tokenized);
+  std::vector<nlohmann::json> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(lines.size(), 2u * demo::kTrainRows) << "CST: two pairs per row";
+  EXPECT_EQ(lines[0]["system"], demo::kHarmlessSystem);
+  EXPECT_EQ(lines[1]["system"], demo::kUncensoredSystem);
+  for (const nlohmann::json& line : lines)
+    for (const char* side : {"chosen", "rejected"})
+      ASSERT_EQ(line[std::string(side) + "_input_ids"].size(), line[std::string(side) + "_completion_mask"].size());
+  EXPECT_FALSE(fs::exists(run / "adapter_model.safetensors")) << "a dry run trains nothing";
+}
+
+TEST(Trainer, PrecomputedReferenceGivesTheSameLosses) {
+  const fs::path live = fresh_dir("reference_live"), cached = fresh_dir("reference_cached");
+  TrainOptions options = tiny_run(live);
+  options.max_steps = 2;
+  run_training(options);
+  options.output_dir = cached.string();
+  options.precompute_ref_log_probs = true;
+  run_training(options);
+  EXPECT_TRUE(fs::exists(cached / "reference_logps.json"));
+  std::vector<nlohmann::json> a = read_metrics(live), b = read_metrics(cached);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i)  // packed batches of different composition: rounding only
+    EXPECT_NEAR(a[i]["loss"].get<double>(), b[i]["loss"].get<double>(), 1e-5);
+}
+
+TEST(TrainOptions, FlagsConfigFileAndErrors) {
+  const fs::path dir = fresh_dir("options");
+  std::ofstream(dir / "run.json") << R"({"beta": 0.25, "lora_target_modules": ["q_proj", "v_proj"], "max_steps": 7})";
+  std::vector<std::string> words = {"model.bin", "data.parquet", "--config", (dir / "run.json").string(),
+                                    "--beta", "0.5", "--system_prompts", "A", "B", "--packing", "false"};
+  std::vector<char*> argv;
+  for (std::string& word : words) argv.push_back(word.data());
+  TrainOptions options;
+  ASSERT_TRUE(parse_train_options(int(argv.size()), argv.data(), options));
+  EXPECT_EQ(options.model_path, "model.bin");
+  EXPECT_EQ(options.data_path, "data.parquet");
+  EXPECT_EQ(options.beta, 0.5) << "the command line overrides --config";
+  EXPECT_EQ(options.max_steps, 7);
+  EXPECT_EQ(options.lora_target_modules, (std::vector<std::string>{"q_proj", "v_proj"}));
+  EXPECT_EQ(options.system_prompts, (std::vector<std::string>{"A", "B"}));
+  EXPECT_FALSE(options.packing);
+  EXPECT_NO_THROW(validate_train_options(options));
+
+  auto parse_error = [](std::vector<std::string> words) {
+    std::vector<char*> argv;
+    for (std::string& word : words) argv.push_back(word.data());
+    TrainOptions options;
+    try {
+      parse_train_options(int(argv.size()), argv.data(), options);
+      validate_train_options(options);
+    } catch (const Error& error) {
+      return std::string(error.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(parse_error({"m", "d", "--no_such_flag", "1"}).find("--no_such_flag"), std::string::npos);
+  EXPECT_NE(parse_error({"m", "d", "--beta", "abc"}).find("--beta"), std::string::npos);
+  EXPECT_NE(parse_error({"m", "d", "--loss_type", "kto"}).find("--loss_type"), std::string::npos);
+  EXPECT_NE(parse_error({"m", "d", "--system_prompts", "only one"}).find("--system_prompts"), std::string::npos);
+  EXPECT_NE(parse_error({"m"}).find("missing data path"), std::string::npos);
+  EXPECT_NE(train_options_help().find("--gradient_accumulation_steps"), std::string::npos);
+}
+
+TEST(Objective, NonFiniteLogProbsAreRefused) {
+  ObjectiveConfig config = objective_config_from_names("sigmoid", 0.1, 0.0, 0.0, false);
+  SequenceSums policy{{std::nan(""), -3.0}, {0.0, 0.0}, {2, 2}};
+  std::vector<int32_t> labels = {5, 6, -1, 7, 8, -1}, cu_seqlens = {0, 3, 6};
+  EXPECT_THROW(compute_objective(config, policy, {-1.0, -1.0}, labels, cu_seqlens, 10, 1.0), Error);
 }
 
 }  // namespace
