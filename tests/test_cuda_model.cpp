@@ -1,0 +1,136 @@
+// The whole model on the CUDA backend against the CPU reference backend: one forward + backward of
+// the tiny fixture model, and 50 training steps whose loss curve must track the CPU's.
+// Skips, saying why, where no GPU is present (CPU-only builds included).
+//
+// Tolerances: the GPU keeps weights and activations in bf16 (8 mantissa bits, relative rounding
+// 2^-9 ~ 2e-3 per value) through 2 layers of matmuls, norms and attention; per-token log-probs of
+// magnitude ~5 then differ by ~1e-2 absolute, so 5e-2 relative error of the whole log-prob vector
+// and 5e-2 for each LoRA gradient tensor (relative Frobenius error) catch any real mistake (a
+// wrong transpose or index gives errors of order 1) while allowing bf16 arithmetic. The DPO loss
+// starts at ln 2 and falls; bf16 moves each step's loss by ~1e-3, and the drift compounds over 50
+// updates, so every step's loss must stay within 0.05 of the CPU's.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "kernels/device.h"
+#include "model/lora.h"
+#include "model/model_file.h"
+#include "model/safetensors.h"
+#include "model/transformer.h"
+#include "model/weights.h"
+#include "train/demo_assets.h"
+#include "train/trainer.h"
+
+namespace cst {
+namespace {
+namespace fs = std::filesystem;
+
+double relative_error(const std::vector<float>& actual, const std::vector<float>& expected) {
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < expected.size(); ++i) {
+    diff += (double(actual[i]) - expected[i]) * (double(actual[i]) - expected[i]);
+    norm += double(expected[i]) * expected[i];
+  }
+  return std::sqrt(diff / norm);
+}
+
+std::vector<float> to_host(const Tensor& t) {
+  std::vector<float> host(size_t(t.numel()));
+  copy_tensor(make_view(host.data(), {t.numel()}, DType::f32, Device::cpu), t.reshaped({t.numel()}));
+  return host;
+}
+
+struct Gradients {
+  std::vector<float> logps;
+  std::vector<std::vector<float>> lora;
+};
+
+Gradients forward_backward(Device device) {
+  const std::string dir = std::string(CST_SOURCE_DIR) + "/tests/fixtures/model/mistral_gqa_window";
+  ModelFile model(dir + "/hf");
+  const DType dtype = device == Device::cpu ? DType::f32 : DType::bf16;
+  ModelWeights weights(model, device, dtype);
+  LoraAdapter lora(model.config(), LoraAdapter::read_peft_config(dir + "/adapter"), device, dtype);
+  lora.load_peft_weights(dir + "/adapter");
+  Transformer transformer(model.config(), weights, &lora);
+  SafetensorsFile golden(dir + "/golden.safetensors");
+  const TensorInfo& ids = *golden.find("input_ids");
+  const TensorInfo& cu = *golden.find("cu_seqlens");
+  std::vector<int32_t> tokens((const int32_t*)ids.data, (const int32_t*)ids.data + ids.numel());
+  std::vector<int32_t> cu_seqlens((const int32_t*)cu.data, (const int32_t*)cu.data + cu.numel());
+  std::vector<int32_t> positions(tokens.size()), labels(tokens.size(), -1);
+  for (size_t s = 0; s + 1 < cu_seqlens.size(); ++s)
+    for (int32_t t = cu_seqlens[s]; t < cu_seqlens[s + 1]; ++t) {
+      positions[size_t(t)] = t - cu_seqlens[s];
+      if (t + 1 < cu_seqlens[s + 1]) labels[size_t(t)] = tokens[size_t(t) + 1];
+    }
+  ForwardOptions options;
+  options.save_for_backward = true;
+  Gradients result;
+  result.logps = transformer.forward({tokens, positions, labels, cu_seqlens}, options).logps;
+  lora.zero_grad();
+  transformer.backward(std::vector<float>(tokens.size(), 1.0f));
+  for (const LoraAdapter::Parameter& parameter : lora.parameters()) result.lora.push_back(to_host(parameter.grad));
+  return result;
+}
+
+TEST(CudaModel, ForwardBackwardMatchesTheCpuBackend) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: the CUDA model is checked by tools/gpu_check.sh";
+  Gradients cpu = forward_backward(Device::cpu), gpu = forward_backward(Device::cuda);
+  EXPECT_LE(relative_error(gpu.logps, cpu.logps), 5e-2);
+  ASSERT_EQ(gpu.lora.size(), cpu.lora.size());
+  double worst = 0;
+  for (size_t i = 0; i < cpu.lora.size(); ++i) worst = std::max(worst, relative_error(gpu.lora[i], cpu.lora[i]));
+  EXPECT_LE(worst, 5e-2);
+  std::printf("GPU vs CPU: log-probs relative error %.2e, worst LoRA gradient %.2e\n",
+              relative_error(gpu.logps, cpu.logps), worst);
+}
+
+std::vector<double> losses_of_run(const std::string& device, const demo::DemoFiles& files) {
+  const fs::path run = fs::temp_directory_path() / ("cst_test_cuda_model_" + device);
+  fs::remove_all(run);
+  TrainOptions options;
+  options.model_path = files.model_bin;
+  options.data_path = files.train_jsonl;
+  options.output_dir = run.string();
+  options.device = device;
+  options.system_prompts = {demo::kHarmlessSystem, demo::kUncensoredSystem};
+  options.lora_r = 8;
+  options.lora_alpha = 16;
+  options.learning_rate = 5e-4;
+  options.max_steps = 50;
+  options.gradient_accumulation_steps = 1;
+  options.per_device_train_batch_size = 4;
+  options.max_length = 128;
+  options.max_prompt_length = 96;
+  run_training(options);
+  std::ifstream in(run / "metrics.jsonl");
+  std::vector<double> losses;
+  for (std::string line; std::getline(in, line);) {
+    nlohmann::json metrics = nlohmann::json::parse(line);
+    if (metrics.contains("loss")) losses.push_back(metrics["loss"].get<double>());
+  }
+  return losses;
+}
+
+TEST(CudaModel, FiftyTrainingStepsTrackTheCpuLossCurve) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: the CUDA training loop is checked by tools/gpu_check.sh";
+  const fs::path assets = fs::temp_directory_path() / "cst_test_cuda_model_assets";
+  demo::DemoFiles files = demo::write_demo_assets(assets.string(), 42);
+  std::vector<double> cpu = losses_of_run("cpu", files), gpu = losses_of_run("cuda", files);
+  ASSERT_EQ(cpu.size(), 50u);
+  ASSERT_EQ(gpu.size(), 50u);
+  double worst = 0;
+  for (size_t i = 0; i < cpu.size(); ++i) worst = std::max(worst, std::abs(gpu[i] - cpu[i]));
+  EXPECT_LE(worst, 0.05);
+  std::printf("50 steps: CPU loss %.4f -> %.4f, GPU %.4f -> %.4f, worst step difference %.4f\n", cpu.front(),
+              cpu.back(), gpu.front(), gpu.back(), worst);
+}
+
+}  // namespace
+}  // namespace cst
