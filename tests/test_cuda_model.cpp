@@ -23,27 +23,14 @@
 #include "model/safetensors.h"
 #include "model/transformer.h"
 #include "model/weights.h"
+#include "tests/golden_support.h"
 #include "train/demo_assets.h"
 #include "train/trainer.h"
 
 namespace cst {
 namespace {
 namespace fs = std::filesystem;
-
-double relative_error(const std::vector<float>& actual, const std::vector<float>& expected) {
-  double diff = 0, norm = 0;
-  for (size_t i = 0; i < expected.size(); ++i) {
-    diff += (double(actual[i]) - expected[i]) * (double(actual[i]) - expected[i]);
-    norm += double(expected[i]) * expected[i];
-  }
-  return std::sqrt(diff / norm);
-}
-
-std::vector<float> to_host(const Tensor& t) {
-  std::vector<float> host(size_t(t.numel()));
-  copy_tensor(make_view(host.data(), {t.numel()}, DType::f32, Device::cpu), t.reshaped({t.numel()}));
-  return host;
-}
+using namespace testing_support;
 
 struct Gradients {
   std::vector<float> logps;
@@ -59,22 +46,13 @@ Gradients forward_backward(Device device) {
   lora.load_peft_weights(dir + "/adapter");
   Transformer transformer(model.config(), weights, &lora);
   SafetensorsFile golden(dir + "/golden.safetensors");
-  const TensorInfo& ids = *golden.find("input_ids");
-  const TensorInfo& cu = *golden.find("cu_seqlens");
-  std::vector<int32_t> tokens((const int32_t*)ids.data, (const int32_t*)ids.data + ids.numel());
-  std::vector<int32_t> cu_seqlens((const int32_t*)cu.data, (const int32_t*)cu.data + cu.numel());
-  std::vector<int32_t> positions(tokens.size()), labels(tokens.size(), -1);
-  for (size_t s = 0; s + 1 < cu_seqlens.size(); ++s)
-    for (int32_t t = cu_seqlens[s]; t < cu_seqlens[s + 1]; ++t) {
-      positions[size_t(t)] = t - cu_seqlens[s];
-      if (t + 1 < cu_seqlens[s + 1]) labels[size_t(t)] = tokens[size_t(t) + 1];
-    }
+  PackedBatch batch = golden_batch(golden);
   ForwardOptions options;
   options.save_for_backward = true;
   Gradients result;
-  result.logps = transformer.forward({tokens, positions, labels, cu_seqlens}, options).logps;
+  result.logps = transformer.forward(batch.spans(), options).logps;
   lora.zero_grad();
-  transformer.backward(std::vector<float>(tokens.size(), 1.0f));
+  transformer.backward(std::vector<float>(batch.tokens.size(), 1.0f));
   for (const LoraAdapter::Parameter& parameter : lora.parameters()) result.lora.push_back(to_host(parameter.grad));
   return result;
 }

@@ -15,10 +15,12 @@
 #include "model/safetensors.h"
 #include "model/transformer.h"
 #include "model/weights.h"
+#include "tests/golden_support.h"
 
 namespace cst {
 namespace {
 namespace fs = std::filesystem;
+using namespace testing_support;
 
 const std::string kFixture = std::string(CST_SOURCE_DIR) + "/tests/fixtures/model/mistral_gqa_window";
 
@@ -73,15 +75,9 @@ TEST(Export, MergedModelMatchesHfAdapterLogits) {
   Transformer transformer(merged.config(), weights, nullptr);
 
   SafetensorsFile golden(kFixture + "/golden.safetensors");
-  const TensorInfo& ids_info = *golden.find("input_ids");
-  const TensorInfo& cu_info = *golden.find("cu_seqlens");
+  PackedBatch batch = golden_batch(golden);
+  std::vector<float> logits = transformer.logits(batch.spans(), false);
   const TensorInfo& logits_info = *golden.find("logits");
-  std::vector<int32_t> tokens((const int32_t*)ids_info.data, (const int32_t*)ids_info.data + ids_info.numel());
-  std::vector<int32_t> cu_seqlens((const int32_t*)cu_info.data, (const int32_t*)cu_info.data + cu_info.numel());
-  std::vector<int32_t> positions(tokens.size()), labels(tokens.size(), -1);
-  for (size_t s = 0; s + 1 < cu_seqlens.size(); ++s)
-    for (int32_t t = cu_seqlens[s]; t < cu_seqlens[s + 1]; ++t) positions[size_t(t)] = t - cu_seqlens[s];
-  std::vector<float> logits = transformer.logits({tokens, positions, labels, cu_seqlens}, false);
   const float* expected = reinterpret_cast<const float*>(logits_info.data);
   double worst = 0;
   for (size_t i = 0; i < logits.size(); ++i) worst = std::max(worst, std::abs(double(logits[i]) - expected[i]));

@@ -18,63 +18,14 @@
 #include "model/safetensors.h"
 #include "model/transformer.h"
 #include "model/weights.h"
+#include "tests/golden_support.h"
 
 namespace cst {
 namespace {
+using namespace testing_support;
 
 std::string fixture_dir(const std::string& name) {
   return std::string(CST_SOURCE_DIR) + "/tests/fixtures/model/" + name;
-}
-
-template <class T>
-std::vector<T> read_vector(const SafetensorsFile& file, const std::string& name) {
-  const TensorInfo* info = file.find(name);
-  EXPECT_NE(info, nullptr) << name;
-  const T* values = reinterpret_cast<const T*>(info->data);
-  return std::vector<T>(values, values + info->numel());
-}
-
-std::vector<float> to_host(const Tensor& t) {
-  std::vector<float> host(size_t(t.numel()));
-  copy_tensor(make_view(host.data(), {t.numel()}, DType::f32, Device::cpu), t.reshaped({t.numel()}));
-  return host;
-}
-
-double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double worst = 0;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) worst = std::max(worst, std::abs(double(a[i]) - b[i]));
-  return worst;
-}
-
-double relative_error(const std::vector<float>& actual, const std::vector<float>& expected) {
-  double diff = 0, norm = 0;
-  for (size_t i = 0; i < expected.size(); ++i) {
-    diff += (double(actual[i]) - expected[i]) * (double(actual[i]) - expected[i]);
-    norm += double(expected[i]) * expected[i];
-  }
-  return std::sqrt(diff / norm);
-}
-
-// A packed batch built from the golden sequences: positions restart per sequence, each token is
-// labelled with the next token of its own sequence.
-struct GoldenBatch {
-  std::vector<int32_t> tokens, positions, labels, cu_seqlens;
-  TokenSpans spans() const { return {tokens, positions, labels, cu_seqlens}; }
-};
-
-GoldenBatch golden_batch(const SafetensorsFile& golden) {
-  GoldenBatch batch;
-  batch.tokens = read_vector<int32_t>(golden, "input_ids");
-  batch.cu_seqlens = read_vector<int32_t>(golden, "cu_seqlens");
-  batch.positions.resize(batch.tokens.size());
-  batch.labels.assign(batch.tokens.size(), -1);
-  for (size_t s = 0; s + 1 < batch.cu_seqlens.size(); ++s)
-    for (int32_t t = batch.cu_seqlens[s]; t < batch.cu_seqlens[s + 1]; ++t) {
-      batch.positions[size_t(t)] = t - batch.cu_seqlens[s];
-      if (t + 1 < batch.cu_seqlens[s + 1]) batch.labels[size_t(t)] = batch.tokens[size_t(t) + 1];
-    }
-  return batch;
 }
 
 class TransformerGolden : public ::testing::TestWithParam<std::string> {};
@@ -89,7 +40,7 @@ TEST_P(TransformerGolden, MatchesTransformersAndPeft) {
   Transformer transformer(model.config(), weights, &lora);
 
   SafetensorsFile golden(dir + "/golden.safetensors");
-  GoldenBatch batch = golden_batch(golden);
+  PackedBatch batch = golden_batch(golden);
 
   const double logits_diff = max_abs_diff(transformer.logits(batch.spans(), true), read_vector<float>(golden, "logits"));
   const double base_diff = max_abs_diff(transformer.logits(batch.spans(), false), read_vector<float>(golden, "base_logits"));
@@ -131,7 +82,7 @@ TEST_P(TransformerGolden, FreshAdapterLeavesTheModelUnchanged) {
   lora.initialize(7);  // A random, B = 0
   Transformer transformer(model.config(), weights, &lora);
   SafetensorsFile golden(dir + "/golden.safetensors");
-  GoldenBatch batch = golden_batch(golden);
+  PackedBatch batch = golden_batch(golden);
   EXPECT_LE(max_abs_diff(transformer.logits(batch.spans(), true), read_vector<float>(golden, "base_logits")), 1e-4);
 }
 

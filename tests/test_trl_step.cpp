@@ -22,31 +22,13 @@
 #include "model/safetensors.h"
 #include "model/transformer.h"
 #include "model/weights.h"
+#include "tests/golden_support.h"
 #include "train/objective.h"
 #include "train/run_log.h"
 
 namespace cst {
 namespace {
-
-template <class T>
-std::vector<T> read_vector(const SafetensorsFile& file, const std::string& name) {
-  const TensorInfo* info = file.find(name);
-  if (!info) throw Error("fixture lacks " + name);
-  const T* values = reinterpret_cast<const T*>(info->data);
-  return std::vector<T>(values, values + info->numel());
-}
-
-double relative_error(const Tensor& actual_tensor, const std::vector<float>& expected) {
-  std::vector<float> actual(size_t(actual_tensor.numel()));
-  copy_tensor(make_view(actual.data(), {actual_tensor.numel()}, DType::f32, Device::cpu),
-              actual_tensor.reshaped({actual_tensor.numel()}));
-  double diff = 0, norm = 0;
-  for (size_t i = 0; i < expected.size(); ++i) {
-    diff += (double(actual[i]) - expected[i]) * (double(actual[i]) - expected[i]);
-    norm += double(expected[i]) * expected[i];
-  }
-  return std::sqrt(diff / norm);
-}
+using namespace testing_support;
 
 class TrlStep : public ::testing::TestWithParam<std::string> {};
 
@@ -66,16 +48,10 @@ TEST_P(TrlStep, MatchesDpoTrainer) {
   Transformer transformer(model.config(), weights, &lora);
 
   // The packed batch: position t scores token t+1 when that token is part of the answer.
-  std::vector<int32_t> tokens = read_vector<int32_t>(golden, "input_ids");
-  std::vector<int32_t> cu_seqlens = read_vector<int32_t>(golden, "cu_seqlens");
-  std::vector<int32_t> completion = read_vector<int32_t>(golden, "completion_mask");
-  std::vector<int32_t> positions(tokens.size()), labels(tokens.size(), -1);
-  for (size_t s = 0; s + 1 < cu_seqlens.size(); ++s)
-    for (int32_t t = cu_seqlens[s]; t < cu_seqlens[s + 1]; ++t) {
-      positions[size_t(t)] = t - cu_seqlens[s];
-      if (t + 1 < cu_seqlens[s + 1] && completion[size_t(t) + 1]) labels[size_t(t)] = tokens[size_t(t) + 1];
-    }
-  TokenSpans spans{tokens, positions, labels, cu_seqlens};
+  PackedBatch batch = golden_batch(golden, "completion_mask");
+  const std::vector<int32_t>& labels = batch.labels;
+  const std::vector<int32_t>& cu_seqlens = batch.cu_seqlens;
+  TokenSpans spans = batch.spans();
 
   ForwardOptions reference_pass;
   reference_pass.adapters_enabled = false;
@@ -104,7 +80,7 @@ TEST_P(TrlStep, MatchesDpoTrainer) {
     EXPECT_NEAR(metrics[name], expected[name].get<double>(), 5e-5) << name;
   double worst = 0;
   for (const LoraAdapter::Parameter& parameter : lora.parameters()) {
-    const double error = relative_error(parameter.grad, read_vector<float>(golden, "grad." + parameter.name));
+    const double error = relative_error(to_host(parameter.grad), read_vector<float>(golden, "grad." + parameter.name));
     EXPECT_LE(error, 1e-4) << parameter.name;
     worst = std::max(worst, error);
   }

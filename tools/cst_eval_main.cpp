@@ -1,6 +1,7 @@
 // cst_eval model.bin [--adapter DIR] data [--system_prompts A B] [--json FILE] [--per_example FILE]
 // For each system prompt: how often the base and the trained model prefer the answer that prompt
 // asks for (train/evaluation.h). Data flags are cst_train's (columns, chat template, lengths).
+#include "kernels/program.h"
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -77,10 +78,5 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& error) {
-    std::fprintf(stderr, "cst_eval: error: %s\n", error.what());
-    return 1;
-  }
+  return cst::run_program("cst_eval", [&] { return run(argc, argv); });
 }

@@ -1,6 +1,7 @@
 // cst_export model.bin --adapter DIR --output_dir OUT [--max_shard_size 5GB] [--model_bin]
 // Merges a trained LoRA adapter into the base weights and writes an HF model directory
 // (config.json, sharded safetensors, tokenizer files) that transformers loads, or a model.bin.
+#include "kernels/program.h"
 #include <cstdio>
 #include <string>
 
@@ -50,10 +51,5 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& error) {
-    std::fprintf(stderr, "cst_export: error: %s\n", error.what());
-    return 1;
-  }
+  return cst::run_program("cst_export", [&] { return run(argc, argv); });
 }

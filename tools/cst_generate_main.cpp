@@ -2,6 +2,7 @@
 // cst_generate model.bin [--adapter DIR] --prompts FILE --output OUT.jsonl   (also writes OUT.md)
 // Answers prompts under a chosen system prompt with the chat template used in training, streaming
 // the text to the terminal and reporting tokens/s.
+#include "kernels/program.h"
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -169,10 +170,5 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& error) {
-    std::fprintf(stderr, "cst_generate: error: %s\n", error.what());
-    return 1;
-  }
+  return cst::run_program("cst_generate", [&] { return run(argc, argv); });
 }

@@ -8,6 +8,7 @@
 //   attention_bench [--json FILE]          the table, and optionally the rows as JSON
 //   attention_bench --dump DIR [--window W]  runs one small mixed-length case and writes its
 //       inputs and outputs for tools/python/check_attention_sdpa.py
+#include "kernels/program.h"
 #include <cuda_runtime.h>
 
 #include <cstdio>
@@ -188,10 +189,5 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& error) {
-    std::fprintf(stderr, "error: %s\n", error.what());
-    return 1;
-  }
+  return cst::run_program("attention_bench", [&] { return run(argc, argv); });
 }
