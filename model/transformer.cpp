@@ -29,8 +29,9 @@ struct LayerActivations {
 };
 
 struct Transformer::Saved {
-  explicit Saved(Device device) : arena(device) {}
-  Arena arena;  // every activation of the current batch
+  explicit Saved(Device device) : arena(device), layer_scratch(device) {}
+  Arena arena;          // every activation of the current batch
+  Arena layer_scratch;  // one layer's intermediates, when they are recomputed in backward
   std::vector<int32_t> cu_seqlens;
   Tensor tokens, positions, labels;  // (N) i32 on the device
   std::vector<LayerActivations> layers;
@@ -122,7 +123,56 @@ static void layer_attention(LayerActivations& a, const std::vector<int32_t>& cu_
   }
 }
 
+// One decoder layer: every intermediate the backward needs is allocated in `arena` and returned;
+// the layer's output is written into `out` (N, C).
+LayerActivations Transformer::layer_forward(int layer, const Tensor& x, const Tensor& out,
+                                            const ForwardOptions& options, KvCache* cache, Arena& arena) {
+  NvtxRange range("layer " + std::to_string(layer) + " forward");
+  const Saved& saved = *saved_;
+  const LayerWeights& w = weights_.layers[layer];
+  const DType dtype = weights_.dtype();
+  const int64_t n = x.dim(0);
+  const int64_t C = config_.hidden_size, F = config_.intermediate_size, D = config_.head_dim;
+  const int64_t H = config_.num_heads, KVH = config_.num_kv_heads;
+  auto linear = [&](Projection p) { return projection_layer(weights_, lora_, layer, p, options); };
+  LayerActivations a;
+  a.x = x;
+  // Attention block.
+  a.rstd1 = arena.alloc({n}, DType::f32);
+  a.n1 = arena.alloc({n, C}, dtype);
+  rmsnorm_forward(a.n1, a.rstd1, x, w.input_norm, config_.rms_norm_eps);
+  a.q = arena.alloc({n, H, D}, dtype);
+  a.k = arena.alloc({n, KVH, D}, dtype);
+  a.v = arena.alloc({n, KVH, D}, dtype);
+  a.lora_u[int(Projection::q)] = lora_linear_forward(a.q.reshaped({n, H * D}), a.n1, linear(Projection::q), arena);
+  a.lora_u[int(Projection::k)] = lora_linear_forward(a.k.reshaped({n, KVH * D}), a.n1, linear(Projection::k), arena);
+  a.lora_u[int(Projection::v)] = lora_linear_forward(a.v.reshaped({n, KVH * D}), a.n1, linear(Projection::v), arena);
+  rope_forward(a.q, saved.positions, config_.rope_theta);
+  rope_forward(a.k, saved.positions, config_.rope_theta);
+  a.attention = arena.alloc({n, H, D}, dtype);
+  a.lse = arena.alloc({H, n}, DType::f32);
+  layer_attention(a, saved.cu_seqlens, attention_shape(config_), cache, layer);
+  a.h = arena.alloc({n, C}, dtype);
+  a.lora_u[int(Projection::o)] = lora_linear_forward(a.h, a.attention.reshaped({n, H * D}), linear(Projection::o), arena);
+  add_inplace(a.h, x);
+  // MLP block.
+  a.rstd2 = arena.alloc({n}, DType::f32);
+  a.n2 = arena.alloc({n, C}, dtype);
+  rmsnorm_forward(a.n2, a.rstd2, a.h, w.post_attention_norm, config_.rms_norm_eps);
+  a.gate = arena.alloc({n, F}, dtype);
+  a.up = arena.alloc({n, F}, dtype);
+  a.lora_u[int(Projection::gate)] = lora_linear_forward(a.gate, a.n2, linear(Projection::gate), arena);
+  a.lora_u[int(Projection::up)] = lora_linear_forward(a.up, a.n2, linear(Projection::up), arena);
+  a.act = arena.alloc({n, F}, dtype);
+  swiglu_forward(a.act, a.gate, a.up);
+  a.lora_u[int(Projection::down)] = lora_linear_forward(out, a.act, linear(Projection::down), arena);
+  add_inplace(out, a.h);
+  return a;
+}
+
 // Runs the embedding and every layer; returns the final hidden state (after the final norm).
+// With recompute_activations only each layer's input is kept; its intermediates live in the
+// layer scratch arena, which the next layer reuses, and backward recomputes them.
 Tensor Transformer::run_layers(const TokenSpans& batch, const ForwardOptions& options, KvCache* cache) {
   upload_batch(batch);
   Saved& saved = *saved_;
@@ -131,52 +181,17 @@ Tensor Transformer::run_layers(const TokenSpans& batch, const ForwardOptions& op
   saved.layers.assign(options.save_for_backward ? config_.num_layers : 0, {});
   Arena& arena = saved.arena;
   const DType dtype = weights_.dtype();
-  const int64_t n = int64_t(batch.tokens.size());
-  const int64_t C = config_.hidden_size, F = config_.intermediate_size, D = config_.head_dim;
-  const int64_t H = config_.num_heads, KVH = config_.num_kv_heads;
-  const AttentionShape shape = attention_shape(config_);
+  const int64_t n = int64_t(batch.tokens.size()), C = config_.hidden_size;
+  const bool keep_all = options.save_for_backward && !options.recompute_activations;
 
   Tensor x = arena.alloc({n, C}, dtype);
   embedding_forward(x, saved.tokens, weights_.embed_tokens);
-
   for (int layer = 0; layer < config_.num_layers; ++layer) {
-    NvtxRange range("layer " + std::to_string(layer) + " forward");
-    const LayerWeights& w = weights_.layers[layer];
-    LayerActivations a;
-    auto linear = [&](Projection p) { return projection_layer(weights_, lora_, layer, p, options); };
-    a.x = x;
-    // Attention block.
-    a.rstd1 = arena.alloc({n}, DType::f32);
-    a.n1 = arena.alloc({n, C}, dtype);
-    rmsnorm_forward(a.n1, a.rstd1, x, w.input_norm, config_.rms_norm_eps);
-    a.q = arena.alloc({n, H, D}, dtype);
-    a.k = arena.alloc({n, KVH, D}, dtype);
-    a.v = arena.alloc({n, KVH, D}, dtype);
-    a.lora_u[int(Projection::q)] = lora_linear_forward(a.q.reshaped({n, H * D}), a.n1, linear(Projection::q), arena);
-    a.lora_u[int(Projection::k)] = lora_linear_forward(a.k.reshaped({n, KVH * D}), a.n1, linear(Projection::k), arena);
-    a.lora_u[int(Projection::v)] = lora_linear_forward(a.v.reshaped({n, KVH * D}), a.n1, linear(Projection::v), arena);
-    rope_forward(a.q, saved.positions, config_.rope_theta);
-    rope_forward(a.k, saved.positions, config_.rope_theta);
-    a.attention = arena.alloc({n, H, D}, dtype);
-    a.lse = arena.alloc({H, n}, DType::f32);
-    layer_attention(a, saved.cu_seqlens, shape, cache, layer);
-    a.h = arena.alloc({n, C}, dtype);
-    a.lora_u[int(Projection::o)] = lora_linear_forward(a.h, a.attention.reshaped({n, H * D}), linear(Projection::o), arena);
-    add_inplace(a.h, x);
-    // MLP block.
-    a.rstd2 = arena.alloc({n}, DType::f32);
-    a.n2 = arena.alloc({n, C}, dtype);
-    rmsnorm_forward(a.n2, a.rstd2, a.h, w.post_attention_norm, config_.rms_norm_eps);
-    a.gate = arena.alloc({n, F}, dtype);
-    a.up = arena.alloc({n, F}, dtype);
-    a.lora_u[int(Projection::gate)] = lora_linear_forward(a.gate, a.n2, linear(Projection::gate), arena);
-    a.lora_u[int(Projection::up)] = lora_linear_forward(a.up, a.n2, linear(Projection::up), arena);
-    a.act = arena.alloc({n, F}, dtype);
-    swiglu_forward(a.act, a.gate, a.up);
     Tensor out = arena.alloc({n, C}, dtype);
-    a.lora_u[int(Projection::down)] = lora_linear_forward(out, a.act, linear(Projection::down), arena);
-    add_inplace(out, a.h);
-    if (options.save_for_backward) saved.layers[layer] = a;
+    if (!keep_all) saved.layer_scratch.reset();
+    LayerActivations a = layer_forward(layer, x, out, options, cache, keep_all ? arena : saved.layer_scratch);
+    if (keep_all) saved.layers[layer] = a;
+    else if (options.save_for_backward) saved.layers[layer].x = x;
     x = out;
   }
   saved.final_input = x;
@@ -259,25 +274,30 @@ void Transformer::backward(const std::vector<float>& dlogps) {
   for (int layer = config_.num_layers - 1; layer >= 0; --layer) {
     NvtxRange range("layer " + std::to_string(layer) + " backward");
     const LayerWeights& w = weights_.layers[layer];
-    const LayerActivations& a = saved.layers[layer];
+    Arena& scratch = options.recompute_activations ? saved.layer_scratch : arena;
+    LayerActivations a = saved.layers[layer];
+    if (options.recompute_activations) {  // rerun the layer's forward from its saved input
+      scratch.reset();
+      a = layer_forward(layer, a.x, scratch.alloc({n, C}, dtype), options, nullptr, scratch);
+    }
     auto linear = [&](Projection p) { return projection_layer(weights_, lora_, layer, p, options); };
     auto u = [&](Projection p) { return a.lora_u[int(p)]; };
     // MLP block: out = h + down(swiglu(gate(n2), up(n2))).
-    lora_linear_backward(dact, false, dresidual, a.act, u(Projection::down), linear(Projection::down), arena);
+    lora_linear_backward(dact, false, dresidual, a.act, u(Projection::down), linear(Projection::down), scratch);
     swiglu_backward(dgate, dup, dact, a.gate, a.up);
-    lora_linear_backward(dnorm, false, dgate, a.n2, u(Projection::gate), linear(Projection::gate), arena);
-    lora_linear_backward(dnorm, true, dup, a.n2, u(Projection::up), linear(Projection::up), arena);
+    lora_linear_backward(dnorm, false, dgate, a.n2, u(Projection::gate), linear(Projection::gate), scratch);
+    lora_linear_backward(dnorm, true, dup, a.n2, u(Projection::up), linear(Projection::up), scratch);
     rmsnorm_backward(dnorm_input, Tensor{}, dnorm, a.h, w.post_attention_norm, a.rstd2);
     add_inplace(dresidual, dnorm_input);  // now d(h)
     // Attention block: h = x + o(attention(rope(q(n1)), rope(k(n1)), v(n1))).
     lora_linear_backward(dattention.reshaped({n, H * D}), false, dresidual,
-                         a.attention.reshaped({n, H * D}), u(Projection::o), linear(Projection::o), arena);
+                         a.attention.reshaped({n, H * D}), u(Projection::o), linear(Projection::o), scratch);
     attention_backward(dq, dk, dv, dattention, a.q, a.k, a.v, a.attention, a.lse, saved.cu_seqlens, shape);
     rope_backward(dq, saved.positions, config_.rope_theta);
     rope_backward(dk, saved.positions, config_.rope_theta);
-    lora_linear_backward(dnorm, false, dq.reshaped({n, H * D}), a.n1, u(Projection::q), linear(Projection::q), arena);
-    lora_linear_backward(dnorm, true, dk.reshaped({n, KVH * D}), a.n1, u(Projection::k), linear(Projection::k), arena);
-    lora_linear_backward(dnorm, true, dv.reshaped({n, KVH * D}), a.n1, u(Projection::v), linear(Projection::v), arena);
+    lora_linear_backward(dnorm, false, dq.reshaped({n, H * D}), a.n1, u(Projection::q), linear(Projection::q), scratch);
+    lora_linear_backward(dnorm, true, dk.reshaped({n, KVH * D}), a.n1, u(Projection::k), linear(Projection::k), scratch);
+    lora_linear_backward(dnorm, true, dv.reshaped({n, KVH * D}), a.n1, u(Projection::v), linear(Projection::v), scratch);
     rmsnorm_backward(dnorm_input, Tensor{}, dnorm, a.x, w.input_norm, a.rstd1);
     add_inplace(dresidual, dnorm_input);  // now d(x), the previous layer's output gradient
   }

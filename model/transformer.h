@@ -37,6 +37,9 @@ struct ForwardOptions {
   bool adapters_enabled = true;   // false: the base model (DPO's reference) from the same weights
   bool save_for_backward = false;
   uint64_t dropout_seed = 0;      // LoRA dropout masks are a function of (seed, layer, projection)
+  // Activation checkpointing: keep only each layer's input and recompute the rest in backward
+  // (one extra forward of the layers, in exchange for one layer's activations instead of all).
+  bool recompute_activations = false;
 };
 
 struct TokenLogps {
@@ -51,6 +54,8 @@ struct KvCache {
   int64_t capacity = 0;
   std::vector<OwnedTensor> keys, values;  // per layer (capacity, KVH, D), after RoPE
 };
+
+struct LayerActivations;
 
 class Transformer {
  public:
@@ -78,6 +83,8 @@ class Transformer {
 
  private:
   struct Saved;
+  LayerActivations layer_forward(int layer, const Tensor& x, const Tensor& out, const ForwardOptions& options,
+                                 KvCache* cache, Arena& arena);
   Tensor run_layers(const TokenSpans& batch, const ForwardOptions& options, KvCache* cache = nullptr);
   void upload_batch(const TokenSpans& batch);
 

@@ -86,6 +86,29 @@ TEST_P(TransformerGolden, FreshAdapterLeavesTheModelUnchanged) {
   EXPECT_LE(max_abs_diff(transformer.logits(batch.spans(), true), read_vector<float>(golden, "base_logits")), 1e-4);
 }
 
+// Activation checkpointing recomputes exactly the same arithmetic: identical gradients, bit for bit.
+TEST_P(TransformerGolden, RecomputedActivationsGiveIdenticalGradients) {
+  const std::string dir = fixture_dir(GetParam());
+  ModelFile model(dir + "/hf");
+  ModelWeights weights(model, Device::cpu, DType::f32);
+  LoraAdapter lora(model.config(), LoraAdapter::read_peft_config(dir + "/adapter"), Device::cpu);
+  lora.load_peft_weights(dir + "/adapter");
+  Transformer transformer(model.config(), weights, &lora);
+  SafetensorsFile golden(dir + "/golden.safetensors");
+  PackedBatch batch = golden_batch(golden);
+  std::vector<std::vector<float>> gradients[2];
+  for (bool recompute : {false, true}) {
+    ForwardOptions options;
+    options.save_for_backward = true;
+    options.recompute_activations = recompute;
+    TokenLogps logps = transformer.forward(batch.spans(), options);
+    lora.zero_grad();
+    transformer.backward(std::vector<float>(logps.logps.size(), 1.0f));
+    for (const LoraAdapter::Parameter& parameter : lora.parameters()) gradients[recompute].push_back(to_host(parameter.grad));
+  }
+  EXPECT_EQ(gradients[0], gradients[1]);
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, TransformerGolden,
                          ::testing::Values("mistral_gqa_window", "llama_tied"));
 

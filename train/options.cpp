@@ -75,6 +75,7 @@ const std::vector<OptionSpec>& option_table() {
       {"disable_dropout", &T::disable_dropout, "turn dropout off during training (trl's default)"},
       {"use_rslora", &T::use_rslora, "rank-stabilised scaling alpha / sqrt(r)"},
       {"lora_target_modules", &T::lora_target_modules, "projections that get adapters"},
+      {"gradient_checkpointing", &T::gradient_checkpointing, "keep only layer inputs; recompute the rest in backward"},
       {"demo", &T::demo, "run the embedded demo (tiny model, synthetic CST data, DPO vs CST)"},
   };
   return table;

@@ -83,6 +83,7 @@ struct TrainOptions {
   bool use_rslora = false;
   std::vector<std::string> lora_target_modules = {"q_proj", "k_proj", "v_proj", "o_proj",
                                                   "gate_proj", "up_proj", "down_proj"};
+  bool gradient_checkpointing = false;      // recompute layer activations in backward
 
   // The embedded demo.
   bool demo = false;

@@ -218,6 +218,7 @@ ObjectiveResult Trainer::run_micro_batch(const Batch& batch, long step, int micr
   std::vector<double> reference = reference_logps(batch);
   ForwardOptions options;
   options.save_for_backward = train;
+  options.recompute_activations = options_.gradient_checkpointing;
   options.dropout_seed = micro_batch_seed(uint64_t(options_.seed), step, micro);
   TokenLogps policy = transformer_->forward(spans(batch), options);
   tokens_processed_ += int64_t(batch.tokens.size());
