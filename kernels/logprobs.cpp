@@ -3,7 +3,8 @@
 // Only labelled tokens need logits, so their hidden rows are gathered into a contiguous block,
 // chunk by chunk; one sgemm per chunk gives the chunk's logits (chunk x V), and a row pass turns
 // them into max, lse, the label's log-prob and the logit sum. The backward recomputes the same
-// logits, turns them into dz in place, and one more sgemm gives the chunk's dhidden rows.
+// logits, turns them into dz in place, and one more sgemm gives the chunk's dhidden rows. The row
+// passes use the vectorised exp of kernels/vector_math.h: they take tokens x V exponentials.
 #include "kernels/logprobs.h"
 
 #include <algorithm>
@@ -17,6 +18,7 @@
 #include "kernels/device.h"
 #include "kernels/gemm.h"
 #include "kernels/op_checks.h"
+#include "kernels/vector_math.h"
 
 namespace cst {
 
@@ -86,13 +88,32 @@ void check_scratch(const char* op, const Arena& scratch, Device device) {
          device_name(device));
 }
 
-// log sum_v exp(z_v), shifted by the max so that exp never overflows.
-float log_sum_exp(const float* z, int64_t count) {
+// One row of logits: log sum_v exp(z_v), shifted by the max so that exp never overflows, and
+// the plain sum of the logits. omp simd lets the sums split across vector lanes, a reordering
+// the compiler may not make on its own; the lanes accumulate in double.
+struct RowSummary {
+  float lse;
+  double logit_sum;
+};
+
+CST_WIDE_VECTORS RowSummary summarize_row(const float* z, int64_t count) {
   float max_logit = -INFINITY;
-  for (int64_t v = 0; v < count; ++v) max_logit = std::max(max_logit, z[v]);
-  double sum = 0;
-  for (int64_t v = 0; v < count; ++v) sum += std::exp(z[v] - max_logit);
-  return max_logit + float(std::log(sum));
+#pragma omp simd reduction(max : max_logit)
+  for (int64_t v = 0; v < count; ++v) max_logit = vector_max(max_logit, z[v]);
+  double exp_sum = 0, logit_sum = 0;
+#pragma omp simd reduction(+ : exp_sum, logit_sum)
+  for (int64_t v = 0; v < count; ++v) {
+    exp_sum += vector_exp(z[v] - max_logit);
+    logit_sum += z[v];
+  }
+  return {max_logit + float(std::log(exp_sum)), logit_sum};
+}
+
+// dz_v = -dlogp softmax_v = -dlogp exp(z_v - lse), written over the row of logits (the label's
+// +dlogp is the caller's).
+CST_WIDE_VECTORS void softmax_gradient_row(float* z, int64_t count, float dlogp, float lse) {
+#pragma omp simd
+  for (int64_t v = 0; v < count; ++v) z[v] = -dlogp * vector_exp(z[v] - lse);
 }
 
 }  // namespace
@@ -136,12 +157,10 @@ void logprobs_forward(const Tensor& logps, const Tensor& lse, const Tensor& logi
     for (int64_t r = 0; r < logits.shape[0]; ++r) {
       const float* z = logit_data + r * vocab;
       int64_t n = chunk_tokens[r];
-      float row_lse = log_sum_exp(z, vocab);
-      double sum = 0;
-      for (int64_t v = 0; v < vocab; ++v) sum += z[v];
-      lse_data[n] = row_lse;
-      logp_data[n] = z[label_data[n]] - row_lse;
-      logit_sum_data[n] = float(sum);
+      RowSummary row = summarize_row(z, vocab);
+      lse_data[n] = row.lse;
+      logp_data[n] = z[label_data[n]] - row.lse;
+      logit_sum_data[n] = float(row.logit_sum);
     }
   };
   for_each_logit_chunk(hidden, lm_head, tokens, scratch, score_chunk);
@@ -175,10 +194,9 @@ void logprobs_backward(const Tensor& dhidden, const Tensor& dlogps, const Tensor
     for (int64_t r = 0; r < rows; ++r) {
       float* z = logit_data + r * vocab;
       int64_t n = chunk_tokens[r];
-      float dlogp = dlogp_data[n], row_lse = lse_data[n];
       // dz_v = dlogp (1[v = label] - softmax_v), written over the logits.
-      for (int64_t v = 0; v < vocab; ++v) z[v] = -dlogp * std::exp(z[v] - row_lse);
-      z[label_data[n]] += dlogp;
+      softmax_gradient_row(z, vocab, dlogp_data[n], lse_data[n]);
+      z[label_data[n]] += dlogp_data[n];
     }
     // The block's hidden rows are dead now; it receives the chunk's dhidden rows = dz @ W.
     matmul(block, logits, lm_head, false, false);
