@@ -5,6 +5,8 @@
 #include "kernels/cuda_common.cuh"
 #include "kernels/device.h"
 
+#include <algorithm>
+
 namespace cst {
 
 bool cuda_available() {
@@ -37,6 +39,35 @@ void copy_bytes(void* destination, const void* source, size_t bytes) {
 
 void zero_bytes(void* destination, size_t bytes) {
   CUDA_CHECK(cudaMemsetAsync(destination, 0, bytes, stream()));
+}
+
+template <class To, class From>
+__global__ void convert_kernel(To* destination, const From* source, int64_t count) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x)
+    destination[i] = from_float<To>(to_float(source[i]));
+}
+
+template <class To>
+static void convert_from(To* destination, const void* source, DType source_dtype, int64_t count, int blocks) {
+  if (source_dtype == DType::f32)
+    convert_kernel<<<blocks, 256, 0, stream()>>>(destination, static_cast<const float*>(source), count);
+  else if (source_dtype == DType::bf16)
+    convert_kernel<<<blocks, 256, 0, stream()>>>(destination, static_cast<const __nv_bfloat16*>(source), count);
+  else
+    fail("GPU dtype conversion from ", dtype_name(source_dtype), " is not supported");
+  CUDA_CHECK_LAUNCH();
+}
+
+void convert(void* destination, DType destination_dtype, const void* source, DType source_dtype,
+             int64_t count) {
+  if (count == 0) return;
+  const int blocks = int(std::min<int64_t>((count + 255) / 256, 4096));
+  if (destination_dtype == DType::f32)
+    convert_from(static_cast<float*>(destination), source, source_dtype, count, blocks);
+  else if (destination_dtype == DType::bf16)
+    convert_from(static_cast<__nv_bfloat16*>(destination), source, source_dtype, count, blocks);
+  else
+    fail("GPU dtype conversion to ", dtype_name(destination_dtype), " is not supported");
 }
 
 void synchronize() { CUDA_CHECK(cudaStreamSynchronize(stream())); }

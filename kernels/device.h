@@ -4,6 +4,7 @@
 #include <cstddef>
 
 #include "kernels/error.h"
+#include "kernels/tensor.h"
 
 namespace cst {
 
@@ -15,6 +16,9 @@ void* allocate(size_t bytes);  // fails with a clear out-of-memory message namin
 void release(void* pointer);
 void copy_bytes(void* destination, const void* source, size_t bytes);  // any direction
 void zero_bytes(void* destination, size_t bytes);
+// Elementwise dtype conversion of count values between two GPU buffers (f32, bf16, f16).
+void convert(void* destination, DType destination_dtype, const void* source, DType source_dtype,
+             int64_t count);
 void synchronize();
 int device_count();
 // Bracket what `ncu --profile-from-start off` / `nsys --capture-range=cudaProfilerApi` capture.

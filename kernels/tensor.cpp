@@ -323,6 +323,12 @@ void copy_tensor(const Tensor& destination, const Tensor& source) {
                      load_as_f32(source.data, source.dtype, i));
     return;
   }
+  const bool gpu_float_pair = destination.device == Device::cuda && source.device == Device::cuda &&
+                              destination.dtype != DType::i32 && source.dtype != DType::i32;
+  if (gpu_float_pair) {  // e.g. the f32 LoRA master weights into their bf16 compute copies
+    CST_ON_CUDA(cuda::convert(destination.data, destination.dtype, source.data, source.dtype, source.numel()));
+    return;
+  }
   // Cross-device with conversion: stage on the host, where the conversion happens.
   if (source.device == Device::cpu) {
     Buffer staging(Device::cpu, destination.nbytes());
