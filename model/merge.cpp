@@ -47,18 +47,36 @@ void write_merged_hf_directory(const ModelFile& model, const std::string& adapte
     const void* data = found != replaced.end() ? found->second->data : info->data;
     tensors.push_back({info->name, info->dtype, info->shape, data});
   }
-  fs::create_directories(output_dir);
-  write_sharded_safetensors(output_dir, tensors, max_shard_bytes);
-  write_file(fs::path(output_dir) / "config.json", model_config_to_json(config).dump(2) + "\n");
-  for (const auto& [name, bytes] : model.tokenizer_files()) write_file(fs::path(output_dir) / name, bytes);
+  // Everything goes into a staging directory renamed into place at the end, so a failure never
+  // leaves a half-written model under the requested name.
+  if (fs::exists(output_dir) && !fs::is_empty(output_dir))
+    fail("output directory ", output_dir, " already exists and is not empty");
+  const fs::path staging = fs::path(output_dir).string() + ".tmp";
+  fs::remove_all(staging);
+  try {
+    fs::create_directories(staging);
+    write_sharded_safetensors(staging.string(), tensors, max_shard_bytes);
+    write_file(staging / "config.json", model_config_to_json(config).dump(2) + "\n");
+    for (const auto& [name, bytes] : model.tokenizer_files()) write_file(staging / name, bytes);
+    fs::remove_all(output_dir);  // empty, if it exists
+    fs::rename(staging, output_dir);
+  } catch (...) {
+    fs::remove_all(staging);
+    throw;
+  }
 }
 
 void write_merged_model_bin(const ModelFile& model, const std::string& adapter_dir,
                             const std::string& model_bin_path) {
   const fs::path staging = model_bin_path + ".merge-tmp";
   fs::remove_all(staging);
-  write_merged_hf_directory(model, adapter_dir, staging.string(), size_t(1) << 40);
-  convert_hf_directory(staging.string(), model_bin_path);
+  try {
+    write_merged_hf_directory(model, adapter_dir, staging.string(), size_t(1) << 40);
+    convert_hf_directory(staging.string(), model_bin_path);
+  } catch (...) {
+    fs::remove_all(staging);
+    throw;
+  }
   fs::remove_all(staging);
 }
 

@@ -214,6 +214,15 @@ TEST(Trainer, PrecomputedReferenceGivesTheSameLosses) {
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i)  // packed batches of different composition: rounding only
     EXPECT_NEAR(a[i]["loss"].get<double>(), b[i]["loss"].get<double>(), 1e-5);
+
+  // Other data in the same run directory: the cache does not fit and is recomputed. At the first
+  // step the adapter's B is 0, so the policy equals the reference and the loss is exactly ln 2.
+  options.chosen_column = "rejected";
+  options.rejected_column = "chosen";
+  options.max_steps = 1;
+  run_training(options);
+  std::vector<nlohmann::json> swapped = read_metrics(cached);
+  EXPECT_NEAR(swapped.back()["loss"].get<double>(), std::log(2.0), 1e-6);
 }
 
 TEST(TrainOptions, FlagsConfigFileAndErrors) {

@@ -10,6 +10,7 @@
 
 #include "data/pair_tokenizer.h"
 #include "model/lora.h"
+#include "model/safetensors.h"
 #include "model/transformer.h"
 #include "train/evaluation.h"
 #include "train/model_session.h"
@@ -68,9 +69,8 @@ int run(int argc, char** argv) {
                                                            session.tokenizer->pad_id(), flags.per_example_path);
   std::fputs(report.table().c_str(), stdout);
   if (!flags.json_path.empty()) {
-    std::ofstream out(flags.json_path);
-    out << report.to_json().dump(2) << "\n";
-    if (!out.flush()) cst::fail("--json: cannot write ", flags.json_path);
+    const std::string text = report.to_json().dump(2) + "\n";
+    cst::write_file_atomically(flags.json_path, {{text.data(), text.size()}});
   }
   return 0;
 }

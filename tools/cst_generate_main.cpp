@@ -3,6 +3,7 @@
 // Answers prompts under a chosen system prompt with the chat template used in training, streaming
 // the text to the terminal and reporting tokens/s.
 #include "kernels/program.h"
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -80,8 +81,12 @@ GenerateFlags parse_flags(int argc, char** argv, bool& help) {
   if (flags.prompt.empty() == flags.prompts_file.empty()) cst::fail("give either --prompt or --prompts FILE");
   if (!flags.prompts_file.empty() && flags.output.empty()) cst::fail("--prompts needs --output OUT.jsonl");
   if (flags.generation.max_new_tokens < 1) cst::fail("--max_new_tokens must be >= 1");
-  if (flags.generation.temperature < 0) cst::fail("--temperature must be >= 0");
-  if (flags.generation.top_p <= 0 || flags.generation.top_p > 1) cst::fail("--top_p must be in (0, 1]");
+  if (!(flags.generation.temperature >= 0) || !std::isfinite(flags.generation.temperature))
+    cst::fail("--temperature must be a finite number >= 0");
+  if (!(flags.generation.top_p > 0 && flags.generation.top_p <= 1)) cst::fail("--top_p must be in (0, 1]");
+  if (flags.generation.top_k < 0) cst::fail("--top_k must be >= 0");
+  if (!flags.output.empty() && std::filesystem::path(flags.output).extension() == ".md")
+    cst::fail("--output names the jsonl file (the markdown table goes next to it as .md)");
   return flags;
 }
 
@@ -112,7 +117,24 @@ std::string markdown_cell(std::string text) {
   return cell;
 }
 
+int generate_all(int argc, char** argv);
+
+// Runs the generation; on any error the temporary output files are removed before it propagates.
 int run(int argc, char** argv) {
+  try {
+    return generate_all(argc, argv);
+  } catch (...) {
+    for (int i = 1; i + 1 < argc; ++i)
+      if (std::string(argv[i]) == "--output") {
+        std::error_code ignored;
+        std::filesystem::remove(std::string(argv[i + 1]) + ".tmp", ignored);
+        std::filesystem::remove(std::string(argv[i + 1]) + ".md.tmp", ignored);
+      }
+    throw;
+  }
+}
+
+int generate_all(int argc, char** argv) {
   bool help = false;
   GenerateFlags flags = parse_flags(argc, argv, help);
   if (help) {

@@ -32,7 +32,7 @@ std::string save_checkpoint(const std::string& output_dir, const TrainerState& s
   return final_dir.string();
 }
 
-TrainerState load_checkpoint(const std::string& checkpoint_dir, LoraAdapter& adapter, AdamW& optimizer) {
+TrainerState load_checkpoint(const std::string& checkpoint_dir, int seed, LoraAdapter& adapter, AdamW& optimizer) {
   const fs::path dir(checkpoint_dir);
   const fs::path state_path = dir / "trainer_state.json";
   std::ifstream in(state_path);
@@ -47,10 +47,16 @@ TrainerState load_checkpoint(const std::string& checkpoint_dir, LoraAdapter& ada
   } catch (const nlohmann::json::exception& e) {
     fail(state_path.string(), ": ", e.what());
   }
+  // The seed drives the data order and the dropout masks: another seed cannot continue the run.
+  if (state.seed != seed)
+    fail(checkpoint_dir, " was trained with --seed ", state.seed, "; resume with the same seed (got ", seed, ")");
   LoraConfig saved = LoraAdapter::read_peft_config(checkpoint_dir);
-  if (saved.r != adapter.config().r || saved.targets != adapter.config().targets)
-    fail(checkpoint_dir, ": the checkpoint's adapter (r=", saved.r,
-         ") does not match this run's LoRA options");
+  const LoraConfig& current = adapter.config();
+  if (saved.r != current.r || saved.targets != current.targets || saved.alpha != current.alpha ||
+      saved.use_rslora != current.use_rslora)
+    fail(checkpoint_dir, ": the checkpoint's adapter (r=", saved.r, ", alpha=", saved.alpha,
+         ", rslora=", saved.use_rslora, ", ", saved.targets.size(), " target modules) does not match this run's (r=",
+         current.r, ", alpha=", current.alpha, ", rslora=", current.use_rslora, ", ", current.targets.size(), ")");
   adapter.load_peft_weights(checkpoint_dir);
   optimizer.load((dir / "optimizer.safetensors").string());
   return state;

@@ -25,6 +25,7 @@ struct TrainerState {
 std::string save_checkpoint(const std::string& output_dir, const TrainerState& state,
                             const LoraAdapter& adapter, const AdamW& optimizer,
                             const std::string& base_model_name);
-TrainerState load_checkpoint(const std::string& checkpoint_dir, LoraAdapter& adapter, AdamW& optimizer);
+// Fails when the checkpoint's seed or LoRA settings differ from this run's.
+TrainerState load_checkpoint(const std::string& checkpoint_dir, int seed, LoraAdapter& adapter, AdamW& optimizer);
 
 }  // namespace cst

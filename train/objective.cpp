@@ -53,6 +53,7 @@ void MetricSums::add(const MetricSums& other) {
   logits_chosen += other.logits_chosen;
   logits_rejected += other.logits_rejected;
   nll += other.nll;
+  nll_micro_batches += other.nll_micro_batches;
 }
 
 std::map<std::string, double> MetricSums::averages(const std::string& prefix) const {
@@ -69,7 +70,7 @@ std::map<std::string, double> MetricSums::averages(const std::string& prefix) co
   result[prefix + "logps/rejected"] = logps_rejected / n;
   result[prefix + "logits/chosen"] = logits_chosen / n;
   result[prefix + "logits/rejected"] = logits_rejected / n;
-  if (nll != 0) result[prefix + "nll_loss"] = nll / double(micro_batches);
+  if (nll_micro_batches > 0) result[prefix + "nll_loss"] = nll / double(nll_micro_batches);
   return result;
 }
 
@@ -155,6 +156,7 @@ ObjectiveResult compute_objective(const ObjectiveConfig& config, const SequenceS
     const double nll = -chosen_logps / double(chosen_tokens);
     result.loss += config.rpo_alpha * nll;
     m.nll = nll;
+    m.nll_micro_batches = 1;
     for (size_t i = 0; i < pairs; ++i)
       spread(result.dlogps, labels, cu_seqlens, 2 * i, -grad_scale * config.rpo_alpha / double(chosen_tokens));
   }

@@ -10,6 +10,15 @@
 // Because pi is a sum of token log-probs, d loss / d logp_t = d loss / d pi for every completion
 // token t of that sequence (divided by the token count for ipo).
 // sft: loss = -(sum of completion log-probs) / (completion tokens) over both sequences of a pair.
+//
+// Where this differs from trl 0.9.6 (on purpose):
+//  - rpo_alpha weights the NLL term, as in the RPO paper and trl >= 0.10; trl 0.9.6 computed
+//    alpha * dpo + NLL instead.
+//  - logits/chosen and logits/rejected average the raw logits over completion tokens only; trl
+//    averages over every position of its padded batch, which depends on padding.
+//  - reference_free: rewards are beta * (policy log-probs), the reference being 0.
+//  - metrics average over the pairs of a logging window; trl averages micro-batch means (the same
+//    unless micro-batches differ in size).
 #pragma once
 #include <cstdint>
 #include <map>
@@ -53,7 +62,8 @@ struct MetricSums {
   double rewards_chosen = 0, rewards_rejected = 0, accuracies = 0, margins = 0;
   double logps_chosen = 0, logps_rejected = 0;
   double logits_chosen = 0, logits_rejected = 0;  // sums of per-pair mean raw logits
-  double nll = 0;
+  double nll = 0;              // sum over micro-batches of the rpo NLL term
+  int64_t nll_micro_batches = 0;
   void add(const MetricSums& other);
   // trl's names: loss, rewards/chosen, ..., logits/rejected (prefix "eval_" for evaluation).
   std::map<std::string, double> averages(const std::string& prefix) const;

@@ -1,6 +1,8 @@
 #include "train/options.h"
 
 #include <charconv>
+#include <cmath>
+#include <limits>
 #include <fstream>
 #include <sstream>
 #include <variant>
@@ -92,8 +94,10 @@ Number parse_number(const std::string& flag, const std::string& text) {
   Number value{};
   const char* end = text.data() + text.size();
   auto [pointer, error] = std::from_chars(text.data(), end, value);
-  if (error != std::errc() || pointer != end)
-    fail("--", flag, ": '", text, "' is not a valid ", std::is_integral_v<Number> ? "integer" : "number");
+  bool valid = error == std::errc() && pointer == end;
+  if constexpr (std::is_floating_point_v<Number>) valid = valid && std::isfinite(value);  // no inf, nan
+  if (!valid)
+    fail("--", flag, ": '", text, "' is not a valid ", std::is_integral_v<Number> ? "integer" : "finite number");
   return value;
 }
 
@@ -135,10 +139,12 @@ void set_from_json(TrainOptions& options, const OptionSpec& spec, const nlohmann
           if (!value.is_string()) wrong("a string");
           options.*member = value.get<std::string>();
         } else if constexpr (std::is_same_v<Value, int>) {
-          if (!value.is_number_integer()) wrong("an integer");
+          if (!value.is_number_integer() || value.get<int64_t>() < std::numeric_limits<int>::min() ||
+              value.get<int64_t>() > std::numeric_limits<int>::max())
+            wrong("an integer in the int range");
           options.*member = value.get<int>();
         } else if constexpr (std::is_same_v<Value, double>) {
-          if (!value.is_number()) wrong("a number");
+          if (!value.is_number() || !std::isfinite(value.get<double>())) wrong("a finite number");
           options.*member = value.get<double>();
         } else if constexpr (std::is_same_v<Value, bool>) {
           if (!value.is_boolean()) wrong("true or false");
@@ -299,6 +305,10 @@ void validate_train_options(const TrainOptions& o) {
   require(o.per_device_eval_batch_size >= 1, "--per_device_eval_batch_size must be >= 1");
   require(o.gradient_accumulation_steps >= 1, "--gradient_accumulation_steps must be >= 1");
   require(o.num_train_epochs > 0 || o.max_steps > 0, "--num_train_epochs must be > 0 (or set --max_steps)");
+  require(o.num_train_epochs <= 1e6, "--num_train_epochs must be at most 1e6, got ", o.num_train_epochs);
+  require(o.weight_decay >= 0, "--weight_decay must be >= 0, got ", o.weight_decay);
+  require(o.adam_epsilon > 0, "--adam_epsilon must be > 0, got ", o.adam_epsilon);
+  require(o.lora_alpha > 0, "--lora_alpha must be > 0, got ", o.lora_alpha);
   require(o.max_grad_norm >= 0, "--max_grad_norm must be >= 0");
   require(o.max_length >= 2, "--max_length must be >= 2");
   require(o.max_prompt_length >= 1 && o.max_prompt_length < o.max_length,

@@ -127,6 +127,7 @@ class Trainer {
   void load_data();
   std::vector<double> reference_logps(const Batch& batch);
   void precompute_reference();
+  std::string reference_fingerprint() const;
   ObjectiveResult run_micro_batch(const Batch& batch, long step, int micro, bool train);
   Metrics evaluate();
   TokenSpans spans(const Batch& batch) const {
@@ -185,18 +186,43 @@ std::vector<double> Trainer::reference_logps(const Batch& batch) {
   return sum_per_sequence(logps.logps, logps.logit_sums, batch.labels, batch.cu_seqlens).logps;
 }
 
+// What the cached reference log-probs depend on: the model file and every token of every pair.
+// A cache with another fingerprint (other model, data, template or truncation) is recomputed.
+std::string Trainer::reference_fingerprint() const {
+  uint64_t hash = 0xcbf29ce484222325ull;  // FNV-1a over the model's size and the pairs' tokens
+  auto mix = [&](uint64_t value) {
+    for (int byte = 0; byte < 8; ++byte) hash = (hash ^ ((value >> (8 * byte)) & 0xff)) * 0x100000001b3ull;
+  };
+  std::error_code error;
+  mix(fs::is_directory(options_.model_path) ? 0 : uint64_t(fs::file_size(options_.model_path, error)));
+  for (const TokenizedPair& pair : train_pairs_)
+    for (const TokenizedSequence* sequence : {&pair.chosen, &pair.rejected}) {
+      mix(sequence->ids.size());
+      for (size_t t = 0; t < sequence->ids.size(); ++t) mix(uint64_t(sequence->ids[t]) << 1 | sequence->completion_mask[t]);
+    }
+  return options_.model_path + ":" + std::to_string(hash);
+}
+
 // --precompute_ref_log_probs: one pass over the training pairs with the adapters off; the sums are
-// cached in the run directory and reused on resume.
+// cached in the run directory and reused when the same run resumes.
 void Trainer::precompute_reference() {
   const fs::path cache_path = fs::path(options_.output_dir) / "reference_logps.json";
+  const std::string fingerprint = reference_fingerprint();
   if (fs::exists(cache_path)) {
     std::ifstream in(cache_path);
     nlohmann::json json = nlohmann::json::parse(in, nullptr, false);
-    if (json.is_array() && json.size() == train_pairs_.size()) {
-      for (const auto& item : json) reference_cache_.push_back({item[0].get<double>(), item[1].get<double>()});
+    const bool usable = json.is_object() && json.value("fingerprint", "") == fingerprint &&
+                        json["logps"].is_array() && json["logps"].size() == train_pairs_.size();
+    if (usable) {
+      for (const auto& item : json["logps"]) {
+        if (!item.is_array() || item.size() != 2 || !item[0].is_number() || !item[1].is_number())
+          fail(cache_path.string(), ": malformed entry ", item.dump(), " (delete the file to recompute)");
+        reference_cache_.push_back({item[0].get<double>(), item[1].get<double>()});
+      }
       std::fprintf(stderr, "reference log-probs: read %zu pairs from %s\n", reference_cache_.size(), cache_path.string().c_str());
       return;
     }
+    std::fprintf(stderr, "reference log-probs: %s belongs to another model or data; recomputing\n", cache_path.string().c_str());
   }
   std::vector<std::array<double, 2>> cache(train_pairs_.size());
   const int batch_pairs = options_.per_device_eval_batch_size;
@@ -207,9 +233,9 @@ void Trainer::precompute_reference() {
     std::vector<double> sums = reference_logps(batch);
     for (size_t i = 0; i < indices.size(); ++i) cache[size_t(indices[i])] = {sums[2 * i], sums[2 * i + 1]};
   }
-  nlohmann::json json = nlohmann::json::array();
-  for (const auto& [chosen, rejected] : cache) json.push_back({chosen, rejected});
-  write_text_atomically(cache_path, json.dump() + "\n");
+  nlohmann::json logps = nlohmann::json::array();
+  for (const auto& [chosen, rejected] : cache) logps.push_back({chosen, rejected});
+  write_text_atomically(cache_path, nlohmann::json{{"fingerprint", fingerprint}, {"logps", logps}}.dump() + "\n");
   reference_cache_ = std::move(cache);
   std::fprintf(stderr, "reference log-probs: computed for %zu pairs, cached in %s\n", reference_cache_.size(), cache_path.string().c_str());
 }
@@ -292,7 +318,7 @@ TrainingOutcome Trainer::run() {
   TrainerState state;
   state.seed = options_.seed;
   if (!options_.resume_from_checkpoint.empty()) {
-    state = load_checkpoint(options_.resume_from_checkpoint, *lora_, optimizer);
+    state = load_checkpoint(options_.resume_from_checkpoint, options_.seed, *lora_, optimizer);
     loader.restore(state.data_position);
     std::fprintf(stderr, "resumed from %s at step %ld\n", options_.resume_from_checkpoint.c_str(), state.step);
   }
@@ -341,7 +367,7 @@ TrainingOutcome Trainer::run() {
                  tokens_per_second);
     if (state.step % options_.logging_steps == 0 || state.step == total_steps) {
       Metrics metrics = since_log.averages("");
-      metrics["learning_rate"] = learning_rate;
+      metrics["learning_rate"] = schedule.at(state.step);  // as HF logs it: after the scheduler step
       metrics["grad_norm"] = grad_norm;
       metrics["tokens/s"] = tokens_per_second;
       metrics["epoch"] = double(state.step) / double(updates_per_epoch);
