@@ -14,8 +14,8 @@
 namespace cst {
 
 struct DemoSettings {
-  double sft_epochs = 3;
-  double preference_epochs = 2;
+  double sft_epochs = 12;
+  double preference_epochs = 3;
   double preference_learning_rate = 1e-3;
   int pairs_per_batch = 4;
   int heldout_limit = 0;  // 0: every held-out request (tests use fewer)
