@@ -1,5 +1,6 @@
 #include "train/respond.h"
 
+#include <algorithm>
 #include <chrono>
 
 namespace cst {
@@ -7,7 +8,8 @@ namespace cst {
 std::vector<int32_t> chat_stop_tokens(const Tokenizer& tokenizer, const ChatTemplate& chat_template) {
   std::vector<int32_t> stops = {tokenizer.eos_id()};
   for (const std::string& marker : chat_template.end_of_turn())
-    if (auto id = tokenizer.token_id(marker)) stops.push_back(*id);
+    if (auto id = tokenizer.token_id(marker); id && std::find(stops.begin(), stops.end(), *id) == stops.end())
+      stops.push_back(*id);
   return stops;
 }
 
