@@ -331,8 +331,10 @@ TrainingOutcome Trainer::run() {
   RunLog log(options_.output_dir, total_steps, state.step > 0);
   TrainingOutcome outcome;
   MetricSums since_log;
-  auto last_time = std::chrono::steady_clock::now();
-  int64_t tokens_at_log = tokens_processed_;
+  // Throughput counts the training steps only (not evaluation or checkpoints): per step for the
+  // progress bar, over the logging window for metrics.jsonl.
+  double window_seconds = 0;
+  int64_t window_tokens = 0;
   std::string last_checkpoint;
   const auto [profile_first, profile_last] = parse_profile_steps(options_.profile_steps);
   const bool profiling = profile_last >= profile_first;
@@ -340,6 +342,8 @@ TrainingOutcome Trainer::run() {
   while (state.step < total_steps) {
     if (profiling && state.step + 1 == profile_first) CST_ON_CUDA(cuda::profiler_start());
     NvtxRange step_range("step " + std::to_string(state.step + 1));
+    const auto step_start = std::chrono::steady_clock::now();
+    const int64_t tokens_before = tokens_processed_;
     lora_->zero_grad();
     MetricSums step_sums;
     for (int micro = 0; micro < accumulation; ++micro) {
@@ -359,28 +363,28 @@ TrainingOutcome Trainer::run() {
     state.data_position = loader.position();
     since_log.add(step_sums);
 
-    const auto now = std::chrono::steady_clock::now();
-    const double seconds = std::chrono::duration<double>(now - last_time).count();
-    const double tokens_per_second = double(tokens_processed_ - tokens_at_log) / std::max(seconds, 1e-9);
+    const double step_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
+    const int64_t step_tokens = tokens_processed_ - tokens_before;
+    window_seconds += step_seconds;
+    window_tokens += step_tokens;
     Metrics averages = step_sums.averages("");
     log.progress(state.step, averages["loss"], averages.count("rewards/accuracies") ? averages["rewards/accuracies"] : 0.0,
-                 tokens_per_second);
+                 double(step_tokens) / std::max(step_seconds, 1e-9));
     if (state.step % options_.logging_steps == 0 || state.step == total_steps) {
       Metrics metrics = since_log.averages("");
       metrics["learning_rate"] = schedule.at(state.step);  // as HF logs it: after the scheduler step
       metrics["grad_norm"] = grad_norm;
-      metrics["tokens/s"] = tokens_per_second;
+      metrics["tokens/s"] = double(window_tokens) / std::max(window_seconds, 1e-9);
       metrics["epoch"] = double(state.step) / double(updates_per_epoch);
       log.record(state.step, metrics);
       outcome.last_train = metrics;
       since_log = {};
+      window_seconds = 0;
+      window_tokens = 0;
     }
-    last_time = now;
-    tokens_at_log = tokens_processed_;
     if (!eval_pairs_.empty() && ((options_.eval_steps > 0 && state.step % options_.eval_steps == 0) || state.step == total_steps)) {
       outcome.last_eval = evaluate();
       log.record(state.step, outcome.last_eval);
-      last_time = std::chrono::steady_clock::now();
     }
     if ((options_.save_steps > 0 && state.step % options_.save_steps == 0) || state.step == total_steps)
       last_checkpoint = save_checkpoint(options_.output_dir, state, *lora_, optimizer, options_.model_path);
