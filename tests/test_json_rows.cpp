@@ -12,9 +12,11 @@
 #include "data/json_rows.h"
 #include "data/table.h"
 #include "kernels/error.h"
+#include "tests/test_support.h"
 
 namespace cst {
 namespace {
+using namespace testing_support;
 
 namespace fs = std::filesystem;
 
@@ -33,19 +35,6 @@ struct TempFile {
   }
   ~TempFile() { fs::remove(path); }
 };
-
-std::string error_of(const std::function<void()>& read) {
-  try {
-    read();
-  } catch (const Error& error) {
-    return error.what();
-  }
-  return "";
-}
-
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
 
 void expect_matches_fixture(const Table& table, const std::string& expected_name) {
   std::ifstream stream(fixture(expected_name));

@@ -12,22 +12,16 @@
 
 #include "kernels/error.h"
 #include "model/model_file.h"
+#include "tests/test_support.h"
 
 namespace cst {
 namespace {
+using namespace testing_support;
 
 namespace fs = std::filesystem;
 using nlohmann::json;
 
 const std::string kTinyHf = std::string(CST_SOURCE_DIR) + "/tests/fixtures/safetensors/tiny_hf";
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  EXPECT_TRUE(file) << path;
-  std::stringstream bytes;
-  bytes << file.rdbuf();
-  return bytes.str();
-}
 
 std::string scratch_directory() {
   const auto* test = testing::UnitTest::GetInstance()->current_test_info();

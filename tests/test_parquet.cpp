@@ -13,9 +13,11 @@
 #include "data/parquet.h"
 #include "data/table.h"
 #include "kernels/error.h"
+#include "tests/test_support.h"
 
 namespace cst {
 namespace {
+using namespace testing_support;
 
 namespace fs = std::filesystem;
 
@@ -66,20 +68,6 @@ size_t expect_table_matches(const Table& table, const nlohmann::json& expected) 
   for (size_t i = 0; i < std::min(table.columns.size(), expected["columns"].size()); ++i)
     compared += expect_column_matches(table.columns[i], expected["columns"][i]);
   return compared;
-}
-
-// The message of the cst::Error that `read` throws, or "" when it throws none.
-std::string error_of(const std::function<void()>& read) {
-  try {
-    read();
-  } catch (const Error& error) {
-    return error.what();
-  }
-  return "";
-}
-
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
 }
 
 std::vector<uint8_t> read_bytes(const std::string& path) {

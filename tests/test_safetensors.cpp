@@ -14,22 +14,16 @@
 #include "kernels/error.h"
 #include "kernels/tensor.h"
 #include "model/safetensors.h"
+#include "tests/test_support.h"
 
 namespace cst {
 namespace {
+using namespace testing_support;
 
 namespace fs = std::filesystem;
 using nlohmann::json;
 
 const std::string kFixtures = std::string(CST_SOURCE_DIR) + "/tests/fixtures/safetensors/";
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  EXPECT_TRUE(file) << path;
-  std::stringstream bytes;
-  bytes << file.rdbuf();
-  return bytes.str();
-}
 
 void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary).write(bytes.data(), std::streamsize(bytes.size()));
