@@ -99,14 +99,19 @@ std::string join(const std::vector<std::string>& names) {
   return joined;
 }
 
-// Appends the rows of a later shard, which must have the first shard's columns and kinds.
+// Appends the rows of a later shard, which must have the first shard's columns (in any order: JSON
+// rows list their keys in whatever order they were written) and kinds.
 void append_shard(Table& table, Table&& shard) {
-  if (shard.columns_in_source != table.columns_in_source)
+  auto sorted = [](std::vector<std::string> names) {
+    std::sort(names.begin(), names.end());
+    return names;
+  };
+  if (sorted(shard.columns_in_source) != sorted(table.columns_in_source))
     fail(shard.source, " has columns [", join(shard.columns_in_source), "] but ", table.source,
          " has [", join(table.columns_in_source), "]: all shards must have the same columns");
-  for (size_t i = 0; i < table.columns.size(); ++i) {
-    Column& into = table.columns[i];
-    Column& from = shard.columns[i];
+  for (Column& into : table.columns) {
+    auto same_name = [&](const Column& column) { return column.name == into.name; };
+    Column& from = *std::find_if(shard.columns.begin(), shard.columns.end(), same_name);
     if (into.is_integer != from.is_integer)
       fail("column '", into.name, "' holds ", from.is_integer ? "integers" : "strings", " in ",
            shard.source, " but ", into.is_integer ? "integers" : "strings", " in ", table.source);

@@ -318,8 +318,9 @@ void Tokenizer::load_added_tokens(const std::map<std::string, std::string>& file
   add_prefix_space_ = json_flag(config, "add_prefix_space", true, "tokenizer_config.json");
   if (tokenizer_json) {
     // A tokenizer.json is loaded as is by AutoTokenizer: its own pipeline decides the prefix rule.
-    const json& normalizer = (*tokenizer_json)["normalizer"];
-    const json& pre_tokenizer = (*tokenizer_json)["pre_tokenizer"];
+    // value() with a default: operator[] on a const json with a missing key is undefined.
+    const json normalizer = tokenizer_json->value("normalizer", json());
+    const json pre_tokenizer = tokenizer_json->value("pre_tokenizer", json());
     const std::string dump = normalizer.dump();
     if (pre_tokenizer.is_object() && pre_tokenizer.value("type", "") == "Metaspace") {
       const std::string scheme = pre_tokenizer.value("prepend_scheme", "always");
@@ -622,17 +623,24 @@ bool Tokenizer::is_byte(int32_t id) const {
 
 // ---- Streaming ------------------------------------------------------------------------------------
 
-// Decodes the whole sequence each time (decode is prefix-stable apart from a trailing incomplete
-// byte run), which is cheap next to a model step.
+// Decodes the whole sequence each time, which is cheap next to a model step. A run of byte pieces
+// can still change its text when the next byte arrives (an incomplete UTF-8 character, or one
+// that a later byte turns invalid), so nothing is emitted while the newest token is a byte piece.
 std::string StreamingDecoder::push(int32_t id) {
   ids_.push_back(id);
+  if (tokenizer_.is_byte(id)) return "";
   const std::string text = tokenizer_.decode(ids_, skip_special_tokens_);
-  const bool waiting_for_bytes = tokenizer_.is_byte(id) && text.size() >= 3 &&
-                                 text.compare(text.size() - 3, 3, kReplacementCharacter) == 0;
-  if (waiting_for_bytes || text.size() <= emitted_bytes_) return "";
+  if (text.size() <= emitted_bytes_) return "";
   std::string fresh = text.substr(emitted_bytes_);
   emitted_bytes_ = text.size();
   return fresh;
+}
+
+std::string StreamingDecoder::finish() {
+  const std::string text = tokenizer_.decode(ids_, skip_special_tokens_);
+  std::string rest = text.size() > emitted_bytes_ ? text.substr(emitted_bytes_) : std::string();
+  emitted_bytes_ = text.size();
+  return rest;
 }
 
 }  // namespace cst

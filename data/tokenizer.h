@@ -123,6 +123,7 @@ class StreamingDecoder {
   explicit StreamingDecoder(const Tokenizer& tokenizer, bool skip_special_tokens = true)
       : tokenizer_(tokenizer), skip_special_tokens_(skip_special_tokens) {}
   std::string push(int32_t id);  // the text newly completed by this id (possibly empty)
+  std::string finish();          // whatever is still held back, at the end of the sequence
   const std::vector<int32_t>& ids() const { return ids_; }
 
  private:

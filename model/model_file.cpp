@@ -153,8 +153,11 @@ ModelFile::ModelFile(const std::string& path) {
       if (!tensor.name.starts_with(kTokenizerTensorPrefix)) continue;
       if (tensor.dtype != DType::u8 || tensor.shape.size() != 1)
         fail(path, ": tensor '", tensor.name, "' must be a U8 vector of file bytes");
-      tokenizer_files_[tensor.name.substr(std::string(kTokenizerTensorPrefix).size())] =
-          std::string(reinterpret_cast<const char*>(tensor.data), tensor.nbytes);
+      const std::string name = tensor.name.substr(std::string(kTokenizerTensorPrefix).size());
+      // Only known file names: they become paths when the model is exported.
+      if (std::find(std::begin(kTokenizerFileNames), std::end(kTokenizerFileNames), name) == std::end(kTokenizerFileNames))
+        fail(path, ": tensor '", tensor.name, "' carries an unknown file '", name, "'");
+      tokenizer_files_[name] = std::string(reinterpret_cast<const char*>(tensor.data), tensor.nbytes);
     }
     weights_ = std::make_unique<SafetensorsSet>(path, kOwnTensorPrefix);
   }

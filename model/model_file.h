@@ -33,10 +33,12 @@ class ModelFile {
   std::map<std::string, std::string> tokenizer_files_;
 };
 
-// The tokenizer files cst carries along, by name, in the order they are looked for.
+// The files cst carries along with the weights, by name, in the order they are looked for: the
+// tokenizer's, and generation_config.json so exports keep the model's generation defaults.
+// Only these names are accepted from a model.bin.
 inline constexpr const char* kTokenizerFileNames[] = {
     "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "added_tokens.json",
-    "special_tokens_map.json"};
+    "special_tokens_map.json", "generation_config.json"};
 
 // Checks that weights hold every tensor config implies, with the shape it implies and a float
 // dtype (extra tensors are allowed). `where` names the source in the Error.

@@ -64,9 +64,9 @@ TEST(ModelFile, OpensHfDirectory) {
     names.push_back(name);
     EXPECT_EQ(bytes, read_bytes(kTinyHf + "/" + name)) << name;
   }
-  EXPECT_EQ(names, (std::vector<std::string>{"added_tokens.json", "special_tokens_map.json",
-                                             "tokenizer.json", "tokenizer.model",
-                                             "tokenizer_config.json"}));
+  EXPECT_EQ(names, (std::vector<std::string>{"added_tokens.json", "generation_config.json",
+                                             "special_tokens_map.json", "tokenizer.json",
+                                             "tokenizer.model", "tokenizer_config.json"}));
 }
 
 TEST(ModelFile, RoundTripThroughModelBin) {
@@ -148,6 +148,26 @@ TEST(ModelFile, ParsesShardSizesLikeTransformers) {
   EXPECT_EQ(parse_byte_size("12345", "--max_shard_size"), 12345u);
   for (const char* bad : {"", "GB", "0", "5XB", "-5GB", "1.5GB", "99999999999999999999TB"})
     expect_error_mentions([&] { parse_byte_size(bad, "--max_shard_size"); }, "--max_shard_size");
+}
+
+}  // namespace
+}  // namespace cst
+
+namespace cst {
+namespace {
+
+// File names stored in a model.bin become paths on export: unknown names are refused on open.
+TEST(ModelFile, RefusesUnknownCarriedFileNames) {
+  const std::string model_bin = (fs::temp_directory_path() / "cst_test_bad_names.bin").string();
+  ModelFile source(kTinyHf);
+  std::vector<TensorToWrite> tensors;
+  for (const TensorInfo* info : source.weights().tensors())
+    tensors.push_back({info->name, info->dtype, info->shape, info->data});
+  const std::string evil = "pwned";
+  tensors.push_back({"cst.tokenizer.../evil.txt", DType::u8, {int64_t(evil.size())}, evil.data()});
+  write_safetensors(model_bin, tensors,
+                    {{"cst.config_json", read_bytes(kTinyHf + "/config.json")}, {"cst.format_version", "1"}});
+  EXPECT_TRUE(contains(error_of([&] { ModelFile opened(model_bin); }), "unknown file"));
 }
 
 }  // namespace

@@ -183,6 +183,7 @@ TEST(Tokenizer, StreamingDecoderEmitsWholeCharacters) {
           << "text " << i << " chunk ends with a lead byte";
       streamed += piece;
     }
+    streamed += stream.finish();
     byte_fallback_texts += std::any_of(ids.begin(), ids.end(), [&](int32_t id) { return tokenizer.is_byte(id); });
     EXPECT_EQ(streamed, variant["decoded_skip_special"][i].get<std::string>()) << "text " << i;
   }
@@ -227,6 +228,36 @@ TEST(Tokenizer, DatasetMatchesAutoTokenizerHashes) {
   EXPECT_EQ(rows.size(), 1952u);
   std::printf("[ timing   ] encoded %zu dataset texts (4 fields x %zu rows) in %.3f s wall, %.3f s CPU\n",
               field_texts, rows.size(), field_seconds, field_cpu_seconds);
+}
+
+}  // namespace
+}  // namespace cst
+
+namespace cst {
+namespace {
+
+// A tokenizer.json without normalizer or pre_tokenizer keys must not crash the loader.
+TEST(Tokenizer, TokenizerJsonWithoutPipelineKeys) {
+  std::map<std::string, std::string> files = variant_files("chatml");
+  files["tokenizer.json"] = R"({"version": "1.0", "added_tokens": []})";
+  try {
+    Tokenizer tokenizer(files);
+    EXPECT_FALSE(tokenizer.encode("hello").empty());
+  } catch (const Error&) {
+    SUCCEED() << "refused with a clear error, which is fine";
+  }
+}
+
+// Streaming never emits text a later byte piece would change: the chunks concatenate to decode().
+TEST(Tokenizer, StreamingHoldsBackByteRuns) {
+  Tokenizer tokenizer(variant_files("chatml"));
+  const int32_t letter_a = 3 + 0x41, lead_byte = 3 + 0xE4;  // <0x41>, <0xE4>: byte pieces 3..258
+  const std::vector<int32_t> ids = {letter_a, lead_byte, tokenizer.encode(" b").back()};
+  StreamingDecoder stream(tokenizer, true);
+  std::string streamed;
+  for (int32_t id : ids) streamed += stream.push(id);
+  streamed += stream.finish();
+  EXPECT_EQ(streamed, tokenizer.decode(ids, true));
 }
 
 }  // namespace

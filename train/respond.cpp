@@ -32,6 +32,10 @@ Response respond(Transformer& transformer, const Tokenizer& tokenizer, const Cha
     const std::string piece = decoder.push(token);
     if (on_text && !piece.empty()) on_text(piece);
   });
+  if (on_text) {
+    const std::string rest = decoder.finish();
+    if (!rest.empty()) on_text(rest);
+  }
   Response response;
   response.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   response.tokens = int64_t(answer.size());
