@@ -9,9 +9,9 @@
 
 namespace cst {
 
-void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
-                  const AdamWConfig& config, float learning_rate, int64_t step, float grad_scale) {
-  const char* op = "adamw_update";
+// Every tensor f32, on one device, of the parameter's size; returns that device.
+static Device check_adamw_arguments(const char* op, const Tensor& param, const Tensor& grad,
+                                    const Tensor& m, const Tensor& v, int64_t step) {
   Device device = common_device(op, param, grad, m, v);
   for (auto [t, name] : {std::pair{&param, "param"}, {&grad, "grad"}, {&m, "m"}, {&v, "v"}}) {
     check_dtype(*t, DType::f32, op, name);
@@ -19,6 +19,12 @@ void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, cons
       fail(op, ": ", name, " ", t->describe(), " does not match param ", param.describe());
   }
   if (step < 1) fail(op, ": step counts from 1, got ", step);
+  return device;
+}
+
+void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                  const AdamWConfig& config, float learning_rate, int64_t step, float grad_scale) {
+  Device device = check_adamw_arguments("adamw_update", param, grad, m, v, step);
   if (device == Device::cuda)
     return CST_ON_CUDA(
         cuda::adamw_update(param, grad, m, v, config, learning_rate, step, grad_scale));
@@ -60,6 +66,34 @@ double sum_of_squares(const Tensor& t) {
 #pragma omp parallel for reduction(+ : sum)
   for (int64_t i = 0; i < count; ++i) sum += double(data[i]) * data[i];
   return sum;
+}
+
+void adamw_update_all(const std::vector<AdamWTensor>& tensors, const AdamWConfig& config,
+                      float learning_rate, int64_t step, float grad_scale) {
+  if (tensors.empty()) return;
+  const Device device = tensors.front().param.device;
+  for (const AdamWTensor& t : tensors)
+    if (check_adamw_arguments("adamw_update_all", t.param, t.grad, t.m, t.v, step) != device)
+      fail("adamw_update_all: tensors on different devices");
+  if (device == Device::cuda)
+    return CST_ON_CUDA(cuda::adamw_update_all(tensors, config, learning_rate, step, grad_scale));
+  for (const AdamWTensor& t : tensors) adamw_update(t.param, t.grad, t.m, t.v, config, learning_rate, step, grad_scale);
+}
+
+double sum_of_squares_all(const std::vector<Tensor>& tensors) {
+  if (tensors.empty()) return 0.0;
+  if (tensors.front().device == Device::cuda) {
+    for (const Tensor& t : tensors) {
+      if (t.device != Device::cuda) fail("sum_of_squares_all: tensors on different devices");
+      check_dtype(t, DType::f32, "sum_of_squares_all", "tensor");
+    }
+    double result = 0;
+    CST_ON_CUDA(result = cuda::sum_of_squares_all(tensors));
+    return result;
+  }
+  double total = 0;
+  for (const Tensor& t : tensors) total += sum_of_squares(t);
+  return total;
 }
 
 }  // namespace cst

@@ -1,5 +1,6 @@
 // CUDA AdamW step and the deterministic sum of squares behind gradient-norm clipping.
 // Parameters, gradients and moments are f32 (the LoRA master weights and their state).
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -73,6 +74,74 @@ void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, cons
   CUDA_CHECK_LAUNCH();
 }
 
+// ---- the multi-tensor step: every tensor in one launch ----
+
+// Where one tensor of the list lives; blockIdx.y picks the tensor, blocks along x stride over it.
+struct AdamWSlice {
+  float* param;
+  const float* grad;
+  float* m;
+  float* v;
+  int64_t count;
+};
+
+__global__ void adamw_all_kernel(const AdamWSlice* slices, AdamWStep step) {
+  const AdamWSlice slice = slices[blockIdx.y];
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < slice.count;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    float scaled_grad = slice.grad[i] * step.grad_scale;
+    float m_i = step.beta1 * slice.m[i] + (1.0f - step.beta1) * scaled_grad;
+    float v_i = step.beta2 * slice.v[i] + (1.0f - step.beta2) * scaled_grad * scaled_grad;
+    float denominator = sqrtf(v_i) / step.bias_correction2_sqrt + step.epsilon;
+    slice.param[i] = slice.param[i] * step.decay - step.step_size * m_i / denominator;
+    slice.m[i] = m_i;
+    slice.v[i] = v_i;
+  }
+}
+
+// A device copy of a small host array, in a buffer kept (and grown) for the life of the process.
+template <class T>
+const T* upload_list(const std::vector<T>& items) {
+  static void* buffer = nullptr;
+  static size_t capacity = 0;
+  const size_t bytes = sizeof(T) * items.size();
+  if (bytes > capacity) {
+    if (buffer) release(buffer);
+    capacity = std::max(bytes, capacity * 2);
+    buffer = allocate(capacity);
+  }
+  copy_bytes(buffer, items.data(), bytes);
+  return static_cast<const T*>(buffer);
+}
+
+// Blocks along x: enough for the largest tensor, at most 64 (a grid-stride loop covers the rest).
+template <class Count>
+int blocks_for_largest(const std::vector<Count>& counts) {
+  int64_t largest = 0;
+  for (const Count& count : counts) largest = std::max<int64_t>(largest, count);
+  return int(std::clamp<int64_t>((largest + kThreads - 1) / kThreads, 1, 64));
+}
+
+void adamw_update_all(const std::vector<AdamWTensor>& tensors, const AdamWConfig& config,
+                      float learning_rate, int64_t step, float grad_scale) {
+  if (tensors.size() > 65535) fail("adamw_update_all: at most 65535 tensors per launch");
+  std::vector<AdamWSlice> slices;
+  std::vector<int64_t> counts;
+  for (const AdamWTensor& t : tensors) {
+    for (const Tensor* x : {&t.param, &t.grad, &t.m, &t.v}) check_on_gpu(*x, "adamw_update_all", "tensor");
+    slices.push_back({t.param.f32(), t.grad.f32(), t.m.f32(), t.v.f32(), t.param.numel()});
+    counts.push_back(t.param.numel());
+  }
+  double bias_correction1 = 1.0 - std::pow(double(config.beta1), double(step));
+  double bias_correction2 = 1.0 - std::pow(double(config.beta2), double(step));
+  AdamWStep scalars{config.beta1, config.beta2, config.epsilon,
+                    float(double(learning_rate) / bias_correction1), float(std::sqrt(bias_correction2)),
+                    1.0f - learning_rate * config.weight_decay, grad_scale};
+  const dim3 grid(blocks_for_largest(counts), unsigned(slices.size()));
+  adamw_all_kernel<<<grid, kThreads, 0, stream()>>>(upload_list(slices), scalars);
+  CUDA_CHECK_LAUNCH();
+}
+
 // ---- sum of squares ----
 
 // A fixed number of blocks, so the partial sums (and the order they are added in) do not depend
@@ -113,6 +182,55 @@ double sum_of_squares(const Tensor& t) {
   });
   std::vector<double> partials(kSquareBlocks);
   copy_bytes(partials.data(), device_partials, sizeof(double) * kSquareBlocks);
+  double total = 0.0;
+  for (double partial : partials) total += partial;
+  return total;
+}
+
+// Every tensor at once: blockIdx.y picks the tensor, kBlocksPerTensor blocks share it, and each
+// block writes its own partial, added on the host in a fixed order.
+constexpr int kBlocksPerTensor = 16;
+
+struct SquareSlice {
+  const float* data;
+  int64_t count;
+};
+
+__global__ void sum_of_squares_all_kernel(double* partials, const SquareSlice* slices) {
+  __shared__ double thread_sums[kThreads];
+  const SquareSlice slice = slices[blockIdx.y];
+  double sum = 0.0;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < slice.count;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    double value = slice.data[i];
+    sum += value * value;
+  }
+  thread_sums[threadIdx.x] = sum;
+  __syncthreads();
+  for (int half = kThreads / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) thread_sums[threadIdx.x] += thread_sums[threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partials[blockIdx.y * gridDim.x + blockIdx.x] = thread_sums[0];
+}
+
+double sum_of_squares_all(const std::vector<Tensor>& tensors) {
+  if (tensors.size() > 65535) fail("sum_of_squares_all: at most 65535 tensors per launch");
+  std::vector<SquareSlice> slices;
+  for (const Tensor& t : tensors) slices.push_back({t.f32(), t.numel()});
+  const size_t partial_count = slices.size() * kBlocksPerTensor;
+  static double* device_partials = nullptr;
+  static size_t partial_capacity = 0;
+  if (partial_count > partial_capacity) {
+    if (device_partials) release(device_partials);
+    partial_capacity = partial_count;
+    device_partials = static_cast<double*>(allocate(sizeof(double) * partial_capacity));
+  }
+  const dim3 grid(kBlocksPerTensor, unsigned(slices.size()));
+  sum_of_squares_all_kernel<<<grid, kThreads, 0, stream()>>>(device_partials, upload_list(slices));
+  CUDA_CHECK_LAUNCH();
+  std::vector<double> partials(partial_count);
+  copy_bytes(partials.data(), device_partials, sizeof(double) * partial_count);
   double total = 0.0;
   for (double partial : partials) total += partial;
   return total;

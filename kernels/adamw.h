@@ -9,6 +9,8 @@
 // Global gradient norm for clipping: ||g|| = sqrt(sum over all tensors of sum g^2);
 // clipping scales every gradient by min(1, max_norm / (||g|| + 1e-6)), as torch's clip_grad_norm_.
 #pragma once
+#include <vector>
+
 #include "kernels/tensor.h"
 
 namespace cst {
@@ -28,10 +30,23 @@ void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, cons
 // sum of squares of a f32 tensor, accumulated in double.
 double sum_of_squares(const Tensor& t);
 
+// The multi-tensor forms used by the optimizer: one step (or one norm) over every LoRA matrix at
+// once. On CUDA each is a single kernel launch over all tensors instead of one per tensor.
+struct AdamWTensor {
+  Tensor param, grad, m, v;
+};
+void adamw_update_all(const std::vector<AdamWTensor>& tensors, const AdamWConfig& config,
+                      float learning_rate, int64_t step, float grad_scale);
+// Sum over the tensors of their sums of squares, added in a fixed order (reproducible).
+double sum_of_squares_all(const std::vector<Tensor>& tensors);
+
 namespace cuda {
 void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
                   const AdamWConfig& config, float learning_rate, int64_t step, float grad_scale);
 double sum_of_squares(const Tensor& t);
+void adamw_update_all(const std::vector<AdamWTensor>& tensors, const AdamWConfig& config,
+                      float learning_rate, int64_t step, float grad_scale);
+double sum_of_squares_all(const std::vector<Tensor>& tensors);
 }
 
 }  // namespace cst

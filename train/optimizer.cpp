@@ -16,16 +16,17 @@ AdamW::AdamW(std::vector<LoraAdapter::Parameter> parameters, const AdamWConfig& 
 }
 
 double AdamW::gradient_norm() const {
-  double sum = 0;
-  for (const auto& parameter : parameters_) sum += sum_of_squares(parameter.grad);
-  return std::sqrt(sum);
+  std::vector<Tensor> gradients;
+  for (const auto& parameter : parameters_) gradients.push_back(parameter.grad);
+  return std::sqrt(sum_of_squares_all(gradients));
 }
 
 void AdamW::step(float learning_rate, float grad_scale) {
   ++steps_taken_;
+  std::vector<AdamWTensor> tensors;
   for (size_t i = 0; i < parameters_.size(); ++i)
-    adamw_update(parameters_[i].value, parameters_[i].grad, first_moments_[i].view,
-                 second_moments_[i].view, config_, learning_rate, steps_taken_, grad_scale);
+    tensors.push_back({parameters_[i].value, parameters_[i].grad, first_moments_[i].view, second_moments_[i].view});
+  adamw_update_all(tensors, config_, learning_rate, steps_taken_, grad_scale);
 }
 
 float clip_scale(double gradient_norm, double max_norm) {
