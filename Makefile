@@ -5,7 +5,7 @@ PROGRAMS := cst_train cst_convert cst_export cst_generate cst_eval
 DEBIAN_PACKAGES := cmake ninja-build g++ libopenblas-dev libsentencepiece-dev libsnappy-dev \
                    libzstd-dev zlib1g-dev nlohmann-json3-dev libgtest-dev
 
-.PHONY: all deps configure test demo bench gpu-check fixtures clean
+.PHONY: all deps configure test demo bench gpu-check gpu-prepare fixtures clean
 
 all: configure
 	cmake --build $(BUILD) -j $(JOBS)
@@ -34,6 +34,11 @@ demo: all
 
 bench: all
 	tools/bench/run_bench.sh
+
+# On a machine with the build's libraries: build the GPU tests and benchmarks and bundle them with
+# their shared libraries (build-gpu/bin, build-gpu/lib) for a GPU machine that lacks them.
+gpu-prepare: deps
+	tools/gpu_check.sh --prepare
 
 gpu-check:
 	tools/gpu_check.sh
