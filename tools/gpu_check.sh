@@ -57,6 +57,8 @@ prepare() {
   strip --strip-debug "$BUILD"/bin/* "$BUILD"/lib-staging/*
   tar czf "$BUILD/lib/shared-libraries.tar.gz" -C "$BUILD/lib-staging" .
   rm -rf "$BUILD/lib-staging"
+  # The tests find their fixtures under the source path compiled into them; record it.
+  echo "$REPO" > "$BUILD/bin/source_dir"
   echo "prepared: $(du -sh "$BUILD/bin" | cut -f1) of programs, $(du -sh "$BUILD/lib" | cut -f1) of libraries:"
   ls "$BUILD/bin"
   tar tzf "$BUILD/lib/shared-libraries.tar.gz"
@@ -119,6 +121,16 @@ CUDA_LIBRARIES="$(find_cuda_libraries)"
 export LD_LIBRARY_PATH="$BUILD/lib${CUDA_LIBRARIES:+:$CUDA_LIBRARIES}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 SANITIZER="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)"
 BIN="$BUILD/bin"
+
+# The tests read tests/fixtures under the path they were built in; when this checkout lives
+# elsewhere, that path becomes a link to it.
+if [[ -f "$BIN/source_dir" ]]; then
+  BUILT_AT="$(cat "$BIN/source_dir")"
+  if [[ "$BUILT_AT" != "$REPO" && ! -e "$BUILT_AT/tests/fixtures" ]]; then
+    mkdir -p "$(dirname "$BUILT_AT")" && ln -sfn "$REPO" "$BUILT_AT" ||
+      echo "could not link $BUILT_AT to $REPO: fixture-based GPU tests will fail"
+  fi
+fi
 
 if [[ -x "$BIN/cst_tests" ]]; then
   run_step "GPU tests ($GPU_TESTS)" 90 "$OUT/tests.log" \
