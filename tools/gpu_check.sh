@@ -160,6 +160,19 @@ else
   skip_step "attention_bench" "not built"
 fi
 
+# The same attention shapes through torch's SDPA flash backend (FlashAttention-2) in this run, and
+# our kernel's outputs and gradients against torch on a mixed-length packed batch.
+if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+  run_step "torch SDPA benchmark" 90 "$OUT/bench.log" python3 "$REPO/tools/python/bench_sdpa.py"
+  if [[ -x "$BIN/attention_bench" ]]; then
+    DUMP="$(mktemp -d)"
+    run_step "attention vs torch (causal)" 60 "$OUT/tests.log"       bash -c "'$BIN/attention_bench' --dump '$DUMP/causal' && python3 '$REPO/tools/python/check_attention_sdpa.py' '$DUMP/causal'"
+    run_step "attention vs torch (window 50)" 60 "$OUT/tests.log"       bash -c "'$BIN/attention_bench' --dump '$DUMP/window' --window 50 && python3 '$REPO/tools/python/check_attention_sdpa.py' '$DUMP/window'"
+  fi
+else
+  skip_step "torch SDPA benchmark and check" "no python3 with a CUDA torch"
+fi
+
 {
   echo "# cst GPU check"
   echo
