@@ -77,14 +77,17 @@ void dump_tokenized(const std::string& path, const std::vector<TokenizedPair>& p
   fs::rename(temporary, path);
 }
 
-// Splits off a deterministic fraction of the pairs for evaluation (whole source examples stay
-// together, so a flipped CST pair never straddles the split).
-void split_eval(std::vector<TokenizedPair>& train, std::vector<TokenizedPair>& eval, double fraction, uint64_t seed) {
+// Splits off a deterministic fraction of the pairs for evaluation, by prompt: every pair of a
+// prompt (the CST flips of a row, and rows repeating a prompt under another system prompt) lands
+// on the same side, so evaluation prompts are never trained on.
+void split_eval(std::vector<TokenizedPair>& train, std::vector<TokenizedPair>& eval,
+                const std::vector<PreferenceExample>& examples, double fraction, uint64_t seed) {
   if (fraction <= 0) return;
   std::vector<TokenizedPair> kept;
   for (TokenizedPair& pair : train) {
-    uint64_t key = uint64_t(pair.example_index) * 0x9E3779B97F4A7C15ull ^ seed;
-    key ^= key >> 31;
+    uint64_t key = 0xcbf29ce484222325ull ^ seed;  // FNV-1a of the prompt: the same on every platform
+    for (unsigned char c : examples[size_t(pair.example_index)].prompt) key = (key ^ c) * 0x100000001b3ull;
+    key ^= key >> 31;  // splitmix64's finaliser: uniform bits from any key
     key *= 0xBF58476D1CE4E5B9ull;
     key ^= key >> 29;
     const double u = double(key >> 11) * 0x1.0p-53;
@@ -162,7 +165,7 @@ void Trainer::load_data() {
                                                session_.chat_template, preference, tokenize);
     eval_pairs_ = std::move(eval.pairs);
   } else {
-    split_eval(train_pairs_, eval_pairs_, options_.eval_split, uint64_t(options_.seed));
+    split_eval(train_pairs_, eval_pairs_, data.examples, options_.eval_split, uint64_t(options_.seed));
     if (train_pairs_.empty()) fail("--eval_split ", options_.eval_split, " leaves no training pairs");
   }
   if (!eval_pairs_.empty())
