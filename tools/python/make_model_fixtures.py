@@ -51,6 +51,17 @@ CASES = {
         lora=dict(r=6, lora_alpha=12, use_rslora=True),
         lengths=[11, 7],
     ),
+    # LoRA on a subset of the projections only.
+    "mistral_lora_subset": dict(
+        model=MistralForCausalLM,
+        config=MistralConfig(vocab_size=61, hidden_size=32, intermediate_size=48,
+                             num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                             sliding_window=None, rope_theta=10000.0, rms_norm_eps=1e-5,
+                             max_position_embeddings=64, tie_word_embeddings=False),
+        lora=dict(r=2, lora_alpha=5, use_rslora=False),
+        targets=["q_proj", "v_proj", "down_proj"],
+        lengths=[9, 6],
+    ),
 }
 
 
@@ -69,7 +80,7 @@ def make_case(name, case, seed):
     shutil.rmtree(directory, ignore_errors=True)
     model.save_pretrained(os.path.join(directory, "hf"), safe_serialization=True)
 
-    lora = LoraConfig(target_modules=TARGETS, lora_dropout=0.0, bias="none",
+    lora = LoraConfig(target_modules=case.get("targets", TARGETS), lora_dropout=0.0, bias="none",
                       task_type="CAUSAL_LM", **case["lora"])
     peft_model = get_peft_model(model, lora)
     with torch.no_grad():  # non-zero A and B so every path of the adapter is exercised
