@@ -347,6 +347,12 @@ void copy_tensor(const Tensor& destination, const Tensor& source) {
   }
 }
 
+std::vector<float> to_host_f32(const Tensor& t) {
+  std::vector<float> host(static_cast<size_t>(t.numel()));
+  copy_tensor(make_view(host.data(), {t.numel()}, DType::f32, Device::cpu), t);
+  return host;
+}
+
 void fill_zero(const Tensor& t) {
   if (t.numel() == 0) return;
   if (t.device == Device::cpu) {

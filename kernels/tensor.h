@@ -113,6 +113,8 @@ class Arena {
 // Copies between tensors of equal shape, converting dtype and crossing devices as needed.
 void copy_tensor(const Tensor& destination, const Tensor& source);
 void fill_zero(const Tensor& t);
+// The values of a tensor of any float dtype, on any device, as f32 on the host.
+std::vector<float> to_host_f32(const Tensor& t);
 
 // bf16/f16 <-> f32 conversions used by loading and the CPU reference (round to nearest even).
 float bf16_to_f32(uint16_t value);

@@ -156,17 +156,6 @@ int64_t LoraAdapter::num_parameters() const {
 
 // ---- PEFT format ----
 
-static void write_text_atomically(const std::filesystem::path& path, const std::string& text) {
-  std::filesystem::path temporary = path;
-  temporary += ".tmp";
-  {
-    std::ofstream out(temporary, std::ios::binary);
-    out << text;
-    if (!out.flush()) fail("cannot write ", temporary.string());
-  }
-  std::filesystem::rename(temporary, path);
-}
-
 void LoraAdapter::save_peft(const std::string& directory, const std::string& base_model_name) const {
   std::filesystem::create_directories(directory);
   nlohmann::json config = {
@@ -189,14 +178,14 @@ void LoraAdapter::save_peft(const std::string& directory, const std::string& bas
       if (const LoraPair* p = pair(layer, projection))
         for (bool is_b : {false, true}) {
           const Tensor& value = is_b ? p->b.view : p->a.view;
-          host_copies.emplace_back(size_t(value.numel()));
-          copy_tensor(make_view(host_copies.back().data(), {value.numel()}, DType::f32, Device::cpu),
-                      value.reshaped({value.numel()}));
+          host_copies.push_back(to_host_f32(value));
           tensors.push_back({lora_tensor_name(layer, projection, is_b), DType::f32,
                              {value.dim(0), value.dim(1)}, host_copies.back().data()});
         }
   write_safetensors((std::filesystem::path(directory) / "adapter_model.safetensors").string(), tensors);
-  write_text_atomically(std::filesystem::path(directory) / "adapter_config.json", config.dump(2) + "\n");
+  const std::string config_text = config.dump(2) + "\n";
+  write_file_atomically((std::filesystem::path(directory) / "adapter_config.json").string(),
+                        {{config_text.data(), config_text.size()}});
 }
 
 LoraConfig LoraAdapter::read_peft_config(const std::string& directory) {

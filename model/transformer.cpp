@@ -201,12 +201,6 @@ Tensor Transformer::run_layers(const TokenSpans& batch, const ForwardOptions& op
   return saved.final_hidden;
 }
 
-static std::vector<float> download_f32(const Tensor& t) {
-  std::vector<float> host(size_t(t.numel()));
-  copy_tensor(make_view(host.data(), {t.numel()}, DType::f32, Device::cpu), t.reshaped({t.numel()}));
-  return host;
-}
-
 TokenLogps Transformer::forward(const TokenSpans& batch, const ForwardOptions& options) {
   Tensor hidden = run_layers(batch, options);
   Saved& saved = *saved_;
@@ -217,7 +211,7 @@ TokenLogps Transformer::forward(const TokenSpans& batch, const ForwardOptions& o
   saved.lse = saved.arena.alloc({n}, DType::f32);
   logprobs_forward(logps, saved.lse, logit_sums, hidden, weights_.lm_head, saved.labels, saved.arena);
   saved.ready_for_backward = options.save_for_backward;
-  return {download_f32(logps), download_f32(logit_sums)};
+  return {to_host_f32(logps), to_host_f32(logit_sums)};
 }
 
 std::vector<float> Transformer::logits(const TokenSpans& batch, bool adapters_enabled) {
@@ -226,7 +220,7 @@ std::vector<float> Transformer::logits(const TokenSpans& batch, bool adapters_en
   Tensor hidden = run_layers(batch, options);
   Tensor logits = saved_->arena.alloc({hidden.dim(0), config_.vocab_size}, DType::f32);
   matmul(logits, hidden, weights_.lm_head, false, true);
-  return download_f32(logits);
+  return to_host_f32(logits);
 }
 
 std::vector<float> Transformer::decode(std::span<const int32_t> tokens, KvCache& cache, bool adapters_enabled) {
@@ -240,7 +234,7 @@ std::vector<float> Transformer::decode(std::span<const int32_t> tokens, KvCache&
   cache.length += n;
   Tensor logits = saved_->arena.alloc({1, config_.vocab_size}, DType::f32);
   matmul(logits, hidden.rows(n - 1, n), weights_.lm_head, false, true);
-  return download_f32(logits);
+  return to_host_f32(logits);
 }
 
 void Transformer::backward(const std::vector<float>& dlogps) {

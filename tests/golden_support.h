@@ -19,11 +19,7 @@ std::vector<T> read_vector(const SafetensorsFile& file, const std::string& name)
   return std::vector<T>(values, values + info->numel());
 }
 
-inline std::vector<float> to_host(const Tensor& t) {
-  std::vector<float> host(size_t(t.numel()));
-  copy_tensor(make_view(host.data(), {t.numel()}, DType::f32, Device::cpu), t.reshaped({t.numel()}));
-  return host;
-}
+inline std::vector<float> to_host(const Tensor& t) { return to_host_f32(t); }
 
 // ||actual - expected|| / ||expected||, Frobenius norms in double.
 inline double relative_error(const std::vector<float>& actual, const std::vector<float>& expected) {

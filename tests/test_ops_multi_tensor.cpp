@@ -41,12 +41,6 @@ std::vector<AdamWTensor> views(const State& state) {
   return tensors;
 }
 
-std::vector<float> to_host(const Tensor& t) {
-  std::vector<float> host(size_t(t.numel()));
-  copy_tensor(make_view(host.data(), {t.numel()}, DType::f32, Device::cpu), t);
-  return host;
-}
-
 const AdamWConfig kConfig{1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f};
 
 TEST(OpsMultiTensor, AdamWAllEqualsThePerTensorStep) {
@@ -56,8 +50,8 @@ TEST(OpsMultiTensor, AdamWAllEqualsThePerTensorStep) {
     for (const AdamWTensor& t : views(one_by_one)) adamw_update(t.param, t.grad, t.m, t.v, kConfig, 1e-3f, step, 0.5f);
   }
   for (size_t t = 0; t < together.param.size(); ++t) {
-    EXPECT_EQ(to_host(together.param[t].view), to_host(one_by_one.param[t].view)) << "tensor " << t;
-    EXPECT_EQ(to_host(together.v[t].view), to_host(one_by_one.v[t].view)) << "tensor " << t;
+    EXPECT_EQ(to_host_f32(together.param[t].view), to_host_f32(one_by_one.param[t].view)) << "tensor " << t;
+    EXPECT_EQ(to_host_f32(together.v[t].view), to_host_f32(one_by_one.v[t].view)) << "tensor " << t;
   }
   std::vector<Tensor> gradients;
   double expected = 0;
@@ -77,7 +71,7 @@ TEST(CudaMultiTensor, AdamWAllAndNormMatchTheCpu) {
     adamw_update_all(views(gpu), kConfig, 1e-3f, step, 0.5f);
   }
   for (size_t t = 0; t < cpu.param.size(); ++t) {
-    std::vector<float> expected = to_host(cpu.param[t].view), actual = to_host(gpu.param[t].view);
+    std::vector<float> expected = to_host_f32(cpu.param[t].view), actual = to_host_f32(gpu.param[t].view);
     for (size_t i = 0; i < expected.size(); ++i) EXPECT_NEAR(actual[i], expected[i], 1e-6) << t << ", " << i;
   }
   std::vector<Tensor> cpu_grads, gpu_grads;

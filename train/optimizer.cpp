@@ -34,19 +34,13 @@ float clip_scale(double gradient_norm, double max_norm) {
   return float(std::min(1.0, max_norm / (gradient_norm + 1e-6)));
 }
 
-static std::vector<float> to_host(const Tensor& t) {
-  std::vector<float> host(size_t(t.numel()));
-  copy_tensor(make_view(host.data(), {t.numel()}, DType::f32, Device::cpu), t.reshaped({t.numel()}));
-  return host;
-}
-
 void AdamW::save(const std::string& path) const {
   std::vector<std::vector<float>> host;
   std::vector<TensorToWrite> tensors;
   host.reserve(parameters_.size() * 2);
   for (size_t i = 0; i < parameters_.size(); ++i)
     for (const auto& [prefix, moment] : {std::pair{"exp_avg.", &first_moments_[i]}, std::pair{"exp_avg_sq.", &second_moments_[i]}}) {
-      host.push_back(to_host(moment->view));
+      host.push_back(to_host_f32(moment->view));
       const Tensor& t = moment->view;
       tensors.push_back({prefix + parameters_[i].name, DType::f32,
                          std::vector<int64_t>(t.shape.begin(), t.shape.begin() + t.rank), host.back().data()});

@@ -11,6 +11,7 @@
 #include "data/pair_tokenizer.h"
 #include "kernels/device.h"
 #include "kernels/nvtx.h"
+#include "model/safetensors.h"
 #include "model/transformer.h"
 #include "train/checkpoint.h"
 #include "train/model_session.h"
@@ -34,14 +35,9 @@ LoraConfig lora_config_from(const TrainOptions& o) {
   return config;
 }
 
+// Text written atomically (temp file + rename, model/safetensors.h).
 void write_text_atomically(const fs::path& path, const std::string& text) {
-  const fs::path temporary = path.string() + ".tmp";
-  {
-    std::ofstream out(temporary, std::ios::binary);
-    out << text;
-    if (!out.flush()) fail("cannot write ", temporary.string());
-  }
-  fs::rename(temporary, path);
+  write_file_atomically(path.string(), {{text.data(), text.size()}});
 }
 
 // The output directory must be creatable and writable before any work starts.
