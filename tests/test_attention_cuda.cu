@@ -55,13 +55,6 @@ OwnedTensor on_gpu_bf16(const std::vector<int64_t>& shape, const std::vector<flo
   return device;
 }
 
-std::vector<float> to_host_f32(const Tensor& device) {
-  OwnedTensor host(std::vector<int64_t>(device.shape.begin(), device.shape.begin() + device.rank),
-                   DType::f32, Device::cpu);
-  copy_tensor(host, device);
-  return test::to_vector(host);
-}
-
 OwnedTensor on_cpu(const std::vector<int64_t>& shape, const std::vector<float>& values) {
   OwnedTensor t(shape, DType::f32, Device::cpu);
   std::copy(values.begin(), values.end(), t->f32());
