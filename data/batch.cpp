@@ -130,11 +130,17 @@ Batch PairLoader::next() {
   }
   Batch batch = make_batch(*pairs_, plan_[size_t(position_.batch_in_epoch)], options_.packing,
                            options_.pad_id);
-  if (++position_.batch_in_epoch == batches_per_epoch()) {
-    position_.epoch++;
-    position_.batch_in_epoch = 0;
-  }
+  skip(1);
   return batch;
+}
+
+void PairLoader::skip(int64_t count) {
+  for (int64_t i = 0; i < count; ++i) {
+    if (++position_.batch_in_epoch == batches_per_epoch()) {
+      position_.epoch++;
+      position_.batch_in_epoch = 0;
+    }
+  }
 }
 
 PairLoader::Position PairLoader::position() const { return position_; }

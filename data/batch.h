@@ -56,6 +56,7 @@ class PairLoader {
   PairLoader(const std::vector<TokenizedPair>& pairs, const BatchOptions& options);
   int64_t batches_per_epoch() const;
   Batch next();  // wraps to a new epoch (new shuffle) at the end
+  void skip(int64_t count);  // moves past count batches without building them
 
   // The batch next() returns next. Restoring a saved position reproduces the same batches.
   struct Position {

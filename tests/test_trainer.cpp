@@ -1,6 +1,7 @@
 // The training loop end to end on tiny models: bit-identical resume, the real dataset through a few
 // steps, and the bad inputs a user can give (each a clear error, nothing half-written).
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -23,9 +24,10 @@ fs::path fresh_dir(const std::string& name) {
   return dir;
 }
 
-// The demo's tiny model and synthetic CST data, made once for the whole suite.
+// The demo's tiny model and synthetic CST data, made once per test process (ctest runs tests
+// in parallel processes, which must not rewrite each other's files).
 const demo::DemoFiles& demo_files() {
-  static const demo::DemoFiles files = demo::write_demo_assets(fresh_dir("assets").string(), 42);
+  static const demo::DemoFiles files = demo::write_demo_assets(fresh_dir("assets_" + std::to_string(getpid())).string(), 42);
   return files;
 }
 

@@ -3,10 +3,12 @@
 #include <exception>
 
 #include "train/demo.h"
+#include "train/distributed.h"
 #include "train/options.h"
 #include "train/trainer.h"
 
 int main(int argc, char** argv) {
+  if (cst::is_worker_process()) return cst::run_training_worker("cst_train");  // --num_processes
   cst::TrainOptions options;
   try {
     if (!cst::parse_train_options(argc - 1, argv + 1, options)) return 0;  // --help

@@ -40,20 +40,30 @@ SequenceSums sum_per_sequence(const std::vector<float>& token_logps,
   return sums;
 }
 
-void MetricSums::add(const MetricSums& other) {
-  loss += other.loss;
-  micro_batches += other.micro_batches;
-  pairs += other.pairs;
-  rewards_chosen += other.rewards_chosen;
-  rewards_rejected += other.rewards_rejected;
-  accuracies += other.accuracies;
-  margins += other.margins;
-  logps_chosen += other.logps_chosen;
-  logps_rejected += other.logps_rejected;
-  logits_chosen += other.logits_chosen;
-  logits_rejected += other.logits_rejected;
-  nll += other.nll;
-  nll_micro_batches += other.nll_micro_batches;
+namespace {
+// The one list of MetricSums' fields: visit(field) for each.
+template <class Sums, class Visitor>
+void for_each_field(Sums& sums, Visitor&& visit) {
+  for (auto* field : {&sums.loss, &sums.rewards_chosen, &sums.rewards_rejected, &sums.accuracies, &sums.margins,
+                      &sums.logps_chosen, &sums.logps_rejected, &sums.logits_chosen, &sums.logits_rejected, &sums.nll})
+    visit(*field);
+  for (auto* count : {&sums.micro_batches, &sums.pairs, &sums.nll_micro_batches}) visit(*count);
+}
+}  // namespace
+
+void MetricSums::add(const MetricSums& other) { add_values(other.values()); }
+
+std::vector<double> MetricSums::values() const {
+  std::vector<double> result;
+  for_each_field(*this, [&](const auto& field) { result.push_back(double(field)); });
+  return result;
+}
+
+void MetricSums::add_values(const std::vector<double>& values) {
+  size_t next = 0;
+  for_each_field(*this, [&](auto& field) {
+    field += std::remove_reference_t<decltype(field)>(values.at(next++));
+  });
 }
 
 std::map<std::string, double> MetricSums::averages(const std::string& prefix) const {

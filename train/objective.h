@@ -65,6 +65,9 @@ struct MetricSums {
   double nll = 0;              // sum over micro-batches of the rpo NLL term
   int64_t nll_micro_batches = 0;
   void add(const MetricSums& other);
+  // Every field as a number, in a fixed order (for summing over data-parallel workers), and back.
+  std::vector<double> values() const;
+  void add_values(const std::vector<double>& values);
   // trl's names: loss, rewards/chosen, ..., logits/rejected (prefix "eval_" for evaluation).
   std::map<std::string, double> averages(const std::string& prefix) const;
 };

@@ -27,6 +27,7 @@ const std::vector<OptionSpec>& option_table() {
   static const std::vector<OptionSpec> table = {
       {"output_dir", &T::output_dir, "run directory: args.json, metrics.jsonl, checkpoints, adapter"},
       {"device", &T::device, "auto, cpu or cuda"},
+      {"num_processes", &T::num_processes, "data-parallel worker processes: GPUs 0..N-1 on CUDA (or N CPU workers)"},
       {"seed", &T::seed, "seed for LoRA init, shuffling and dropout"},
       {"dry_run", &T::dry_run, "load, build pairs, tokenize, report statistics, then stop"},
       {"dump_tokenized", &T::dump_tokenized, "write every tokenized example as jsonl to this file"},
@@ -295,6 +296,7 @@ void validate_train_options(const TrainOptions& o) {
           "--lr_scheduler_type must be linear, cosine or constant, got '", o.lr_scheduler_type, "'");
   require(o.truncation_mode == "keep_end" || o.truncation_mode == "keep_start",
           "--truncation_mode must be keep_end or keep_start, got '", o.truncation_mode, "'");
+  require(o.num_processes >= 1 && o.num_processes <= 64, "--num_processes must be in [1, 64], got ", o.num_processes);
   require(o.beta > 0, "--beta must be positive, got ", o.beta);
   require(o.label_smoothing >= 0 && o.label_smoothing < 0.5, "--label_smoothing must be in [0, 0.5), got ", o.label_smoothing);
   require(o.rpo_alpha >= 0, "--rpo_alpha must be >= 0");

@@ -24,6 +24,7 @@ struct TrainOptions {
   // Run.
   std::string output_dir = "cst_output";
   std::string device = "auto";  // auto, cpu, cuda
+  int num_processes = 1;        // data-parallel workers: one per GPU (train/distributed.h)
   int seed = 42;
   bool dry_run = false;
   std::string dump_tokenized;   // jsonl of every tokenized example, then continue (or stop with dry_run)

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <optional>
+#include <thread>
 
 #include "data/batch.h"
 #include "data/pair_tokenizer.h"
@@ -14,6 +16,7 @@
 #include "model/safetensors.h"
 #include "model/transformer.h"
 #include "train/checkpoint.h"
+#include "train/distributed.h"
 #include "train/model_session.h"
 #include "train/objective.h"
 #include "train/optimizer.h"
@@ -117,15 +120,34 @@ uint64_t micro_batch_seed(uint64_t seed, long step, int micro) {
   return x;
 }
 
+// Each worker's share of the batches (train/distributed.h): of every n = workers x count batches,
+// worker r takes batches r*count .. r*count + count-1.
+struct Share {
+  int before = 0, own = 0, after = 0;  // batches to skip, to take, to skip
+};
+Share share_of(const WorkerGroup& group, int count) {
+  return {group.rank() * count, count, (group.size() - 1 - group.rank()) * count};
+}
+
+// Sums MetricSums over the workers.
+MetricSums summed(WorkerGroup& group, const MetricSums& sums) {
+  std::vector<double> values = sums.values();
+  group.sum(values);
+  MetricSums total;
+  total.add_values(values);
+  return total;
+}
+
 class Trainer {
  public:
-  explicit Trainer(const TrainOptions& options) : options_(options) {}
+  Trainer(const TrainOptions& options, WorkerGroup& group) : options_(options), group_(group) {}
   TrainingOutcome run();
 
  private:
   void load_data();
   std::vector<double> reference_logps(const Batch& batch);
   void precompute_reference();
+  std::vector<std::vector<int64_t>> evaluation_batches(size_t count) const;
   std::string reference_fingerprint() const;
   ObjectiveResult run_micro_batch(const Batch& batch, long step, int micro, bool train);
   Metrics evaluate();
@@ -134,6 +156,7 @@ class Trainer {
   }
 
   TrainOptions options_;
+  WorkerGroup& group_;
   ModelSession session_;
   ObjectiveConfig objective_;
   std::vector<TokenizedPair> train_pairs_, eval_pairs_;
@@ -148,13 +171,14 @@ void Trainer::load_data() {
   TokenizeOptions tokenize = tokenize_options_from(options_);
   PreferenceData data = load_preference_data(options_.data_path, *session_.tokenizer,
                                              session_.chat_template, preference, tokenize);
-  if (data.report.skipped_rows > 0)
+  const bool report = group_.is_main();
+  if (report && data.report.skipped_rows > 0)
     std::fprintf(stderr, "skipped %lld rows with null or missing cells (--skip_bad_rows)\n",
                  (long long)data.report.skipped_rows);
   if (data.pairs.empty())
     fail(options_.data_path, ": the dataset yields no training pairs (", data.report.rows,
          " rows, ", data.report.skipped_rows, " skipped, ", data.stats.dropped_pairs, " dropped)");
-  std::fprintf(stderr, "%s", format_dataset_stats(data.stats, tokenize).c_str());
+  if (report) std::fprintf(stderr, "%s", format_dataset_stats(data.stats, tokenize).c_str());
   train_pairs_ = std::move(data.pairs);
   if (!options_.eval_file.empty()) {
     PreferenceData eval = load_preference_data(options_.eval_file, *session_.tokenizer,
@@ -164,7 +188,7 @@ void Trainer::load_data() {
     split_eval(train_pairs_, eval_pairs_, data.examples, options_.eval_split, uint64_t(options_.seed));
     if (train_pairs_.empty()) fail("--eval_split ", options_.eval_split, " leaves no training pairs");
   }
-  if (!eval_pairs_.empty())
+  if (report && !eval_pairs_.empty())
     std::fprintf(stderr, "evaluation: %zu pairs, training: %zu pairs\n", eval_pairs_.size(), train_pairs_.size());
 }
 
@@ -218,25 +242,46 @@ void Trainer::precompute_reference() {
           fail(cache_path.string(), ": malformed entry ", item.dump(), " (delete the file to recompute)");
         reference_cache_.push_back({item[0].get<double>(), item[1].get<double>()});
       }
-      std::fprintf(stderr, "reference log-probs: read %zu pairs from %s\n", reference_cache_.size(), cache_path.string().c_str());
+      if (group_.is_main())
+        std::fprintf(stderr, "reference log-probs: read %zu pairs from %s\n", reference_cache_.size(), cache_path.string().c_str());
       return;
     }
-    std::fprintf(stderr, "reference log-probs: %s belongs to another model or data; recomputing\n", cache_path.string().c_str());
+    if (group_.is_main())
+      std::fprintf(stderr, "reference log-probs: %s belongs to another model or data; recomputing\n", cache_path.string().c_str());
   }
-  std::vector<std::array<double, 2>> cache(train_pairs_.size());
-  const int batch_pairs = options_.per_device_eval_batch_size;
-  for (size_t begin = 0; begin < train_pairs_.size(); begin += size_t(batch_pairs)) {
-    std::vector<int64_t> indices;
-    for (size_t i = begin; i < std::min(train_pairs_.size(), begin + size_t(batch_pairs)); ++i) indices.push_back(int64_t(i));
+  // Chosen and rejected sums per pair; each worker fills its batches, the sum over workers fills all.
+  std::vector<double> sums(2 * train_pairs_.size(), 0.0);
+  for (const std::vector<int64_t>& indices : evaluation_batches(train_pairs_.size())) {
     Batch batch = make_batch(train_pairs_, indices, options_.packing, session_.tokenizer->pad_id());
-    std::vector<double> sums = reference_logps(batch);
-    for (size_t i = 0; i < indices.size(); ++i) cache[size_t(indices[i])] = {sums[2 * i], sums[2 * i + 1]};
+    const std::vector<double> batch_sums = reference_logps(batch);
+    for (size_t i = 0; i < indices.size(); ++i) {
+      sums[2 * size_t(indices[i])] = batch_sums[2 * i];
+      sums[2 * size_t(indices[i]) + 1] = batch_sums[2 * i + 1];
+    }
   }
+  group_.sum(sums);
   nlohmann::json logps = nlohmann::json::array();
-  for (const auto& [chosen, rejected] : cache) logps.push_back({chosen, rejected});
+  for (size_t pair = 0; pair < train_pairs_.size(); ++pair) {
+    reference_cache_.push_back({sums[2 * pair], sums[2 * pair + 1]});
+    logps.push_back({sums[2 * pair], sums[2 * pair + 1]});
+  }
+  if (!group_.is_main()) return;
   write_text_atomically(cache_path, nlohmann::json{{"fingerprint", fingerprint}, {"logps", logps}}.dump() + "\n");
-  reference_cache_ = std::move(cache);
   std::fprintf(stderr, "reference log-probs: computed for %zu pairs, cached in %s\n", reference_cache_.size(), cache_path.string().c_str());
+}
+
+// This worker's share of the batches of per_device_eval_batch_size consecutive pairs out of
+// `count` (every worker's share, when it works alone).
+std::vector<std::vector<int64_t>> Trainer::evaluation_batches(size_t count) const {
+  const size_t batch_pairs = size_t(options_.per_device_eval_batch_size);
+  std::vector<std::vector<int64_t>> batches;
+  for (size_t begin = 0, number = 0; begin < count; begin += batch_pairs, ++number) {
+    if (number % size_t(group_.size()) != size_t(group_.rank())) continue;
+    std::vector<int64_t> indices;
+    for (size_t i = begin; i < std::min(count, begin + batch_pairs); ++i) indices.push_back(int64_t(i));
+    batches.push_back(std::move(indices));
+  }
+  return batches;
 }
 
 ObjectiveResult Trainer::run_micro_batch(const Batch& batch, long step, int micro, bool train) {
@@ -250,7 +295,7 @@ ObjectiveResult Trainer::run_micro_batch(const Batch& batch, long step, int micr
   SequenceSums sums = sum_per_sequence(policy.logps, policy.logit_sums, batch.labels, batch.cu_seqlens);
   ObjectiveResult result = compute_objective(objective_, sums, reference, batch.labels, batch.cu_seqlens,
                                              session_.config().vocab_size,
-                                             1.0 / options_.gradient_accumulation_steps);
+                                             1.0 / (options_.gradient_accumulation_steps * group_.size()));
   if (!std::isfinite(result.loss))
     fail("non-finite loss at step ", step + 1, " (micro-batch ", micro + 1,
          "); training stopped, the last good checkpoint is kept in ", options_.output_dir);
@@ -260,33 +305,32 @@ ObjectiveResult Trainer::run_micro_batch(const Batch& batch, long step, int micr
 
 Metrics Trainer::evaluate() {
   MetricSums sums;
-  const int batch_pairs = options_.per_device_eval_batch_size;
   const auto saved_cache = std::move(reference_cache_);  // the cache holds training pairs only
   reference_cache_.clear();
-  for (size_t begin = 0; begin < eval_pairs_.size(); begin += size_t(batch_pairs)) {
-    std::vector<int64_t> indices;
-    for (size_t i = begin; i < std::min(eval_pairs_.size(), begin + size_t(batch_pairs)); ++i) indices.push_back(int64_t(i));
+  for (const std::vector<int64_t>& indices : evaluation_batches(eval_pairs_.size())) {
     Batch batch = make_batch(eval_pairs_, indices, options_.packing, session_.tokenizer->pad_id());
     sums.add(run_micro_batch(batch, 0, 0, false).metrics);
   }
   reference_cache_ = std::move(saved_cache);
-  return sums.averages("eval_");
+  return summed(group_, sums).averages("eval_");
 }
 
 TrainingOutcome Trainer::run() {
   validate_train_options(options_);
   if (options_.threads > 0) omp_set_num_threads(options_.threads);
-  prepare_output_dir(options_);
+  if (group_.is_main()) prepare_output_dir(options_);
+  if (group_.size() > 1 && options_.device == "cuda") CST_ON_CUDA(cuda::select_device(group_.rank()));
   session_ = open_model_session(options_.model_path, options_.device, options_.chat_template, !options_.dry_run);
   objective_ = objective_config_from_names(options_.loss_type, options_.beta, options_.label_smoothing,
                                            options_.rpo_alpha, options_.reference_free);
   load_data();
-  if (!options_.dump_tokenized.empty()) {
+  if (!options_.dump_tokenized.empty() && group_.is_main()) {
     dump_tokenized(options_.dump_tokenized, train_pairs_);
     std::fprintf(stderr, "wrote %zu tokenized pairs to %s\n", train_pairs_.size(), options_.dump_tokenized.c_str());
   }
   if (options_.dry_run) return {};
-  write_text_atomically(fs::path(options_.output_dir) / "args.json", train_options_to_json(options_).dump(2) + "\n");
+  if (group_.is_main())
+    write_text_atomically(fs::path(options_.output_dir) / "args.json", train_options_to_json(options_).dump(2) + "\n");
 
   const ModelConfig& config = session_.config();
   lora_ = std::make_unique<LoraAdapter>(config, lora_config_from(options_), session_.device, backend_dtype(session_.device));
@@ -307,7 +351,8 @@ TrainingOutcome Trainer::run() {
   batching.pad_id = session_.tokenizer->pad_id();
   PairLoader loader(train_pairs_, batching);
   const int accumulation = options_.gradient_accumulation_steps;
-  const long updates_per_epoch = std::max<long>(1, long(loader.batches_per_epoch()) / accumulation);
+  const Share share = share_of(group_, accumulation);
+  const long updates_per_epoch = std::max<long>(1, long(loader.batches_per_epoch()) / (accumulation * group_.size()));
   const long total_steps = options_.max_steps > 0
                                ? long(options_.max_steps)
                                : std::max<long>(1, long(std::ceil(options_.num_train_epochs * double(updates_per_epoch))));
@@ -319,21 +364,26 @@ TrainingOutcome Trainer::run() {
   if (!options_.resume_from_checkpoint.empty()) {
     state = load_checkpoint(options_.resume_from_checkpoint, options_.seed, *lora_, optimizer);
     loader.restore(state.data_position);
-    std::fprintf(stderr, "resumed from %s at step %ld\n", options_.resume_from_checkpoint.c_str(), state.step);
+    if (group_.is_main()) std::fprintf(stderr, "resumed from %s at step %ld\n", options_.resume_from_checkpoint.c_str(), state.step);
   }
   if (options_.precompute_ref_log_probs && objective_.objective == Objective::preference && !objective_.reference_free)
     precompute_reference();
 
-  std::fprintf(stderr, "training: %lld LoRA parameters (r=%d) on %s, %ld steps of %d x %d pairs\n",
-               (long long)lora_->num_parameters(), options_.lora_r, device_name(session_.device), total_steps,
-               options_.per_device_train_batch_size, accumulation);
-  RunLog log(options_.output_dir, total_steps, state.step > 0);
+  if (group_.is_main())
+    std::fprintf(stderr, "training: %lld LoRA parameters (r=%d) on %s, %ld steps of %d x %d x %d pairs (batch x accumulation x workers)\n",
+                 (long long)lora_->num_parameters(), options_.lora_r, device_name(session_.device), total_steps,
+                 options_.per_device_train_batch_size, accumulation, group_.size());
+  // Rank 0 alone shows progress and writes the run directory.
+  std::optional<RunLog> log;
+  if (group_.is_main()) log.emplace(options_.output_dir, total_steps, state.step > 0);
+  std::vector<Tensor> gradients;
+  for (const LoraAdapter::Parameter& parameter : lora_->parameters()) gradients.push_back(parameter.grad);
   TrainingOutcome outcome;
   MetricSums since_log;
   // Throughput counts the training steps only (not evaluation or checkpoints): per step for the
   // progress bar, over the logging window for metrics.jsonl.
   double window_seconds = 0;
-  int64_t window_tokens = 0;
+  double window_tokens = 0;
   std::string last_checkpoint;
   const auto [profile_first, profile_last] = parse_profile_steps(options_.profile_steps);
   const bool profiling = profile_last >= profile_first;
@@ -344,11 +394,15 @@ TrainingOutcome Trainer::run() {
     const auto step_start = std::chrono::steady_clock::now();
     const int64_t tokens_before = tokens_processed_;
     lora_->zero_grad();
-    MetricSums step_sums;
-    for (int micro = 0; micro < accumulation; ++micro) {
+    MetricSums own_sums;
+    loader.skip(share.before);
+    for (int micro = 0; micro < share.own; ++micro) {
       Batch batch = loader.next();
-      step_sums.add(run_micro_batch(batch, state.step, micro, true).metrics);
+      own_sums.add(run_micro_batch(batch, state.step, share.before + micro, true).metrics);
     }
+    loader.skip(share.after);
+    group_.sum_gradients(gradients);
+    const MetricSums step_sums = summed(group_, own_sums);
     const double grad_norm = optimizer.gradient_norm();
     if (!std::isfinite(grad_norm))
       fail("non-finite gradient norm at step ", state.step + 1, "; training stopped",
@@ -363,19 +417,20 @@ TrainingOutcome Trainer::run() {
     since_log.add(step_sums);
 
     const double step_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
-    const int64_t step_tokens = tokens_processed_ - tokens_before;
+    double step_tokens = double(tokens_processed_ - tokens_before);
+    group_.sum({&step_tokens, 1});
     window_seconds += step_seconds;
     window_tokens += step_tokens;
     Metrics averages = step_sums.averages("");
-    log.progress(state.step, averages["loss"], averages.count("rewards/accuracies") ? averages["rewards/accuracies"] : 0.0,
-                 double(step_tokens) / std::max(step_seconds, 1e-9));
+    if (log) log->progress(state.step, averages["loss"], averages.count("rewards/accuracies") ? averages["rewards/accuracies"] : 0.0,
+                 step_tokens / std::max(step_seconds, 1e-9));
     if (state.step % options_.logging_steps == 0 || state.step == total_steps) {
       Metrics metrics = since_log.averages("");
       metrics["learning_rate"] = schedule.at(state.step);  // as HF logs it: after the scheduler step
       metrics["grad_norm"] = grad_norm;
-      metrics["tokens/s"] = double(window_tokens) / std::max(window_seconds, 1e-9);
+      metrics["tokens/s"] = window_tokens / std::max(window_seconds, 1e-9);
       metrics["epoch"] = double(state.step) / double(updates_per_epoch);
-      log.record(state.step, metrics);
+      if (log) log->record(state.step, metrics);
       outcome.last_train = metrics;
       since_log = {};
       window_seconds = 0;
@@ -383,22 +438,72 @@ TrainingOutcome Trainer::run() {
     }
     if (!eval_pairs_.empty() && ((options_.eval_steps > 0 && state.step % options_.eval_steps == 0) || state.step == total_steps)) {
       outcome.last_eval = evaluate();
-      log.record(state.step, outcome.last_eval);
+      if (log) log->record(state.step, outcome.last_eval);
     }
-    if ((options_.save_steps > 0 && state.step % options_.save_steps == 0) || state.step == total_steps)
+    const bool save = (options_.save_steps > 0 && state.step % options_.save_steps == 0) || state.step == total_steps;
+    if (save && group_.is_main())
       last_checkpoint = save_checkpoint(options_.output_dir, state, *lora_, optimizer, options_.model_path);
   }
-  lora_->save_peft(options_.output_dir, options_.model_path);
-  log.write_plot();
   outcome.steps = state.step;
   outcome.adapter_dir = options_.output_dir;
+  if (!group_.is_main()) return outcome;
+  lora_->save_peft(options_.output_dir, options_.model_path);
+  log->write_plot();
   std::fprintf(stderr, "done: adapter in %s (adapter_config.json, adapter_model.safetensors), metrics in %s/metrics.jsonl\n",
                options_.output_dir.c_str(), options_.output_dir.c_str());
   return outcome;
 }
 
+nlohmann::json outcome_to_json(const TrainingOutcome& outcome) {
+  return {{"steps", outcome.steps}, {"last_train", outcome.last_train}, {"last_eval", outcome.last_eval},
+          {"adapter_dir", outcome.adapter_dir}};
+}
+
+TrainingOutcome outcome_from_json(const nlohmann::json& json) {
+  TrainingOutcome outcome;
+  outcome.steps = json.at("steps").get<long>();
+  outcome.last_train = json.at("last_train").get<Metrics>();
+  outcome.last_eval = json.at("last_eval").get<Metrics>();
+  outcome.adapter_dir = json.at("adapter_dir").get<std::string>();
+  return outcome;
+}
+
+// The launcher of --num_processes N: checks what can be checked once, then starts the workers
+// with every option settled (the device resolved, the CPU threads shared out).
+TrainingOutcome run_with_workers(const TrainOptions& options) {
+  validate_train_options(options);
+  const int count = options.num_processes;
+  TrainOptions worker_options = options;
+  const Device device = resolve_device(options.device);
+  worker_options.device = device_name(device);
+  if (device == Device::cuda) {
+    int visible = 0;
+    CST_ON_CUDA(visible = cuda::device_count());
+    if (count > visible) fail("--num_processes ", count, " needs ", count, " GPUs, but ", visible, " are visible");
+  } else if (options.threads == 0) {
+    worker_options.threads = std::max(1, int(std::thread::hardware_concurrency()) / count);
+  }
+  prepare_output_dir(options);
+  const std::string result = run_workers(count, train_options_to_json(worker_options).dump());
+  return outcome_from_json(nlohmann::json::parse(result));
+}
+
 }  // namespace
 
-TrainingOutcome run_training(const TrainOptions& options) { return Trainer(options).run(); }
+TrainingOutcome run_training(const TrainOptions& options) {
+  if (options.num_processes > 1 && !options.dry_run) return run_with_workers(options);
+  WorkerGroup alone;
+  return Trainer(options, alone).run();
+}
+
+int run_training_worker(const char* program_name) {
+  return run_worker_process(
+      [](WorkerGroup& group, const std::string& task) {
+        TrainOptions options;
+        apply_train_options_json(nlohmann::json::parse(task), options, "the worker's options");
+        return outcome_to_json(Trainer(options, group).run()).dump();
+      },
+      program_name);
+}
 
 }  // namespace cst

@@ -17,6 +17,11 @@ struct TrainingOutcome {
   std::string adapter_dir;
 };
 
+// Trains as the options say; with num_processes > 1 through that many worker processes
+// (train/distributed.h), returning rank 0's outcome.
 TrainingOutcome run_training(const TrainOptions& options);
+// The body of a worker process started by run_training (call it from main when
+// is_worker_process()). Returns the exit status.
+int run_training_worker(const char* program_name);
 
 }  // namespace cst
