@@ -2,7 +2,6 @@
 // started again as workers by tests/test_main.cpp) must train what one process trains with twice
 // the gradient accumulation, since they split the same micro-batches and sum their gradients.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
@@ -14,22 +13,15 @@
 #include "model/safetensors.h"
 #include "train/demo_assets.h"
 #include "train/trainer.h"
+#include "tests/test_support.h"
 
 namespace cst {
 namespace {
 namespace fs = std::filesystem;
 
-fs::path fresh_dir(const std::string& name) {
-  fs::path dir = fs::temp_directory_path() / ("cst_test_distributed_" + name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
+fs::path fresh_dir(const std::string& name) { return testing_support::fresh_test_dir("distributed_" + name); }
 
-const demo::DemoFiles& demo_files() {
-  static const demo::DemoFiles files = demo::write_demo_assets(fresh_dir("assets_" + std::to_string(getpid())).string(), 7);
-  return files;
-}
+const demo::DemoFiles& demo_files() { return testing_support::tiny_demo_files(); }
 
 // A tiny CST run with dropout on (the masks depend on the micro-batch's index in its step), a
 // held-out split (evaluation is shared out too) and precomputed reference log-probs (likewise).

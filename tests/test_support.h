@@ -1,5 +1,8 @@
 // Small helpers shared by the test suites.
 #pragma once
+#include <unistd.h>
+
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <sstream>
@@ -8,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include "kernels/error.h"
+#include "train/demo_assets.h"
 
 namespace cst::testing_support {
 
@@ -32,6 +36,22 @@ inline std::string error_of(const std::function<void()>& action) {
 
 inline bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
+}
+
+// An empty folder in the system's temporary folder, named for the test and this process: ctest
+// runs tests in parallel processes, which must not rewrite each other's files.
+inline std::filesystem::path fresh_test_dir(const std::string& name) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("cst_test_" + name + "_" + std::to_string(getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+// The demo's tiny model and synthetic CST data, written once per test process.
+inline const demo::DemoFiles& tiny_demo_files() {
+  static const demo::DemoFiles files = demo::write_demo_assets(fresh_test_dir("demo_assets").string(), 42);
+  return files;
 }
 
 }  // namespace cst::testing_support

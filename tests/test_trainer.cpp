@@ -1,7 +1,6 @@
 // The training loop end to end on tiny models: bit-identical resume, the real dataset through a few
 // steps, and the bad inputs a user can give (each a clear error, nothing half-written).
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -12,24 +11,15 @@
 #include "train/demo_assets.h"
 #include "train/objective.h"
 #include "train/trainer.h"
+#include "tests/test_support.h"
 
 namespace cst {
 namespace {
 namespace fs = std::filesystem;
 
-fs::path fresh_dir(const std::string& name) {
-  fs::path dir = fs::temp_directory_path() / ("cst_test_trainer_" + name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
+fs::path fresh_dir(const std::string& name) { return testing_support::fresh_test_dir("trainer_" + name); }
 
-// The demo's tiny model and synthetic CST data, made once per test process (ctest runs tests
-// in parallel processes, which must not rewrite each other's files).
-const demo::DemoFiles& demo_files() {
-  static const demo::DemoFiles files = demo::write_demo_assets(fresh_dir("assets_" + std::to_string(getpid())).string(), 42);
-  return files;
-}
+const demo::DemoFiles& demo_files() { return testing_support::tiny_demo_files(); }
 
 TrainOptions tiny_run(const fs::path& output_dir) {
   TrainOptions options;
