@@ -181,16 +181,62 @@ int32_t parse_token_id(const json& value, const std::string& where) {
   return value.get<int32_t>();
 }
 
+// transformers' LlamaTokenizerFast ignores tokenizer.json and converts tokenizer.model again when
+// tokenizer_config.json sets add_prefix_space (or from_slow): then the sentencepiece model decides.
+bool rebuilds_from_sentencepiece(const json& config, bool has_sentencepiece) {
+  const bool rebuild = (config.contains("add_prefix_space") && !config["add_prefix_space"].is_null()) ||
+                       json_flag(config, "from_slow", false, "tokenizer_config.json");
+  if (rebuild && !has_sentencepiece) {
+    fail("tokenizer_config.json sets add_prefix_space or from_slow, which makes transformers rebuild the tokenizer "
+         "from tokenizer.model, and there is no tokenizer.model");
+  }
+  return rebuild;
+}
+
+// A pipeline step's or model's "type"; "" for null or anything else without a string type, so that
+// a malformed file reaches the clear error of its caller rather than a JSON library exception.
+std::string type_of(const json& step) {
+  if (!step.is_object()) return "";
+  const auto type = step.find("type");
+  return type != step.end() && type->is_string() ? type->get<std::string>() : "";
+}
+
+// GPT-2 / Llama 3 byte-level BPE: a ByteLevel step anywhere in the pre-tokenizer or decoder.
+bool uses_byte_level(const json& tokenizer_json) {
+  for (const char* key : {"pre_tokenizer", "decoder"}) {
+    if (tokenizer_json.value(key, json()).dump().find("\"ByteLevel\"") != std::string::npos) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 // ---- Loading --------------------------------------------------------------------------------------
 
 Tokenizer::Tokenizer(const std::map<std::string, std::string>& files) {
-  const auto model = files.find("tokenizer.model");
-  if (model == files.end()) fail("tokenizer: tokenizer.model is required");
-  load_sentencepiece(model->second);
-  build_merges();
-  load_added_tokens(files);
+  const json config = parse_json_file(files, "tokenizer_config.json").value_or(json::object());
+  const std::optional<json> tokenizer_json = parse_json_file(files, "tokenizer.json");
+  const auto sentencepiece_model = files.find("tokenizer.model");
+  const bool has_sentencepiece = sentencepiece_model != files.end();
+  const bool model_from_json = tokenizer_json && !rebuilds_from_sentencepiece(config, has_sentencepiece);
+  if (model_from_json) {
+    load_bpe_model(*tokenizer_json);
+    read_pipeline(*tokenizer_json);
+  } else {
+    if (!has_sentencepiece) fail("tokenizer: needs tokenizer.json or tokenizer.model, and neither is present");
+    load_sentencepiece(sentencepiece_model->second);
+    build_merges_from_scores();
+    legacy_ = json_flag(config, "legacy", true, "tokenizer_config.json");
+    // Absent: LlamaTokenizer's default, true. null: transformers hands None to the converter, which
+    // then prepends nothing (and, having no tokenizer.json to fall back on, that is what it uses).
+    add_prefix_space_ = json_flag(config, "add_prefix_space", !config.contains("add_prefix_space"),
+                                  "tokenizer_config.json");
+    decode_strips_leading_space_ = add_prefix_space_;
+  }
+  if (config.contains("chat_template") && config["chat_template"].is_string()) {
+    chat_template_source_ = config["chat_template"].get<std::string>();
+  }
+  load_added_tokens(files, config, tokenizer_json, model_from_json);
   resolve_special_ids(files);
 }
 
@@ -205,9 +251,13 @@ Tokenizer Tokenizer::from_directory(const std::string& directory) {
     bytes << stream.rdbuf();
     files[name] = bytes.str();
   }
-  if (!files.count("tokenizer.model")) fail(directory, ": no tokenizer.model in this directory");
+  if (!files.count("tokenizer.model") && !files.count("tokenizer.json")) {
+    fail(directory, ": no tokenizer.json or tokenizer.model in this directory");
+  }
   return Tokenizer(files);
 }
+
+// ---- tokenizer.model -----------------------------------------------------------------------------
 
 // Reads pieces, scores and byte pieces out of the sentencepiece model; the BPE itself runs here, in
 // encode_word, so that merge order and tie-breaking follow the fast tokenizer exactly.
@@ -225,18 +275,23 @@ void Tokenizer::load_sentencepiece(const std::string& model_bytes) {
     piece_ids_[pieces_[id]] = id;  // a later duplicate wins, as in the converter's vocab dict
     if (processor.IsUnknown(id)) unk_id_ = id;
   }
+  find_byte_pieces(/*byte_fallback=*/true);  // the converter always turns byte fallback on
+  vocab_size_ = piece_count;
+}
+
+// Byte fallback spells a character the vocabulary lacks as its UTF-8 bytes, pieces "<0x0A>" etc.
+void Tokenizer::find_byte_pieces(bool byte_fallback) {
   for (int byte = 0; byte < 256; byte++) {
     char name[8];
     std::snprintf(name, sizeof(name), "<0x%02X>", byte);
     const auto found = piece_ids_.find(name);
-    byte_piece_ids_[byte] = found == piece_ids_.end() ? -1 : found->second;
+    byte_piece_ids_[byte] = !byte_fallback || found == piece_ids_.end() ? -1 : found->second;
   }
-  vocab_size_ = piece_count;
 }
 
 // Every split of a piece into two pieces is a merge; rank = (higher score of the merged piece,
 // then merged id, then left id, then right id), the order of transformers' SentencePieceExtractor.
-void Tokenizer::build_merges() {
+void Tokenizer::build_merges_from_scores() {
   struct Candidate {
     float score;
     int32_t merged, left, right;
@@ -262,7 +317,10 @@ void Tokenizer::build_merges() {
   merges_.build(entries);
 }
 
-// At most half full; Fibonacci hashing spreads the structured pair keys over the slots.
+// At most half full; Fibonacci hashing spreads the structured pair keys over the slots. A later
+// entry for the same pair replaces the earlier one, as in the tokenizers library's merge map (a
+// tokenizer.json that lists a merge twice ranks it by its last line; a sentencepiece model cannot
+// produce the same pair twice).
 void Tokenizer::MergeTable::build(const std::vector<std::pair<uint64_t, Merge>>& entries) {
   int bits = 4;
   while ((size_t{1} << bits) < 2 * entries.size()) bits++;
@@ -272,7 +330,6 @@ void Tokenizer::MergeTable::build(const std::vector<std::pair<uint64_t, Merge>>&
   for (const auto& [key, merge] : entries) {
     size_t slot = (key * 0x9E3779B97F4A7C15ull) >> shift;
     while (keys[slot] != kEmpty && keys[slot] != key) slot = (slot + 1) & (keys.size() - 1);
-    if (keys[slot] == key) continue;  // the first (best-ranked) entry for a pair wins
     keys[slot] = key;
     merges[slot] = merge;
   }
@@ -284,6 +341,152 @@ const Tokenizer::Merge* Tokenizer::MergeTable::find(uint64_t key) const {
     if (keys[slot] == kEmpty) return nullptr;
   }
 }
+
+// ---- tokenizer.json -------------------------------------------------------------------------------
+
+// The BPE model of a Llama/Mistral tokenizer.json: the vocabulary with dense ids, merges ranked by
+// their line in the "merges" list (first line = applied first), byte fallback and fused unknowns.
+// Other model types, and the byte-level BPE of GPT-2 and Llama 3, are refused by name.
+void Tokenizer::load_bpe_model(const json& tokenizer_json) {
+  const auto model_entry = tokenizer_json.find("model");
+  if (model_entry == tokenizer_json.end() || !model_entry->is_object()) fail("tokenizer.json: no \"model\" object");
+  const json& model = *model_entry;
+  const std::string type = type_of(model);
+  if (type != "BPE") {
+    fail("tokenizer.json: model type '", type, "' is not supported (cst reads the Llama/Mistral BPE with byte fallback)");
+  }
+  if (uses_byte_level(tokenizer_json)) {
+    fail("tokenizer.json: model type 'BPE' with ByteLevel pre-tokenization (GPT-2 / Llama 3 style) is not supported "
+         "(cst reads the Llama/Mistral BPE with byte fallback)");
+  }
+  for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
+    const json value = model.value(key, json());
+    if (!value.is_null() && value != "") fail("tokenizer.json: BPE \"", key, "\" is not supported");
+  }
+  const json dropout = model.value("dropout", json());
+  if (!dropout.is_null() && !(dropout.is_number() && dropout.get<double>() == 0.0)) {
+    fail("tokenizer.json: BPE dropout is not supported (it makes encoding random)");
+  }
+  if (json_flag(model, "ignore_merges", false, "tokenizer.json model")) {
+    fail("tokenizer.json: BPE \"ignore_merges\" is not supported");
+  }
+  fuse_unknown_ = json_flag(model, "fuse_unk", false, "tokenizer.json model");
+  load_vocabulary(model.value("vocab", json()));
+  find_byte_pieces(json_flag(model, "byte_fallback", false, "tokenizer.json model"));
+  const json unk_token = model.value("unk_token", json());
+  if (unk_token.is_null()) {
+    unk_id_ = -1;  // characters outside the vocabulary are dropped, as the tokenizers library does
+  } else if (!unk_token.is_string() || !piece_ids_.count(unk_token.get<std::string>())) {
+    fail("tokenizer.json: model unk_token ", unk_token.dump(), " is not in the vocabulary");
+  } else {
+    unk_id_ = piece_ids_.at(unk_token.get<std::string>());
+  }
+  load_merge_list(model.value("merges", json()));
+}
+
+// model.vocab: piece -> id, ids exactly 0..N-1 (what every converter writes).
+void Tokenizer::load_vocabulary(const json& vocab) {
+  if (!vocab.is_object() || vocab.empty()) fail("tokenizer.json: model \"vocab\" must be a non-empty object");
+  pieces_.assign(vocab.size(), std::string());
+  std::vector<bool> seen(vocab.size(), false);
+  for (const auto& [piece, id_value] : vocab.items()) {
+    const int32_t id = parse_token_id(id_value, "tokenizer.json vocab");
+    if (static_cast<size_t>(id) >= vocab.size() || seen[id]) {
+      fail("tokenizer.json: vocab ids must be 0..", vocab.size() - 1, " each used once; '", piece, "' has id ", id);
+    }
+    seen[id] = true;
+    pieces_[id] = piece;
+    piece_ids_[piece] = id;
+  }
+  vocab_size_ = static_cast<int>(pieces_.size());
+}
+
+// model.merges: "left right" strings (tokenizers before 0.20) or [left, right] pairs (0.20 on).
+void Tokenizer::load_merge_list(const json& merges) {
+  if (!merges.is_array()) fail("tokenizer.json: model \"merges\" must be a list");
+  std::vector<std::pair<uint64_t, Merge>> entries;
+  entries.reserve(merges.size());
+  for (size_t rank = 0; rank < merges.size(); rank++) {
+    const json& line = merges[rank];
+    std::string left, right;
+    if (line.is_string()) {
+      const std::string text = line.get<std::string>();
+      const size_t space = text.find(' ');
+      if (space == std::string::npos || text.find(' ', space + 1) != std::string::npos) {
+        fail("tokenizer.json: merge ", rank, " ", line.dump(), " must be two pieces separated by one space");
+      }
+      left = text.substr(0, space);
+      right = text.substr(space + 1);
+    } else if (line.is_array() && line.size() == 2 && line[0].is_string() && line[1].is_string()) {
+      left = line[0].get<std::string>();
+      right = line[1].get<std::string>();
+    } else {
+      fail("tokenizer.json: merge ", rank, " must be \"left right\" or [left, right], got ", line.dump());
+    }
+    const auto left_id = piece_ids_.find(left), right_id = piece_ids_.find(right), merged = piece_ids_.find(left + right);
+    if (left_id == piece_ids_.end() || right_id == piece_ids_.end() || merged == piece_ids_.end()) {
+      fail("tokenizer.json: merge ", rank, " ", line.dump(), " names a piece that is not in the vocabulary");
+    }
+    entries.push_back({pair_key(left_id->second, right_id->second),
+                       Merge{static_cast<int32_t>(rank), merged->second}});
+  }
+  merges_.build(entries);
+}
+
+// The normalizer / pre-tokenizer / decoder that transformers' Llama converter writes, in its two
+// forms: legacy (normalizer Prepend "▁" + Replace " " -> "▁", no pre-tokenizer) and non-legacy
+// (no normalizer, Metaspace pre-tokenizer with prepend_scheme first or never, split false).
+// The decoder undoes them: Replace "▁" -> " ", ByteFallback, Fuse, and Strip of one leading space
+// when a space was prepended. Anything else is refused rather than encoded differently.
+void Tokenizer::read_pipeline(const json& tokenizer_json) {
+  const json normalizer = tokenizer_json.value("normalizer", json());
+  const json pre_tokenizer = tokenizer_json.value("pre_tokenizer", json());
+  const json prepend = {{"type", "Prepend"}, {"prepend", kMetaspace}};
+  const json replace = {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", kMetaspace}};
+  const auto metaspace = [](const char* prepend_scheme) {
+    return json{{"type", "Metaspace"}, {"replacement", kMetaspace}, {"prepend_scheme", prepend_scheme}, {"split", false}};
+  };
+  if (pre_tokenizer.is_null() && type_of(normalizer) == "Sequence" &&
+      (normalizer.value("normalizers", json()) == json::array({prepend, replace}) ||
+       normalizer.value("normalizers", json()) == json::array({replace}))) {
+    legacy_ = true;
+    add_prefix_space_ = normalizer["normalizers"].size() == 2;
+  } else if (normalizer.is_null() && type_of(pre_tokenizer) == "Metaspace") {
+    if (pre_tokenizer != metaspace("first") && pre_tokenizer != metaspace("never")) {
+      fail("tokenizer.json: Metaspace pre-tokenizer ", pre_tokenizer.dump(), " is not supported (expected replacement "
+           "\"▁\", prepend_scheme first or never, split false; older files without \"split\" split on spaces)");
+    }
+    legacy_ = false;
+    add_prefix_space_ = pre_tokenizer == metaspace("first");
+  } else {
+    fail("tokenizer.json: normalizer ", normalizer.dump(), " with pre_tokenizer ", pre_tokenizer.dump(),
+         " is not the Llama/Mistral form (Prepend + Replace normalizer, or a Metaspace pre-tokenizer)");
+  }
+  const json replace_back = {{"type", "Replace"}, {"pattern", {{"String", kMetaspace}}}, {"content", " "}};
+  const json byte_fallback = {{"type", "ByteFallback"}}, fuse = {{"type", "Fuse"}};
+  const json strip = {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}};
+  const json decoder = tokenizer_json.value("decoder", json());
+  const json steps = type_of(decoder) == "Sequence" ? decoder.value("decoders", json()) : json();
+  if (steps == json::array({replace_back, byte_fallback, fuse, strip})) {
+    decode_strips_leading_space_ = true;
+  } else if (steps == json::array({replace_back, byte_fallback, fuse})) {
+    decode_strips_leading_space_ = false;
+  } else {
+    fail("tokenizer.json: decoder ", decoder.dump(),
+         " is not the Llama/Mistral form (Replace \"▁\", ByteFallback, Fuse, optional Strip)");
+  }
+}
+
+void Tokenizer::add_tokenizer_json_added_tokens(const json& tokenizer_json) {
+  const json list = tokenizer_json.value("added_tokens", json::array());
+  if (!list.is_array()) fail("tokenizer.json: \"added_tokens\" must be a list");
+  for (const json& entry : list) {
+    if (!entry.is_object() || !entry.contains("id")) fail("tokenizer.json: added token without an \"id\"");
+    add_token(added_token_from_json(entry, parse_token_id(entry["id"], "tokenizer.json"), "tokenizer.json"));
+  }
+}
+
+// ---- Added and special tokens ------------------------------------------------------------------
 
 void Tokenizer::add_token(AddedToken token) {
   if (token.content.empty()) fail("added token ", token.id, " has empty content");
@@ -301,45 +504,20 @@ void Tokenizer::add_token(AddedToken token) {
   vocab_size_ = std::max(vocab_size_, added_tokens_[index].id + 1);
 }
 
-// Added tokens come from, in transformers' order of precedence: the converter (the model's first
-// three pieces <unk> <s> </s>, special), then tokenizer_config.json "added_tokens_decoder" when it
-// exists, otherwise tokenizer.json "added_tokens" and added_tokens.json (whose tokens are
-// "normalized" unless they name a special token).
-void Tokenizer::load_added_tokens(const std::map<std::string, std::string>& files) {
-  for (int32_t id = 0; id < std::min<int32_t>(3, static_cast<int32_t>(pieces_.size())); id++) {
-    add_token(AddedToken{pieces_[id], id, /*special=*/true, /*normalized=*/false});
-  }
-  const json config = parse_json_file(files, "tokenizer_config.json").value_or(json::object());
-  const std::optional<json> tokenizer_json = parse_json_file(files, "tokenizer.json");
-
-  if (config.contains("legacy") && !config["legacy"].is_null()) {
-    legacy_ = json_flag(config, "legacy", true, "tokenizer_config.json");
-  }
-  add_prefix_space_ = json_flag(config, "add_prefix_space", true, "tokenizer_config.json");
-  if (tokenizer_json) {
-    // A tokenizer.json is loaded as is by AutoTokenizer: its own pipeline decides the prefix rule.
-    // value() with a default: operator[] on a const json with a missing key is undefined.
-    const json normalizer = tokenizer_json->value("normalizer", json());
-    const json pre_tokenizer = tokenizer_json->value("pre_tokenizer", json());
-    const std::string dump = normalizer.dump();
-    if (pre_tokenizer.is_object() && pre_tokenizer.value("type", "") == "Metaspace") {
-      const std::string scheme = pre_tokenizer.value("prepend_scheme", "always");
-      if (scheme != "first" && scheme != "never") {
-        fail("tokenizer.json: Metaspace prepend_scheme '", scheme, "' is not supported (expected first or never)");
-      }
-      legacy_ = false;
-      add_prefix_space_ = scheme == "first";
-    } else if (pre_tokenizer.is_null() && dump.find("\"Replace\"") != std::string::npos) {
-      legacy_ = true;
-      add_prefix_space_ = dump.find("\"Prepend\"") != std::string::npos;
-    } else {
-      fail("tokenizer.json: unsupported normalizer/pre_tokenizer (expected the Llama legacy or Metaspace form)");
+// Added tokens come from, in transformers' order of precedence: the model's own list (tokenizer.json
+// "added_tokens" when the model comes from it; for a sentencepiece model, the converter's first three
+// pieces <unk> <s> </s>, special), then tokenizer_config.json "added_tokens_decoder" when it exists,
+// otherwise tokenizer.json "added_tokens" and added_tokens.json (whose tokens are "normalized"
+// unless they name a special token). A later entry for an id replaces the earlier one.
+void Tokenizer::load_added_tokens(const std::map<std::string, std::string>& files, const json& config,
+                                  const std::optional<json>& tokenizer_json, bool model_from_json) {
+  if (model_from_json) {
+    add_tokenizer_json_added_tokens(*tokenizer_json);
+  } else {
+    for (int32_t id = 0; id < std::min<int32_t>(3, static_cast<int32_t>(pieces_.size())); id++) {
+      add_token(AddedToken{pieces_[id], id, /*special=*/true, /*normalized=*/false});
     }
   }
-  if (config.contains("chat_template") && config["chat_template"].is_string()) {
-    chat_template_source_ = config["chat_template"].get<std::string>();
-  }
-
   if (config.contains("added_tokens_decoder")) {
     const json& decoder = config["added_tokens_decoder"];
     if (!decoder.is_object()) fail("tokenizer_config.json: \"added_tokens_decoder\" must be an object");
@@ -354,14 +532,7 @@ void Tokenizer::load_added_tokens(const std::map<std::string, std::string>& file
     }
     return;
   }
-  if (tokenizer_json && tokenizer_json->contains("added_tokens")) {
-    const json& list = (*tokenizer_json)["added_tokens"];
-    if (!list.is_array()) fail("tokenizer.json: \"added_tokens\" must be a list");
-    for (const json& entry : list) {
-      if (!entry.is_object() || !entry.contains("id")) fail("tokenizer.json: added token without an \"id\"");
-      add_token(added_token_from_json(entry, parse_token_id(entry["id"], "tokenizer.json"), "tokenizer.json"));
-    }
-  }
+  if (tokenizer_json && !model_from_json) add_tokenizer_json_added_tokens(*tokenizer_json);
   if (const auto added = parse_json_file(files, "added_tokens.json")) {
     for (const auto& [content, id] : added->items()) {
       // Whether it is special is settled in resolve_special_ids; until then it is "normalized".
@@ -519,8 +690,8 @@ void Tokenizer::encode_word(std::string_view word, std::vector<int32_t>& ids) co
     } else if (std::all_of(word.begin() + pos, word.begin() + pos + length,
                            [&](char c) { return byte_piece_ids_[static_cast<unsigned char>(c)] >= 0; })) {
       for (size_t i = pos; i < pos + length; i++) push_symbol(byte_piece_ids_[static_cast<unsigned char>(word[i])]);
-    } else if (symbols.empty() || symbols.back().id != unk_id_) {  // consecutive unknowns fuse
-      push_symbol(unk_id_);
+    } else if (unk_id_ >= 0 && !(fuse_unknown_ && !symbols.empty() && symbols.back().id == unk_id_)) {
+      push_symbol(unk_id_);  // with fuse_unk, a run of unknown characters is one <unk>
     }
     pos += length;
   }
@@ -597,7 +768,7 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special
     text += piece;
   }
   flush_bytes();
-  if (add_prefix_space_ && !text.empty() && text[0] == ' ') text.erase(0, 1);
+  if (decode_strips_leading_space_ && !text.empty() && text[0] == ' ') text.erase(0, 1);
   return text;
 }
 

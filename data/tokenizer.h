@@ -1,8 +1,19 @@
-// Tokenizer: the Llama/Mistral sentencepiece BPE vocabulary plus the Hugging Face layer on top of it
-// (added tokens, the `legacy` prefix rule, the fast tokenizer's decoder), producing the same ids as
+// Tokenizer: the Llama/Mistral BPE vocabulary plus the Hugging Face layer on top of it (added
+// tokens, the `legacy` prefix rule, the fast tokenizer's decoder), producing the same ids as
 // transformers' AutoTokenizer (LlamaTokenizerFast) for the same tokenizer files.
 //
-// Encoding, the way the fast tokenizer converted from tokenizer.model does it:
+// Where the vocabulary and merges come from, as AutoTokenizer decides it:
+//  - tokenizer.json (the fast tokenizer's own file) when present: model.vocab, and merges ranked by
+//    their line in model.merges. Only the Llama/Mistral BPE with byte fallback and the "▁" metaspace
+//    pipeline is read; Unigram, WordPiece and byte-level BPE (GPT-2, Llama 3) are refused by name.
+//    If tokenizer.model is there too it is not read: where the two disagree, tokenizer.json wins.
+//  - tokenizer.model (sentencepiece) otherwise, or when tokenizer_config.json sets add_prefix_space
+//    or from_slow (LlamaTokenizerFast then converts tokenizer.model again and ignores tokenizer.json).
+//    A merge (a, b) exists when the piece a+b is in the vocabulary; merges rank by that piece's score
+//    (higher first), ties by the merged piece's id, then the ids of a and b: the order transformers'
+//    converter writes them into tokenizer.json.
+//
+// Encoding, the way the fast tokenizer does it:
 //  1. Added tokens whose `normalized` flag is false are found in the raw text (leftmost, then
 //     longest match; lstrip/rstrip swallow the whitespace beside them). They are never split.
 //  2. Each stretch of text between them is normalized. legacy (the default when the flag is unset):
@@ -12,9 +23,7 @@
 //  3. Added tokens whose `normalized` flag is true are found in the normalized stretches (their
 //     content normalized the same way).
 //  4. What remains is split into characters (bytes as <0xXX> pieces when a character is not in the
-//     vocabulary) and merged pairwise, best-ranked merge first. A merge (a, b) exists when the
-//     piece a+b is in the vocabulary; merges rank by that piece's score (higher first), ties by the
-//     merged piece's id, then the ids of a and b: the order transformers' converter gives them.
+//     vocabulary) and merged pairwise, best-ranked merge first.
 //
 // The slow LlamaTokenizer gives different ids on some texts when legacy = false or when added tokens
 // are "normalized" (see tools/python/make_tokenizer_fixtures.py); cst follows the fast tokenizer,
@@ -22,6 +31,7 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -30,7 +40,7 @@
 
 namespace cst {
 
-// A token of the Hugging Face layer, matched in the text before the sentencepiece model sees it.
+// A token of the Hugging Face layer, matched in the text before the BPE model sees it.
 struct AddedToken {
   std::string content;
   int32_t id = -1;
@@ -42,8 +52,9 @@ struct AddedToken {
 
 class Tokenizer {
  public:
-  // files: file name -> bytes. "tokenizer.model" (sentencepiece) is required; tokenizer.json,
-  // tokenizer_config.json, added_tokens.json, special_tokens_map.json are used when present.
+  // files: file name -> bytes. tokenizer.json or tokenizer.model (sentencepiece) is required (see
+  // above for which one is used); tokenizer_config.json, added_tokens.json, special_tokens_map.json
+  // are used when present.
   explicit Tokenizer(const std::map<std::string, std::string>& files);
   static Tokenizer from_directory(const std::string& directory);  // reads those files from a dir
 
@@ -56,7 +67,7 @@ class Tokenizer {
   int32_t bos_id() const { return bos_id_; }  // -1 when none
   int32_t eos_id() const { return eos_id_; }  // tokenizer_config.json eos_token, else </s>
   int32_t pad_id() const { return pad_id_; }  // pad_token, else eos (trl's convention)
-  int vocab_size() const { return vocab_size_; }  // sentencepiece pieces + added tokens beyond them
+  int vocab_size() const { return vocab_size_; }  // BPE pieces + added tokens beyond them
   std::optional<int32_t> token_id(std::string_view token) const;  // added/special token or piece
   bool is_special(int32_t id) const;
   bool is_byte(int32_t id) const;  // a byte-fallback piece <0xXX>
@@ -85,8 +96,15 @@ class Tokenizer {
   };
 
   void load_sentencepiece(const std::string& model_bytes);
-  void build_merges();
-  void load_added_tokens(const std::map<std::string, std::string>& files);
+  void build_merges_from_scores();
+  void find_byte_pieces(bool byte_fallback);
+  void load_bpe_model(const nlohmann::json& tokenizer_json);
+  void load_vocabulary(const nlohmann::json& vocab);
+  void load_merge_list(const nlohmann::json& merges);
+  void read_pipeline(const nlohmann::json& tokenizer_json);
+  void add_tokenizer_json_added_tokens(const nlohmann::json& tokenizer_json);
+  void load_added_tokens(const std::map<std::string, std::string>& files, const nlohmann::json& config,
+                         const std::optional<nlohmann::json>& tokenizer_json, bool model_from_json);
   void add_token(AddedToken token);
   void resolve_special_ids(const std::map<std::string, std::string>& files);
 
@@ -96,12 +114,13 @@ class Tokenizer {
   void encode_word(std::string_view word, std::vector<int32_t>& ids) const;
   const std::string& token_text(int32_t id) const;
 
-  // The sentencepiece vocabulary.
+  // The BPE vocabulary (from tokenizer.json, or from tokenizer.model with its scores).
   std::vector<std::string> pieces_;
   std::vector<float> scores_;
   std::unordered_map<std::string, int32_t> piece_ids_;
-  int32_t byte_piece_ids_[256];
-  int32_t unk_id_ = 0;
+  int32_t byte_piece_ids_[256];  // -1: no byte piece, or byte fallback off
+  int32_t unk_id_ = 0;           // -1: unknown characters are dropped
+  bool fuse_unknown_ = true;     // a run of unknown characters becomes one unk
   MergeTable merges_;
 
   // The Hugging Face layer.
@@ -111,6 +130,7 @@ class Tokenizer {
   std::vector<std::string> normalized_contents_;  // per added token: the text it matches in pass 2
   bool legacy_ = true;
   bool add_prefix_space_ = true;
+  bool decode_strips_leading_space_ = true;
   int32_t bos_id_ = -1, eos_id_ = -1, pad_id_ = -1;
   int vocab_size_ = 0;
   std::string chat_template_source_;

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <ctime>
+#include <functional>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -148,7 +149,7 @@ TEST(Tokenizer, RejectsBadFiles) {
     }
     return "no error";
   };
-  EXPECT_NE(message_of({}).find("tokenizer.model is required"), std::string::npos);
+  EXPECT_NE(message_of({}).find("needs tokenizer.json or tokenizer.model"), std::string::npos);
   EXPECT_NE(message_of({{"tokenizer.model", "not a protobuf at all"}}).find("tokenizer.model"), std::string::npos);
   std::map<std::string, std::string> files = variant_files("chatml");
   files["tokenizer_config.json"] = "{\"legacy\": tru";
@@ -236,15 +237,16 @@ TEST(Tokenizer, DatasetMatchesAutoTokenizerHashes) {
 namespace cst {
 namespace {
 
-// A tokenizer.json without normalizer or pre_tokenizer keys must not crash the loader.
+// A tokenizer.json is what AutoTokenizer loads, even beside tokenizer.model: one without a model is
+// refused with a clear error (not read out of bounds, not silently replaced by tokenizer.model).
 TEST(Tokenizer, TokenizerJsonWithoutPipelineKeys) {
   std::map<std::string, std::string> files = variant_files("chatml");
   files["tokenizer.json"] = R"({"version": "1.0", "added_tokens": []})";
   try {
     Tokenizer tokenizer(files);
-    EXPECT_FALSE(tokenizer.encode("hello").empty());
-  } catch (const Error&) {
-    SUCCEED() << "refused with a clear error, which is fine";
+    ADD_FAILURE() << "a tokenizer.json without a model was accepted";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("tokenizer.json: no \"model\""), std::string::npos) << error.what();
   }
 }
 
@@ -258,6 +260,185 @@ TEST(Tokenizer, StreamingHoldsBackByteRuns) {
   for (int32_t id : ids) streamed += stream.push(id);
   streamed += stream.finish();
   EXPECT_EQ(streamed, tokenizer.decode(ids, true));
+}
+
+}  // namespace
+}  // namespace cst
+
+// ---- tokenizer.json without tokenizer.model ------------------------------------------------------
+// Golden data: tests/fixtures/tokenizer/json/golden.json (make_tokenizer_fixtures.py, json_golden):
+// per variant the files it is made of (paths under json/), transformers' ids for the texts of
+// encode_golden.json, and decodes. Exact equality, as above.
+
+namespace cst {
+namespace {
+
+const std::string kJsonFixtures = kFixtures + "json/";
+const char* const kJsonVariants[] = {"legacy", "metaspace", "json_only", "disagrees", "rebuilt"};
+
+const json& json_golden() {
+  static const json parsed = json::parse(read_file(kJsonFixtures + "golden.json"));
+  return parsed;
+}
+
+std::map<std::string, std::string> json_variant_files(const std::string& variant) {
+  std::map<std::string, std::string> files;
+  for (const auto& [name, path] : json_golden()["variants"][variant]["files"].items()) {
+    files[name] = read_file(kJsonFixtures + path.get<std::string>());
+  }
+  return files;
+}
+
+// Encodes every corpus text and compares with the golden ids; returns the number of mismatches,
+// reporting the first few.
+int count_encode_mismatches(const Tokenizer& tokenizer, const json& expected_ids, const std::string& label) {
+  const json& texts = golden()["texts"];
+  EXPECT_EQ(expected_ids.size(), texts.size());
+  int mismatches = 0;
+  for (size_t i = 0; i < texts.size() && i < expected_ids.size(); i++) {
+    const std::string text = texts[i].get<std::string>();
+    const std::vector<int32_t> expected = expected_ids[i].get<std::vector<int32_t>>();
+    const std::vector<int32_t> actual = tokenizer.encode(text);
+    if (actual != expected && mismatches++ < 5) {
+      ADD_FAILURE() << label << " text " << i << " " << json(text).dump() << "\n  expected " << ids_text(expected)
+                    << "\n  actual   " << ids_text(actual);
+    }
+  }
+  return mismatches;
+}
+
+class TokenizerJsonGolden : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(TokenizerJsonGolden, EncodeMatchesTransformers) {
+  const Tokenizer tokenizer(json_variant_files(GetParam()));
+  const json& variant = json_golden()["variants"][GetParam()];
+  ASSERT_GE(golden()["texts"].size(), 500u);
+  EXPECT_EQ(count_encode_mismatches(tokenizer, variant["ids"], GetParam()), 0);
+}
+
+TEST_P(TokenizerJsonGolden, DecodeMatchesTransformers) {
+  const Tokenizer tokenizer(json_variant_files(GetParam()));
+  const json& variant = json_golden()["variants"][GetParam()];
+  json sequences = variant["ids"];
+  for (const json& ids : variant["random_ids"]) sequences.push_back(ids);
+  ASSERT_EQ(sequences.size(), variant["decoded"].size());
+  int mismatches = 0;
+  for (size_t i = 0; i < sequences.size(); i++) {
+    const std::vector<int32_t> ids = sequences[i].get<std::vector<int32_t>>();
+    for (bool skip : {false, true}) {
+      const std::string expected = variant[skip ? "decoded_skip_special" : "decoded"][i].get<std::string>();
+      const std::string actual = tokenizer.decode(ids, skip);
+      if (actual != expected && mismatches++ < 5) {
+        ADD_FAILURE() << GetParam() << " sequence " << i << " " << ids_text(ids) << " skip_special=" << skip
+                      << "\n  expected " << json(expected).dump() << "\n  actual   " << json(actual).dump();
+      }
+    }
+  }
+  EXPECT_EQ(mismatches, 0) << "of " << 2 * sequences.size() << " decodes";
+}
+
+TEST_P(TokenizerJsonGolden, SpecialTokensMatchTransformers) {
+  const Tokenizer tokenizer(json_variant_files(GetParam()));
+  const json& variant = json_golden()["variants"][GetParam()];
+  EXPECT_EQ(tokenizer.vocab_size(), variant["vocab_size"].get<int>());
+  EXPECT_EQ(tokenizer.bos_id(), variant["bos_id"].get<int32_t>());
+  EXPECT_EQ(tokenizer.eos_id(), variant["eos_id"].get<int32_t>());
+  EXPECT_EQ(tokenizer.pad_id(), variant["pad_id"].get<int32_t>());
+  std::vector<int32_t> special;
+  for (int32_t id = 0; id < tokenizer.vocab_size(); id++) {
+    if (tokenizer.is_special(id)) special.push_back(id);
+  }
+  EXPECT_EQ(special, variant["added_special_ids"].get<std::vector<int32_t>>());
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, TokenizerJsonGolden, ::testing::ValuesIn(kJsonVariants));
+
+// The fixtures do exercise what they are for: the reversed merges of "disagrees" change the ids of
+// many texts against tokenizer.model, and "rebuilt" (same files, add_prefix_space set) does not
+// follow tokenizer.json.
+TEST(TokenizerJson, FixturesCoverDisagreement) {
+  const json& variants = json_golden()["variants"];
+  EXPECT_GT(variants["disagrees"]["texts_where_tokenizer_model_differs"].get<int>(), 50);
+  EXPECT_EQ(variants["legacy"]["texts_where_tokenizer_model_differs"].get<int>(), 0);
+  EXPECT_NE(variants["rebuilt"]["ids"], variants["disagrees"]["ids"]);
+  EXPECT_EQ(json_variant_files("json_only").size(), 1u);
+}
+
+// tokenizers 0.20 and later write merges as [left, right] pairs: the same merges, the same ids.
+TEST(TokenizerJson, MergesAsPairsEncodeTheSame) {
+  std::map<std::string, std::string> files = json_variant_files("legacy");
+  json tokenizer_json = json::parse(files["tokenizer.json"]);
+  json pairs = json::array();
+  for (const json& line : tokenizer_json["model"]["merges"]) {
+    const std::string text = line.get<std::string>();
+    const size_t space = text.find(' ');
+    pairs.push_back({text.substr(0, space), text.substr(space + 1)});
+  }
+  ASSERT_GT(pairs.size(), 100u);
+  tokenizer_json["model"]["merges"] = pairs;
+  files["tokenizer.json"] = tokenizer_json.dump();
+  EXPECT_EQ(count_encode_mismatches(Tokenizer(files), json_golden()["variants"]["legacy"]["ids"], "pairs"), 0);
+}
+
+// tokenizer.model alone with the Hub's "add_prefix_space": null: no "▁" prefix, the same ids as the
+// explicit false of "rebuilt" (the generator asserts this equivalence against transformers).
+TEST(TokenizerJson, NullAddPrefixSpaceWithSentencepieceOnly) {
+  const Tokenizer tokenizer({{"tokenizer.model", read_file(kJsonFixtures + "tokenizer.model")},
+                             {"tokenizer_config.json", read_file(kJsonFixtures + "legacy/tokenizer_config.json")}});
+  EXPECT_EQ(count_encode_mismatches(tokenizer, json_golden()["variants"]["rebuilt"]["ids"], "null prefix"), 0);
+}
+
+TEST(TokenizerJson, RejectsWhatItDoesNotRead) {
+  const std::map<std::string, std::string> good = json_variant_files("legacy");
+  const auto message_with = [&](const std::function<void(json&)>& change) -> std::string {
+    json tokenizer_json = json::parse(good.at("tokenizer.json"));
+    change(tokenizer_json);
+    std::map<std::string, std::string> files = good;
+    files["tokenizer.json"] = tokenizer_json.dump();
+    try {
+      Tokenizer tokenizer(files);
+    } catch (const Error& error) {
+      return error.what();
+    }
+    return "no error";
+  };
+  const auto expect_message = [&](const std::function<void(json&)>& change, const std::string& part) {
+    const std::string message = message_with(change);
+    EXPECT_NE(message.find(part), std::string::npos) << "expected '" << part << "' in: " << message;
+  };
+  expect_message([](json& j) { j["model"]["type"] = "Unigram"; }, "tokenizer.json: model type 'Unigram' is not supported");
+  expect_message([](json& j) { j["model"]["type"] = "WordPiece"; }, "tokenizer.json: model type 'WordPiece' is not supported");
+  expect_message([](json& j) { j["pre_tokenizer"] = {{"type", "ByteLevel"}, {"add_prefix_space", false}}; },
+                 "ByteLevel pre-tokenization (GPT-2 / Llama 3 style) is not supported");
+  expect_message([](json& j) { j["model"]["merges"][3] = "no_such_piece x"; }, "merge 3 \"no_such_piece x\" names a piece");
+  expect_message([](json& j) { j["model"]["merges"][0] = "a b c"; }, "merge 0 \"a b c\" must be two pieces");
+  expect_message([](json& j) { j["model"]["merges"][0] = 7; }, "merge 0 must be \"left right\" or [left, right]");
+  expect_message([](json& j) { j["model"]["vocab"]["<s>"] = 0; }, "vocab ids must be 0..");
+  expect_message([](json& j) { j["model"]["unk_token"] = "<nope>"; }, "unk_token \"<nope>\" is not in the vocabulary");
+  expect_message([](json& j) { j["model"]["dropout"] = 0.1; }, "dropout is not supported");
+  expect_message([](json& j) { j["normalizer"] = nullptr; }, "is not the Llama/Mistral form");
+  expect_message([](json& j) { j["decoder"]["decoders"].erase(1); }, "decoder");
+  expect_message([](json& j) { j.erase("model"); }, "tokenizer.json: no \"model\"");
+  expect_message(
+      [](json& j) {
+        j["normalizer"] = nullptr;
+        j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "\xE2\x96\x81"}, {"prepend_scheme", "first"}};
+      },
+      "split false");
+  expect_message([](json& j) { j["pre_tokenizer"] = 5; }, "is not the Llama/Mistral form");
+  expect_message([](json& j) { j["model"]["type"] = nullptr; }, "model type '' is not supported");
+  // add_prefix_space in tokenizer_config.json sends transformers back to tokenizer.model.
+  std::map<std::string, std::string> files = good;
+  json config = json::parse(files["tokenizer_config.json"]);
+  config["add_prefix_space"] = true;
+  files["tokenizer_config.json"] = config.dump();
+  try {
+    Tokenizer tokenizer(files);
+    ADD_FAILURE() << "add_prefix_space without tokenizer.model was accepted";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("there is no tokenizer.model"), std::string::npos) << error.what();
+  }
+  EXPECT_NO_THROW(Tokenizer::from_directory(kJsonFixtures + "legacy"));
 }
 
 }  // namespace

@@ -15,6 +15,11 @@
 #   dataset_hashes.txt           FNV-1a hashes of the ids of every real dataset text (see below)
 #   chat_templates/<name>.jinja  the real jinja sources of the built-in chat templates
 #   chat_templates.json          strings rendered by transformers' apply_chat_template
+#   json/                        tokenizers given as tokenizer.json, converted by LlamaTokenizerFast
+#                                from the demo's small sentencepiece model (tests/fixtures/demo/
+#                                tokenizer/tokenizer.model, copied to json/tokenizer.model), and
+#                                json/golden.json: per variant its files, AutoTokenizer ids on the
+#                                corpus of encode_golden.json, and decodes (see json_variants()).
 #
 # Hash of an id sequence (must match tests/test_tokenizer.cpp): 64-bit FNV-1a over the ids, each
 # id fed as 4 little-endian bytes of its int32 value; offset basis 0xcbf29ce484222325,
@@ -28,12 +33,14 @@ import tempfile
 
 import mistral_common
 import transformers
-from transformers import AutoTokenizer, LlamaTokenizer
+from transformers import AutoTokenizer, LlamaTokenizer, LlamaTokenizerFast
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 OUT = os.path.join(REPO, "tests", "fixtures", "tokenizer")
 DATASET = os.path.join(REPO, "..", "shared", "data", "configurable-system-prompt-multitask.json")
 MISTRAL_V1_MODEL = os.path.join(os.path.dirname(mistral_common.__file__), "data", "tokenizer.model.v1")
+DEMO_MODEL = os.path.join(REPO, "tests", "fixtures", "demo", "tokenizer", "tokenizer.model")
+JSON_OUT = os.path.join(OUT, "json")
 
 # --- Chat templates: the sources as published in each model's tokenizer_config.json. ----------------
 
@@ -205,10 +212,10 @@ def synthetic_corpus():
     return HAND_WRITTEN + space_runs() + random_corpus(300)
 
 
-def random_id_sequences(vocab_size, count, seed=99):
+def random_id_sequences(vocab_size, count, seed=99, piece_count=32000):
     """Arbitrary id sequences for decode(): byte pieces, specials and added tokens mixed."""
     rng = random.Random(seed)
-    pools = [list(range(0, 300)), list(range(vocab_size - 6, vocab_size)), list(range(300, 32000))]
+    pools = [list(range(0, 300)), list(range(vocab_size - 6, vocab_size)), list(range(300, piece_count))]
     sequences = []
     for _ in range(count):
         sequence = [rng.choice(rng.choice(pools)) for _ in range(rng.randint(1, 12))]
@@ -276,6 +283,156 @@ def dataset_hashes():
     with open(os.path.join(OUT, "dataset_hashes.txt"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
+# --- tokenizer.json without tokenizer.model. --------------------------------------------------------
+#
+# Variants (files are paths under json/; every directory is loaded exactly as listed):
+#   legacy      tokenizer.json of the legacy conversion (normalizer Prepend + Replace) and an
+#               OpenHermes-style tokenizer_config.json; no tokenizer.model, so transformers has only
+#               the tokenizer.json vocabulary and merges list to go by
+#   metaspace   legacy = false conversion (Metaspace pre-tokenizer, prepend_scheme first), with the
+#               lstrip/rstrip and normalized added tokens of chatml_legacy_false
+#   json_only   the legacy tokenizer.json alone (no tokenizer_config.json), loaded with
+#               LlamaTokenizerFast since AutoTokenizer needs a config to pick the class
+#   disagrees   tokenizer.model + a tokenizer.json whose merges list is reversed and repeats one
+#               merge at the end (the last line of a repeated merge sets its rank): AutoTokenizer
+#               follows tokenizer.json, so the ids differ from tokenizer.model's on many texts
+#   rebuilt     the same two files, but tokenizer_config.json sets add_prefix_space (false, legacy
+#               true): LlamaTokenizerFast then converts tokenizer.model again and ignores tokenizer.json
+
+
+def demo_config(legacy, extra_tokens=()):
+    config = openhermes_config(legacy)
+    decoder = {"0": added_token("<unk>", True), "1": added_token("<s>", True), "2": added_token("</s>", True),
+               "512": added_token("<|im_end|>", True), "513": added_token("<|im_start|>", True)}
+    for token_id, token in extra_tokens:
+        decoder[str(token_id)] = token
+    config["added_tokens_decoder"] = decoder
+    return config
+
+
+def as_published(config):
+    # The Hub's Llama/Mistral configs carry "add_prefix_space": null, which leaves tokenizer.json in
+    # charge (a value would make LlamaTokenizerFast convert tokenizer.model again). The conversions
+    # above run without the key: null would turn the "▁" prefix off in the converter.
+    return dict(config, add_prefix_space=None)
+
+
+def converted_tokenizer_json(config):
+    """tokenizer.json written by LlamaTokenizerFast converted from the demo's sentencepiece model."""
+    with tempfile.TemporaryDirectory() as source, tempfile.TemporaryDirectory() as saved:
+        shutil.copyfile(DEMO_MODEL, os.path.join(source, "tokenizer.model"))
+        write_json(os.path.join(source, "tokenizer_config.json"), config)
+        LlamaTokenizerFast.from_pretrained(source, from_slow=True).save_pretrained(saved)
+        with open(os.path.join(saved, "tokenizer.json"), encoding="utf-8") as f:
+            return json.load(f)
+
+
+def disagreeing(tokenizer_json):
+    changed = json.loads(json.dumps(tokenizer_json))
+    merges = changed["model"]["merges"][::-1]
+    changed["model"]["merges"] = merges + [merges[len(merges) // 2]]
+    return changed
+
+
+def json_variants():
+    """name -> (loader, {file name in the tokenizer directory: path under json/})."""
+    return {
+        "legacy": ("AutoTokenizer", {"tokenizer.json": "legacy/tokenizer.json",
+                                     "tokenizer_config.json": "legacy/tokenizer_config.json"}),
+        "metaspace": ("AutoTokenizer", {"tokenizer.json": "metaspace/tokenizer.json",
+                                        "tokenizer_config.json": "metaspace/tokenizer_config.json"}),
+        "json_only": ("LlamaTokenizerFast", {"tokenizer.json": "legacy/tokenizer.json"}),
+        "disagrees": ("AutoTokenizer", {"tokenizer.model": "tokenizer.model",
+                                        "tokenizer.json": "disagrees/tokenizer.json",
+                                        "tokenizer_config.json": "legacy/tokenizer_config.json"}),
+        "rebuilt": ("AutoTokenizer", {"tokenizer.model": "tokenizer.model",
+                                      "tokenizer.json": "disagrees/tokenizer.json",
+                                      "tokenizer_config.json": "rebuilt/tokenizer_config.json"}),
+    }
+
+
+def write_json_variant_files():
+    os.makedirs(JSON_OUT, exist_ok=True)
+    shutil.copyfile(DEMO_MODEL, os.path.join(JSON_OUT, "tokenizer.model"))
+    legacy_config = demo_config(legacy=True)
+    metaspace_config = demo_config(legacy=False, extra_tokens=[
+        (514, added_token("<|tool|>", False, lstrip=True, rstrip=True)),
+        (515, added_token("[[note]]", False, normalized=True))])
+    rebuilt_config = demo_config(legacy=True)
+    rebuilt_config["add_prefix_space"] = False
+    legacy_json = converted_tokenizer_json(legacy_config)
+    files = {
+        "legacy/tokenizer.json": legacy_json,
+        "legacy/tokenizer_config.json": as_published(legacy_config),
+        "metaspace/tokenizer.json": converted_tokenizer_json(metaspace_config),
+        "metaspace/tokenizer_config.json": as_published(metaspace_config),
+        "disagrees/tokenizer.json": disagreeing(legacy_json),
+        "rebuilt/tokenizer_config.json": rebuilt_config,
+    }
+    for path, obj in files.items():
+        os.makedirs(os.path.dirname(os.path.join(JSON_OUT, path)), exist_ok=True)
+        with open(os.path.join(JSON_OUT, path), "w", encoding="utf-8") as f:
+            json.dump(obj, f, ensure_ascii=False, separators=(",", ":"))
+
+
+def load_json_variant(name):
+    return load_json_files(*json_variants()[name])
+
+
+def load_json_files(loader, files):
+    with tempfile.TemporaryDirectory() as directory:
+        for file_name, path in files.items():
+            shutil.copyfile(os.path.join(JSON_OUT, path), os.path.join(directory, file_name))
+        tokenizer_class = AutoTokenizer if loader == "AutoTokenizer" else LlamaTokenizerFast
+        return tokenizer_class.from_pretrained(directory)
+
+
+def sentencepiece_ids(texts):
+    """Ids of the demo's tokenizer.model alone, to show where a tokenizer.json disagrees with it."""
+    with tempfile.TemporaryDirectory() as directory:
+        shutil.copyfile(DEMO_MODEL, os.path.join(directory, "tokenizer.model"))
+        write_json(os.path.join(directory, "tokenizer_config.json"), demo_config(legacy=True))
+        tokenizer = LlamaTokenizerFast.from_pretrained(directory, from_slow=True)
+        return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def json_golden():
+    write_json_variant_files()
+    texts = synthetic_corpus()
+    from_sentencepiece = sentencepiece_ids(texts)
+    golden = {"transformers": transformers.__version__, "texts": "encode_golden.json texts", "variants": {}}
+    for name, (loader, files) in json_variants().items():
+        tokenizer = load_json_variant(name)
+        assert type(tokenizer).__name__ == "LlamaTokenizerFast", type(tokenizer)
+        ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        random_ids = random_id_sequences(len(tokenizer), 60, piece_count=512)
+        differs = sum(1 for a, b in zip(ids, from_sentencepiece) if a != b)
+        golden["variants"][name] = {
+            "loader": loader,
+            "files": files,
+            "vocab_size": len(tokenizer),
+            "bos_id": tokenizer.bos_token_id,
+            "eos_id": tokenizer.eos_token_id,
+            "pad_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+            "added_special_ids": sorted(i for i, t in tokenizer.added_tokens_decoder.items() if t.special),
+            "texts_where_tokenizer_model_differs": differs,
+            "ids": ids,
+            "random_ids": random_ids,
+            "decoded": [tokenizer.decode(s) for s in ids + random_ids],
+            "decoded_skip_special": [tokenizer.decode(s, skip_special_tokens=True) for s in ids + random_ids],
+        }
+        print(f"json/{name}: {len(texts)} texts, tokenizer.model alone differs on {differs}", file=sys.stderr)
+    assert golden["variants"]["disagrees"]["texts_where_tokenizer_model_differs"] > 0
+    assert golden["variants"]["rebuilt"]["ids"] != golden["variants"]["disagrees"]["ids"]
+    # tokenizer.model with the published config ("add_prefix_space": null) and no tokenizer.json:
+    # the converter prepends nothing, exactly as with the explicit false of "rebuilt"
+    # (tests/test_tokenizer.cpp checks cst against the "rebuilt" ids for this directory).
+    null_prefix = load_json_files("AutoTokenizer", {"tokenizer.model": "tokenizer.model",
+                                                    "tokenizer_config.json": "legacy/tokenizer_config.json"})
+    assert [null_prefix(t, add_special_tokens=False)["input_ids"] for t in texts] == golden["variants"]["rebuilt"]["ids"]
+    with open(os.path.join(JSON_OUT, "golden.json"), "w", encoding="utf-8") as f:
+        json.dump(golden, f, ensure_ascii=False, separators=(",", ":"))
+
 # --- Chat templates. -------------------------------------------------------------------------------
 
 
@@ -341,3 +498,4 @@ if __name__ == "__main__":
     encode_golden()
     dataset_hashes()
     chat_template_golden()
+    json_golden()
