@@ -50,7 +50,7 @@ inline std::filesystem::path fresh_test_dir(const std::string& name) {
 
 // The demo's tiny model and synthetic CST data, written once per test process.
 inline const demo::DemoFiles& tiny_demo_files() {
-  static const demo::DemoFiles files = demo::write_demo_assets(fresh_test_dir("demo_assets").string(), 42);
+  static const demo::DemoFiles files = demo::write_demo_assets(fresh_test_dir("tiny_demo").string(), 42);
   return files;
 }
 
