@@ -41,6 +41,120 @@ const KnownTemplate kKnownTemplates[] = {
      "message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == "
      "'assistant' %}{{ message['content'] + eos_token + ' ' }}{% else %}{{ raise_exception('Only user and "
      "assistant roles are supported!') }}{% endif %}{% endfor %}"},
+    // Multi-line sources as raw strings, written exactly as published (the trailing newline included).
+    {ChatTemplateKind::mistral_v2, "mistral_v2", R"jinja({%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content'] %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+
+{{- bos_token }}
+{%- for message in loop_messages %}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}
+        {{- raise_exception('After the optional system message, conversation roles must alternate user/assistant/user/assistant/...') }}
+    {%- endif %}
+    {%- if message['role'] == 'user' %}
+        {%- if loop.first and system_message is defined %}
+            {{- ' [INST] ' + system_message + '\n\n' + message['content'] + ' [/INST]' }}
+        {%- else %}
+            {{- ' [INST] ' + message['content'] + ' [/INST]' }}
+        {%- endif %}
+    {%- elif message['role'] == 'assistant' %}
+        {{- ' ' + message['content'] + eos_token}}
+    {%- else %}
+        {{- raise_exception('Only user and assistant roles are supported, with the exception of an initial optional system message!') }}
+    {%- endif %}
+{%- endfor %}
+)jinja"},
+    {ChatTemplateKind::mistral_v3, "mistral_v3", R"jinja({%- if messages[0]["role"] == "system" %}
+    {%- set system_message = messages[0]["content"] %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{%- if not tools is defined %}
+    {%- set tools = none %}
+{%- endif %}
+{%- set user_messages = loop_messages | selectattr("role", "equalto", "user") | list %}
+
+{#- This block checks for alternating user/assistant messages, skipping tool calling messages #}
+{%- set ns = namespace() %}
+{%- set ns.index = 0 %}
+{%- for message in loop_messages %}
+    {%- if not (message.role == "tool" or message.role == "tool_results" or (message.tool_calls is defined and message.tool_calls is not none)) %}
+        {%- if (message["role"] == "user") != (ns.index % 2 == 0) %}
+            {{- raise_exception("After the optional system message, conversation roles must alternate user/assistant/user/assistant/...") }}
+        {%- endif %}
+        {%- set ns.index = ns.index + 1 %}
+    {%- endif %}
+{%- endfor %}
+
+{{- bos_token }}
+{%- for message in loop_messages %}
+    {%- if message["role"] == "user" %}
+        {%- if tools is not none and (message == user_messages[-1]) %}
+            {{- "[AVAILABLE_TOOLS] [" }}
+            {%- for tool in tools %}
+                {%- set tool = tool.function %}
+                {{- '{"type": "function", "function": {' }}
+                {%- for key, val in tool.items() if key != "return" %}
+                    {%- if val is string %}
+                        {{- '"' + key + '": "' + val + '"' }}
+                    {%- else %}
+                        {{- '"' + key + '": ' + val|tojson }}
+                    {%- endif %}
+                    {%- if not loop.last %}
+                        {{- ", " }}
+                    {%- endif %}
+                {%- endfor %}
+                {{- "}}" }}
+                {%- if not loop.last %}
+                    {{- ", " }}
+                {%- else %}
+                    {{- "]" }}
+                {%- endif %}
+            {%- endfor %}
+            {{- "[/AVAILABLE_TOOLS]" }}
+            {%- endif %}
+        {%- if loop.last and system_message is defined %}
+            {{- "[INST] " + system_message + "\n\n" + message["content"] + "[/INST]" }}
+        {%- else %}
+            {{- "[INST] " + message["content"] + "[/INST]" }}
+        {%- endif %}
+    {%- elif message.tool_calls is defined and message.tool_calls is not none %}
+        {{- "[TOOL_CALLS] [" }}
+        {%- for tool_call in message.tool_calls %}
+            {%- set out = tool_call.function|tojson %}
+            {{- out[:-1] }}
+            {%- if not tool_call.id is defined or tool_call.id|length != 9 %}
+                {{- raise_exception("Tool call IDs should be alphanumeric strings with length 9!") }}
+            {%- endif %}
+            {{- ', "id": "' + tool_call.id + '"}' }}
+            {%- if not loop.last %}
+                {{- ", " }}
+            {%- else %}
+                {{- "]" + eos_token }}
+            {%- endif %}
+        {%- endfor %}
+    {%- elif message["role"] == "assistant" %}
+        {{- " " + message["content"]|trim + eos_token}}
+    {%- elif message["role"] == "tool_results" or message["role"] == "tool" %}
+        {%- if message.content is defined and message.content.content is defined %}
+            {%- set content = message.content.content %}
+        {%- else %}
+            {%- set content = message.content %}
+        {%- endif %}
+        {{- '[TOOL_RESULTS] {"content": ' + content|string + ", " }}
+        {%- if not message.tool_call_id is defined or message.tool_call_id|length != 9 %}
+            {{- raise_exception("Tool call IDs should be alphanumeric strings with length 9!") }}
+        {%- endif %}
+        {{- '"call_id": "' + message.tool_call_id + '"}[/TOOL_RESULTS]' }}
+    {%- else %}
+        {{- raise_exception("Only user and assistant roles are supported, with the exception of an initial optional system message!") }}
+    {%- endif %}
+{%- endfor %}
+)jinja"},
     {ChatTemplateKind::zephyr, "zephyr",
      "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + "
      "eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token "
@@ -105,6 +219,10 @@ std::string ChatTemplate::prompt(const std::string& system, const std::string& u
       return "<s>[INST] " + python_strip("<<SYS>>\n" + system + "\n<</SYS>>\n\n" + user) + " [/INST]";
     case ChatTemplateKind::mistral:
       return "<s>[INST] " + fold_system_into_user(system, user) + " [/INST]";
+    case ChatTemplateKind::mistral_v2:
+      return "<s> [INST] " + system + "\n\n" + user + " [/INST]";
+    case ChatTemplateKind::mistral_v3:
+      return "<s>[INST] " + system + "\n\n" + user + "[/INST]";
     case ChatTemplateKind::zephyr:
       return "<|system|>\n" + system + "</s>\n<|user|>\n" + user + "</s>\n";
     case ChatTemplateKind::plain:
@@ -119,13 +237,16 @@ std::string ChatTemplate::answer(const std::string& text) const {
     case ChatTemplateKind::solar: return "### Assistant:\n" + text;
     case ChatTemplateKind::llama2: return " " + python_strip(text) + " </s>";
     case ChatTemplateKind::mistral: return text + "</s> ";
+    case ChatTemplateKind::mistral_v2: return " " + text + "</s>";
+    case ChatTemplateKind::mistral_v3: return " " + python_strip(text) + "</s>";
     case ChatTemplateKind::zephyr: return "<|assistant|>\n" + text + "</s>\n";
     case ChatTemplateKind::plain: return text;
   }
   fail("chat template: unknown kind ", static_cast<int>(kind));
 }
 
-// llama2, mistral and plain have no generation prompt: the model continues right after [/INST].
+// The llama2 and mistral families and plain have no generation prompt: the model continues right
+// after [/INST].
 std::string ChatTemplate::generation_prompt(const std::string& system, const std::string& user) const {
   switch (kind) {
     case ChatTemplateKind::chatml: return prompt(system, user) + "<|im_start|>assistant\n";
@@ -133,6 +254,8 @@ std::string ChatTemplate::generation_prompt(const std::string& system, const std
     case ChatTemplateKind::zephyr: return prompt(system, user) + "<|assistant|>\n";
     case ChatTemplateKind::llama2:
     case ChatTemplateKind::mistral:
+    case ChatTemplateKind::mistral_v2:
+    case ChatTemplateKind::mistral_v3:
     case ChatTemplateKind::plain: return prompt(system, user);
   }
   fail("chat template: unknown kind ", static_cast<int>(kind));
@@ -146,7 +269,9 @@ std::vector<std::string> ChatTemplate::end_of_turn() const {
     case ChatTemplateKind::chatml: return {"<|im_end|>"};
     case ChatTemplateKind::solar: return {"### User:"};
     case ChatTemplateKind::llama2:
-    case ChatTemplateKind::mistral: return {"</s>"};
+    case ChatTemplateKind::mistral:
+    case ChatTemplateKind::mistral_v2:
+    case ChatTemplateKind::mistral_v3: return {"</s>"};
     case ChatTemplateKind::zephyr: return {"</s>", "<|user|>"};
     case ChatTemplateKind::plain: return {};
   }
@@ -173,7 +298,7 @@ ChatTemplate detect_chat_template(const std::string& jinja_source) {
   // rendered text, so a near match is not the same template.
   const std::string source = python_strip(jinja_source);
   for (const KnownTemplate& known_template : kKnownTemplates) {
-    if (known_template.jinja_source && source == known_template.jinja_source) {
+    if (known_template.jinja_source && source == python_strip(known_template.jinja_source)) {
       return ChatTemplate{known_template.kind};
     }
   }
