@@ -114,6 +114,22 @@ TEST(Trainer, RealDatasetRunsAFewSteps) {
   EXPECT_TRUE(std::isfinite(outcome.last_train.at("loss")));
 }
 
+// A model whose tokenizer comes as tokenizer.json alone (no tokenizer.model), through model.bin.
+TEST(Trainer, ModelWithOnlyTokenizerJsonTrains) {
+  const fs::path hf = fresh_dir("json_tokenizer_model");
+  std::map<std::string, std::string> tokenizer_files;
+  for (const char* name : {"tokenizer.json", "tokenizer_config.json"}) {
+    std::ifstream in(fs::path(CST_SOURCE_DIR) / "tests/fixtures/tokenizer/json/legacy" / name, std::ios::binary);
+    tokenizer_files[name] = std::string(std::istreambuf_iterator<char>(in), {});
+  }
+  demo::write_tiny_model(hf.string(), demo::kSentencepieceVocab + 2, demo::kSentencepieceVocab, tokenizer_files, 7);
+  convert_hf_directory(hf.string(), (hf / "model.bin").string());
+  TrainOptions options = tiny_run(fresh_dir("json_tokenizer_run"));
+  options.model_path = (hf / "model.bin").string();
+  options.max_steps = 1;
+  EXPECT_EQ(run_training(options).steps, 1);
+}
+
 // Runs training expecting a cst::Error whose message contains `expected`.
 void expect_training_error(const TrainOptions& options, const std::string& expected) {
   try {

@@ -19,8 +19,9 @@ ModelSession open_model_session(const std::string& model_path, const std::string
                                 const std::string& chat_template_name, bool load_weights) {
   ModelSession session;
   session.file = std::make_unique<ModelFile>(model_path);
-  if (session.file->tokenizer_files().count("tokenizer.model") == 0)
-    fail(model_path, ": has no tokenizer.model (convert the HF directory with its tokenizer files)");
+  const auto& tokenizer_files = session.file->tokenizer_files();
+  if (tokenizer_files.count("tokenizer.model") == 0 && tokenizer_files.count("tokenizer.json") == 0)
+    fail(model_path, ": has neither tokenizer.model nor tokenizer.json (convert the HF directory with its tokenizer files)");
   session.tokenizer = std::make_unique<Tokenizer>(session.file->tokenizer_files());
   if (session.tokenizer->vocab_size() > session.config().vocab_size)
     fail("model/tokenizer mismatch in ", model_path, ": the tokenizer has ",
