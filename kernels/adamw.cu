@@ -1,5 +1,9 @@
 // CUDA AdamW step and the deterministic sum of squares behind gradient-norm clipping.
 // Parameters, gradients and moments are f32 (the LoRA master weights and their state).
+//
+// Both work on lists of tensors. A launch takes up to kSlicesPerLaunch tensors as a kernel
+// argument (blockIdx.y picks the tensor, blocks along x stride over it), so nothing is copied to
+// the device and nothing waits for the host; a longer list takes a few launches.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -10,6 +14,8 @@
 
 namespace cst::cuda {
 
+namespace {
+
 // The per-step scalars, computed once on the host in double as torch does with Python floats.
 struct AdamWStep {
   float beta1, beta2, epsilon;
@@ -19,221 +25,189 @@ struct AdamWStep {
   float grad_scale;
 };
 
-// The same order of operations as the CPU reference (torch's single-tensor AdamW).
-template <int Width>
-__global__ void adamw_kernel(float* param, const float* grad, float* m, float* v, AdamWStep step,
-                             int64_t count) {
-  for (int64_t i = first_chunk(Width); i < count; i += chunk_stride(Width)) {
-    float p[Width], g[Width], m_i[Width], v_i[Width];
-    load_chunk<Width>(param + i, p);
-    load_chunk<Width>(grad + i, g);
-    load_chunk<Width>(m + i, m_i);
-    load_chunk<Width>(v + i, v_i);
-    for (int k = 0; k < Width; ++k) {
-      float scaled_grad = g[k] * step.grad_scale;
-      m_i[k] = step.beta1 * m_i[k] + (1.0f - step.beta1) * scaled_grad;
-      v_i[k] = step.beta2 * v_i[k] + (1.0f - step.beta2) * scaled_grad * scaled_grad;
-      float denominator = sqrtf(v_i[k]) / step.bias_correction2_sqrt + step.epsilon;
-      p[k] = p[k] * step.decay - step.step_size * m_i[k] / denominator;
-    }
-    store_chunk<Width>(param + i, p);
-    store_chunk<Width>(m + i, m_i);
-    store_chunk<Width>(v + i, v_i);
-  }
-}
-
-void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
-                  const AdamWConfig& config, float learning_rate, int64_t step, float grad_scale) {
-  const char* op = "adamw_update";
-  for (auto [t, name] : {std::pair{&param, "param"}, {&grad, "grad"}, {&m, "m"}, {&v, "v"}}) {
-    check_on_gpu(*t, op, name);
-    check_dtype(*t, DType::f32, op, name);
-    if (t->numel() != param.numel())
-      fail(op, ": ", name, " ", t->describe(), " does not match param ", param.describe());
-  }
-  if (step < 1) fail(op, ": step counts from 1, got ", step);
-  int64_t count = param.numel();
-  if (count == 0) return;
+AdamWStep adamw_step(const AdamWConfig& config, float learning_rate, int64_t step, float grad_scale) {
   double bias_correction1 = 1.0 - std::pow(double(config.beta1), double(step));
   double bias_correction2 = 1.0 - std::pow(double(config.beta2), double(step));
-  AdamWStep scalars{config.beta1,
-                    config.beta2,
-                    config.epsilon,
-                    float(double(learning_rate) / bias_correction1),
-                    float(std::sqrt(bias_correction2)),
-                    1.0f - learning_rate * config.weight_decay,
-                    grad_scale};
-  float* p = param.f32();
-  float* g = grad.f32();
-  if (can_use_chunks(count, p, g, m.f32(), v.f32()))
-    adamw_kernel<kChunk><<<grid_blocks(count / kChunk), kThreads, 0, stream()>>>(p, g, m.f32(),
-                                                                               v.f32(), scalars, count);
-  else
-    adamw_kernel<1><<<grid_blocks(count), kThreads, 0, stream()>>>(p, g, m.f32(), v.f32(), scalars,
-                                                                   count);
-  CUDA_CHECK_LAUNCH();
+  return {config.beta1,
+          config.beta2,
+          config.epsilon,
+          float(double(learning_rate) / bias_correction1),
+          float(std::sqrt(bias_correction2)),
+          1.0f - learning_rate * config.weight_decay,
+          grad_scale};
 }
 
-// ---- the multi-tensor step: every tensor in one launch ----
+// 64 tensors of 48 bytes: the list stays inside the 4 KB of kernel arguments every CUDA version
+// accepts.
+constexpr int kSlicesPerLaunch = 64;
 
-// Where one tensor of the list lives; blockIdx.y picks the tensor, blocks along x stride over it.
+// Blocks along x for a list: enough for its largest tensor, fewer when the list is long (the
+// grid-stride loops cover the rest), so every launch is a few waves of blocks.
+int blocks_per_tensor(int64_t largest_items, size_t tensors) {
+  constexpr int64_t kBlocksPerLaunch = 4096;
+  int64_t wanted = (largest_items + kThreads - 1) / kThreads;
+  int64_t cap = std::max<int64_t>(1, kBlocksPerLaunch / int64_t(tensors));
+  return int(std::clamp<int64_t>(wanted, 1, cap));
+}
+
+// ---- the AdamW step ----
+
 struct AdamWSlice {
   float* param;
   const float* grad;
   float* m;
   float* v;
   int64_t count;
+  int64_t chunked_count;  // the leading elements moved in 16-byte chunks (0 if misaligned)
 };
 
-__global__ void adamw_all_kernel(const AdamWSlice* slices, AdamWStep step) {
-  const AdamWSlice slice = slices[blockIdx.y];
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < slice.count;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    float scaled_grad = slice.grad[i] * step.grad_scale;
-    float m_i = step.beta1 * slice.m[i] + (1.0f - step.beta1) * scaled_grad;
-    float v_i = step.beta2 * slice.v[i] + (1.0f - step.beta2) * scaled_grad * scaled_grad;
-    float denominator = sqrtf(v_i) / step.bias_correction2_sqrt + step.epsilon;
-    slice.param[i] = slice.param[i] * step.decay - step.step_size * m_i / denominator;
-    slice.m[i] = m_i;
-    slice.v[i] = v_i;
+struct AdamWSlices {
+  AdamWSlice slices[kSlicesPerLaunch];
+};
+
+// The same order of operations as the CPU reference (torch's single-tensor AdamW).
+template <int Width>
+__device__ inline void adamw_chunk(const AdamWSlice& slice, int64_t i, const AdamWStep& step) {
+  float p[Width], g[Width], m[Width], v[Width];
+  load_chunk<Width>(slice.param + i, p);
+  load_chunk<Width>(slice.grad + i, g);
+  load_chunk<Width>(slice.m + i, m);
+  load_chunk<Width>(slice.v + i, v);
+  for (int k = 0; k < Width; ++k) {
+    float scaled_grad = g[k] * step.grad_scale;
+    m[k] = step.beta1 * m[k] + (1.0f - step.beta1) * scaled_grad;
+    v[k] = step.beta2 * v[k] + (1.0f - step.beta2) * scaled_grad * scaled_grad;
+    float denominator = sqrtf(v[k]) / step.bias_correction2_sqrt + step.epsilon;
+    p[k] = p[k] * step.decay - step.step_size * (m[k] / denominator);
+  }
+  store_chunk<Width>(slice.param + i, p);
+  store_chunk<Width>(slice.m + i, m);
+  store_chunk<Width>(slice.v + i, v);
+}
+
+// __grid_constant__: the list is read in place from the kernel arguments, not copied per thread.
+__global__ void adamw_kernel(const __grid_constant__ AdamWSlices list, AdamWStep step) {
+  const AdamWSlice& slice = list.slices[blockIdx.y];
+  for (int64_t i = first_chunk(kChunk); i < slice.chunked_count; i += chunk_stride(kChunk))
+    adamw_chunk<kChunk>(slice, i, step);
+  for (int64_t i = slice.chunked_count + first_chunk(1); i < slice.count; i += chunk_stride(1))
+    adamw_chunk<1>(slice, i, step);
+}
+
+void check_adamw_tensor(const AdamWTensor& t) {
+  const char* op = "adamw_update_all";
+  for (auto [x, name] : {std::pair{&t.param, "param"}, {&t.grad, "grad"}, {&t.m, "m"}, {&t.v, "v"}}) {
+    check_on_gpu(*x, op, name);
+    check_dtype(*x, DType::f32, op, name);
+    if (x->numel() != t.param.numel())
+      fail(op, ": ", name, " ", x->describe(), " does not match param ", t.param.describe());
   }
 }
 
-// A device copy of a small host array, in a buffer kept (and grown) for the life of the process.
-template <class T>
-const T* upload_list(const std::vector<T>& items) {
-  static void* buffer = nullptr;
-  static size_t capacity = 0;
-  const size_t bytes = sizeof(T) * items.size();
-  if (bytes > capacity) {
-    if (buffer) release(buffer);
-    capacity = std::max(bytes, capacity * 2);
-    buffer = allocate(capacity);
+// One launch over up to kSlicesPerLaunch tensors.
+void adamw_launch(const AdamWTensor* tensors, size_t count, const AdamWStep& step) {
+  AdamWSlices list{};
+  int64_t largest_chunks = 0;
+  for (size_t k = 0; k < count; ++k) {
+    const AdamWTensor& t = tensors[k];
+    const int64_t elements = t.param.numel();
+    const bool aligned = is_aligned_16(t.param.data) && is_aligned_16(t.grad.data) &&
+                         is_aligned_16(t.m.data) && is_aligned_16(t.v.data);
+    list.slices[k] = {t.param.f32(), t.grad.f32(), t.m.f32(), t.v.f32(), elements,
+                      aligned ? elements / kChunk * kChunk : 0};
+    largest_chunks = std::max(largest_chunks, aligned ? elements / kChunk : elements);
   }
-  copy_bytes(buffer, items.data(), bytes);
-  return static_cast<const T*>(buffer);
-}
-
-// Blocks along x: enough for the largest tensor, at most 64 (a grid-stride loop covers the rest).
-template <class Count>
-int blocks_for_largest(const std::vector<Count>& counts) {
-  int64_t largest = 0;
-  for (const Count& count : counts) largest = std::max<int64_t>(largest, count);
-  return int(std::clamp<int64_t>((largest + kThreads - 1) / kThreads, 1, 64));
-}
-
-void adamw_update_all(const std::vector<AdamWTensor>& tensors, const AdamWConfig& config,
-                      float learning_rate, int64_t step, float grad_scale) {
-  if (tensors.size() > 65535) fail("adamw_update_all: at most 65535 tensors per launch");
-  std::vector<AdamWSlice> slices;
-  std::vector<int64_t> counts;
-  for (const AdamWTensor& t : tensors) {
-    for (const Tensor* x : {&t.param, &t.grad, &t.m, &t.v}) check_on_gpu(*x, "adamw_update_all", "tensor");
-    slices.push_back({t.param.f32(), t.grad.f32(), t.m.f32(), t.v.f32(), t.param.numel()});
-    counts.push_back(t.param.numel());
-  }
-  double bias_correction1 = 1.0 - std::pow(double(config.beta1), double(step));
-  double bias_correction2 = 1.0 - std::pow(double(config.beta2), double(step));
-  AdamWStep scalars{config.beta1, config.beta2, config.epsilon,
-                    float(double(learning_rate) / bias_correction1), float(std::sqrt(bias_correction2)),
-                    1.0f - learning_rate * config.weight_decay, grad_scale};
-  const dim3 grid(blocks_for_largest(counts), unsigned(slices.size()));
-  adamw_all_kernel<<<grid, kThreads, 0, stream()>>>(upload_list(slices), scalars);
+  const dim3 grid(blocks_per_tensor(largest_chunks, count), unsigned(count));
+  adamw_kernel<<<grid, kThreads, 0, stream()>>>(list, step);
   CUDA_CHECK_LAUNCH();
 }
 
 // ---- sum of squares ----
-
-// A fixed number of blocks, so the partial sums (and the order they are added in) do not depend
-// on the GPU: the gradient norm is reproducible run to run.
-constexpr int kSquareBlocks = 256;
-
-// partials (kSquareBlocks): each block's sum of x^2 over its grid-stride share, in double.
-template <class T>
-__global__ void sum_of_squares_kernel(double* partials, const T* x, int64_t count) {
-  __shared__ double thread_sums[kThreads];
-  double sum = 0.0;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    double value = to_float(x[i]);
-    sum += value * value;
-  }
-  thread_sums[threadIdx.x] = sum;
-  __syncthreads();
-  for (int half = kThreads / 2; half > 0; half /= 2) {  // tree in a fixed order
-    if (threadIdx.x < half) thread_sums[threadIdx.x] += thread_sums[threadIdx.x + half];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) partials[blockIdx.x] = thread_sums[0];
-}
-
-double sum_of_squares(const Tensor& t) {
-  const char* op = "sum_of_squares";
-  check_on_gpu(t, op, "t");
-  int64_t count = t.numel();
-  if (count == 0) return 0.0;
-  // Kept for the life of the process: 2 KiB, reused by every call on the single stream.
-  static double* device_partials = static_cast<double*>(allocate(sizeof(double) * kSquareBlocks));
-  with_float_type(t, op, "t", [&](auto tag) {
-    using T = decltype(tag);
-    sum_of_squares_kernel<<<kSquareBlocks, kThreads, 0, stream()>>>(
-        device_partials, static_cast<const T*>(t.data), count);
-    CUDA_CHECK_LAUNCH();
-  });
-  std::vector<double> partials(kSquareBlocks);
-  copy_bytes(partials.data(), device_partials, sizeof(double) * kSquareBlocks);
-  double total = 0.0;
-  for (double partial : partials) total += partial;
-  return total;
-}
-
-// Every tensor at once: blockIdx.y picks the tensor, kBlocksPerTensor blocks share it, and each
-// block writes its own partial, added on the host in a fixed order.
-constexpr int kBlocksPerTensor = 16;
 
 struct SquareSlice {
   const float* data;
   int64_t count;
 };
 
-__global__ void sum_of_squares_all_kernel(double* partials, const SquareSlice* slices) {
+struct SquareSlices {
+  SquareSlice slices[kSlicesPerLaunch];
+};
+
+// Blocks per tensor of the sum of squares: fixed, so the partial sums (and the order they are
+// added in) do not depend on the GPU, and the gradient norm is reproducible run to run.
+constexpr int kSquareBlocksPerTensor = 16;
+
+// partials[tensor * kSquareBlocksPerTensor + block] = that block's share of the tensor's sum of
+// x^2, in double (squares of f32 values are exact in double).
+__global__ void sum_of_squares_kernel(double* partials, const __grid_constant__ SquareSlices list) {
   __shared__ double thread_sums[kThreads];
-  const SquareSlice slice = slices[blockIdx.y];
+  const SquareSlice& slice = list.slices[blockIdx.y];
   double sum = 0.0;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < slice.count;
-       i += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t i = first_chunk(1); i < slice.count; i += chunk_stride(1)) {
     double value = slice.data[i];
     sum += value * value;
   }
   thread_sums[threadIdx.x] = sum;
   __syncthreads();
-  for (int half = kThreads / 2; half > 0; half /= 2) {
+  for (int half = kThreads / 2; half > 0; half /= 2) {  // a tree in a fixed order
     if (threadIdx.x < half) thread_sums[threadIdx.x] += thread_sums[threadIdx.x + half];
     __syncthreads();
   }
-  if (threadIdx.x == 0) partials[blockIdx.y * gridDim.x + blockIdx.x] = thread_sums[0];
+  if (threadIdx.x == 0) partials[blockIdx.y * kSquareBlocksPerTensor + blockIdx.x] = thread_sums[0];
+}
+
+// A device buffer of at least `count` doubles, kept and grown for the life of the process; every
+// use is on the backend's one stream, so calls cannot overlap.
+double* partials_buffer(size_t count) {
+  static Buffer buffer;
+  if (buffer.size() < sizeof(double) * count) buffer = Buffer(Device::cuda, sizeof(double) * count);
+  return static_cast<double*>(buffer.data());
+}
+
+}  // namespace
+
+void adamw_update_all(const std::vector<AdamWTensor>& tensors, const AdamWConfig& config,
+                      float learning_rate, int64_t step, float grad_scale) {
+  if (step < 1) fail("adamw_update_all: step counts from 1, got ", step);
+  for (const AdamWTensor& t : tensors) check_adamw_tensor(t);
+  const AdamWStep scalars = adamw_step(config, learning_rate, step, grad_scale);
+  for (size_t begin = 0; begin < tensors.size(); begin += kSlicesPerLaunch)
+    adamw_launch(tensors.data() + begin, std::min<size_t>(kSlicesPerLaunch, tensors.size() - begin),
+                 scalars);
+}
+
+void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                  const AdamWConfig& config, float learning_rate, int64_t step, float grad_scale) {
+  cuda::adamw_update_all({AdamWTensor{param, grad, m, v}}, config, learning_rate, step, grad_scale);
 }
 
 double sum_of_squares_all(const std::vector<Tensor>& tensors) {
-  if (tensors.size() > 65535) fail("sum_of_squares_all: at most 65535 tensors per launch");
-  std::vector<SquareSlice> slices;
-  for (const Tensor& t : tensors) slices.push_back({t.f32(), t.numel()});
-  const size_t partial_count = slices.size() * kBlocksPerTensor;
-  static double* device_partials = nullptr;
-  static size_t partial_capacity = 0;
-  if (partial_count > partial_capacity) {
-    if (device_partials) release(device_partials);
-    partial_capacity = partial_count;
-    device_partials = static_cast<double*>(allocate(sizeof(double) * partial_capacity));
+  const char* op = "sum_of_squares_all";
+  for (const Tensor& t : tensors) {
+    check_on_gpu(t, op, "tensor");
+    check_dtype(t, DType::f32, op, "tensor");
   }
-  const dim3 grid(kBlocksPerTensor, unsigned(slices.size()));
-  sum_of_squares_all_kernel<<<grid, kThreads, 0, stream()>>>(device_partials, upload_list(slices));
-  CUDA_CHECK_LAUNCH();
-  std::vector<double> partials(partial_count);
-  copy_bytes(partials.data(), device_partials, sizeof(double) * partial_count);
+  if (tensors.empty()) return 0.0;
+  const size_t partial_count = tensors.size() * kSquareBlocksPerTensor;
+  double* partials = partials_buffer(partial_count);
+  for (size_t begin = 0; begin < tensors.size(); begin += kSlicesPerLaunch) {
+    const size_t count = std::min<size_t>(kSlicesPerLaunch, tensors.size() - begin);
+    SquareSlices list{};
+    for (size_t k = 0; k < count; ++k) list.slices[k] = {tensors[begin + k].f32(), tensors[begin + k].numel()};
+    const dim3 grid(kSquareBlocksPerTensor, unsigned(count));
+    sum_of_squares_kernel<<<grid, kThreads, 0, stream()>>>(partials + begin * kSquareBlocksPerTensor, list);
+    CUDA_CHECK_LAUNCH();
+  }
+  std::vector<double> host_partials(partial_count);
+  copy_bytes(host_partials.data(), partials, sizeof(double) * partial_count);
   double total = 0.0;
-  for (double partial : partials) total += partial;
+  for (double partial : host_partials) total += partial;  // a fixed order: reproducible
   return total;
+}
+
+double sum_of_squares(const Tensor& t) {
+  check_on_gpu(t, "sum_of_squares", "t");
+  return cuda::sum_of_squares_all({t});
 }
 
 }  // namespace cst::cuda

@@ -3,6 +3,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
+
 #include "kernels/error.h"
 #include "kernels/tensor.h"
 
@@ -21,6 +23,39 @@ template <class T> __device__ inline T from_float(float x);
 template <> __device__ inline float from_float<float>(float x) { return x; }
 template <> __device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
   return __float2bfloat16(x);
+}
+
+// ---- bad indices found on the device ----
+// A kernel that meets an index it must not follow (a token id or label outside the vocabulary)
+// cannot throw, and reading the indices back on the host before every launch would cost a
+// synchronisation per call. So the kernel writes a harmless value instead of reading out of
+// bounds and records the index in this note, which lives in pinned host memory mapped into the
+// device. The host raises it as a cst::Error at its next synchronisation (synchronize() and
+// copy_bytes(), so every download), with the message the CPU reference gives at once.
+struct BadIndexNote {
+  // `what` names the argument ("embedding_forward: ids"): a host string literal whose address the
+  // kernel only copies. position and value share one 64-bit word so that two threads recording
+  // at once cannot leave one's position beside the other's value.
+  const char* what;
+  int64_t limit;                      // valid indices are [0, limit)
+  unsigned long long position_value;  // position << 32 | uint32(value)
+  int recorded;
+};
+
+// The note in device-visible memory (made on first use).
+BadIndexNote* bad_index_note();
+
+// The first launch to find a bad index keeps the note, so the error names the earliest one.
+// Threads of one launch may all write: they write the same `what` and `limit`, and each its own
+// position and value in one store.
+__device__ inline void record_bad_index(BadIndexNote* note, const char* what, int64_t position,
+                                        int32_t value, int64_t limit) {
+  if (*static_cast<volatile int*>(&note->recorded)) return;
+  note->what = what;
+  note->limit = limit;
+  note->position_value = (static_cast<unsigned long long>(position) << 32) | uint32_t(value);
+  __threadfence_system();  // the fields reach host memory before the flag that announces them
+  note->recorded = 1;
 }
 
 }  // namespace cst::cuda

@@ -19,22 +19,60 @@ namespace cuda {
 void* allocate(size_t bytes) {
   void* pointer = nullptr;
   cudaError_t status = cudaMalloc(&pointer, bytes);
-  if (status != cudaSuccess) {
-    cudaGetLastError();  // clear the sticky error so the caller can report and exit cleanly
+  if (status == cudaErrorMemoryAllocation) {
+    cudaGetLastError();  // clear the error so the caller can report and exit cleanly
     size_t free_bytes = 0, total_bytes = 0;
     cudaMemGetInfo(&free_bytes, &total_bytes);
     fail("out of GPU memory: requested ", bytes / (1 << 20), " MiB with ", free_bytes / (1 << 20),
          " MiB free of ", total_bytes / (1 << 20),
          " MiB (reduce --per_device_train_batch_size or --max_length)");
   }
+  // Any other failure (no device, a sticky error of an earlier kernel) is not a memory shortage.
+  CUDA_CHECK(status);
   return pointer;
 }
 
+// Called from destructors, which must not throw; a failing free surfaces at the next checked call.
 void release(void* pointer) { cudaFree(pointer); }
 
+// The note's two addresses: the same pinned page seen by the host and by the device.
+struct NoteMemory {
+  volatile BadIndexNote* host = nullptr;
+  BadIndexNote* device = nullptr;
+};
+
+static const NoteMemory& note_memory() {
+  static const NoteMemory memory = [] {
+    void* host = nullptr;
+    CUDA_CHECK(cudaHostAlloc(&host, sizeof(BadIndexNote), cudaHostAllocMapped | cudaHostAllocPortable));
+    *static_cast<BadIndexNote*>(host) = BadIndexNote{};
+    void* device = nullptr;
+    CUDA_CHECK(cudaHostGetDevicePointer(&device, host, 0));
+    return NoteMemory{static_cast<volatile BadIndexNote*>(host), static_cast<BadIndexNote*>(device)};
+  }();
+  return memory;
+}
+
+BadIndexNote* bad_index_note() { return note_memory().device; }
+
+// Called right after a synchronisation, when every kernel so far has finished and the note is
+// complete. It is cleared before the error is thrown, so the next batch starts clean.
+static void raise_bad_index() {
+  volatile BadIndexNote* note = note_memory().host;
+  if (!note->recorded) return;
+  const char* what = note->what;
+  int64_t limit = note->limit;
+  unsigned long long position_value = note->position_value;
+  note->recorded = 0;
+  fail(what, "[", position_value >> 32, "] = ", int32_t(uint32_t(position_value)),
+       " is outside the vocabulary [0, ", limit, ")");
+}
+
 void copy_bytes(void* destination, const void* source, size_t bytes) {
-  CUDA_CHECK(cudaMemcpyAsync(destination, source, bytes, cudaMemcpyDefault, stream()));
+  // An empty tensor has no memory (null data): nothing to copy, and no pointer to classify.
+  if (bytes > 0) CUDA_CHECK(cudaMemcpyAsync(destination, source, bytes, cudaMemcpyDefault, stream()));
   CUDA_CHECK(cudaStreamSynchronize(stream()));
+  raise_bad_index();
 }
 
 void zero_bytes(void* destination, size_t bytes) {
@@ -70,7 +108,10 @@ void convert(void* destination, DType destination_dtype, const void* source, DTy
     fail("GPU dtype conversion to ", dtype_name(destination_dtype), " is not supported");
 }
 
-void synchronize() { CUDA_CHECK(cudaStreamSynchronize(stream())); }
+void synchronize() {
+  CUDA_CHECK(cudaStreamSynchronize(stream()));
+  raise_bad_index();
+}
 
 int device_count() {
   int count = 0;

@@ -18,7 +18,10 @@ namespace cst {
 class Arena;
 
 // hidden (N, C); lm_head (V, C); labels (N) i32; logps, lse, logit_sums (N) f32.
-// scratch holds one chunk of logits (chunk_tokens x V).
+// scratch holds one chunk of logits (chunk_tokens x V). A label >= V is an error: on the CPU at
+// once; on CUDA, where the labels are not read back, at the next synchronisation (the token is
+// treated as unlabelled). CUDA computes the logits of every token and skips the unlabelled ones
+// in its row kernels; the CPU gathers the labelled tokens first.
 void logprobs_forward(const Tensor& logps, const Tensor& lse, const Tensor& logit_sums,
                       const Tensor& hidden, const Tensor& lm_head, const Tensor& labels,
                       Arena& scratch);

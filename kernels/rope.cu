@@ -1,7 +1,8 @@
 // CUDA rotary position embedding (HF rotate_half layout), applied in place.
-// One thread owns one token and a chunk of rotation pairs i; it computes those angles' cos/sin
-// once and applies them to every head of the token, so the trigonometry is paid once per
-// (token, pair), not per head.
+// One block per token: its threads first compute the token's cos/sin of every rotation pair into
+// shared memory, so the trigonometry is paid once per (token, pair) and not per head, then they
+// rotate every head of the token, one chunk of pairs per thread. A block per token (not a thread)
+// keeps thousands of blocks in flight for a batch, which a memory-bound kernel needs.
 #include "kernels/cuda_utils.cuh"
 #include "kernels/rope.h"
 
@@ -19,34 +20,42 @@ __device__ inline void rope_angle(int position, int i, int head_dim, float theta
   sin_angle = direction * float(sin(double(angle)));
 }
 
-// x (tokens, heads, head_dim), positions (tokens).
+// x (tokens, heads, head_dim), positions (tokens); grid.x = tokens. Dynamic shared memory holds
+// head_dim floats: cos of pair i at [i], sin at [half + i].
 template <int Width, class T>
-__global__ void rope_kernel(T* x, const int32_t* positions, int64_t tokens, int heads, int head_dim,
-                            float theta, float direction) {
-  int half = head_dim / 2;
-  int64_t chunks_per_token = half / Width;
-  int64_t items = tokens * chunks_per_token;
-  for (int64_t item = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; item < items;
-       item += int64_t(gridDim.x) * blockDim.x) {
-    int64_t n = item / chunks_per_token;
-    int i0 = int(item % chunks_per_token) * Width;
-    float cos_angle[Width], sin_angle[Width];
-    for (int k = 0; k < Width; ++k)
-      rope_angle(positions[n], i0 + k, head_dim, theta, direction, cos_angle[k], sin_angle[k]);
-    for (int h = 0; h < heads; ++h) {
-      T* first_half = x + (n * heads + h) * head_dim + i0;
-      T* second_half = first_half + half;
-      float first[Width], second[Width], rotated_first[Width], rotated_second[Width];
-      load_chunk<Width>(first_half, first);
-      load_chunk<Width>(second_half, second);
-      for (int k = 0; k < Width; ++k) {
-        rotated_first[k] = first[k] * cos_angle[k] - second[k] * sin_angle[k];
-        rotated_second[k] = second[k] * cos_angle[k] + first[k] * sin_angle[k];
-      }
-      store_chunk<Width>(first_half, rotated_first);
-      store_chunk<Width>(second_half, rotated_second);
+__global__ void rope_kernel(T* x, const int32_t* positions, int heads, int head_dim, float theta,
+                            float direction) {
+  extern __shared__ float angles[];
+  const int half = head_dim / 2;
+  const int64_t token = blockIdx.x;
+  const int position = positions[token];
+  for (int i = threadIdx.x; i < half; i += blockDim.x)
+    rope_angle(position, i, head_dim, theta, direction, angles[i], angles[half + i]);
+  __syncthreads();
+
+  const int chunks_per_head = half / Width;
+  T* token_x = x + token * heads * head_dim;
+  for (int item = threadIdx.x; item < heads * chunks_per_head; item += blockDim.x) {
+    const int h = item / chunks_per_head, i0 = (item % chunks_per_head) * Width;
+    T* first_half = token_x + int64_t(h) * head_dim + i0;
+    T* second_half = first_half + half;
+    float first[Width], second[Width], rotated_first[Width], rotated_second[Width];
+    load_chunk<Width>(first_half, first);
+    load_chunk<Width>(second_half, second);
+    for (int k = 0; k < Width; ++k) {
+      const float cos_angle = angles[i0 + k], sin_angle = angles[half + i0 + k];
+      rotated_first[k] = first[k] * cos_angle - second[k] * sin_angle;
+      rotated_second[k] = second[k] * cos_angle + first[k] * sin_angle;
     }
+    store_chunk<Width>(first_half, rotated_first);
+    store_chunk<Width>(second_half, rotated_second);
   }
+}
+
+// Threads per token: one per chunk of the token's heads, whole warps, at most kThreads.
+static int rope_threads(int64_t chunks_per_token) {
+  int64_t threads = (chunks_per_token + 31) / 32 * 32;
+  return int(threads < kThreads ? threads : kThreads);
 }
 
 void rope_apply(const Tensor& x, const Tensor& positions, float theta, bool inverse) {
@@ -58,19 +67,25 @@ void rope_apply(const Tensor& x, const Tensor& positions, float theta, bool inve
   check_dtype(positions, DType::i32, op, "positions");
   int64_t tokens = x.shape[0];
   if (x.shape[2] % 2 != 0) fail(op, ": head_dim must be even, got ", x.describe());
-  if (x.shape[1] > (1 << 20) || x.shape[2] > (1 << 20)) fail(op, ": implausible shape ", x.describe());
+  // The cos/sin of one token live in shared memory, and heads x pairs indexes with an int.
+  constexpr int64_t kMaxHeadDim = 8192;
+  if (x.shape[2] > kMaxHeadDim || x.shape[1] * x.shape[2] > (int64_t(1) << 30) || tokens > INT32_MAX)
+    fail(op, ": implausible shape ", x.describe(), " (head_dim at most ", kMaxHeadDim, ")");
   int heads = int(x.shape[1]), head_dim = int(x.shape[2]), half = head_dim / 2;
   if (x.numel() == 0) return;
   float direction = inverse ? -1.0f : 1.0f;
+  size_t shared_bytes = sizeof(float) * size_t(head_dim);
   with_float_type(x, op, "x", [&](auto tag) {
     using T = decltype(tag);
     T* data = static_cast<T*>(x.data);
+    // Chunks need every head's halves 16-byte aligned: a multiple-of-8 half and an aligned base.
     if (can_use_chunks(half, data))
-      rope_kernel<kChunk><<<grid_blocks(tokens * (half / kChunk)), kThreads, 0, stream()>>>(
-          data, positions.i32(), tokens, heads, head_dim, theta, direction);
+      rope_kernel<kChunk><<<unsigned(tokens), rope_threads(int64_t(heads) * (half / kChunk)),
+                            shared_bytes, stream()>>>(data, positions.i32(), heads, head_dim,
+                                                      theta, direction);
     else
-      rope_kernel<1><<<grid_blocks(tokens * half), kThreads, 0, stream()>>>(
-          data, positions.i32(), tokens, heads, head_dim, theta, direction);
+      rope_kernel<1><<<unsigned(tokens), rope_threads(int64_t(heads) * half), shared_bytes,
+                       stream()>>>(data, positions.i32(), heads, head_dim, theta, direction);
     CUDA_CHECK_LAUNCH();
   });
 }

@@ -67,14 +67,9 @@ static LoraLinear projection_layer(const ModelWeights& weights, LoraAdapter* lor
   return linear;
 }
 
-static Tensor upload_ints(Arena& arena, std::span<const int32_t> values) {
-  Tensor device_values = arena.alloc({int64_t(values.size())}, DType::i32);
-  Tensor host_values = make_view(const_cast<int32_t*>(values.data()), {int64_t(values.size())},
-                                 DType::i32, Device::cpu);
-  copy_tensor(device_values, host_values);
-  return device_values;
-}
-
+// The batch's token ids, positions and labels travel to the device in one copy, as the rows of
+// one (3, N) i32 tensor; the ops read them there for the whole forward and backward and never
+// copy them back (cu_seqlens stays on the host: the attention op takes it there).
 void Transformer::upload_batch(const TokenSpans& batch) {
   const size_t n = batch.tokens.size();
   CST_CHECK(batch.positions.size() == n && batch.labels.size() == n, "batch spans differ in length");
@@ -86,12 +81,19 @@ void Transformer::upload_batch(const TokenSpans& batch) {
                          position >= config_.max_position_embeddings))
       fail("position ", position, " is outside the model's range [0, ",
            config_.max_position_embeddings, ")");
+  std::vector<int32_t> staged;
+  staged.reserve(3 * n);
+  for (std::span<const int32_t> row : {batch.tokens, batch.positions, batch.labels})
+    staged.insert(staged.end(), row.begin(), row.end());
   Saved& saved = *saved_;
   saved.arena.reset();
   saved.cu_seqlens.assign(batch.cu_seqlens.begin(), batch.cu_seqlens.end());
-  saved.tokens = upload_ints(saved.arena, batch.tokens);
-  saved.positions = upload_ints(saved.arena, batch.positions);
-  saved.labels = upload_ints(saved.arena, batch.labels);
+  const int64_t count = int64_t(n);
+  Tensor device_batch = saved.arena.alloc({3, count}, DType::i32);
+  copy_tensor(device_batch, make_view(staged.data(), {3, count}, DType::i32, Device::cpu));
+  saved.tokens = device_batch.rows(0, 1).reshaped({count});
+  saved.positions = device_batch.rows(1, 2).reshaped({count});
+  saved.labels = device_batch.rows(2, 3).reshaped({count});
 }
 
 KvCache::KvCache(const ModelConfig& config, Device device, DType dtype, int64_t capacity_tokens)

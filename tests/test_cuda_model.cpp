@@ -69,6 +69,28 @@ TEST(CudaModel, ForwardBackwardMatchesTheCpuBackend) {
               relative_error(gpu.logps, cpu.logps), worst);
 }
 
+// The CUDA transformer never reads the token ids or labels back: a token id past the vocabulary
+// is found by the embedding kernel and raised when forward() downloads the log-probs, with the
+// CPU's message; the next batch then runs clean.
+TEST(CudaModel, TokenIdOutsideTheVocabularyIsAnError) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: the CUDA model is checked by tools/gpu_check.sh";
+  const std::string dir = std::string(CST_SOURCE_DIR) + "/tests/fixtures/model/mistral_gqa_window";
+  ModelFile model(dir + "/hf");
+  ModelWeights weights(model, Device::cuda, DType::bf16);
+  Transformer transformer(model.config(), weights, nullptr);
+  PackedBatch batch = golden_batch(SafetensorsFile(dir + "/golden.safetensors"));
+  const int32_t good_token = batch.tokens[2];
+  batch.tokens[2] = int32_t(model.config().vocab_size);
+  try {
+    transformer.forward(batch.spans(), ForwardOptions{});
+    FAIL() << "a token id outside the vocabulary was accepted";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("embedding_forward: ids[2]"), std::string::npos) << error.what();
+  }
+  batch.tokens[2] = good_token;
+  EXPECT_NO_THROW(transformer.forward(batch.spans(), ForwardOptions{}));
+}
+
 std::vector<double> losses_of_run(const std::string& device, const demo::DemoFiles& files) {
   const fs::path run = fs::temp_directory_path() / ("cst_test_cuda_model_" + device);
   fs::remove_all(run);
