@@ -35,11 +35,15 @@ demo: all
 bench: all
 	tools/bench/run_bench.sh
 
-# On a machine with the build's libraries: build the GPU tests and benchmarks and bundle them with
-# their shared libraries (build-gpu/bin, build-gpu/lib) for a GPU machine that lacks them.
+# On a machine with the build's libraries: build the GPU tests, cst_train, cst_generate and the
+# benchmarks and bundle them with their shared libraries (build-gpu/bin, build-gpu/lib) for a GPU
+# machine that lacks them.
 gpu-prepare: deps
 	tools/gpu_check.sh --prepare
 
+# On the GPU machine, with build-gpu/bin and build-gpu/lib: tests, a training run and a generation
+# on CUDA, the DPO step benchmark against PyTorch + PEFT, kernel benchmarks, sanitizers (at most 7
+# minutes); the report goes to $OUT (default gpu_report/).
 gpu-check:
 	tools/gpu_check.sh
 

@@ -1,49 +1,59 @@
 #!/usr/bin/env bash
-# The one-shot GPU check: run the CUDA tests, compute-sanitizer (memcheck and racecheck) over
-# them, and the kernel and attention benchmarks, and write a short report.
+# The one-shot GPU check: the CUDA tests, a short training run and a generation with the real
+# programs, the headline benchmark (one LoRA DPO step of a 1.1B model, cst against PyTorch + PEFT
+# on the same GPU), the kernel and attention benchmarks, compute-sanitizer (memcheck, racecheck)
+# over the kernel tests, and a short report.
 #
 #   tools/gpu_check.sh --prepare   on the build machine (Debian -dev libraries, nvcc, no GPU needed)
 #   tools/gpu_check.sh             on the GPU machine; report in $OUT (default ./gpu_report)
 #
-# Why two halves: a GPU machine typically has nvcc, cmake, ninja and python3, but not the
-# libraries the build links (OpenBLAS, sentencepiece, snappy, zstd, nlohmann-json, GoogleTest).
+# Why two halves: a GPU machine typically has python3 and the NVIDIA driver, maybe nvcc, but not
+# the libraries the build links (OpenBLAS, sentencepiece, snappy, zstd, nlohmann-json, GoogleTest).
 # So the build happens where they are: --prepare builds build-gpu/ (CUDA on, sm_90 for H100/H200;
-# CST_GPU_ARCH overrides), copies the test and benchmark programs to build-gpu/bin and the shared
-# libraries they need, compressed, to build-gpu/lib/shared-libraries.tar.gz. Only those two
-# folders travel (about 25 MB). The CUDA toolkit's own libraries, cuBLAS above all, are far too
-# big to carry and are taken from the GPU machine's CUDA install, which must be CUDA 13 like the
-# build's. On the GPU machine the libraries are unpacked and the programs run with
-# LD_LIBRARY_PATH=build-gpu/lib plus the CUDA library folder. If build-gpu/bin is missing but the
-# machine does have the -dev libraries, the check builds there itself.
+# CST_GPU_ARCH overrides), copies the programs to build-gpu/bin and the shared libraries they
+# need, the CUDA runtime included, compressed, to build-gpu/lib/shared-libraries.tar.gz. Only
+# those two folders travel (see the size --prepare prints; the carried tree is limited to 64 MiB).
+# cuBLAS is far too big to carry and is taken from the GPU machine: its CUDA toolkit ($CUDA_HOME,
+# nvcc's folder, /usr/local/cuda) or, failing that, the nvidia-* pip packages next to its torch
+# (site-packages/nvidia/*/lib); it must be cuBLAS 13 like the build's. NCCL's folder from those
+# packages goes on the library path too when present. If build-gpu/bin is missing but the machine
+# does have the -dev libraries, the check builds there itself (not counted in the budget below).
 #
-# Every step has a time limit and the check goes on past a failing step; the summary lists each
-# step's status. The report is at most 8 files in one folder: summary.md, tests.log, tests.xml,
-# sanitizer.log, bench.log, kernel_bench.json, attention_bench.json. Total time on an H100 is
-# bounded by the step limits below (about 7 minutes).
+# Every step has a time limit and the check goes on past a failing or skipped step; the limits
+# add up to 420 s (7 minutes): tests 75, training 30, generation 15, the DPO step benchmark 45 +
+# 45, kernel and attention benchmarks 25 + 25, torch SDPA and the attention check 25 + 25, and
+# the sanitizers, last, 55 + 55. The summary is rewritten after every step, so a check cut short
+# still leaves one. The report is at most 8 files
+# in one folder: summary.md, tests.log, tests.xml, e2e.log, bench.log, sanitizer.log,
+# kernel_bench.json, attention_bench.json.
 set -u
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="$REPO/build-gpu"
 GPU_ARCH="${CST_GPU_ARCH:-90}"
-# GoogleTest filter for every GPU suite: CudaKernels*, AttentionCuda*, ...
+# GoogleTest filter for every GPU suite: CudaKernels*, AttentionCuda*, CudaGeneration*, ...
 GPU_TESTS="${CST_GPU_TESTS:-*Cuda*:*CUDA*}"
-PROGRAMS=(cst_tests kernel_bench attention_bench)
+PROGRAMS=(cst_tests cst_train cst_generate model_bench write_demo_assets kernel_bench attention_bench)
 
 # Shared libraries the bundle leaves to the GPU machine: the C library family (must match the
-# kernel and loader there) and the CUDA driver and toolkit.
-SYSTEM_LIBRARIES='^(linux-vdso|ld-linux|libc|libm|libdl|libpthread|librt|libresolv|libcuda|libcudart|libcublas|libcublasLt|libnvidia)[.-]'
+# kernel and loader there), the driver, and cuBLAS (hundreds of MB). The CUDA runtime is small
+# and travels, so it always matches the build.
+SYSTEM_LIBRARIES='^(linux-vdso|ld-linux|libc|libm|libdl|libpthread|librt|libresolv|libcuda|libcublas|libcublasLt|libnvidia)[.-]'
+# What the programs need from the GPU machine's CUDA install, by file name.
+CUDA_LIBRARY_NAMES=(libcublasLt.so.13 libcublas.so.13 libcudart.so.13)
 
 # ---- --prepare: build and bundle on the build machine ----
 
 prepare() {
   cmake -S "$REPO" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_CUDA_ARCHITECTURES="$GPU_ARCH" || return 1
-  local targets=(cst_tests kernel_bench)
-  ninja -C "$BUILD" -t targets all 2>/dev/null | grep -q '^attention_bench:' && targets+=(attention_bench)
+  local targets=() program
+  for program in "${PROGRAMS[@]}"; do
+    ninja -C "$BUILD" -t targets all 2>/dev/null | grep -q "^$program:" && targets+=("$program")
+  done
   ninja -C "$BUILD" -j "${JOBS:-2}" "${targets[@]}" || return 1
-  rm -rf "$BUILD/bin" "$BUILD/lib" "$BUILD/lib-staging"
+  rm -rf "$BUILD/bin" "$BUILD/lib" "$BUILD/lib-staging" "$BUILD/lib-unpacked"
   mkdir -p "$BUILD/bin" "$BUILD/lib" "$BUILD/lib-staging"
-  local program
   for program in "${targets[@]}"; do
     cp "$BUILD/$program" "$BUILD/bin/"
     # "libname.so.N => /path/libname.so.N (0x...)": keep the paths of the libraries to carry.
@@ -59,8 +69,9 @@ prepare() {
   rm -rf "$BUILD/lib-staging"
   # The tests find their fixtures under the source path compiled into them; record it.
   echo "$REPO" > "$BUILD/bin/source_dir"
-  echo "prepared: $(du -sh "$BUILD/bin" | cut -f1) of programs, $(du -sh "$BUILD/lib" | cut -f1) of libraries:"
-  ls "$BUILD/bin"
+  echo "prepared: $(du -sh "$BUILD/bin" | cut -f1) of programs, $(du -sh "$BUILD/lib" | cut -f1) of libraries" \
+       "($(du -shc "$BUILD/bin" "$BUILD/lib" | tail -1 | cut -f1) to carry):"
+  ls -l "$BUILD/bin"
   tar tzf "$BUILD/lib/shared-libraries.tar.gz"
   echo "carry build-gpu/bin and build-gpu/lib to the GPU machine, then run tools/gpu_check.sh there"
 }
@@ -76,8 +87,10 @@ OUT="${OUT:-$REPO/gpu_report}"
 mkdir -p "$OUT"
 SUMMARY="$OUT/summary.md"
 STEPS=()
+BIN="$BUILD/bin"
 
-# run_step NAME SECONDS LOG COMMAND...: runs with a time limit, appends to LOG, records the outcome.
+# run_step NAME SECONDS LOG COMMAND...: runs with a time limit, appends to LOG, records the
+# outcome and rewrites the summary.
 run_step() {
   local name="$1" seconds="$2" log="$3"
   shift 3
@@ -91,36 +104,160 @@ run_step() {
   elif [[ $status -ne 0 ]]; then
     verdict="FAIL (exit $status)"
   fi
-  STEPS+=("| $name | $verdict | $((SECONDS - start)) s | $(basename "$log") |")
+  STEPS+=("| $name | $verdict | $((SECONDS - start)) s of $seconds | $(basename "$log") |")
   echo "$name: $verdict"
+  write_summary
 }
 
 skip_step() {
   STEPS+=("| $1 | skipped: $2 | | |")
   echo "$1: skipped: $2"
+  write_summary
 }
 
+# The headline benchmark's RESULT lines as a markdown table, each row against cst's step time.
+benchmark_table() {
+  [[ -f "$OUT/bench.log" ]] || { echo "(not run)"; return; }
+  awk '
+    /^RESULT / && / step=dpo / {
+      delete field
+      for (i = 2; i <= NF; ++i) { split($i, pair, "="); field[pair[1]] = pair[2] }
+      n += 1
+      line[n] = sprintf("| %s | %s | %s | %s | %s | %s | %s | %s GiB |", field["impl"],
+                        field["shape"] " (" field["params"] ")", field["batch"], field["step_ms"],
+                        field["forward_ms"], field["backward_ms"], field["tokens_per_s"],
+                        field["memory_gib"])
+      step[n] = field["step_ms"]
+      if (field["impl"] == "cst") cst_step = field["step_ms"]
+    }
+    END {
+      if (n == 0) { print "(no benchmark results)"; exit }
+      print "| impl | model | batch | step ms | forward ms | backward + AdamW ms | tokens/s | device memory | step time / cst |"
+      print "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+      for (i = 1; i <= n; ++i)
+        print line[i] " " (cst_step > 0 ? sprintf("%.2fx", step[i] / cst_step) : "-") " |"
+    }' "$OUT/bench.log"
+}
+
+write_summary() {
+  {
+    echo "# cst GPU check"
+    echo
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "- commit: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "- GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo 'nvidia-smi not available')"
+    echo "- CUDA libraries: ${CUDA_LIBRARIES:-carried or found by the system loader}; NCCL: ${NCCL_LIBRARIES:-none from pip}"
+    echo "- libraries the programs cannot find: ${MISSING_LIBRARIES:-none}"
+    echo "- torch: ${TORCH_VERSION:-not available}"
+    echo
+    echo "| step | result | time | log |"
+    echo "| --- | --- | --- | --- |"
+    printf '%s\n' "${STEPS[@]}"
+    echo
+    echo "## One LoRA DPO step, 1.1B model (reference forward + policy forward + loss + backward + AdamW)"
+    echo
+    benchmark_table
+    echo
+    echo "## End to end: cst_train and cst_generate on CUDA"
+    echo
+    echo '```'
+    grep -E '^(==== |training: |generation: )|tokens/s\)' "$OUT/e2e.log" 2>/dev/null
+    echo '```'
+    echo
+    echo "## Tests"
+    echo
+    echo '```'
+    # The totals, the name of every failed test and what the GPU tests measured.
+    grep -E '^\[==========\] [0-9]|^\[  (PASSED|SKIPPED) *\] [0-9]|^\[  FAILED  \]|^(GPU|CUDA|50 steps|generation|decode)' \
+      "$OUT/tests.log" 2>/dev/null
+    echo '```'
+    echo
+    echo "## Sanitizers"
+    echo
+    echo '```'
+    grep -E '^==== |ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer.log" 2>/dev/null
+    echo '```'
+    echo
+    echo "## Benchmarks"
+    echo
+    echo '```'
+    grep -vE '^==== ' "$OUT/bench.log" 2>/dev/null
+    echo '```'
+  } >"$SUMMARY"
+}
+
+# Folders where python3's pip packages keep NVIDIA's libraries (site-packages/nvidia/*/lib),
+# e.g. nvidia/cublas/lib or nvidia/cu13/lib, nvidia/nccl/lib: torch's wheels bring them.
+python_nvidia_folders() {
+  python3 - <<'PYTHON' 2>/dev/null
+import glob, os, site, sys
+roots = list(site.getsitepackages()) + [site.getusersitepackages()] + sys.path
+folders = []
+for root in roots:
+    for folder in sorted(glob.glob(os.path.join(root, "nvidia", "*", "lib"))):
+        if os.path.isdir(folder) and folder not in folders:
+            folders.append(folder)
+print("\n".join(folders))
+PYTHON
+}
+
+# The folders holding each of CUDA_LIBRARY_NAMES (the first folder that has it), joined by ':';
+# empty for a library the system loader already finds. The CUDA toolkit's folders come first.
 find_cuda_libraries() {
-  local nvcc_path
+  local nvcc_path folders=() found=() name folder
   nvcc_path="$(command -v nvcc 2>/dev/null)"
-  for folder in ${CUDA_HOME:+"$CUDA_HOME/lib64"} ${nvcc_path:+"$(dirname "$nvcc_path")/../lib64"} \
-                /usr/local/cuda/lib64; do
-    [[ -e "$folder/libcublasLt.so.13" || -e "$folder/libcublasLt.so" ]] && { echo "$folder"; return; }
+  folders+=(${CUDA_HOME:+"$CUDA_HOME/lib64"} ${nvcc_path:+"$(dirname "$nvcc_path")/../lib64"}
+            /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib)
+  mapfile -t -O "${#folders[@]}" folders < <(python_nvidia_folders)
+  for name in "${CUDA_LIBRARY_NAMES[@]}"; do
+    [[ -e "$UNPACKED/$name" ]] && continue
+    ldconfig -p 2>/dev/null | grep -q " $name " && continue
+    for folder in "${folders[@]}"; do
+      if [[ -e "$folder/$name" ]]; then
+        [[ " ${found[*]} " == *" $folder "* ]] || found+=("$folder")
+        break
+      fi
+    done
   done
+  (IFS=:; echo "${found[*]}")
+}
+
+# NCCL for several GPUs (dlopen'ed as libnccl.so.2): the pip package's folder when it has one.
+find_nccl() {
+  local folder
+  while read -r folder; do
+    [[ -n "$folder" && -e "$folder/libnccl.so.2" ]] && { echo "$folder"; return; }
+  done < <(python_nvidia_folders)
 }
 
 # The programs: carried from the build machine, or built here when the libraries are present.
-if [[ ! -x "$BUILD/bin/cst_tests" ]]; then
+if [[ ! -x "$BIN/cst_tests" ]]; then
   echo "no build-gpu/bin/cst_tests: trying to build here (needs the Debian -dev libraries)"
   run_step "build on this machine" 900 "$OUT/tests.log" "$0" --prepare
 fi
+# The carried libraries are unpacked beside, not into, build-gpu/lib: what travels stays small.
+UNPACKED="$BUILD/lib-unpacked"
+mkdir -p "$UNPACKED"
 if [[ -f "$BUILD/lib/shared-libraries.tar.gz" ]]; then
-  tar xzf "$BUILD/lib/shared-libraries.tar.gz" -C "$BUILD/lib" || echo "could not unpack the carried libraries"
+  tar xzf "$BUILD/lib/shared-libraries.tar.gz" -C "$UNPACKED" || echo "could not unpack the carried libraries"
 fi
 CUDA_LIBRARIES="$(find_cuda_libraries)"
-export LD_LIBRARY_PATH="$BUILD/lib${CUDA_LIBRARIES:+:$CUDA_LIBRARIES}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+NCCL_LIBRARIES="$(find_nccl)"
+# Only cst's programs run with these libraries first on their path: the carried C++ runtime is the
+# build machine's, and python3's torch may need a newer one.
+CST_LIBRARY_PATH="$UNPACKED${CUDA_LIBRARIES:+:$CUDA_LIBRARIES}${NCCL_LIBRARIES:+:$NCCL_LIBRARIES}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+WITH_CST_LIBRARIES=(env "LD_LIBRARY_PATH=$CST_LIBRARY_PATH")
+# Any library the programs still cannot find is named in the summary.
+MISSING_LIBRARIES="$(for program in "$BIN"/*; do
+  [[ -f "$program" && -x "$program" ]] && "${WITH_CST_LIBRARIES[@]}" ldd "$program" 2>/dev/null | awk '/not found/ {print $1}'
+done | sort -u | tr '\n' ' ')"
+export OMP_WAIT_POLICY=passive
 SANITIZER="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)"
-BIN="$BUILD/bin"
+HAVE_GPU=0
+{ nvidia-smi -L 2>/dev/null | grep -q '^GPU ' || [[ -e /dev/nvidia0 ]]; } && HAVE_GPU=1
+TORCH_VERSION="$(python3 -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda)' 2>/dev/null)"
+HAVE_TORCH_GPU=0
+python3 -c "import torch, transformers, peft; assert torch.cuda.is_available()" 2>/dev/null && HAVE_TORCH_GPU=1
 
 # The tests read tests/fixtures under the path they were built in; when this checkout lives
 # elsewhere, that path becomes a link to it.
@@ -132,79 +269,122 @@ if [[ -f "$BIN/source_dir" ]]; then
   fi
 fi
 
-if [[ -x "$BIN/cst_tests" ]]; then
-  run_step "GPU tests ($GPU_TESTS)" 90 "$OUT/tests.log" \
-    "$BIN/cst_tests" --gtest_filter="$GPU_TESTS" --gtest_output="xml:$OUT/tests.xml"
-  if [[ -n "$SANITIZER" ]]; then
-    # Kernel tests only (not the slow large cases of other suites); any finding fails the step.
-    for tool in memcheck racecheck; do
-      run_step "compute-sanitizer $tool" 120 "$OUT/sanitizer.log" \
-        "$SANITIZER" --tool "$tool" --error-exitcode 1 --print-limit 20 \
-        "$BIN/cst_tests" --gtest_filter="CudaKernels*:AttentionCuda*"
-    done
+# The end-to-end run: the demo's tiny Mistral and CST data (written by write_demo_assets), 20
+# optimizer steps on CUDA, then the adapter must exist and the logged loss be finite.
+E2E="$(mktemp -d)"
+HARMLESS_SYSTEM="You are a helpful yet harmless assistant that avoids generating illegal or harmful content."
+UNCENSORED_SYSTEM="You are a helpful assistant that is completely uncensored."
+e2e_train() {
+  LD_LIBRARY_PATH="$CST_LIBRARY_PATH" "$BIN/write_demo_assets" "$E2E/assets" || return 1
+  LD_LIBRARY_PATH="$CST_LIBRARY_PATH" "$BIN/cst_train" "$E2E/assets/model.bin" "$E2E/assets/train.jsonl" --device cuda \
+    --system_prompts "$HARMLESS_SYSTEM" "$UNCENSORED_SYSTEM" --max_steps 20 \
+    --per_device_train_batch_size 4 --max_length 192 --max_prompt_length 128 --lora_r 16 \
+    --lora_alpha 32 --learning_rate 1e-3 --logging_steps 5 --output_dir "$E2E/run" || return 1
+  local file
+  for file in adapter_config.json adapter_model.safetensors metrics.jsonl; do
+    [[ -s "$E2E/run/$file" ]] || { echo "training: FAIL: no $file in the run directory"; return 1; }
+  done
+  local losses
+  losses="$(grep -o '"loss": *[^,}]*' "$E2E/run/metrics.jsonl" | sed 's/.*: *//' | tr '\n' ' ')"
+  echo "training: losses logged every 5 steps: $losses"
+  awk -v losses="$losses" 'BEGIN { n = split(losses, value, " "); if (n == 0) exit 1
+    for (i = 1; i <= n; ++i) if (value[i] != value[i] + 0) exit 1 }' ||
+    { echo "training: FAIL: a logged loss is missing or not a number"; return 1; }
+}
+e2e_generate() {
+  LD_LIBRARY_PATH="$CST_LIBRARY_PATH" "$BIN/cst_generate" "$E2E/assets/model.bin" --adapter "$E2E/run" --device cuda \
+    --system "$HARMLESS_SYSTEM" --prompt "How do I bake banana bread?" --max_new_tokens 128
+}
+
+if [[ $HAVE_GPU -eq 0 ]]; then
+  echo "no GPU visible (nvidia-smi lists none): the GPU steps are skipped"
+fi
+if [[ ! -x "$BIN/cst_tests" ]]; then
+  skip_step "GPU tests" "no cst_tests program (see tests.log)"
+else
+  # Without a GPU every CUDA test skips itself, saying why; that run is quick and shows it.
+  run_step "GPU tests ($GPU_TESTS)" 75 "$OUT/tests.log" \
+    "${WITH_CST_LIBRARIES[@]}" "$BIN/cst_tests" --gtest_filter="$GPU_TESTS" --gtest_output="xml:$OUT/tests.xml"
+fi
+
+if [[ $HAVE_GPU -eq 0 ]]; then
+  skip_step "cst_train and cst_generate on CUDA" "no GPU"
+elif [[ -x "$BIN/cst_train" && -x "$BIN/cst_generate" && -x "$BIN/write_demo_assets" ]]; then
+  export -f e2e_train e2e_generate
+  export BIN E2E HARMLESS_SYSTEM UNCENSORED_SYSTEM CST_LIBRARY_PATH
+  run_step "cst_train on CUDA (demo data, 20 steps)" 30 "$OUT/e2e.log" bash -c e2e_train
+  if [[ -s "$E2E/run/adapter_model.safetensors" ]]; then
+    run_step "cst_generate on CUDA with that adapter" 15 "$OUT/e2e.log" bash -c e2e_generate
   else
-    skip_step "compute-sanitizer" "not installed"
+    skip_step "cst_generate on CUDA" "no adapter from the training step"
   fi
 else
-  skip_step "GPU tests and sanitizers" "no cst_tests program (see tests.log)"
+  skip_step "cst_train and cst_generate on CUDA" "programs not built"
 fi
 
-if [[ -x "$BIN/kernel_bench" ]]; then
-  run_step "kernel_bench" 90 "$OUT/bench.log" "$BIN/kernel_bench" "$OUT/kernel_bench.json"
+# The headline: the same DPO step in cst and in PyTorch + PEFT, one after the other on this GPU.
+if [[ $HAVE_GPU -eq 0 ]]; then
+  skip_step "DPO step benchmark (cst, PyTorch + PEFT)" "no GPU"
 else
-  skip_step "kernel_bench" "not built"
-fi
-if [[ -x "$BIN/attention_bench" ]]; then
-  run_step "attention_bench" 90 "$OUT/bench.log" "$BIN/attention_bench" --json "$OUT/attention_bench.json"
-else
-  skip_step "attention_bench" "not built"
+  if [[ -x "$BIN/model_bench" ]]; then
+    run_step "DPO step benchmark: cst" 45 "$OUT/bench.log" "${WITH_CST_LIBRARIES[@]}" "$BIN/model_bench" --device cuda \
+      --shape 1b --step dpo --sequences 4 --sequence_length 512 --lora_alpha 16 --warmup 3 --iterations 10
+  else
+    skip_step "DPO step benchmark: cst" "model_bench not built"
+  fi
+  if [[ $HAVE_TORCH_GPU -eq 1 ]]; then
+    run_step "DPO step benchmark: PyTorch + PEFT" 45 "$OUT/bench.log" python3 \
+      "$REPO/tools/python/bench_gpu_torch.py" --shape 1b --sequences 4 --sequence_length 512 --warmup 3 --iterations 10
+  else
+    skip_step "DPO step benchmark: PyTorch + PEFT" "no python3 with torch (CUDA), transformers and peft"
+  fi
 fi
 
-# The same attention shapes through torch's SDPA flash backend (FlashAttention-2) in this run, and
-# our kernel's outputs and gradients against torch on a mixed-length packed batch.
-if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
-  run_step "torch SDPA benchmark" 90 "$OUT/bench.log" python3 "$REPO/tools/python/bench_sdpa.py"
+if [[ $HAVE_GPU -eq 0 ]]; then
+  skip_step "kernel and attention benchmarks" "no GPU"
+else
+  if [[ -x "$BIN/kernel_bench" ]]; then
+    run_step "kernel_bench" 25 "$OUT/bench.log" "${WITH_CST_LIBRARIES[@]}" "$BIN/kernel_bench" "$OUT/kernel_bench.json"
+  else
+    skip_step "kernel_bench" "not built"
+  fi
   if [[ -x "$BIN/attention_bench" ]]; then
-    DUMP="$(mktemp -d)"
-    run_step "attention vs torch (causal)" 60 "$OUT/tests.log"       bash -c "'$BIN/attention_bench' --dump '$DUMP/causal' && python3 '$REPO/tools/python/check_attention_sdpa.py' '$DUMP/causal'"
-    run_step "attention vs torch (window 50)" 60 "$OUT/tests.log"       bash -c "'$BIN/attention_bench' --dump '$DUMP/window' --window 50 && python3 '$REPO/tools/python/check_attention_sdpa.py' '$DUMP/window'"
+    run_step "attention_bench" 25 "$OUT/bench.log" "${WITH_CST_LIBRARIES[@]}" "$BIN/attention_bench" --json "$OUT/attention_bench.json"
+  else
+    skip_step "attention_bench" "not built"
   fi
-else
-  skip_step "torch SDPA benchmark and check" "no python3 with a CUDA torch"
+  # The same attention shapes through torch's SDPA flash backend (FlashAttention-2) in this run,
+  # and our kernel's outputs and gradients against torch on mixed-length packed batches.
+  if [[ $HAVE_TORCH_GPU -eq 1 ]]; then
+    run_step "torch SDPA benchmark" 25 "$OUT/bench.log" python3 "$REPO/tools/python/bench_sdpa.py"
+    if [[ -x "$BIN/attention_bench" ]]; then
+      DUMP="$(mktemp -d)"
+      run_step "attention vs torch (causal, window 50)" 25 "$OUT/tests.log" bash -c \
+        "LD_LIBRARY_PATH='$CST_LIBRARY_PATH' '$BIN/attention_bench' --dump '$DUMP/causal' &&
+         python3 '$REPO/tools/python/check_attention_sdpa.py' '$DUMP/causal' &&
+         LD_LIBRARY_PATH='$CST_LIBRARY_PATH' '$BIN/attention_bench' --dump '$DUMP/window' --window 50 &&
+         python3 '$REPO/tools/python/check_attention_sdpa.py' '$DUMP/window'"
+    fi
+  else
+    skip_step "torch SDPA benchmark and check" "no python3 with torch (CUDA), transformers and peft"
+  fi
 fi
 
-{
-  echo "# cst GPU check"
-  echo
-  echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-  echo "- commit: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-  echo "- GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo 'nvidia-smi not available')"
-  echo "- CUDA libraries: ${CUDA_LIBRARIES:-not found}"
-  echo
-  echo "| step | result | time | log |"
-  echo "| --- | --- | --- | --- |"
-  printf '%s\n' "${STEPS[@]}"
-  echo
-  echo "## Tests"
-  echo
-  echo '```'
-  # The totals and the name of every failed test.
-  grep -E '^\[==========\] [0-9]|^\[  (PASSED|SKIPPED) *\] [0-9]|^\[  FAILED  \]' "$OUT/tests.log" 2>/dev/null
-  echo '```'
-  echo
-  echo "## Sanitizers"
-  echo
-  echo '```'
-  grep -E '^==== |ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer.log" 2>/dev/null
-  echo '```'
-  echo
-  echo "## Benchmarks"
-  echo
-  echo '```'
-  grep -vE '^==== ' "$OUT/bench.log" 2>/dev/null
-  echo '```'
-} >"$SUMMARY"
+if [[ $HAVE_GPU -eq 0 ]]; then
+  skip_step "compute-sanitizer" "no GPU"
+elif [[ -z "$SANITIZER" ]]; then
+  skip_step "compute-sanitizer" "not installed"
+elif [[ -x "$BIN/cst_tests" ]]; then
+  # Kernel tests only (not the slow large cases of other suites); any finding fails the step.
+  for tool in memcheck racecheck; do
+    run_step "compute-sanitizer $tool" 55 "$OUT/sanitizer.log" \
+      "${WITH_CST_LIBRARIES[@]}" "$SANITIZER" --tool "$tool" --error-exitcode 1 --print-limit 20 \
+      "$BIN/cst_tests" --gtest_filter="CudaKernels*:AttentionCuda*"
+  done
+fi
 
+rm -rf "$E2E"
+write_summary
 echo "report: $SUMMARY"
 grep -q 'FAIL' "$SUMMARY" && exit 1
 exit 0

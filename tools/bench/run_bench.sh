@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # make bench: forward + backward time of the ~20M-parameter benchmark models on the CPU backend
-# (tools/bench/cpu_model_bench.cpp) beside PyTorch on the same number of threads
+# (tools/bench/model_bench.cpp) beside PyTorch on the same number of threads
 # (tools/python/bench_cpu_torch.py; skipped, saying so, when python3 lacks torch, transformers or
 # peft). The definitions of the models and the step are in those two files and docs/benchmarks.md.
 #
 #   tools/bench/run_bench.sh
 #   CST_BENCH_THREADS=2 CST_BENCH_SHAPE=v32k BUILD=build-cpu tools/bench/run_bench.sh
 #
-#   BUILD              build directory holding cpu_model_bench (default: build, as the Makefile)
+#   BUILD              build directory holding model_bench (default: build, as the Makefile)
 #   CST_BENCH_THREADS  threads for both (default: all processors)
 #   CST_BENCH_SHAPE    v32k, v8k or all (default)
 set -euo pipefail
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/../.."
 build=${BUILD:-build}
 threads=${CST_BENCH_THREADS:-$(nproc)}
 shape=${CST_BENCH_SHAPE:-all}
-bench="$build/cpu_model_bench"
+bench="$build/model_bench"
 if [ ! -x "$bench" ]; then
   echo "run_bench.sh: $bench not found; build it first (make, or BUILD=<dir>)" >&2
   exit 1
@@ -34,7 +34,7 @@ fi
 
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
-"$bench" --threads "$threads" --shape "$shape" | tee -a "$results"
+"$bench" --device cpu --threads "$threads" --shape "$shape" | tee -a "$results"
 
 if python3 -c "import torch, transformers, peft" 2>/dev/null; then
   # OMP_NUM_THREADS as well as torch.set_num_threads: torch's OpenMP pool reads it at start-up.

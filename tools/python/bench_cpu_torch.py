@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch reference for tools/bench/cpu_model_bench.cpp: the same forward + backward on the CPU.
+"""PyTorch reference for tools/bench/model_bench.cpp (--step logps): the same forward + backward on the CPU.
 
 Rerun (make bench runs it through tools/bench/run_bench.sh):
     python3 tools/python/bench_cpu_torch.py --threads 2 [--shape v32k|v8k|all]
@@ -20,7 +20,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import MistralConfig, MistralForCausalLM
 
-# The shapes of cpu_model_bench.cpp: name -> (vocab, hidden, intermediate, layers, heads, kv_heads).
+# The shapes of model_bench.cpp: name -> (vocab, hidden, intermediate, layers, heads, kv_heads).
 SHAPES = {
     "v32k": (32000, 256, 688, 4, 8, 4),
     "v8k": (8192, 256, 688, 22, 8, 4),

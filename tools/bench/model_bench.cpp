@@ -1,0 +1,605 @@
+// model_bench: the time of one LoRA training step of a Mistral-shaped model with random weights,
+// on the CPU backend (f32) or the CUDA backend (bf16), through the same code cst_train runs.
+// tools/python/bench_cpu_torch.py and tools/python/bench_gpu_torch.py time the same steps in
+// PyTorch + PEFT.
+//
+// Two steps (--step):
+//   logps  forward over the batch with activations saved, every token labelled, loss = sum of
+//          the tokens' log-probs, then backward producing only the LoRA gradients. The CPU
+//          benchmark of docs/benchmarks.md.
+//   dpo    one DPO optimizer step as the trainer makes it: reference forward (adapters off,
+//          nothing saved), policy forward, sigmoid DPO loss over the pairs (sequences 2i and
+//          2i+1 are pair i's chosen and rejected), backward, gradient-norm clipping at 1 and
+//          AdamW on the LoRA matrices. The GPU benchmark of docs/benchmarks.md.
+// LoRA r = 16 on all seven projections; the base weights are frozen. The model is written as an
+// HF directory (config.json + model.safetensors) in a temporary folder, then loaded the way
+// cst_train loads a model.
+//
+//   model_bench [--device cpu|cuda] [--shape v32k|v8k|1b|all] [--step logps|dpo]
+//               [--sequences 4] [--sequence_length 256] [--lora_alpha 32] [--threads N]
+//               [--warmup 2] [--iterations 7] [--breakdown]
+//
+// --shape all runs the two small shapes (v32k, v8k). Prints one "RESULT ..." line per shape
+// (tools/bench/run_bench.sh and tools/gpu_check.sh collect them). --breakdown (CPU only) also
+// times every op of a step on its own, at the model's shapes, to show where the time goes.
+#include <omp.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#ifdef CST_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
+
+#include "kernels/attention.h"
+#include "kernels/device.h"
+#include "kernels/elementwise.h"
+#include "kernels/embedding.h"
+#include "kernels/logprobs.h"
+#include "kernels/program.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
+#include "kernels/swiglu.h"
+#include "model/lora_linear.h"
+#include "model/model_file.h"
+#include "model/safetensors.h"
+#include "model/transformer.h"
+#include "model/weights.h"
+#include "train/demo_assets.h"
+#include "train/objective.h"
+#include "train/optimizer.h"
+
+namespace cst {
+namespace {
+
+// The benchmark models. At vocab 32000 the embedding and LM head hold 16.4M of v32k's 19.3M
+// parameters, so its step is mostly the LM head; v8k moves the weight into the layers. 1b is
+// TinyLlama-1.1B's shape, the GPU benchmark's model.
+struct BenchShape {
+  const char* name;
+  int vocab, hidden, intermediate, layers, heads, kv_heads;
+};
+constexpr BenchShape kShapes[] = {
+    {"v32k", 32000, 256, 688, 4, 8, 4},        // 19.3M parameters
+    {"v8k", 8192, 256, 688, 22, 8, 4},         // 20.1M parameters
+    {"1b", 32000, 2048, 5632, 22, 32, 4},      // 1.10B parameters
+};
+constexpr int kLoraRank = 16;
+constexpr float kInitStd = 0.02f;
+// The DPO step's settings: trl's defaults (beta 0.1, max_grad_norm 1); the learning rate does not
+// change the work.
+constexpr float kBeta = 0.1f;
+constexpr double kMaxGradNorm = 1.0;
+constexpr float kLearningRate = 1e-4f;
+
+struct Options {
+  std::string device = "cpu";
+  std::string shape = "all";
+  std::string step = "logps";
+  int sequences = 4;
+  int sequence_length = 256;
+  float lora_alpha = 32.0f;
+  int threads = 0;  // 0: all processors
+  int warmup = 2;
+  int iterations = 7;
+  bool breakdown = false;
+};
+
+// Wall and CPU (all threads of the process) time of a piece of work, in milliseconds.
+struct Timing {
+  double wall_ms = 0, cpu_ms = 0;
+};
+
+double process_cpu_ms() {
+  timespec now{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now);
+  return double(now.tv_sec) * 1e3 + double(now.tv_nsec) * 1e-6;
+}
+
+// Waits for the GPU's queued work, so that a timing covers the work and not only its launch.
+void wait_for_device(Device device) {
+  if (device == Device::cuda) CST_ON_CUDA(cuda::synchronize());
+}
+
+Timing time_once(const std::function<void()>& work, Device device = Device::cpu) {
+  auto wall_start = std::chrono::steady_clock::now();
+  double cpu_start = process_cpu_ms();
+  work();
+  wait_for_device(device);
+  double cpu_end = process_cpu_ms();
+  auto wall_end = std::chrono::steady_clock::now();
+  return {std::chrono::duration<double, std::milli>(wall_end - wall_start).count(),
+          cpu_end - cpu_start};
+}
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  size_t middle = values.size() / 2;
+  return values.size() % 2 ? values[middle] : 0.5 * (values[middle - 1] + values[middle]);
+}
+
+// Device memory this process holds (cst allocates into arenas it keeps, so after the timed steps
+// this includes their peak), plus the CUDA context; the same quantity bench_gpu_torch.py reports.
+double device_memory_used_gib() {
+#ifdef CST_HAVE_CUDA
+  size_t free_bytes = 0, total_bytes = 0;
+  if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) return -1;
+  return double(total_bytes - free_bytes) / double(size_t(1) << 30);
+#else
+  return -1;
+#endif
+}
+
+int64_t parameter_count(const BenchShape& s) {
+  int64_t head_dim = s.hidden / s.heads;
+  int64_t attention = int64_t(s.hidden) * head_dim * (2 * s.heads + 2 * s.kv_heads);
+  int64_t mlp = int64_t(3) * s.hidden * s.intermediate;
+  int64_t per_layer = attention + mlp + 2 * s.hidden;
+  return int64_t(2) * s.vocab * s.hidden + s.layers * per_layer + s.hidden;
+}
+
+std::string config_json(const BenchShape& s, DType dtype) {
+  nlohmann::ordered_json config = {
+      {"architectures", {"MistralForCausalLM"}},
+      {"hidden_size", s.hidden},
+      {"intermediate_size", s.intermediate},
+      {"max_position_embeddings", 4096},
+      {"model_type", "mistral"},
+      {"num_attention_heads", s.heads},
+      {"num_hidden_layers", s.layers},
+      {"num_key_value_heads", s.kv_heads},
+      {"rms_norm_eps", 1e-05},
+      {"rope_theta", 10000.0},
+      {"sliding_window", nullptr},
+      {"tie_word_embeddings", false},
+      {"torch_dtype", dtype == DType::bf16 ? "bfloat16" : "float32"},
+      {"vocab_size", s.vocab},
+  };
+  return config.dump(2) + "\n";
+}
+
+// The random values every matrix takes its entries from: `count` N(0, 0.02^2) draws (the HF
+// initialisation) stored in `dtype`, and a vector of ones for the norms.
+struct ValuePool {
+  std::vector<float> f32;
+  std::vector<uint16_t> bf16;
+  std::vector<float> ones_f32;
+  std::vector<uint16_t> ones_bf16;
+  DType dtype;
+
+  ValuePool(int64_t count, int64_t ones, DType dtype_) : dtype(dtype_) {
+    // Chunks of draws from streams of their own, so the threads fill the pool in parallel and
+    // the values do not depend on the thread count.
+    constexpr int64_t kChunk = int64_t(1) << 20;
+    f32.resize(size_t(count));
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t begin = 0; begin < count; begin += kChunk) {
+      demo::DemoRandom random(0x62656e6368ull + uint64_t(begin / kChunk));
+      for (int64_t i = begin; i < std::min(count, begin + kChunk); ++i) f32[size_t(i)] = random.normal(kInitStd);
+    }
+    ones_f32.assign(size_t(ones), 1.0f);
+    if (dtype == DType::bf16) {
+      bf16.resize(f32.size());
+#pragma omp parallel for
+      for (int64_t i = 0; i < count; ++i) bf16[size_t(i)] = f32_to_bf16(f32[size_t(i)]);
+      ones_bf16.assign(size_t(ones), f32_to_bf16(1.0f));
+      f32.clear();
+    }
+  }
+  const void* values_at(int64_t offset) const {
+    return dtype == DType::bf16 ? static_cast<const void*>(bf16.data() + offset) : f32.data() + offset;
+  }
+  const void* ones() const {
+    return dtype == DType::bf16 ? static_cast<const void*>(ones_bf16.data()) : ones_f32.data();
+  }
+};
+
+// Where the model file goes: /dev/shm (memory) when it has room for twice the file, so that the
+// 2.2 GB of the 1b shape never wait for a disk; the temporary folder otherwise.
+std::filesystem::path scratch_folder(int64_t file_bytes) {
+  namespace fs = std::filesystem;
+  std::error_code error;
+  const fs::space_info memory = fs::space("/dev/shm", error);
+  if (!error && memory.available > uint64_t(2 * file_bytes)) return "/dev/shm";
+  return fs::temp_directory_path();
+}
+
+// Writes config.json and model.safetensors into a fresh directory and returns its path. Every
+// matrix is a window, at a random offset, of one pool of draws as large as the largest matrix:
+// a step's time does not depend on the values, and drawing the 1.1 billion values of the 1b
+// shape one by one would take longer than its benchmark.
+std::string write_random_model(const BenchShape& s, DType dtype) {
+  namespace fs = std::filesystem;
+  fs::path directory = scratch_folder(parameter_count(s) * int64_t(dtype_size(dtype))) /
+                       ("cst_bench_" + std::string(s.name) + "_" + std::to_string(getpid()));
+  fs::create_directories(directory);
+  std::string config = config_json(s, dtype);
+  write_file_atomically((directory / "config.json").string(), {{config.data(), config.size()}});
+
+  ModelConfig parsed = parse_model_config(nlohmann::json::parse(config), "benchmark config");
+  std::vector<std::pair<std::string, std::vector<int64_t>>> layout;
+  const int64_t V = s.vocab, C = s.hidden, F = s.intermediate;
+  const int64_t q_width = int64_t(parsed.num_heads) * parsed.head_dim;
+  const int64_t kv_width = int64_t(parsed.num_kv_heads) * parsed.head_dim;
+  layout.push_back({"model.embed_tokens.weight", {V, C}});
+  for (int layer = 0; layer < s.layers; ++layer) {
+    std::string prefix = "model.layers." + std::to_string(layer) + ".";
+    layout.push_back({prefix + "input_layernorm.weight", {C}});
+    layout.push_back({prefix + "post_attention_layernorm.weight", {C}});
+    layout.push_back({prefix + "self_attn.q_proj.weight", {q_width, C}});
+    layout.push_back({prefix + "self_attn.k_proj.weight", {kv_width, C}});
+    layout.push_back({prefix + "self_attn.v_proj.weight", {kv_width, C}});
+    layout.push_back({prefix + "self_attn.o_proj.weight", {C, q_width}});
+    layout.push_back({prefix + "mlp.gate_proj.weight", {F, C}});
+    layout.push_back({prefix + "mlp.up_proj.weight", {F, C}});
+    layout.push_back({prefix + "mlp.down_proj.weight", {C, F}});
+  }
+  layout.push_back({"model.norm.weight", {C}});
+  layout.push_back({"lm_head.weight", {V, C}});
+
+  auto count_of = [](const std::vector<int64_t>& shape) {
+    int64_t count = 1;
+    for (int64_t size : shape) count *= size;
+    return count;
+  };
+  int64_t largest = 0;
+  for (const auto& entry : layout) largest = std::max(largest, count_of(entry.second));
+  ValuePool pool(largest, C, dtype);
+  demo::DemoRandom random(0x6f666673657473ull);
+  std::vector<TensorToWrite> tensors;
+  for (const auto& [name, shape] : layout) {
+    const int64_t count = count_of(shape);
+    const bool is_norm = shape.size() == 1;
+    const int64_t offset = int64_t(random.below(size_t(largest - count + 1)));
+    tensors.push_back({name, dtype, shape, is_norm ? pool.ones() : pool.values_at(offset)});
+  }
+  write_safetensors((directory / "model.safetensors").string(), tensors);
+  return directory.string();
+}
+
+// The batch: `sequences` sequences of `length` random tokens, each labelled with a random token
+// (the labels' values do not change the work, only their count does).
+struct Batch {
+  std::vector<int32_t> tokens, positions, labels, cu_seqlens;
+  TokenSpans spans() const { return {tokens, positions, labels, cu_seqlens}; }
+};
+
+Batch random_batch(int vocab, int sequences, int length) {
+  demo::DemoRandom random(0x626174636800ull);
+  Batch batch;
+  batch.cu_seqlens.push_back(0);
+  for (int s = 0; s < sequences; ++s) {
+    for (int i = 0; i < length; ++i) {
+      batch.tokens.push_back(int32_t(random.below(size_t(vocab))));
+      batch.positions.push_back(i);
+      batch.labels.push_back(int32_t(random.below(size_t(vocab))));
+    }
+    batch.cu_seqlens.push_back(int32_t(batch.tokens.size()));
+  }
+  return batch;
+}
+
+// The backend's dtype: f32 on the CPU reference backend, bf16 on CUDA.
+DType dtype_of(Device device) { return device == Device::cuda ? DType::bf16 : DType::f32; }
+
+struct LoadedModel {
+  ModelFile file;
+  ModelWeights weights;
+  LoraAdapter lora;
+  LoadedModel(const std::string& directory, Device device, float lora_alpha)
+      : file(directory), weights(file, device, dtype_of(device)),
+        lora(file.config(), lora_config(lora_alpha), device, dtype_of(device)) {
+    lora.initialize(1);  // B = 0 as in PEFT; the work is the same as for trained values
+  }
+  static LoraConfig lora_config(float alpha) {
+    LoraConfig config;
+    config.r = kLoraRank;
+    config.alpha = alpha;
+    config.dropout = 0.0f;  // PEFT's default; with dropout both sides would add a mask pass
+    return config;
+  }
+};
+
+// A (rows, cols) f32 tensor of N(0, std^2) values, for the op breakdown.
+OwnedTensor random_tensor(std::initializer_list<int64_t> shape, float std,
+                          demo::DemoRandom& random) {
+  OwnedTensor t(shape, DType::f32, Device::cpu);
+  float* data = t.view.f32();
+  for (int64_t i = 0; i < t.view.numel(); ++i) data[i] = random.normal(std);
+  return t;
+}
+
+// One line of the breakdown: an op, how often a step runs it, and its median time per call.
+struct OpTime {
+  std::string name;
+  int calls_per_step;
+  double ms_per_call;
+};
+
+OpTime time_op(const std::string& name, int calls_per_step, const std::function<void()>& op) {
+  std::vector<double> walls;
+  for (int rep = 0; rep < 7; ++rep) walls.push_back(time_once(op).wall_ms);
+  walls.erase(walls.begin(), walls.begin() + 2);  // warm-up
+  return {name, calls_per_step, median(walls)};
+}
+
+// Times each op of a step by itself on random inputs of layer 0's shapes, and prints the table.
+void print_breakdown(const BenchShape& s, LoadedModel& model, const Batch& batch, double step_ms) {
+  const ModelConfig& config = model.file.config();
+  const int64_t n = int64_t(batch.tokens.size()), C = config.hidden_size,
+                F = config.intermediate_size, H = config.num_heads, KVH = config.num_kv_heads,
+                D = config.head_dim;
+  const int layers = config.num_layers;
+  demo::DemoRandom random(7);
+  Arena scratch(Device::cpu);
+  auto ints = [](std::vector<int32_t>& values) {
+    return make_view(values.data(), {int64_t(values.size())}, DType::i32, Device::cpu);
+  };
+  std::vector<int32_t> tokens = batch.tokens, positions = batch.positions, labels = batch.labels;
+  OwnedTensor x = random_tensor({n, C}, 1.0f, random), y = random_tensor({n, C}, 1.0f, random);
+  OwnedTensor norm_weight = random_tensor({C}, 1.0f, random), rstd({n}, DType::f32, Device::cpu);
+  OwnedTensor q = random_tensor({n, H, D}, 1.0f, random);
+  OwnedTensor out = random_tensor({n, H, D}, 1.0f, random);
+  OwnedTensor k = random_tensor({n, KVH, D}, 1.0f, random);
+  OwnedTensor v = random_tensor({n, KVH, D}, 1.0f, random);
+  OwnedTensor dq({n, H, D}, DType::f32, Device::cpu), dk({n, KVH, D}, DType::f32, Device::cpu);
+  OwnedTensor dv({n, KVH, D}, DType::f32, Device::cpu), lse({H, n}, DType::f32, Device::cpu);
+  OwnedTensor gate = random_tensor({n, F}, 1.0f, random), up = random_tensor({n, F}, 1.0f, random);
+  OwnedTensor act({n, F}, DType::f32, Device::cpu), dgate({n, F}, DType::f32, Device::cpu);
+  OwnedTensor token_values({n}, DType::f32, Device::cpu), token_lse({n}, DType::f32, Device::cpu);
+  OwnedTensor logit_sums({n}, DType::f32, Device::cpu);
+  for (int64_t i = 0; i < n; ++i) rstd.view.f32()[i] = 1.0f;
+  AttentionShape attention{int(H), int(KVH), int(D), 0};
+  std::vector<OpTime> ops;
+
+  // The seven projections as the model runs them: base sgemm plus the two rank-r products.
+  for (Projection p : kAllProjections) {
+    auto [out_features, in_features] = projection_shape(config, p);
+    OwnedTensor input = random_tensor({n, in_features}, 1.0f, random);
+    OwnedTensor output = random_tensor({n, out_features}, 1.0f, random);
+    OwnedTensor dinput({n, in_features}, DType::f32, Device::cpu);
+    LoraLinear linear{model.weights.projection(0, p)};
+    linear.lora = model.lora.pair(0, p);
+    linear.scaling = model.lora.config().scaling();
+    Tensor u = lora_linear_forward(output, input, linear, scratch);
+    OwnedTensor saved_u({n, kLoraRank}, DType::f32, Device::cpu);
+    copy_tensor(saved_u, u);
+    std::string name = projection_name(p);
+    ops.push_back(time_op(name + " forward", layers, [&] {
+      scratch.reset();
+      lora_linear_forward(output, input, linear, scratch);
+    }));
+    ops.push_back(time_op(name + " backward", layers, [&] {
+      scratch.reset();
+      lora_linear_backward(dinput, false, output, input, saved_u, linear, scratch);
+    }));
+  }
+  ops.push_back(time_op("attention forward", layers, [&] {
+    attention_forward(out, lse, q, k, v, batch.cu_seqlens, attention);
+  }));
+  ops.push_back(time_op("attention backward", layers, [&] {
+    attention_backward(dq, dk, dv, out, q, k, v, out, lse, batch.cu_seqlens, attention);
+  }));
+  ops.push_back(time_op("rmsnorm forward", 2 * layers + 1,
+                        [&] { rmsnorm_forward(y, rstd, x, norm_weight, 1e-5f); }));
+  ops.push_back(time_op("rmsnorm backward", 2 * layers + 1,
+                        [&] { rmsnorm_backward(y, Tensor{}, x, x, norm_weight, rstd); }));
+  ops.push_back(time_op("rope q+k (forward and backward)", 2 * layers, [&] {
+    rope_forward(q, ints(positions), config.rope_theta);
+    rope_forward(k, ints(positions), config.rope_theta);
+  }));
+  ops.push_back(time_op("swiglu forward", layers, [&] { swiglu_forward(act, gate, up); }));
+  ops.push_back(time_op("swiglu backward", layers, [&] {
+    swiglu_backward(dgate, act, act, gate, up);
+  }));
+  ops.push_back(time_op("residual add", 4 * layers, [&] { add_inplace(y, x); }));
+  ops.push_back(time_op("embedding", 1, [&] {
+    embedding_forward(y, ints(tokens), model.weights.embed_tokens);
+  }));
+  ops.push_back(time_op("logprobs forward (LM head)", 1, [&] {
+    scratch.reset();
+    logprobs_forward(token_values, token_lse, logit_sums, x, model.weights.lm_head, ints(labels),
+                     scratch);
+  }));
+  ops.push_back(time_op("logprobs backward (LM head)", 1, [&] {
+    scratch.reset();
+    logprobs_backward(y, token_values, x, model.weights.lm_head, ints(labels), token_lse, scratch);
+  }));
+
+  double total = 0;
+  for (const OpTime& op : ops) total += op.calls_per_step * op.ms_per_call;
+  std::printf("\nbreakdown of one %s step (each op timed alone, median of 5):\n", s.name);
+  std::printf("  %-34s %6s %10s %10s %6s\n", "op", "calls", "ms/call", "ms/step", "share");
+  for (const OpTime& op : ops) {
+    double per_step = op.calls_per_step * op.ms_per_call;
+    std::printf("  %-34s %6d %10.3f %10.2f %5.1f%%\n", op.name.c_str(), op.calls_per_step,
+                op.ms_per_call, per_step, 100.0 * per_step / total);
+  }
+  std::printf("  %-34s %6s %10s %10.2f  (measured step: %.2f ms)\n", "sum", "", "", total, step_ms);
+}
+
+// The medians of a step's timed iterations.
+struct StepTimes {
+  std::vector<double> forward_ms, backward_ms, step_ms, step_cpu_ms;
+  void add(const Timing& forward, const Timing& backward) {
+    forward_ms.push_back(forward.wall_ms);
+    backward_ms.push_back(backward.wall_ms);
+    step_ms.push_back(forward.wall_ms + backward.wall_ms);
+    step_cpu_ms.push_back(forward.cpu_ms + backward.cpu_ms);
+  }
+};
+
+// --step logps: forward with activations saved, loss = sum of log-probs, backward.
+StepTimes time_logps_steps(Transformer& transformer, LoadedModel& model, const Batch& batch,
+                           Device device, const Options& options) {
+  ForwardOptions forward_options;
+  forward_options.save_for_backward = true;
+  std::vector<float> dlogps(batch.tokens.size(), 1.0f);  // loss = sum of log-probs
+  StepTimes times;
+  for (int i = 0; i < options.warmup + options.iterations; ++i) {
+    model.lora.zero_grad();
+    Timing forward = time_once([&] { transformer.forward(batch.spans(), forward_options); }, device);
+    Timing backward = time_once([&] { transformer.backward(dlogps); }, device);
+    if (i >= options.warmup) times.add(forward, backward);
+  }
+  return times;
+}
+
+// --step dpo: the trainer's micro-batch and optimizer step (train/trainer.cpp) on one batch.
+// "forward" is the reference and the policy forward with the loss; "backward" is the backward,
+// the gradient norm, clipping and AdamW.
+StepTimes time_dpo_steps(Transformer& transformer, LoadedModel& model, const Batch& batch,
+                         Device device, const Options& options) {
+  ObjectiveConfig objective = objective_config_from_names("sigmoid", kBeta, 0.0, 0.0, false);
+  AdamWConfig adamw;
+  adamw.learning_rate = kLearningRate;
+  AdamW optimizer(model.lora.parameters(), adamw);
+  const int vocab = model.file.config().vocab_size;
+  StepTimes times;
+  for (int i = 0; i < options.warmup + options.iterations; ++i) {
+    model.lora.zero_grad();
+    ObjectiveResult result;
+    Timing forward = time_once([&] {
+      ForwardOptions reference_options;
+      reference_options.adapters_enabled = false;
+      TokenLogps reference = transformer.forward(batch.spans(), reference_options);
+      ForwardOptions policy_options;
+      policy_options.save_for_backward = true;
+      TokenLogps policy = transformer.forward(batch.spans(), policy_options);
+      SequenceSums reference_sums =
+          sum_per_sequence(reference.logps, reference.logit_sums, batch.labels, batch.cu_seqlens);
+      SequenceSums policy_sums =
+          sum_per_sequence(policy.logps, policy.logit_sums, batch.labels, batch.cu_seqlens);
+      result = compute_objective(objective, policy_sums, reference_sums.logps, batch.labels,
+                                 batch.cu_seqlens, vocab, 1.0);
+    }, device);
+    Timing backward = time_once([&] {
+      transformer.backward(result.dlogps);
+      optimizer.step(kLearningRate, clip_scale(optimizer.gradient_norm(), kMaxGradNorm));
+      model.lora.sync_compute_copies();
+    }, device);
+    if (!std::isfinite(result.loss)) fail("the DPO loss is not finite at iteration ", i + 1);
+    if (i >= options.warmup) times.add(forward, backward);
+  }
+  return times;
+}
+
+void run_shape(const BenchShape& s, const Options& options) {
+  const Device device = options.device == "cuda" ? Device::cuda : Device::cpu;
+  std::string directory;
+  const Timing written = time_once([&] { directory = write_random_model(s, dtype_of(device)); });
+  std::unique_ptr<LoadedModel> loaded;
+  const Timing load = time_once([&] {
+    loaded = std::make_unique<LoadedModel>(directory, device, options.lora_alpha);
+  }, device);
+  LoadedModel& model = *loaded;
+  std::filesystem::remove_all(directory);  // the weights now live in memory
+  std::printf("%s: random model written in %.1f s, loaded in %.1f s\n", s.name, written.wall_ms * 1e-3,
+              load.wall_ms * 1e-3);
+  Batch batch = random_batch(s.vocab, options.sequences, options.sequence_length);
+  Transformer transformer(model.file.config(), model.weights, &model.lora);
+  StepTimes times = options.step == "dpo" ? time_dpo_steps(transformer, model, batch, device, options)
+                                          : time_logps_steps(transformer, model, batch, device, options);
+  const double step_ms = median(times.step_ms);
+  std::printf(
+      "RESULT impl=cst shape=%s params=%.1fM device=%s step=%s batch=%dx%d threads=%d "
+      "step_ms=%.1f min_ms=%.1f cpu_ms=%.1f forward_ms=%.1f backward_ms=%.1f tokens_per_s=%.0f",
+      s.name, double(parameter_count(s)) / 1e6, options.device.c_str(), options.step.c_str(),
+      options.sequences, options.sequence_length, options.threads, step_ms,
+      *std::min_element(times.step_ms.begin(), times.step_ms.end()), median(times.step_cpu_ms),
+      median(times.forward_ms), median(times.backward_ms),
+      double(batch.tokens.size()) / (step_ms * 1e-3));
+  if (device == Device::cuda) std::printf(" memory_gib=%.2f", device_memory_used_gib());
+  std::printf("\n");
+  std::fflush(stdout);
+  if (options.breakdown) print_breakdown(s, model, batch, step_ms);
+}
+
+int parse_count(const char* flag, const char* text, int minimum) {
+  char* end = nullptr;
+  long value = std::strtol(text, &end, 10);
+  if (end == text || *end != '\0' || value < minimum || value > 100000)
+    fail(flag, ": expected an integer >= ", minimum, ", got '", text, "'");
+  return int(value);
+}
+
+float parse_positive(const char* flag, const char* text) {
+  char* end = nullptr;
+  float value = std::strtof(text, &end);
+  if (end == text || *end != '\0' || !(value > 0) || !std::isfinite(value))
+    fail(flag, ": expected a positive number, got '", text, "'");
+  return value;
+}
+
+Options parse_options(int argc, char** argv) {
+  Options options;
+  for (int i = 1; i < argc; ++i) {
+    std::string flag = argv[i];
+    auto value = [&]() -> const char* {
+      if (i + 1 >= argc) fail(flag, " needs a value");
+      return argv[++i];
+    };
+    if (flag == "--device") options.device = value();
+    else if (flag == "--shape") options.shape = value();
+    else if (flag == "--step") options.step = value();
+    else if (flag == "--sequences") options.sequences = parse_count("--sequences", value(), 1);
+    else if (flag == "--sequence_length") options.sequence_length = parse_count("--sequence_length", value(), 2);
+    else if (flag == "--lora_alpha") options.lora_alpha = parse_positive("--lora_alpha", value());
+    else if (flag == "--threads") options.threads = parse_count("--threads", value(), 1);
+    else if (flag == "--warmup") options.warmup = parse_count("--warmup", value(), 0);
+    else if (flag == "--iterations") options.iterations = parse_count("--iterations", value(), 1);
+    else if (flag == "--breakdown") options.breakdown = true;
+    else fail("unknown flag ", flag, " (flags: --device cpu|cuda, --shape v32k|v8k|1b|all, ",
+              "--step logps|dpo, --sequences N, --sequence_length N, --lora_alpha A, --threads N, ",
+              "--warmup N, --iterations N, --breakdown)");
+  }
+  const bool known_shape = options.shape == "all" || std::any_of(std::begin(kShapes), std::end(kShapes),
+                                                                 [&](const BenchShape& s) { return options.shape == s.name; });
+  if (!known_shape) fail("--shape: unknown shape '", options.shape, "' (v32k, v8k, 1b or all)");
+  if (options.device != "cpu" && options.device != "cuda")
+    fail("--device: expected cpu or cuda, got '", options.device, "'");
+  if (options.step != "logps" && options.step != "dpo")
+    fail("--step: expected logps or dpo, got '", options.step, "'");
+  if (options.step == "dpo" && options.sequences % 2 != 0)
+    fail("--step dpo: --sequences must be even (a chosen and a rejected sequence per pair), got ",
+         options.sequences);
+  if (options.breakdown && options.device != "cpu") fail("--breakdown times the CPU ops: it needs --device cpu");
+  if (options.device == "cuda" && !cuda_available())
+    fail("--device cuda: no CUDA GPU is visible (or this build has no CUDA backend)");
+  return options;
+}
+
+int run(int argc, char** argv) {
+  Options options = parse_options(argc, argv);
+  if (options.threads == 0) options.threads = omp_get_num_procs();
+  // Every op of the CPU backend runs on OpenMP's threads (GEMMs too: kernels/gemm.cpp).
+  omp_set_num_threads(options.threads);
+  std::printf("model_bench: %s step on %s (%s), %d sequences x %d tokens, LoRA r=%d alpha=%g on all "
+              "projections, %d threads, warm-up %d, median of %d\n",
+              options.step.c_str(), options.device.c_str(), options.device == "cuda" ? "bf16" : "f32",
+              options.sequences, options.sequence_length, kLoraRank, double(options.lora_alpha),
+              options.threads, options.warmup, options.iterations);
+  for (const BenchShape& s : kShapes) {
+    const bool small = std::string(s.name) != "1b";
+    if (options.shape == s.name || (options.shape == "all" && small)) run_shape(s, options);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace cst
+
+int main(int argc, char** argv) {
+  return cst::run_program("model_bench", [&] { return cst::run(argc, argv); });
+}
