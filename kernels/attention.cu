@@ -111,6 +111,8 @@ AttentionParams make_params(const Tensor& q, const Tensor& k, const Tensor& v, c
   if (shape.head_dim != 64 && shape.head_dim != 128)
     fail("attention on cuda: head_dim ", shape.head_dim, " is not supported (64 or 128)");
   if (q.shape[0] > INT32_MAX / 2) fail("attention on cuda: ", q.shape[0], " tokens is too many");
+  if (shape.heads > 65535)  // grid y of the forward and dQ launches
+    fail("attention on cuda: ", shape.heads, " heads (the CUDA grid allows 65535)");
   check_operand(q, DType::bf16, "q");
   check_operand(k, DType::bf16, "k");
   check_operand(v, DType::bf16, "v");

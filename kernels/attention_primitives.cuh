@@ -6,47 +6,58 @@
 //   mma_bf16_16x8x16                        D (16x8 f32) += A (16x16 bf16) * B (16x8 bf16)
 //   copy_async_16                           a 16-byte global -> shared copy that does not block
 //                                           (zero-filled when the source row does not exist)
+//   copy_async_commit / copy_async_wait     close a group of copies / wait for groups
+//   block_barrier, shuffle_xor, pack_bf16x2, store_bf16x2, fast_exp2
 //
-// Fragment layouts (PTX ISA, "mma.m16n8k16"), with group = lane / 4 and pair = lane % 4:
+// Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type"),
+// with group = lane / 4 and pair = lane % 4; each 32-bit register holds two bf16, the lower
+// column (A, C) or row (B) in the low half:
 //   A: a0 = (row group,   cols 2*pair, +1)   a1 = (row group+8, cols 2*pair, +1)
 //      a2 = (row group,   cols 2*pair+8, +9) a3 = (row group+8, cols 2*pair+8, +9)
 //   B: b0 = (rows 2*pair, +1, col group)     b1 = (rows 2*pair+8, +9, col group)
 //   C: c0, c1 = (row group, cols 2*pair, +1) c2, c3 = (row group+8, cols 2*pair, +1)
-// ldmatrix gives lane l the two elements (row l/4, cols 2*(l%4), +1) of each 8x8 tile, whose row
-// addresses come from lanes 8*tile .. 8*tile+7; the transposed form gives (rows 2*(l%4), +1, col
-// l/4) instead. These identities are what the kernels rely on to go from shared memory to mma
-// operands, and from an mma result (C layout) straight to the next mma's A operand.
+// ldmatrix (PTX ISA, "ldmatrix") gives lane l the two elements (row l/4, cols 2*(l%4), +1) of
+// each 8x8 tile, whose row addresses come from lanes 8*tile .. 8*tile+7; the transposed form
+// gives (rows 2*(l%4), +1, col l/4) instead. These identities are what the kernels rely on to go
+// from shared memory to mma operands, and from an mma result (C layout) straight to the next
+// mma's A operand.
 //
-// A classic include guard (not #pragma once) so a host-side model of these instructions can
-// stand in for this file when the tile code is exercised off the GPU.
+// The tile code (kernels/attention_tiles.cuh) uses nothing of CUDA but this file, so it also
+// compiles for the host: tests/test_attention_emulated.cpp defines its own model of every
+// function here (and CST_FLASH_DEVICE, bf16) and runs the tiles against the CPU reference. A
+// classic include guard (not #pragma once) lets that model stand in for this file.
 #ifndef CST_ATTENTION_PRIMITIVES_CUH
 #define CST_ATTENTION_PRIMITIVES_CUH
 
 #include <cuda_bf16.h>
 #include <cstdint>
 
+// Every function of the tile code: a device function, inlined into its kernel.
+#define CST_FLASH_DEVICE __device__ __forceinline__
+
 namespace cst::cuda::flash {
 
-__device__ __forceinline__ uint32_t shared_address(const void* pointer) {
+using bf16 = __nv_bfloat16;
+
+CST_FLASH_DEVICE uint32_t shared_address(const void* pointer) {
   return uint32_t(__cvta_generic_to_shared(pointer));
 }
 
 // Lane l passes the address of one 16-byte row: rows of tile t come from lanes 8t..8t+7.
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&fragment)[4], const void* row_address) {
+CST_FLASH_DEVICE void ldmatrix_x4(uint32_t (&fragment)[4], const void* row_address) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(fragment[0]), "=r"(fragment[1]), "=r"(fragment[2]), "=r"(fragment[3])
                : "r"(shared_address(row_address)));
 }
 
-__device__ __forceinline__ void ldmatrix_x4_transposed(uint32_t (&fragment)[4],
-                                                       const void* row_address) {
+CST_FLASH_DEVICE void ldmatrix_x4_transposed(uint32_t (&fragment)[4], const void* row_address) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(fragment[0]), "=r"(fragment[1]), "=r"(fragment[2]), "=r"(fragment[3])
                : "r"(shared_address(row_address)));
 }
 
-__device__ __forceinline__ void mma_bf16_16x8x16(float (&accumulator)[4], const uint32_t (&a)[4],
-                                                 uint32_t b0, uint32_t b1) {
+CST_FLASH_DEVICE void mma_bf16_16x8x16(float (&accumulator)[4], const uint32_t (&a)[4],
+                                       uint32_t b0, uint32_t b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
       "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
@@ -56,49 +67,47 @@ __device__ __forceinline__ void mma_bf16_16x8x16(float (&accumulator)[4], const 
 
 // Copies 16 bytes, or writes 16 zero bytes when `valid` is false (rows past a sequence's end),
 // so the tile in shared memory never holds stale data. The source must be a readable address
-// even when not valid; callers pass the tensor's base then.
-__device__ __forceinline__ void copy_async_16(void* shared_destination, const void* global_source,
-                                              bool valid) {
+// even when not valid; callers pass the tensor's base then. cp.async takes a .global address,
+// hence the conversion from the generic pointer.
+CST_FLASH_DEVICE void copy_async_16(void* shared_destination, const void* global_source,
+                                    bool valid) {
   int source_bytes = valid ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
                :
-               : "r"(shared_address(shared_destination)), "l"(global_source), "r"(source_bytes));
+               : "r"(shared_address(shared_destination)),
+                 "l"(__cvta_generic_to_global(global_source)), "r"(source_bytes));
 }
 
-__device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+// Closes the group of copies this thread has started since the last commit.
+CST_FLASH_DEVICE void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 
-// Waits until at most `pending` committed groups are still in flight.
+// Waits until at most `pending` of this thread's committed groups are still in flight. The
+// copies become visible to the other threads only after a block_barrier that follows.
 template <int pending>
-__device__ __forceinline__ void copy_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" : : "n"(pending));
+CST_FLASH_DEVICE void copy_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" : : "n"(pending) : "memory");
 }
 
-__device__ __forceinline__ void block_barrier() { __syncthreads(); }
+CST_FLASH_DEVICE void block_barrier() { __syncthreads(); }
 
-// Reductions over the four lanes (one quad) that share the rows of an mma C fragment.
-__device__ __forceinline__ float quad_max(float value) {
-  value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, 1));
-  return fmaxf(value, __shfl_xor_sync(0xffffffffu, value, 2));
+// The value of lane (this lane ^ lane_mask); every lane of the warp must take part.
+CST_FLASH_DEVICE float shuffle_xor(float value, int lane_mask) {
+  return __shfl_xor_sync(0xffffffffu, value, lane_mask);
 }
 
-__device__ __forceinline__ float quad_sum(float value) {
-  value += __shfl_xor_sync(0xffffffffu, value, 1);
-  return value + __shfl_xor_sync(0xffffffffu, value, 2);
-}
-
-__device__ __forceinline__ float warp_sum(float value) {
-  for (int offset = 16; offset > 0; offset /= 2)
-    value += __shfl_xor_sync(0xffffffffu, value, offset);
-  return value;
-}
-
-// Two floats rounded to bf16 and packed as one 32-bit mma operand register (low half first).
-__device__ __forceinline__ uint32_t pack_bf16x2(float low, float high) {
+// Two floats rounded to bf16 (to nearest even) and packed as one 32-bit mma operand register,
+// `low` in the low half.
+CST_FLASH_DEVICE uint32_t pack_bf16x2(float low, float high) {
   __nv_bfloat162 packed = __floats2bfloat162_rn(low, high);
   return *reinterpret_cast<uint32_t*>(&packed);
 }
 
-__device__ __forceinline__ float fast_exp2(float x) { return exp2f(x); }
+// One 32-bit store of two packed bf16 (from pack_bf16x2) to an even element of global memory.
+CST_FLASH_DEVICE void store_bf16x2(bf16* destination, uint32_t packed) {
+  *reinterpret_cast<uint32_t*>(destination) = packed;
+}
+
+CST_FLASH_DEVICE float fast_exp2(float x) { return exp2f(x); }
 
 }  // namespace cst::cuda::flash
 

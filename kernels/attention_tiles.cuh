@@ -14,8 +14,6 @@
 
 namespace cst::cuda::flash {
 
-using bf16 = __nv_bfloat16;
-
 constexpr int kTileRows = 64;                       // queries per query tile, keys per key tile
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
@@ -48,24 +46,42 @@ struct TileCoordinates {
   int sequence = 0;
 };
 
+// ---- reductions over lanes ----
+
+// Over the four lanes (one quad) that share the rows of an mma C fragment.
+CST_FLASH_DEVICE float quad_max(float value) {
+  value = fmaxf(value, shuffle_xor(value, 1));
+  return fmaxf(value, shuffle_xor(value, 2));
+}
+
+CST_FLASH_DEVICE float quad_sum(float value) {
+  value += shuffle_xor(value, 1);
+  return value + shuffle_xor(value, 2);
+}
+
+CST_FLASH_DEVICE float warp_sum(float value) {
+  for (int offset = 16; offset > 0; offset /= 2) value += shuffle_xor(value, offset);
+  return value;
+}
+
 // ---- masks and tile ranges (positions are within the sequence) ----
 
-__device__ __forceinline__ bool key_visible(int query, int key, int seq_len, int window) {
+CST_FLASH_DEVICE bool key_visible(int query, int key, int seq_len, int window) {
   // key <= query < seq_len also keeps the key inside the sequence.
   return key <= query && query < seq_len && (window == 0 || key > query - window);
 }
 
 // True when every (query, key) pair of the two tiles is visible, so the mask can be skipped.
 // Visibility is monotone in both positions, so checking the extreme pairs is enough.
-__device__ __forceinline__ bool tiles_fully_visible(int query0, int key0, int seq_len, int window) {
+CST_FLASH_DEVICE bool tiles_fully_visible(int query0, int key0, int seq_len, int window) {
   int query_last = query0 + kTileRows - 1, key_last = key0 + kTileRows - 1;
   return key_last <= query0 && query_last < seq_len &&
          (window == 0 || key0 > query_last - window);
 }
 
 // Key tiles that hold at least one key visible to some query of the tile [query0, query0 + 64).
-__device__ __forceinline__ void key_tile_range(int query0, int seq_len, int window, int& first,
-                                               int& last) {
+CST_FLASH_DEVICE void key_tile_range(int query0, int seq_len, int window, int& first,
+                                     int& last) {
   int first_key = window == 0 ? 0 : max(0, query0 - window + 1);
   int last_key = min(query0 + kTileRows - 1, seq_len - 1);
   first = first_key / kTileRows;
@@ -73,8 +89,8 @@ __device__ __forceinline__ void key_tile_range(int query0, int seq_len, int wind
 }
 
 // Query tiles that hold at least one query that sees some key of the tile [key0, key0 + 64).
-__device__ __forceinline__ void query_tile_range(int key0, int seq_len, int window, int& first,
-                                                 int& last) {
+CST_FLASH_DEVICE void query_tile_range(int key0, int seq_len, int window, int& first,
+                                       int& last) {
   int last_query = seq_len - 1;
   if (window != 0) last_query = min(last_query, key0 + kTileRows - 1 + window - 1);
   first = key0 / kTileRows;
@@ -85,39 +101,88 @@ __device__ __forceinline__ void query_tile_range(int key0, int seq_len, int wind
 
 // Element offset of (row, col) in a swizzled tile; col is a multiple of 8 (one 16-byte chunk).
 template <int kHeadDim>
-__device__ __forceinline__ int swizzled_offset(int row, int col) {
+CST_FLASH_DEVICE int swizzled_offset(int row, int col) {
   return row * kHeadDim + (((col / 8) ^ (row % 8)) * 8);
 }
 
-// Starts copying rows [first_token, first_token + 64) of one head of a (N, heads, D) tensor into a
-// tile; rows at or past valid_rows are zero-filled.
+// Where a tile's 64 rows come from: tokens [first_token, first_token + 64) of one head of a
+// (N, heads, D) tensor, of which the first valid_rows belong to the sequence.
+struct TileSource {
+  int first_token = 0;
+  int valid_rows = 0;
+  int head = 0;
+};
+
+// The rows [row0, row0 + 64) (positions within the sequence) of one head.
+CST_FLASH_DEVICE TileSource tile_source(int seq_start, int seq_len, int row0, int head) {
+  return {seq_start + row0, seq_len - row0, head};
+}
+
+// Starts copying a tile into shared memory; rows at or past valid_rows are zero-filled.
 template <int kHeadDim>
-__device__ __forceinline__ void load_tile_async(bf16* tile, const bf16* tensor, int first_token,
-                                                int valid_rows, int head, int heads_in_tensor,
-                                                int thread) {
+CST_FLASH_DEVICE void load_tile_async(bf16* tile, const bf16* tensor, int heads_in_tensor,
+                                      TileSource rows, int thread) {
   constexpr int kChunksPerRow = kHeadDim / 8;
   for (int chunk = thread; chunk < kTileRows * kChunksPerRow; chunk += kThreads) {
     int row = chunk / kChunksPerRow, col = (chunk % kChunksPerRow) * 8;
-    bool valid = row < valid_rows;
+    bool valid = row < rows.valid_rows;
     const bf16* source =
-        valid ? tensor + (int64_t(first_token + row) * heads_in_tensor + head) * kHeadDim + col
+        valid ? tensor + (int64_t(rows.first_token + row) * heads_in_tensor + rows.head) *
+                             kHeadDim + col
               : tensor;
     copy_async_16(tile + swizzled_offset<kHeadDim>(row, col), source, valid);
   }
 }
 
+// The two tiles every kernel streams through: K and V of a key tile, or Q and dO of a query
+// tile (each pair shares its rows).
+template <int kHeadDim>
+CST_FLASH_DEVICE void load_key_value_tiles(bf16* k_tile, bf16* v_tile, const AttentionParams& p,
+                                           TileSource rows, int thread) {
+  load_tile_async<kHeadDim>(k_tile, p.k, p.kv_heads, rows, thread);
+  load_tile_async<kHeadDim>(v_tile, p.v, p.kv_heads, rows, thread);
+}
+
+template <int kHeadDim>
+CST_FLASH_DEVICE void load_query_dout_tiles(bf16* q_tile, bf16* dout_tile,
+                                            const AttentionParams& p, TileSource rows,
+                                            int thread) {
+  load_tile_async<kHeadDim>(q_tile, p.q, p.heads, rows, thread);
+  load_tile_async<kHeadDim>(dout_tile, p.dout, p.heads, rows, thread);
+}
+
+// The pipeline of every kernel: compute(i, buffer) for i = 0 .. count-1 with tile i in buffer
+// i % 2, while the copies of tile i + 1 (started by load(i + 1, buffer)) fill the other buffer.
+// The caller has started tile 0's copies, and any others it needs from the start.
+template <class Load, class Compute>
+CST_FLASH_DEVICE void double_buffered_loop(int count, Load load, Compute compute) {
+  copy_async_commit();
+  copy_async_wait<0>();
+  block_barrier();
+  for (int i = 0; i < count; ++i) {
+    const bool prefetch = i + 1 < count;
+    if (prefetch) {
+      load(i + 1, (i + 1) % 2);  // the buffer every warp finished reading before the last barrier
+      copy_async_commit();
+    }
+    compute(i, i % 2);
+    if (prefetch) copy_async_wait<0>();
+    block_barrier();  // tile i + 1 is in place for every warp, and nobody reads buffer i % 2
+  }
+}
+
 // A fragment (16 rows x 16 cols at row0, col0) of a row-major tile.
 template <int kHeadDim>
-__device__ __forceinline__ void load_a_fragment(uint32_t (&a)[4], const bf16* tile, int row0,
-                                                int col0, int lane) {
+CST_FLASH_DEVICE void load_a_fragment(uint32_t (&a)[4], const bf16* tile, int row0, int col0,
+                                      int lane) {
   ldmatrix_x4(a, tile + swizzled_offset<kHeadDim>(row0 + lane % 16, col0 + (lane / 16) * 8));
 }
 
 // B fragments of (tile rows row0..row0+15)^T restricted to cols col0..col0+15: the tile's rows
 // are the mma's n dimension. b[0], b[1] serve rows row0..+7; b[2], b[3] rows row0+8..+15.
 template <int kHeadDim>
-__device__ __forceinline__ void load_b_fragments_of_rows(uint32_t (&b)[4], const bf16* tile,
-                                                         int row0, int col0, int lane) {
+CST_FLASH_DEVICE void load_b_fragments_of_rows(uint32_t (&b)[4], const bf16* tile, int row0,
+                                               int col0, int lane) {
   int row = row0 + lane % 8 + (lane / 16) * 8, col = col0 + ((lane / 8) % 2) * 8;
   ldmatrix_x4(b, tile + swizzled_offset<kHeadDim>(row, col));
 }
@@ -125,83 +190,94 @@ __device__ __forceinline__ void load_b_fragments_of_rows(uint32_t (&b)[4], const
 // B fragments of the tile itself: rows row0..row0+15 are the mma's k dimension, cols col0..+15
 // its n dimension. b[0], b[1] serve cols col0..+7; b[2], b[3] cols col0+8..+15.
 template <int kHeadDim>
-__device__ __forceinline__ void load_b_fragments_of_cols(uint32_t (&b)[4], const bf16* tile,
-                                                         int row0, int col0, int lane) {
+CST_FLASH_DEVICE void load_b_fragments_of_cols(uint32_t (&b)[4], const bf16* tile, int row0,
+                                               int col0, int lane) {
   int row = row0 + lane % 8 + ((lane / 8) % 2) * 8, col = col0 + (lane / 16) * 8;
   ldmatrix_x4_transposed(b, tile + swizzled_offset<kHeadDim>(row, col));
 }
 
 // ---- warp-level products ----
 
-// scores (16 x 64) = rows [row0, row0+16) of `left` times the 64 rows of `right`, transposed:
-// both tiles are row-major over the head dimension.
-template <int kHeadDim>
-__device__ __forceinline__ void multiply_rows_by_rows(float (&scores)[8][4], const bf16* left,
-                                                      int row0, const bf16* right, int lane) {
-  for (int n = 0; n < 8; ++n)
+// scores (16 x kColumns) = rows [row0, row0+16) of `left` times rows [right_row0, right_row0 +
+// kColumns) of `right`, transposed: both tiles are row-major over the head dimension.
+template <int kHeadDim, int kColumns>
+CST_FLASH_DEVICE void multiply_rows_by_rows(float (&scores)[kColumns / 8][4], const bf16* left,
+                                            int row0, const bf16* right, int right_row0,
+                                            int lane) {
+  for (int n = 0; n < kColumns / 8; ++n)
     for (int e = 0; e < 4; ++e) scores[n][e] = 0.0f;
   for (int step = 0; step < kHeadDim / 16; ++step) {
     uint32_t a[4];
     load_a_fragment<kHeadDim>(a, left, row0, step * 16, lane);
-    for (int block16 = 0; block16 < 4; ++block16) {
+    for (int block16 = 0; block16 < kColumns / 16; ++block16) {
       uint32_t b[4];
-      load_b_fragments_of_rows<kHeadDim>(b, right, block16 * 16, step * 16, lane);
+      load_b_fragments_of_rows<kHeadDim>(b, right, right_row0 + block16 * 16, step * 16, lane);
       mma_bf16_16x8x16(scores[2 * block16], a, b[0], b[1]);
       mma_bf16_16x8x16(scores[2 * block16 + 1], a, b[2], b[3]);
     }
   }
 }
 
-// accumulator (16 x D) += weights (16 x 64, in C layout) times the 64-row tile `right` (64 x D).
-// A C fragment pair of n8 tiles is exactly the A fragment of one k16 step, after rounding to bf16.
-template <int kHeadDim>
-__device__ __forceinline__ void accumulate_weights_times_tile(float (&accumulator)[kHeadDim / 8][4],
-                                                              const float (&weights)[8][4],
-                                                              const bf16* right, int lane) {
-  for (int step = 0; step < 4; ++step) {
+// accumulator (16 x D) += weights (16 x kRows, in C layout) times rows [row0, row0 + kRows) of
+// the tile `right` (row-major, 64 x D). A C fragment pair of n8 tiles is exactly the A fragment
+// of one k16 step, after rounding to bf16.
+template <int kHeadDim, int kRows>
+CST_FLASH_DEVICE void accumulate_weights_times_tile(float (&accumulator)[kHeadDim / 8][4],
+                                                    const float (&weights)[kRows / 8][4],
+                                                    const bf16* right, int row0, int lane) {
+  for (int step = 0; step < kRows / 16; ++step) {
     const float* low = weights[2 * step];
     const float* high = weights[2 * step + 1];
     uint32_t a[4] = {pack_bf16x2(low[0], low[1]), pack_bf16x2(low[2], low[3]),
                      pack_bf16x2(high[0], high[1]), pack_bf16x2(high[2], high[3])};
     for (int col16 = 0; col16 < kHeadDim / 16; ++col16) {
       uint32_t b[4];
-      load_b_fragments_of_cols<kHeadDim>(b, right, step * 16, col16 * 16, lane);
+      load_b_fragments_of_cols<kHeadDim>(b, right, row0 + step * 16, col16 * 16, lane);
       mma_bf16_16x8x16(accumulator[2 * col16], a, b[0], b[1]);
       mma_bf16_16x8x16(accumulator[2 * col16 + 1], a, b[2], b[3]);
     }
   }
 }
 
-// Element e of n8 tile n of a C fragment sits at (row, col) of the 16 x 64 warp tile.
-__device__ __forceinline__ int fragment_row(int lane, int e) { return lane / 4 + (e / 2) * 8; }
-__device__ __forceinline__ int fragment_col(int lane, int n, int e) {
+// Element e of n8 tile n of a C fragment sits at (row, col) of the 16-row warp tile.
+CST_FLASH_DEVICE int fragment_row(int lane, int e) { return lane / 4 + (e / 2) * 8; }
+CST_FLASH_DEVICE int fragment_col(int lane, int n, int e) {
   return n * 8 + (lane % 4) * 2 + (e % 2);
 }
 
 // Writes 16 rows x D of a C-layout accumulator (times `factor` per row half) to a (N, heads, D)
 // tensor; rows at or past valid_rows are skipped.
 template <int kHeadDim>
-__device__ __forceinline__ void store_rows(bf16* tensor, const float (&accumulator)[kHeadDim / 8][4],
-                                           const float (&factor)[2], int first_token, int row0,
-                                           int valid_rows, int head, int heads_in_tensor,
-                                           int lane) {
+CST_FLASH_DEVICE void store_rows(bf16* tensor, int heads_in_tensor, TileSource rows, int row0,
+                                 const float (&accumulator)[kHeadDim / 8][4],
+                                 const float (&factor)[2], int lane) {
   for (int half = 0; half < 2; ++half) {
     int row = row0 + fragment_row(lane, 2 * half);
-    if (row >= valid_rows) continue;
-    bf16* destination = tensor + (int64_t(first_token + row) * heads_in_tensor + head) * kHeadDim;
+    if (row >= rows.valid_rows) continue;
+    bf16* destination =
+        tensor + (int64_t(rows.first_token + row) * heads_in_tensor + rows.head) * kHeadDim;
     for (int n = 0; n < kHeadDim / 8; ++n) {
       uint32_t packed = pack_bf16x2(accumulator[n][2 * half] * factor[half],
                                     accumulator[n][2 * half + 1] * factor[half]);
-      *reinterpret_cast<uint32_t*>(destination + fragment_col(lane, n, 0)) = packed;
+      store_bf16x2(destination + fragment_col(lane, n, 0), packed);
     }
   }
+}
+
+// The backward holds a 16 x D gradient accumulator (dK and dV, or dQ) beside its P and dS
+// tiles. At D = 128 the accumulators alone take 128 (dK, dV) or 64 (dQ) registers per thread,
+// so P and dS are formed 32 columns at a time rather than 64, which keeps the kernels within
+// 255 registers without spilling; the sums run in the same order either way.
+template <int kHeadDim>
+constexpr int backward_score_columns() {
+  return kHeadDim == 128 ? 32 : kTileRows;
 }
 
 // ---- forward: one block per (query tile, query head, sequence) ----
 
 template <int kHeadDim>
-__device__ void forward_block(const AttentionParams& p, char* shared, TileCoordinates at,
-                              int thread) {
+CST_FLASH_DEVICE void forward_block(const AttentionParams& p, char* shared, TileCoordinates at,
+                                    int thread) {
   const int lane = thread % 32, warp_row0 = (thread / 32) * 16;
   const int seq_start = p.cu_seqlens[at.sequence];
   const int seq_len = p.cu_seqlens[at.sequence + 1] - seq_start;
@@ -217,38 +293,27 @@ __device__ void forward_block(const AttentionParams& p, char* shared, TileCoordi
 
   int first_tile, last_tile;
   key_tile_range(query0, seq_len, p.window, first_tile, last_tile);
-
-  auto load_key_tile = [&](int key_tile, int buffer) {
-    int key0 = key_tile * kTileRows;
-    load_tile_async<kHeadDim>(k_tiles + buffer * kTileElements, p.k, seq_start + key0,
-                              seq_len - key0, kv_head, p.kv_heads, thread);
-    load_tile_async<kHeadDim>(v_tiles + buffer * kTileElements, p.v, seq_start + key0,
-                              seq_len - key0, kv_head, p.kv_heads, thread);
+  auto load_key_tile = [&](int i, int buffer) {
+    load_key_value_tiles<kHeadDim>(
+        k_tiles + buffer * kTileElements, v_tiles + buffer * kTileElements, p,
+        tile_source(seq_start, seq_len, (first_tile + i) * kTileRows, kv_head), thread);
   };
-  load_tile_async<kHeadDim>(q_tile, p.q, seq_start + query0, seq_len - query0, at.head, p.heads,
-                            thread);
-  load_key_tile(first_tile, 0);
-  copy_async_commit();
-  copy_async_wait<0>();
-  block_barrier();
+  const TileSource query_rows = tile_source(seq_start, seq_len, query0, at.head);
+  load_tile_async<kHeadDim>(q_tile, p.q, p.heads, query_rows, thread);
+  load_key_tile(0, 0);
 
   // Online softmax state for this thread's two rows (log2 domain: x = scale * log2(e) * s).
   float output[kHeadDim / 8][4] = {};
   float row_max[2] = {-INFINITY, -INFINITY};
   float row_sum[2] = {0.0f, 0.0f};  // this thread's share; the quad's shares are summed at the end
 
-  for (int key_tile = first_tile; key_tile <= last_tile; ++key_tile) {
-    const int buffer = (key_tile - first_tile) % 2;
-    if (key_tile < last_tile) {
-      load_key_tile(key_tile + 1, 1 - buffer);
-      copy_async_commit();
-    }
+  double_buffered_loop(last_tile - first_tile + 1, load_key_tile, [&](int i, int buffer) {
     const bf16* k_tile = k_tiles + buffer * kTileElements;
     const bf16* v_tile = v_tiles + buffer * kTileElements;
-    const int key0 = key_tile * kTileRows;
+    const int key0 = (first_tile + i) * kTileRows;
 
     float scores[8][4];
-    multiply_rows_by_rows<kHeadDim>(scores, q_tile, warp_row0, k_tile, lane);
+    multiply_rows_by_rows<kHeadDim, kTileRows>(scores, q_tile, warp_row0, k_tile, 0, lane);
     const bool masked = !tiles_fully_visible(query0, key0, seq_len, p.window);
     for (int n = 0; n < 8; ++n)
       for (int e = 0; e < 4; ++e) {
@@ -280,11 +345,8 @@ __device__ void forward_block(const AttentionParams& p, char* shared, TileCoordi
         output[n][2 * half + 1] *= correction;
       }
     }
-    accumulate_weights_times_tile<kHeadDim>(output, scores, v_tile, lane);
-
-    if (key_tile < last_tile) copy_async_wait<0>();
-    block_barrier();  // the next tile is in place, and nobody still reads this buffer
-  }
+    accumulate_weights_times_tile<kHeadDim, kTileRows>(output, scores, v_tile, 0, lane);
+  });
 
   float inverse_sum[2];
   for (int half = 0; half < 2; ++half) {
@@ -295,16 +357,15 @@ __device__ void forward_block(const AttentionParams& p, char* shared, TileCoordi
       p.lse[int64_t(at.head) * p.tokens + seq_start + query0 + row] =
           (row_max[half] + log2f(total)) * kLn2;
   }
-  store_rows<kHeadDim>(p.out, output, inverse_sum, seq_start + query0, warp_row0,
-                       seq_len - query0, at.head, p.heads, lane);
+  store_rows<kHeadDim>(p.out, p.heads, query_rows, warp_row0, output, inverse_sum, lane);
 }
 
 // ---- backward ----
 
 // D_i = do_i . o_i for one (token, head) per warp, summed in f32.
 template <int kHeadDim>
-__device__ void dout_dot_out_warp(const AttentionParams& p, int64_t row, int lane) {
-  if (row >= int64_t(p.tokens) * p.heads) return;
+CST_FLASH_DEVICE void dout_dot_out_warp(const AttentionParams& p, int64_t row, int lane) {
+  if (row >= int64_t(p.tokens) * p.heads) return;  // the whole warp: row is the warp's
   const bf16* dout = p.dout + row * kHeadDim;
   const bf16* out = p.out + row * kHeadDim;
   float sum = 0.0f;
@@ -314,30 +375,11 @@ __device__ void dout_dot_out_warp(const AttentionParams& p, int64_t row, int lan
   if (lane == 0) p.dout_dot_out[head * p.tokens + token] = sum;
 }
 
-// Starts loading one query tile's Q, dO (async) and its lse and D (plain loads) into a buffer.
-template <int kHeadDim>
-__device__ __forceinline__ void load_query_side(const AttentionParams& p, bf16* q_tile,
-                                                bf16* dout_tile, float* lse_log2, float* dot,
-                                                int seq_start, int seq_len, int query0, int head,
-                                                int thread) {
-  load_tile_async<kHeadDim>(q_tile, p.q, seq_start + query0, seq_len - query0, head, p.heads,
-                            thread);
-  load_tile_async<kHeadDim>(dout_tile, p.dout, seq_start + query0, seq_len - query0, head,
-                            p.heads, thread);
-  if (thread < kTileRows) {
-    int query = query0 + thread;
-    int64_t index = int64_t(head) * p.tokens + seq_start + query;
-    // Rows past the sequence are masked; 0 keeps them finite.
-    lse_log2[thread] = query < seq_len ? p.lse[index] * kLog2e : 0.0f;
-    dot[thread] = query < seq_len ? p.dout_dot_out[index] : 0.0f;
-  }
-}
-
 // dK and dV for one (key tile, key/value head, sequence): loops over the query heads of the group
 // and the query tiles that see these keys, so the sums happen in registers, in a fixed order.
 template <int kHeadDim>
-__device__ void backward_dkdv_block(const AttentionParams& p, char* shared, TileCoordinates at,
-                                    int thread) {
+CST_FLASH_DEVICE void backward_dkdv_block(const AttentionParams& p, char* shared,
+                                          TileCoordinates at, int thread) {
   const int lane = thread % 32, warp_row0 = (thread / 32) * 16;
   const int seq_start = p.cu_seqlens[at.sequence];
   const int seq_len = p.cu_seqlens[at.sequence + 1] - seq_start;
@@ -345,6 +387,7 @@ __device__ void backward_dkdv_block(const AttentionParams& p, char* shared, Tile
   if (key0 >= seq_len) return;
   const int group_size = p.heads / p.kv_heads;
   const float scale_log2 = p.scale * kLog2e;
+  constexpr int kColumns = backward_score_columns<kHeadDim>();
 
   constexpr int kTileElements = kTileRows * kHeadDim;
   bf16* k_tile = reinterpret_cast<bf16*>(shared);
@@ -357,73 +400,72 @@ __device__ void backward_dkdv_block(const AttentionParams& p, char* shared, Tile
   int first_tile, last_tile;
   query_tile_range(key0, seq_len, p.window, first_tile, last_tile);
   const int tiles_per_head = last_tile - first_tile + 1;
-  const int steps = group_size * tiles_per_head;
 
-  auto load_step = [&](int step, int buffer) {
-    int head = at.head * group_size + step / tiles_per_head;
-    int query0 = (first_tile + step % tiles_per_head) * kTileRows;
-    load_query_side<kHeadDim>(p, q_tiles + buffer * kTileElements,
-                              dout_tiles + buffer * kTileElements, lse_log2 + buffer * kTileRows,
-                              dots + buffer * kTileRows, seq_start, seq_len, query0, head, thread);
+  // Step i: query tile first_tile + i % tiles_per_head of the group's head i / tiles_per_head.
+  auto query_tile_of_step = [&](int i) { return (first_tile + i % tiles_per_head) * kTileRows; };
+  auto load_step = [&](int i, int buffer) {
+    const int head = at.head * group_size + i / tiles_per_head, query0 = query_tile_of_step(i);
+    load_query_dout_tiles<kHeadDim>(q_tiles + buffer * kTileElements,
+                                    dout_tiles + buffer * kTileElements, p,
+                                    tile_source(seq_start, seq_len, query0, head), thread);
+    // The rows' lse (log2 domain) and D: plain loads. Rows past the sequence are masked; 0
+    // keeps them finite.
+    if (thread < kTileRows) {
+      int query = query0 + thread;
+      int64_t index = int64_t(head) * p.tokens + seq_start + query;
+      lse_log2[buffer * kTileRows + thread] = query < seq_len ? p.lse[index] * kLog2e : 0.0f;
+      dots[buffer * kTileRows + thread] = query < seq_len ? p.dout_dot_out[index] : 0.0f;
+    }
   };
-  load_tile_async<kHeadDim>(k_tile, p.k, seq_start + key0, seq_len - key0, at.head, p.kv_heads,
-                            thread);
-  load_tile_async<kHeadDim>(v_tile, p.v, seq_start + key0, seq_len - key0, at.head, p.kv_heads,
-                            thread);
+  const TileSource key_rows = tile_source(seq_start, seq_len, key0, at.head);
+  load_key_value_tiles<kHeadDim>(k_tile, v_tile, p, key_rows, thread);
   load_step(0, 0);
-  copy_async_commit();
-  copy_async_wait<0>();
-  block_barrier();
 
   float dk[kHeadDim / 8][4] = {};
   float dv[kHeadDim / 8][4] = {};
-  for (int step = 0; step < steps; ++step) {
-    const int buffer = step % 2;
-    if (step + 1 < steps) {
-      load_step(step + 1, 1 - buffer);
-      copy_async_commit();
-    }
+  double_buffered_loop(group_size * tiles_per_head, load_step, [&](int i, int buffer) {
     const bf16* q_tile = q_tiles + buffer * kTileElements;
     const bf16* dout_tile = dout_tiles + buffer * kTileElements;
     const float* tile_lse_log2 = lse_log2 + buffer * kTileRows;
     const float* tile_dots = dots + buffer * kTileRows;
-    const int query0 = (first_tile + step % tiles_per_head) * kTileRows;
+    const int query0 = query_tile_of_step(i);
     // Tiles are transposed here: rows are keys, columns are queries.
     const bool masked = !tiles_fully_visible(query0, key0, seq_len, p.window);
 
-    float probabilities[8][4];  // P^T
-    multiply_rows_by_rows<kHeadDim>(probabilities, k_tile, warp_row0, q_tile, lane);
-    float dscores[8][4];        // dP^T, then dS^T
-    multiply_rows_by_rows<kHeadDim>(dscores, v_tile, warp_row0, dout_tile, lane);
-    for (int n = 0; n < 8; ++n)
-      for (int e = 0; e < 4; ++e) {
-        int column = fragment_col(lane, n, e);
-        int key = key0 + warp_row0 + fragment_row(lane, e);
-        bool visible = !masked || key_visible(query0 + column, key, seq_len, p.window);
-        float probability =
-            visible ? fast_exp2(probabilities[n][e] * scale_log2 - tile_lse_log2[column]) : 0.0f;
-        probabilities[n][e] = probability;
-        dscores[n][e] = visible ? probability * (dscores[n][e] - tile_dots[column]) : 0.0f;
-      }
-    accumulate_weights_times_tile<kHeadDim>(dv, probabilities, dout_tile, lane);
-    accumulate_weights_times_tile<kHeadDim>(dk, dscores, q_tile, lane);
-
-    if (step + 1 < steps) copy_async_wait<0>();
-    block_barrier();
-  }
+    for (int column0 = 0; column0 < kTileRows; column0 += kColumns) {
+      float probabilities[kColumns / 8][4];  // P^T
+      multiply_rows_by_rows<kHeadDim, kColumns>(probabilities, k_tile, warp_row0, q_tile,
+                                                column0, lane);
+      float dscores[kColumns / 8][4];  // dP^T, then dS^T
+      multiply_rows_by_rows<kHeadDim, kColumns>(dscores, v_tile, warp_row0, dout_tile, column0,
+                                                lane);
+      for (int n = 0; n < kColumns / 8; ++n)
+        for (int e = 0; e < 4; ++e) {
+          int column = column0 + fragment_col(lane, n, e);
+          int key = key0 + warp_row0 + fragment_row(lane, e);
+          bool visible = !masked || key_visible(query0 + column, key, seq_len, p.window);
+          float probability =
+              visible ? fast_exp2(probabilities[n][e] * scale_log2 - tile_lse_log2[column])
+                      : 0.0f;
+          probabilities[n][e] = probability;
+          dscores[n][e] = visible ? probability * (dscores[n][e] - tile_dots[column]) : 0.0f;
+        }
+      accumulate_weights_times_tile<kHeadDim, kColumns>(dv, probabilities, dout_tile, column0,
+                                                        lane);
+      accumulate_weights_times_tile<kHeadDim, kColumns>(dk, dscores, q_tile, column0, lane);
+    }
+  });
 
   const float dk_factor[2] = {p.scale, p.scale}, dv_factor[2] = {1.0f, 1.0f};
-  store_rows<kHeadDim>(p.dk, dk, dk_factor, seq_start + key0, warp_row0, seq_len - key0, at.head,
-                       p.kv_heads, lane);
-  store_rows<kHeadDim>(p.dv, dv, dv_factor, seq_start + key0, warp_row0, seq_len - key0, at.head,
-                       p.kv_heads, lane);
+  store_rows<kHeadDim>(p.dk, p.kv_heads, key_rows, warp_row0, dk, dk_factor, lane);
+  store_rows<kHeadDim>(p.dv, p.kv_heads, key_rows, warp_row0, dv, dv_factor, lane);
 }
 
 // dQ for one (query tile, query head, sequence): loops over the key tiles that query tile sees,
 // recomputing P and dS, so dQ is summed in registers without atomics.
 template <int kHeadDim>
-__device__ void backward_dq_block(const AttentionParams& p, char* shared, TileCoordinates at,
-                                  int thread) {
+CST_FLASH_DEVICE void backward_dq_block(const AttentionParams& p, char* shared,
+                                        TileCoordinates at, int thread) {
   const int lane = thread % 32, warp_row0 = (thread / 32) * 16;
   const int seq_start = p.cu_seqlens[at.sequence];
   const int seq_len = p.cu_seqlens[at.sequence + 1] - seq_start;
@@ -431,6 +473,7 @@ __device__ void backward_dq_block(const AttentionParams& p, char* shared, TileCo
   if (query0 >= seq_len) return;
   const int kv_head = at.head / (p.heads / p.kv_heads);
   const float scale_log2 = p.scale * kLog2e;
+  constexpr int kColumns = backward_score_columns<kHeadDim>();
 
   constexpr int kTileElements = kTileRows * kHeadDim;
   bf16* q_tile = reinterpret_cast<bf16*>(shared);
@@ -440,20 +483,14 @@ __device__ void backward_dq_block(const AttentionParams& p, char* shared, TileCo
 
   int first_tile, last_tile;
   key_tile_range(query0, seq_len, p.window, first_tile, last_tile);
-
-  auto load_key_tile = [&](int key_tile, int buffer) {
-    int key0 = key_tile * kTileRows;
-    load_tile_async<kHeadDim>(k_tiles + buffer * kTileElements, p.k, seq_start + key0,
-                              seq_len - key0, kv_head, p.kv_heads, thread);
-    load_tile_async<kHeadDim>(v_tiles + buffer * kTileElements, p.v, seq_start + key0,
-                              seq_len - key0, kv_head, p.kv_heads, thread);
+  auto load_key_tile = [&](int i, int buffer) {
+    load_key_value_tiles<kHeadDim>(
+        k_tiles + buffer * kTileElements, v_tiles + buffer * kTileElements, p,
+        tile_source(seq_start, seq_len, (first_tile + i) * kTileRows, kv_head), thread);
   };
-  load_tile_async<kHeadDim>(q_tile, p.q, seq_start + query0, seq_len - query0, at.head, p.heads,
-                            thread);
-  load_tile_async<kHeadDim>(dout_tile, p.dout, seq_start + query0, seq_len - query0, at.head,
-                            p.heads, thread);
-  load_key_tile(first_tile, 0);
-  copy_async_commit();
+  const TileSource query_rows = tile_source(seq_start, seq_len, query0, at.head);
+  load_query_dout_tiles<kHeadDim>(q_tile, dout_tile, p, query_rows, thread);
+  load_key_tile(0, 0);
 
   // This thread's two rows: their lse (log2 domain) and D, straight from global memory.
   float row_lse_log2[2], row_dot[2];
@@ -463,44 +500,36 @@ __device__ void backward_dq_block(const AttentionParams& p, char* shared, TileCo
     row_lse_log2[half] = query < seq_len ? p.lse[index] * kLog2e : 0.0f;
     row_dot[half] = query < seq_len ? p.dout_dot_out[index] : 0.0f;
   }
-  copy_async_wait<0>();
-  block_barrier();
 
   float dq[kHeadDim / 8][4] = {};
-  for (int key_tile = first_tile; key_tile <= last_tile; ++key_tile) {
-    const int buffer = (key_tile - first_tile) % 2;
-    if (key_tile < last_tile) {
-      load_key_tile(key_tile + 1, 1 - buffer);
-      copy_async_commit();
-    }
+  double_buffered_loop(last_tile - first_tile + 1, load_key_tile, [&](int i, int buffer) {
     const bf16* k_tile = k_tiles + buffer * kTileElements;
     const bf16* v_tile = v_tiles + buffer * kTileElements;
-    const int key0 = key_tile * kTileRows;
+    const int key0 = (first_tile + i) * kTileRows;
     const bool masked = !tiles_fully_visible(query0, key0, seq_len, p.window);
 
-    float probabilities[8][4];
-    multiply_rows_by_rows<kHeadDim>(probabilities, q_tile, warp_row0, k_tile, lane);
-    float dscores[8][4];  // dP, then dS
-    multiply_rows_by_rows<kHeadDim>(dscores, dout_tile, warp_row0, v_tile, lane);
-    for (int n = 0; n < 8; ++n)
-      for (int e = 0; e < 4; ++e) {
-        int query = query0 + warp_row0 + fragment_row(lane, e);
-        int key = key0 + fragment_col(lane, n, e);
-        bool visible = !masked || key_visible(query, key, seq_len, p.window);
-        float probability = visible ? fast_exp2(probabilities[n][e] * scale_log2 -
-                                                row_lse_log2[e / 2])
-                                    : 0.0f;
-        dscores[n][e] = visible ? probability * (dscores[n][e] - row_dot[e / 2]) : 0.0f;
-      }
-    accumulate_weights_times_tile<kHeadDim>(dq, dscores, k_tile, lane);
-
-    if (key_tile < last_tile) copy_async_wait<0>();
-    block_barrier();
-  }
+    for (int column0 = 0; column0 < kTileRows; column0 += kColumns) {
+      float probabilities[kColumns / 8][4];
+      multiply_rows_by_rows<kHeadDim, kColumns>(probabilities, q_tile, warp_row0, k_tile,
+                                                column0, lane);
+      float dscores[kColumns / 8][4];  // dP, then dS
+      multiply_rows_by_rows<kHeadDim, kColumns>(dscores, dout_tile, warp_row0, v_tile, column0,
+                                                lane);
+      for (int n = 0; n < kColumns / 8; ++n)
+        for (int e = 0; e < 4; ++e) {
+          int query = query0 + warp_row0 + fragment_row(lane, e);
+          int key = key0 + column0 + fragment_col(lane, n, e);
+          bool visible = !masked || key_visible(query, key, seq_len, p.window);
+          float probability =
+              visible ? fast_exp2(probabilities[n][e] * scale_log2 - row_lse_log2[e / 2]) : 0.0f;
+          dscores[n][e] = visible ? probability * (dscores[n][e] - row_dot[e / 2]) : 0.0f;
+        }
+      accumulate_weights_times_tile<kHeadDim, kColumns>(dq, dscores, k_tile, column0, lane);
+    }
+  });
 
   const float dq_factor[2] = {p.scale, p.scale};
-  store_rows<kHeadDim>(p.dq, dq, dq_factor, seq_start + query0, warp_row0, seq_len - query0,
-                       at.head, p.heads, lane);
+  store_rows<kHeadDim>(p.dq, p.heads, query_rows, warp_row0, dq, dq_factor, lane);
 }
 
 // Dynamic shared memory of each kernel, in bytes.
@@ -509,7 +538,7 @@ constexpr int forward_shared_bytes() {
   return 5 * kTileRows * kHeadDim * int(sizeof(bf16));  // Q + 2 K + 2 V
 }
 template <int kHeadDim>
-constexpr int dkdv_shared_bytes() {
+constexpr int dkdv_shared_bytes() {  // K + V + 2 Q + 2 dO, and 2 x 64 lse and D
   return 6 * kTileRows * kHeadDim * int(sizeof(bf16)) + 4 * kTileRows * int(sizeof(float));
 }
 template <int kHeadDim>
