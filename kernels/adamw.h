@@ -31,7 +31,8 @@ void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, cons
 double sum_of_squares(const Tensor& t);
 
 // The multi-tensor forms used by the optimizer: one step (or one norm) over every LoRA matrix at
-// once. On CUDA each is a single kernel launch over all tensors instead of one per tensor.
+// once. On CUDA each launch covers 64 tensors, whose addresses travel as a kernel argument (no
+// upload, no sync): 7 launches for Mistral-7B's 448 LoRA matrices instead of 448.
 struct AdamWTensor {
   Tensor param, grad, m, v;
 };
