@@ -70,32 +70,28 @@ std::string fnv1a64_hex(const std::vector<int32_t>& ids) {
   return text;
 }
 
-class TokenizerGolden : public ::testing::TestWithParam<const char*> {};
-
-TEST_P(TokenizerGolden, EncodeMatchesAutoTokenizer) {
-  const Tokenizer tokenizer(variant_files(GetParam()));
-  const json& variant = golden()["variants"][GetParam()];
-  ASSERT_EQ(variant["class"], "LlamaTokenizerFast");
+// Encodes every corpus text and compares with the golden ids; returns the number of mismatches,
+// reporting the first few.
+int count_encode_mismatches(const Tokenizer& tokenizer, const json& expected_ids, const std::string& label) {
   const json& texts = golden()["texts"];
-  ASSERT_GE(texts.size(), 500u);
+  EXPECT_EQ(expected_ids.size(), texts.size());
   int mismatches = 0;
-  for (size_t i = 0; i < texts.size(); i++) {
+  for (size_t i = 0; i < texts.size() && i < expected_ids.size(); i++) {
     const std::string text = texts[i].get<std::string>();
-    const std::vector<int32_t> expected = variant["ids"][i].get<std::vector<int32_t>>();
+    const std::vector<int32_t> expected = expected_ids[i].get<std::vector<int32_t>>();
     const std::vector<int32_t> actual = tokenizer.encode(text);
     if (actual != expected && mismatches++ < 5) {
-      ADD_FAILURE() << GetParam() << " text " << i << " " << json(text).dump() << "\n  expected "
-                    << ids_text(expected) << "\n  actual   " << ids_text(actual);
+      ADD_FAILURE() << label << " text " << i << " " << json(text).dump() << "\n  expected " << ids_text(expected)
+                    << "\n  actual   " << ids_text(actual);
     }
   }
-  EXPECT_EQ(mismatches, 0) << "of " << texts.size() << " texts";
+  return mismatches;
 }
 
-TEST_P(TokenizerGolden, DecodeMatchesAutoTokenizer) {
-  const Tokenizer tokenizer(variant_files(GetParam()));
-  const json& variant = golden()["variants"][GetParam()];
-  const json& sequences = variant["decode_ids"];
-  ASSERT_GT(sequences.size(), 600u);
+// Decodes every id sequence, with and without special tokens, and compares with the golden
+// strings; returns the number of mismatches, reporting the first few.
+int count_decode_mismatches(const Tokenizer& tokenizer, const json& sequences, const json& variant,
+                            const std::string& label) {
   int mismatches = 0;
   for (size_t i = 0; i < sequences.size(); i++) {
     const std::vector<int32_t> ids = sequences[i].get<std::vector<int32_t>>();
@@ -103,17 +99,16 @@ TEST_P(TokenizerGolden, DecodeMatchesAutoTokenizer) {
       const std::string expected = variant[skip ? "decoded_skip_special" : "decoded"][i].get<std::string>();
       const std::string actual = tokenizer.decode(ids, skip);
       if (actual != expected && mismatches++ < 5) {
-        ADD_FAILURE() << GetParam() << " sequence " << i << " " << ids_text(ids) << " skip_special=" << skip
+        ADD_FAILURE() << label << " sequence " << i << " " << ids_text(ids) << " skip_special=" << skip
                       << "\n  expected " << json(expected).dump() << "\n  actual   " << json(actual).dump();
       }
     }
   }
-  EXPECT_EQ(mismatches, 0) << "of " << 2 * sequences.size() << " decodes";
+  return mismatches;
 }
 
-TEST_P(TokenizerGolden, SpecialTokensMatchAutoTokenizer) {
-  const Tokenizer tokenizer(variant_files(GetParam()));
-  const json& variant = golden()["variants"][GetParam()];
+// Vocabulary size, bos/eos/pad and the set of special ids equal the golden ones.
+void expect_special_tokens_match(const Tokenizer& tokenizer, const json& variant) {
   EXPECT_EQ(tokenizer.vocab_size(), variant["vocab_size"].get<int>());
   EXPECT_EQ(tokenizer.bos_id(), variant["bos_id"].get<int32_t>());
   EXPECT_EQ(tokenizer.eos_id(), variant["eos_id"].get<int32_t>());
@@ -123,6 +118,32 @@ TEST_P(TokenizerGolden, SpecialTokensMatchAutoTokenizer) {
     if (tokenizer.is_special(id)) special.push_back(id);
   }
   EXPECT_EQ(special, variant["added_special_ids"].get<std::vector<int32_t>>());
+}
+
+class TokenizerGolden : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(TokenizerGolden, EncodeMatchesAutoTokenizer) {
+  const Tokenizer tokenizer(variant_files(GetParam()));
+  const json& variant = golden()["variants"][GetParam()];
+  ASSERT_EQ(variant["class"], "LlamaTokenizerFast");
+  ASSERT_GE(golden()["texts"].size(), 500u);
+  EXPECT_EQ(count_encode_mismatches(tokenizer, variant["ids"], GetParam()), 0)
+      << "of " << golden()["texts"].size() << " texts";
+}
+
+TEST_P(TokenizerGolden, DecodeMatchesAutoTokenizer) {
+  const Tokenizer tokenizer(variant_files(GetParam()));
+  const json& variant = golden()["variants"][GetParam()];
+  const json& sequences = variant["decode_ids"];
+  ASSERT_GT(sequences.size(), 600u);
+  EXPECT_EQ(count_decode_mismatches(tokenizer, sequences, variant, GetParam()), 0)
+      << "of " << 2 * sequences.size() << " decodes";
+}
+
+TEST_P(TokenizerGolden, SpecialTokensMatchAutoTokenizer) {
+  const Tokenizer tokenizer(variant_files(GetParam()));
+  const json& variant = golden()["variants"][GetParam()];
+  expect_special_tokens_match(tokenizer, variant);
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, TokenizerGolden, ::testing::ValuesIn(kVariants));
@@ -289,24 +310,6 @@ std::map<std::string, std::string> json_variant_files(const std::string& variant
   return files;
 }
 
-// Encodes every corpus text and compares with the golden ids; returns the number of mismatches,
-// reporting the first few.
-int count_encode_mismatches(const Tokenizer& tokenizer, const json& expected_ids, const std::string& label) {
-  const json& texts = golden()["texts"];
-  EXPECT_EQ(expected_ids.size(), texts.size());
-  int mismatches = 0;
-  for (size_t i = 0; i < texts.size() && i < expected_ids.size(); i++) {
-    const std::string text = texts[i].get<std::string>();
-    const std::vector<int32_t> expected = expected_ids[i].get<std::vector<int32_t>>();
-    const std::vector<int32_t> actual = tokenizer.encode(text);
-    if (actual != expected && mismatches++ < 5) {
-      ADD_FAILURE() << label << " text " << i << " " << json(text).dump() << "\n  expected " << ids_text(expected)
-                    << "\n  actual   " << ids_text(actual);
-    }
-  }
-  return mismatches;
-}
-
 class TokenizerJsonGolden : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(TokenizerJsonGolden, EncodeMatchesTransformers) {
@@ -322,33 +325,14 @@ TEST_P(TokenizerJsonGolden, DecodeMatchesTransformers) {
   json sequences = variant["ids"];
   for (const json& ids : variant["random_ids"]) sequences.push_back(ids);
   ASSERT_EQ(sequences.size(), variant["decoded"].size());
-  int mismatches = 0;
-  for (size_t i = 0; i < sequences.size(); i++) {
-    const std::vector<int32_t> ids = sequences[i].get<std::vector<int32_t>>();
-    for (bool skip : {false, true}) {
-      const std::string expected = variant[skip ? "decoded_skip_special" : "decoded"][i].get<std::string>();
-      const std::string actual = tokenizer.decode(ids, skip);
-      if (actual != expected && mismatches++ < 5) {
-        ADD_FAILURE() << GetParam() << " sequence " << i << " " << ids_text(ids) << " skip_special=" << skip
-                      << "\n  expected " << json(expected).dump() << "\n  actual   " << json(actual).dump();
-      }
-    }
-  }
-  EXPECT_EQ(mismatches, 0) << "of " << 2 * sequences.size() << " decodes";
+  EXPECT_EQ(count_decode_mismatches(tokenizer, sequences, variant, GetParam()), 0)
+      << "of " << 2 * sequences.size() << " decodes";
 }
 
 TEST_P(TokenizerJsonGolden, SpecialTokensMatchTransformers) {
   const Tokenizer tokenizer(json_variant_files(GetParam()));
   const json& variant = json_golden()["variants"][GetParam()];
-  EXPECT_EQ(tokenizer.vocab_size(), variant["vocab_size"].get<int>());
-  EXPECT_EQ(tokenizer.bos_id(), variant["bos_id"].get<int32_t>());
-  EXPECT_EQ(tokenizer.eos_id(), variant["eos_id"].get<int32_t>());
-  EXPECT_EQ(tokenizer.pad_id(), variant["pad_id"].get<int32_t>());
-  std::vector<int32_t> special;
-  for (int32_t id = 0; id < tokenizer.vocab_size(); id++) {
-    if (tokenizer.is_special(id)) special.push_back(id);
-  }
-  EXPECT_EQ(special, variant["added_special_ids"].get<std::vector<int32_t>>());
+  expect_special_tokens_match(tokenizer, variant);
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, TokenizerJsonGolden, ::testing::ValuesIn(kJsonVariants));
