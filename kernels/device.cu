@@ -119,6 +119,12 @@ int device_count() {
   return count;
 }
 
+size_t memory_in_use() {
+  size_t free_bytes = 0, total_bytes = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  return total_bytes - free_bytes;
+}
+
 void profiler_start() {
   synchronize();
   CUDA_CHECK(cudaProfilerStart());

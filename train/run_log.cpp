@@ -47,8 +47,8 @@ void RunLog::record(long step, const Metrics& metrics) {
   if (!terminal_) {  // plain log lines for files and CI
     std::ostringstream line;
     line << "step " << step << "/" << total_steps_;
-    for (const char* name : {"loss", "rewards/accuracies", "rewards/margins", "grad_norm",
-                             "learning_rate", "tokens/s", "eval_loss", "eval_rewards/accuracies"})
+    for (const char* name : {"loss", "rewards/accuracies", "rewards/margins", "grad_norm", "learning_rate",
+                             "tokens/s", "memory_gib", "eval_loss", "eval_rewards/accuracies"})
       if (auto found = metrics.find(name); found != metrics.end())
         line << "  " << name << "=" << std::setprecision(4) << found->second;
     message(line.str());

@@ -1,6 +1,7 @@
 #include "train/trainer.h"
 
 #include <omp.h>
+#include <sys/resource.h>
 
 #include <chrono>
 #include <cmath>
@@ -110,6 +111,20 @@ std::pair<long, long> parse_profile_steps(const std::string& text) {
   } catch (const std::exception&) {
     fail("--profile_steps must be A:B with 1 <= A <= B (steps to profile), got '", text, "'");
   }
+}
+
+// Memory the run holds, in GiB: on the GPU the device memory in use, on the CPU the peak
+// resident size of this process.
+double memory_gib(Device device) {
+  double bytes = 0;
+  if (device == Device::cuda) {
+    CST_ON_CUDA(bytes = double(cuda::memory_in_use()));
+  } else {
+    struct rusage usage {};
+    getrusage(RUSAGE_SELF, &usage);
+    bytes = double(usage.ru_maxrss) * 1024.0;  // Linux reports kilobytes
+  }
+  return bytes / double(1ull << 30);
 }
 
 uint64_t micro_batch_seed(uint64_t seed, long step, int micro) {
@@ -430,6 +445,7 @@ TrainingOutcome Trainer::run() {
       metrics["grad_norm"] = grad_norm;
       metrics["tokens/s"] = window_tokens / std::max(window_seconds, 1e-9);
       metrics["epoch"] = double(state.step) / double(updates_per_epoch);
+      metrics["memory_gib"] = memory_gib(session_.device);
       if (log) log->record(state.step, metrics);
       outcome.last_train = metrics;
       since_log = {};
