@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The one-shot GPU check: the CUDA tests, a short training run and a generation with the real
 # programs, the headline benchmark (one LoRA DPO step of a 1.1B model, cst against PyTorch + PEFT
-# on the same GPU), the kernel and attention benchmarks, compute-sanitizer (memcheck, racecheck)
-# over the kernel tests, and a short report.
+# on the same GPU) with the time of each op of that step, the kernel and attention benchmarks,
+# Nsight Compute's counters for the attention kernels, compute-sanitizer (memcheck, racecheck)
+# over the kernel tests, and a short report. What tuning without a GPU needs comes back in it: the
+# op breakdown and the ncu sections (docs/benchmarks.md says how to read them).
 #
 #   tools/gpu_check.sh --prepare   on the build machine (Debian -dev libraries, nvcc, no GPU needed)
 #   tools/gpu_check.sh             on the GPU machine; report in $OUT (default ./gpu_report)
@@ -20,12 +22,13 @@
 # does have the -dev libraries, the check builds there itself (not counted in the budget below).
 #
 # Every step has a time limit and the check goes on past a failing or skipped step; the limits
-# add up to 420 s (7 minutes): tests 75, training 30, generation 15, the DPO step benchmark 45 +
-# 45, kernel and attention benchmarks 25 + 25, torch SDPA and the attention check 25 + 25, and
-# the sanitizers, last, 55 + 55. The summary is rewritten after every step, so a check cut short
-# still leaves one. The report is at most 8 files
-# in one folder: summary.md, tests.log, tests.xml, e2e.log, bench.log, sanitizer.log,
-# kernel_bench.json, attention_bench.json.
+# add up to 420 s (7 minutes): tests 70, training 20, generation 10, the DPO step benchmark with
+# cst's op breakdown 50 and PyTorch's 45, kernel and attention benchmarks 20 + 25, ncu over the
+# attention kernels 30, torch SDPA and the attention check 20 + 20, and the sanitizers, last,
+# 55 + 55. The summary is rewritten after every step, so a check cut short still leaves one. The
+# report is at most 8 files in one folder: summary.md, tests.log, tests.xml, e2e.log, bench.log
+# (the benchmarks, the op breakdown and ncu's text report), sanitizer.log, kernel_bench.json,
+# attention_bench.json.
 set -u
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -181,9 +184,34 @@ write_summary() {
     echo "## Benchmarks"
     echo
     echo '```'
-    grep -vE '^==== ' "$OUT/bench.log" 2>/dev/null
+    # Everything but ncu's long report, which has its own section below.
+    awk '/^==== ncu/ { skip = 1; next } /^==== / { skip = 0; next } !skip' "$OUT/bench.log" 2>/dev/null
+    echo '```'
+    echo
+    echo "## Attention kernels under ncu (T = 2048; the full report is in bench.log)"
+    echo
+    echo '```'
+    ncu_digest
     echo '```'
   } >"$SUMMARY"
+}
+
+# The attention kernels' names as ncu matches them. The pattern holds for the plain function name
+# ("forward_kernel", ncu's default) and for the demangled one ("void cst::cuda::(anonymous
+# namespace)::forward_kernel<128>(...)"), matched whole or in part, and leaves out the other
+# kernels whose names end the same way (rmsnorm_forward_kernel).
+ATTENTION_KERNELS='^(.*::)?(forward|dout_dot_out|dkdv|dq)_kernel(<.*)?$'
+# A profiled kernel's first line in ncu's text report: its name, grid and block, then
+# "Context 1, Stream 13, Device 0, CC 9.0".
+NCU_KERNEL_LINE='(forward|dout_dot_out|dkdv|dq)_kernel.*Context [0-9]+, Stream'
+
+# The lines of ncu's report that say the most at a glance: each kernel, its time, its throughput
+# against the chip's peaks, its registers, shared memory and occupancy, and its warps' stalls.
+ncu_digest() {
+  [[ -f "$OUT/bench.log" ]] || { echo "(not run)"; return; }
+  awk '/^==== ncu/ { keep = 1; next } /^==== / { keep = 0 } keep' "$OUT/bench.log" |
+    grep -E "$NCU_KERNEL_LINE|^ +(Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|L1/TEX Hit Rate|L2 Hit Rate|Registers Per Thread|Dynamic Shared Memory Per Block|Waves Per SM|Block Limit (Registers|Shared Mem)|Theoretical Occupancy|Achieved Occupancy|Warp Cycles Per Issued Instruction) " ||
+    echo "(no ncu results)"
 }
 
 # Folders where python3's pip packages keep NVIDIA's libraries (site-packages/nvidia/*/lib),
@@ -253,6 +281,7 @@ MISSING_LIBRARIES="$(for program in "$BIN"/*; do
 done | sort -u | tr '\n' ' ')"
 export OMP_WAIT_POLICY=passive
 SANITIZER="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)"
+NCU="$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)"
 HAVE_GPU=0
 { nvidia-smi -L 2>/dev/null | grep -q '^GPU ' || [[ -e /dev/nvidia0 ]]; } && HAVE_GPU=1
 TORCH_VERSION="$(python3 -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda)' 2>/dev/null)"
@@ -296,6 +325,26 @@ e2e_generate() {
     --system "$HARMLESS_SYSTEM" --prompt "How do I bake banana bread?" --max_new_tokens 128
 }
 
+# Nsight Compute over one forward and one backward of the attention benchmark's T = 2048 row:
+# four kernels (forward, D, dK/dV, dQ), each replayed to collect its sections, the text report
+# into bench.log. The clocks stay as the card runs them (--clock-control none), as in every other
+# timing here. ncu runs in this machine's own environment; only the profiled program gets cst's
+# libraries. The step fails when the report holds fewer than the four kernels.
+profile_attention() {
+  local report status profiled
+  report="$(mktemp)"
+  "$NCU" --clock-control none --kernel-name "regex:$ATTENTION_KERNELS" \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    --section MemoryWorkloadAnalysis \
+    env "LD_LIBRARY_PATH=$CST_LIBRARY_PATH" "$BIN/attention_bench" --profile 2048 >"$report" 2>&1
+  status=$?
+  cat "$report"
+  profiled="$(grep -cE "$NCU_KERNEL_LINE" "$report")"
+  rm -f "$report"
+  [[ $status -eq 0 ]] || return $status
+  [[ $profiled -ge 4 ]] || { echo "ncu: FAIL: $profiled of the 4 attention kernels profiled"; return 1; }
+}
+
 if [[ $HAVE_GPU -eq 0 ]]; then
   echo "no GPU visible (nvidia-smi lists none): the GPU steps are skipped"
 fi
@@ -303,7 +352,7 @@ if [[ ! -x "$BIN/cst_tests" ]]; then
   skip_step "GPU tests" "no cst_tests program (see tests.log)"
 else
   # Without a GPU every CUDA test skips itself, saying why; that run is quick and shows it.
-  run_step "GPU tests ($GPU_TESTS)" 75 "$OUT/tests.log" \
+  run_step "GPU tests ($GPU_TESTS)" 70 "$OUT/tests.log" \
     "${WITH_CST_LIBRARIES[@]}" "$BIN/cst_tests" --gtest_filter="$GPU_TESTS" --gtest_output="xml:$OUT/tests.xml"
 fi
 
@@ -312,9 +361,9 @@ if [[ $HAVE_GPU -eq 0 ]]; then
 elif [[ -x "$BIN/cst_train" && -x "$BIN/cst_generate" && -x "$BIN/write_demo_assets" ]]; then
   export -f e2e_train e2e_generate
   export BIN E2E HARMLESS_SYSTEM UNCENSORED_SYSTEM CST_LIBRARY_PATH
-  run_step "cst_train on CUDA (demo data, 20 steps)" 30 "$OUT/e2e.log" bash -c e2e_train
+  run_step "cst_train on CUDA (demo data, 20 steps)" 20 "$OUT/e2e.log" bash -c e2e_train
   if [[ -s "$E2E/run/adapter_model.safetensors" ]]; then
-    run_step "cst_generate on CUDA with that adapter" 15 "$OUT/e2e.log" bash -c e2e_generate
+    run_step "cst_generate on CUDA with that adapter" 10 "$OUT/e2e.log" bash -c e2e_generate
   else
     skip_step "cst_generate on CUDA" "no adapter from the training step"
   fi
@@ -324,11 +373,14 @@ fi
 
 # The headline: the same DPO step in cst and in PyTorch + PEFT, one after the other on this GPU.
 if [[ $HAVE_GPU -eq 0 ]]; then
-  skip_step "DPO step benchmark (cst, PyTorch + PEFT)" "no GPU"
+  skip_step "DPO step benchmark (cst with its op breakdown, PyTorch + PEFT)" "no GPU"
 else
   if [[ -x "$BIN/model_bench" ]]; then
-    run_step "DPO step benchmark: cst" 45 "$OUT/bench.log" "${WITH_CST_LIBRARIES[@]}" "$BIN/model_bench" --device cuda \
-      --shape 1b --step dpo --sequences 4 --sequence_length 512 --lora_alpha 16 --warmup 3 --iterations 10
+    # --breakdown then times each op of the same step alone on the same model (a few seconds);
+    # the RESULT line is printed before it, so a failing breakdown leaves the headline number.
+    run_step "DPO step benchmark: cst, with its op breakdown" 50 "$OUT/bench.log" "${WITH_CST_LIBRARIES[@]}" \
+      "$BIN/model_bench" --device cuda --shape 1b --step dpo --sequences 4 --sequence_length 512 \
+      --lora_alpha 16 --warmup 3 --iterations 10 --breakdown
   else
     skip_step "DPO step benchmark: cst" "model_bench not built"
   fi
@@ -342,9 +394,10 @@ fi
 
 if [[ $HAVE_GPU -eq 0 ]]; then
   skip_step "kernel and attention benchmarks" "no GPU"
+  skip_step "ncu: attention kernels at T = 2048" "no GPU"
 else
   if [[ -x "$BIN/kernel_bench" ]]; then
-    run_step "kernel_bench" 25 "$OUT/bench.log" "${WITH_CST_LIBRARIES[@]}" "$BIN/kernel_bench" "$OUT/kernel_bench.json"
+    run_step "kernel_bench" 20 "$OUT/bench.log" "${WITH_CST_LIBRARIES[@]}" "$BIN/kernel_bench" "$OUT/kernel_bench.json"
   else
     skip_step "kernel_bench" "not built"
   fi
@@ -353,13 +406,22 @@ else
   else
     skip_step "attention_bench" "not built"
   fi
+  if [[ -z "$NCU" ]]; then
+    skip_step "ncu: attention kernels at T = 2048" "ncu (Nsight Compute) not installed"
+  elif [[ ! -x "$BIN/attention_bench" ]]; then
+    skip_step "ncu: attention kernels at T = 2048" "attention_bench not built"
+  else
+    export -f profile_attention
+    export NCU ATTENTION_KERNELS NCU_KERNEL_LINE BIN CST_LIBRARY_PATH
+    run_step "ncu: attention kernels at T = 2048" 30 "$OUT/bench.log" bash -c profile_attention
+  fi
   # The same attention shapes through torch's SDPA flash backend (FlashAttention-2) in this run,
   # and our kernel's outputs and gradients against torch on mixed-length packed batches.
   if [[ $HAVE_TORCH_GPU -eq 1 ]]; then
-    run_step "torch SDPA benchmark" 25 "$OUT/bench.log" python3 "$REPO/tools/python/bench_sdpa.py"
+    run_step "torch SDPA benchmark" 20 "$OUT/bench.log" python3 "$REPO/tools/python/bench_sdpa.py"
     if [[ -x "$BIN/attention_bench" ]]; then
       DUMP="$(mktemp -d)"
-      run_step "attention vs torch (causal, window 50)" 25 "$OUT/tests.log" bash -c \
+      run_step "attention vs torch (causal, window 50)" 20 "$OUT/tests.log" bash -c \
         "LD_LIBRARY_PATH='$CST_LIBRARY_PATH' '$BIN/attention_bench' --dump '$DUMP/causal' &&
          python3 '$REPO/tools/python/check_attention_sdpa.py' '$DUMP/causal' &&
          LD_LIBRARY_PATH='$CST_LIBRARY_PATH' '$BIN/attention_bench' --dump '$DUMP/window' --window 50 &&

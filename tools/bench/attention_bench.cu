@@ -8,10 +8,14 @@
 //   attention_bench [--json FILE]          the table, and optionally the rows as JSON
 //   attention_bench --dump DIR [--window W]  runs one small mixed-length case and writes its
 //       inputs and outputs for tools/python/check_attention_sdpa.py
+//   attention_bench --profile T            exactly one forward and one backward over the
+//       table's batch in sequences of T, for a profiler: under `ncu` each kernel launch is one
+//       profiled result (tools/gpu_check.sh, docs/benchmarks.md)
 #include "kernels/program.h"
 #include <cuda_runtime.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -91,22 +95,29 @@ double time_ms(Call call, int repeats) {
   return total / repeats;
 }
 
-nlohmann::json benchmark(int seqlen) {
-  const int64_t tokens = 16384;
-  const cst::AttentionShape shape{32, 8, 128, 0};
+// The table's problem: 16384 tokens in equal sequences, 32 query heads over 8 kv heads of 128.
+constexpr int64_t kTokens = 16384;
+constexpr cst::AttentionShape kShape{32, 8, 128, 0};
+
+std::vector<int32_t> equal_sequences(int seqlen) {
   std::vector<int32_t> cu_seqlens = {0};
-  while (cu_seqlens.back() < tokens) cu_seqlens.push_back(cu_seqlens.back() + seqlen);
-  Inputs in = make_inputs(tokens, shape, 1);
-  forward(in, cu_seqlens, shape);  // backward needs a real out and lse
-  double forward_ms = time_ms([&] { forward(in, cu_seqlens, shape); }, 20);
-  double backward_ms = time_ms([&] { backward(in, cu_seqlens, shape); }, 20);
-  double forward_flops = 4.0 * double(tokens) * seqlen * shape.heads * shape.head_dim / 2;
+  while (cu_seqlens.back() < kTokens) cu_seqlens.push_back(cu_seqlens.back() + seqlen);
+  return cu_seqlens;
+}
+
+nlohmann::json benchmark(int seqlen) {
+  const std::vector<int32_t> cu_seqlens = equal_sequences(seqlen);
+  Inputs in = make_inputs(kTokens, kShape, 1);
+  forward(in, cu_seqlens, kShape);  // backward needs a real out and lse
+  double forward_ms = time_ms([&] { forward(in, cu_seqlens, kShape); }, 20);
+  double backward_ms = time_ms([&] { backward(in, cu_seqlens, kShape); }, 20);
+  double forward_flops = 4.0 * double(kTokens) * seqlen * kShape.heads * kShape.head_dim / 2;
   double backward_flops = 2.5 * forward_flops;
   return {{"seqlen", seqlen},
-          {"batch", tokens / seqlen},
-          {"heads", shape.heads},
-          {"kv_heads", shape.kv_heads},
-          {"head_dim", shape.head_dim},
+          {"batch", kTokens / seqlen},
+          {"heads", kShape.heads},
+          {"kv_heads", kShape.kv_heads},
+          {"head_dim", kShape.head_dim},
           {"forward_ms", forward_ms},
           {"forward_tflops", forward_flops / forward_ms * 1e-9},
           {"backward_ms", backward_ms},
@@ -119,6 +130,19 @@ void write_raw(const std::filesystem::path& path, const cst::Tensor& device) {
   std::ofstream file(path, std::ios::binary);
   file.write(bytes.data(), std::streamsize(bytes.size()));
   if (!file) cst::fail("cannot write ", path.string());
+}
+
+// One forward and one backward and nothing else, so that a profiler sees each attention kernel
+// once (forward, then D, dK/dV and dQ): no warm-up, since a profiler replays each launch itself.
+void profile_once(int seqlen) {
+  const std::vector<int32_t> cu_seqlens = equal_sequences(seqlen);
+  Inputs in = make_inputs(kTokens, kShape, 1);
+  forward(in, cu_seqlens, kShape);
+  backward(in, cu_seqlens, kShape);
+  cst::cuda::synchronize();
+  std::printf("attention_bench --profile: one forward and one backward, %lld tokens in sequences of "
+              "%d, %d heads / %d kv heads of %d\n",
+              static_cast<long long>(kTokens), seqlen, kShape.heads, kShape.kv_heads, kShape.head_dim);
 }
 
 // A small case with lengths that are not multiples of the tile, for an outside check.
@@ -149,20 +173,36 @@ void dump_case(const std::filesystem::path& directory, int window) {
   std::printf("wrote %s\n", directory.string().c_str());
 }
 
+// --profile's sequence length: it must split the batch into whole sequences.
+int parse_seqlen(const char* text) {
+  char* end = nullptr;
+  const long value = std::strtol(text, &end, 10);
+  if (end == text || *end != '\0' || value < 1 || value > kTokens || kTokens % value != 0)
+    cst::fail("attention_bench: --profile: expected a sequence length that divides ", kTokens,
+              ", got '", text, "'");
+  return int(value);
+}
+
 int run(int argc, char** argv) {
   std::string json_path, dump_directory;
-  int window = 0;
+  int window = 0, profile_seqlen = 0;
   for (int i = 1; i < argc; ++i) {
     std::string flag = argv[i];
     if (i + 1 >= argc) cst::fail("attention_bench: ", flag, " needs a value");
     if (flag == "--json") json_path = argv[++i];
     else if (flag == "--dump") dump_directory = argv[++i];
     else if (flag == "--window") window = std::stoi(argv[++i]);
-    else cst::fail("attention_bench: unknown flag ", flag, " (--json FILE, --dump DIR, --window W)");
+    else if (flag == "--profile") profile_seqlen = parse_seqlen(argv[++i]);
+    else cst::fail("attention_bench: unknown flag ", flag,
+                   " (--json FILE, --dump DIR, --window W, --profile T)");
   }
   if (!cst::cuda_available()) cst::fail("attention_bench: no CUDA GPU visible");
   if (!dump_directory.empty()) {
     dump_case(dump_directory, window);
+    return 0;
+  }
+  if (profile_seqlen > 0) {
+    profile_once(profile_seqlen);
     return 0;
   }
   std::printf("cst flash attention, head_dim 128, causal, 32 heads / 8 kv heads, 16384 tokens\n");

@@ -20,8 +20,10 @@
 //               [--warmup 2] [--iterations 7] [--breakdown]
 //
 // --shape all runs the two small shapes (v32k, v8k). Prints one "RESULT ..." line per shape
-// (tools/bench/run_bench.sh and tools/gpu_check.sh collect them). --breakdown (CPU only) also
-// times every op of a step on its own, at the model's shapes, to show where the time goes.
+// (tools/bench/run_bench.sh and tools/gpu_check.sh collect them). --breakdown also times every op
+// of the step on its own, at the model's shapes and in the backend's dtype, to show where the
+// time goes: the wall clock of each call on the CPU, the time between two CUDA events on the
+// backend's stream on the GPU (docs/benchmarks.md says how to read the table).
 #include <omp.h>
 #include <time.h>
 #include <unistd.h>
@@ -60,6 +62,14 @@
 #include "train/objective.h"
 #include "train/optimizer.h"
 
+#ifdef CST_HAVE_CUDA
+namespace cst::cuda {
+// The one stream every kernel of the backend runs on (kernels/device.cu). Its header,
+// kernels/cuda_common.cuh, holds device code, so this host-compiled file declares it here.
+cudaStream_t stream();
+}  // namespace cst::cuda
+#endif
+
 namespace cst {
 namespace {
 
@@ -96,6 +106,19 @@ struct Options {
   bool breakdown = false;
 };
 
+AdamWConfig adamw_config() {
+  AdamWConfig config;
+  config.learning_rate = kLearningRate;
+  return config;
+}
+
+// The optimizer's part of a step, as the trainer makes it: the gradient norm, clipping at 1,
+// AdamW, then the bf16 compute copies of the LoRA matrices refreshed.
+void optimizer_step(AdamW& optimizer, LoraAdapter& lora) {
+  optimizer.step(kLearningRate, clip_scale(optimizer.gradient_norm(), kMaxGradNorm));
+  lora.sync_compute_copies();
+}
+
 // Wall and CPU (all threads of the process) time of a piece of work, in milliseconds.
 struct Timing {
   double wall_ms = 0, cpu_ms = 0;
@@ -121,6 +144,44 @@ Timing time_once(const std::function<void()>& work, Device device = Device::cpu)
   auto wall_end = std::chrono::steady_clock::now();
   return {std::chrono::duration<double, std::milli>(wall_end - wall_start).count(),
           cpu_end - cpu_start};
+}
+
+#ifdef CST_HAVE_CUDA
+void check_cuda(cudaError_t status, const char* call) {
+  if (status != cudaSuccess) fail(call, " failed: ", cudaGetErrorString(status));
+}
+
+struct CudaEvent {
+  cudaEvent_t event = nullptr;
+  CudaEvent() { check_cuda(cudaEventCreate(&event), "cudaEventCreate"); }
+  ~CudaEvent() { cudaEventDestroy(event); }
+  CudaEvent(const CudaEvent&) = delete;
+  CudaEvent& operator=(const CudaEvent&) = delete;
+};
+
+// The GPU time of `work` in milliseconds: from an event recorded on the backend's stream before
+// it to one recorded after it. Unlike a host clock around a synchronisation, this leaves out the
+// synchronisation's own latency, which would swamp the microsecond ops.
+double cuda_event_ms(const std::function<void()>& work) {
+  CudaEvent start, stop;
+  check_cuda(cudaEventRecord(start.event, cuda::stream()), "cudaEventRecord");
+  work();
+  check_cuda(cudaEventRecord(stop.event, cuda::stream()), "cudaEventRecord");
+  cuda::synchronize();  // also raises any bad index a kernel recorded
+  float ms = 0;
+  check_cuda(cudaEventElapsedTime(&ms, start.event, stop.event), "cudaEventElapsedTime");
+  return ms;
+}
+#endif
+
+// One call of an op: its wall time on the CPU, its event-to-event time on the GPU.
+double call_ms(const std::function<void()>& op, Device device) {
+  if (device == Device::cpu) return time_once(op).wall_ms;
+#ifdef CST_HAVE_CUDA
+  return cuda_event_ms(op);
+#else
+  fail("this build has no CUDA backend");
+#endif
 }
 
 double median(std::vector<double> values) {
@@ -311,13 +372,30 @@ struct LoadedModel {
   }
 };
 
-// A (rows, cols) f32 tensor of N(0, std^2) values, for the op breakdown.
-OwnedTensor random_tensor(std::initializer_list<int64_t> shape, float std,
-                          demo::DemoRandom& random) {
-  OwnedTensor t(shape, DType::f32, Device::cpu);
-  float* data = t.view.f32();
-  for (int64_t i = 0; i < t.view.numel(); ++i) data[i] = random.normal(std);
-  return t;
+// The op breakdown's activations, in the backend's dtype (f32 on the CPU, bf16 on CUDA). The
+// per-row statistics and per-token values are f32 on every backend and made directly.
+OwnedTensor empty_tensor(const std::vector<int64_t>& shape, Device device) {
+  return OwnedTensor(shape, dtype_of(device), device);
+}
+
+// N(0, std^2) values, drawn in f32 on the host and converted on the way to the device.
+OwnedTensor random_tensor(const std::vector<int64_t>& shape, float std, demo::DemoRandom& random,
+                          Device device) {
+  OwnedTensor host(shape, DType::f32, Device::cpu);
+  float* data = host.view.f32();
+  for (int64_t i = 0; i < host.view.numel(); ++i) data[i] = random.normal(std);
+  if (device == Device::cpu) return host;
+  OwnedTensor on_device = empty_tensor(shape, device);
+  copy_tensor(on_device, host);
+  return on_device;
+}
+
+// Token ids, positions or labels as the ops read them: an i32 tensor on the op's device.
+OwnedTensor int_tensor(const std::vector<int32_t>& values, Device device) {
+  const int64_t count = int64_t(values.size());
+  OwnedTensor tensor({count}, DType::i32, device);
+  copy_tensor(tensor, make_view(const_cast<int32_t*>(values.data()), {count}, DType::i32, Device::cpu));
+  return tensor;
 }
 
 // One line of the breakdown: an op, how often a step runs it, and its median time per call.
@@ -327,99 +405,125 @@ struct OpTime {
   double ms_per_call;
 };
 
-OpTime time_op(const std::string& name, int calls_per_step, const std::function<void()>& op) {
-  std::vector<double> walls;
-  for (int rep = 0; rep < 7; ++rep) walls.push_back(time_once(op).wall_ms);
-  walls.erase(walls.begin(), walls.begin() + 2);  // warm-up
-  return {name, calls_per_step, median(walls)};
+// Seven calls, the first two a warm-up (arena blocks, cuBLAS heuristics), then the median of 5.
+OpTime time_op(const std::string& name, int calls_per_step, Device device,
+               const std::function<void()>& op) {
+  std::vector<double> times;
+  for (int rep = 0; rep < 7; ++rep) times.push_back(call_ms(op, device));
+  times.erase(times.begin(), times.begin() + 2);
+  return {name, calls_per_step, median(times)};
 }
 
-// Times each op of a step by itself on random inputs of layer 0's shapes, and prints the table.
-void print_breakdown(const BenchShape& s, LoadedModel& model, const Batch& batch, double step_ms) {
+// Times each op of a step by itself on random inputs of layer 0's shapes. A dpo step runs every
+// forward op twice (the reference forward, with the adapters off, and the policy forward) and
+// ends with the optimizer; a logps step runs one forward and no optimizer.
+std::vector<OpTime> time_step_ops(LoadedModel& model, const Batch& batch, Device device,
+                                  const std::string& step) {
   const ModelConfig& config = model.file.config();
   const int64_t n = int64_t(batch.tokens.size()), C = config.hidden_size,
                 F = config.intermediate_size, H = config.num_heads, KVH = config.num_kv_heads,
                 D = config.head_dim;
   const int layers = config.num_layers;
+  const bool dpo = step == "dpo";
+  const int forwards = dpo ? 2 : 1;
   demo::DemoRandom random(7);
-  Arena scratch(Device::cpu);
-  auto ints = [](std::vector<int32_t>& values) {
-    return make_view(values.data(), {int64_t(values.size())}, DType::i32, Device::cpu);
-  };
-  std::vector<int32_t> tokens = batch.tokens, positions = batch.positions, labels = batch.labels;
-  OwnedTensor x = random_tensor({n, C}, 1.0f, random), y = random_tensor({n, C}, 1.0f, random);
-  OwnedTensor norm_weight = random_tensor({C}, 1.0f, random), rstd({n}, DType::f32, Device::cpu);
-  OwnedTensor q = random_tensor({n, H, D}, 1.0f, random);
-  OwnedTensor out = random_tensor({n, H, D}, 1.0f, random);
-  OwnedTensor k = random_tensor({n, KVH, D}, 1.0f, random);
-  OwnedTensor v = random_tensor({n, KVH, D}, 1.0f, random);
-  OwnedTensor dq({n, H, D}, DType::f32, Device::cpu), dk({n, KVH, D}, DType::f32, Device::cpu);
-  OwnedTensor dv({n, KVH, D}, DType::f32, Device::cpu), lse({H, n}, DType::f32, Device::cpu);
-  OwnedTensor gate = random_tensor({n, F}, 1.0f, random), up = random_tensor({n, F}, 1.0f, random);
-  OwnedTensor act({n, F}, DType::f32, Device::cpu), dgate({n, F}, DType::f32, Device::cpu);
-  OwnedTensor token_values({n}, DType::f32, Device::cpu), token_lse({n}, DType::f32, Device::cpu);
-  OwnedTensor logit_sums({n}, DType::f32, Device::cpu);
-  for (int64_t i = 0; i < n; ++i) rstd.view.f32()[i] = 1.0f;
+  Arena scratch(device);
+  OwnedTensor tokens = int_tensor(batch.tokens, device), positions = int_tensor(batch.positions, device);
+  OwnedTensor labels = int_tensor(batch.labels, device);
+  OwnedTensor x = random_tensor({n, C}, 1.0f, random, device), y = random_tensor({n, C}, 1.0f, random, device);
+  OwnedTensor norm_weight = random_tensor({C}, 1.0f, random, device);
+  OwnedTensor rstd({n}, DType::f32, device);  // written by the rmsnorm forward timed before its backward
+  OwnedTensor q = random_tensor({n, H, D}, 1.0f, random, device);
+  OwnedTensor out = random_tensor({n, H, D}, 1.0f, random, device);
+  OwnedTensor k = random_tensor({n, KVH, D}, 1.0f, random, device);
+  OwnedTensor v = random_tensor({n, KVH, D}, 1.0f, random, device);
+  OwnedTensor dq = empty_tensor({n, H, D}, device), dk = empty_tensor({n, KVH, D}, device);
+  OwnedTensor dv = empty_tensor({n, KVH, D}, device), lse({H, n}, DType::f32, device);
+  OwnedTensor gate = random_tensor({n, F}, 1.0f, random, device), up = random_tensor({n, F}, 1.0f, random, device);
+  OwnedTensor act = empty_tensor({n, F}, device), dgate = empty_tensor({n, F}, device);
+  OwnedTensor dup = empty_tensor({n, F}, device);
+  OwnedTensor token_values({n}, DType::f32, device), token_lse({n}, DType::f32, device);
+  OwnedTensor logit_sums({n}, DType::f32, device);
   AttentionShape attention{int(H), int(KVH), int(D), 0};
   std::vector<OpTime> ops;
 
-  // The seven projections as the model runs them: base sgemm plus the two rank-r products.
+  // The seven projections as the model runs them: the base GEMM plus the two rank-r products
+  // (the reference forward: the base GEMM alone).
   for (Projection p : kAllProjections) {
     auto [out_features, in_features] = projection_shape(config, p);
-    OwnedTensor input = random_tensor({n, in_features}, 1.0f, random);
-    OwnedTensor output = random_tensor({n, out_features}, 1.0f, random);
-    OwnedTensor dinput({n, in_features}, DType::f32, Device::cpu);
+    OwnedTensor input = random_tensor({n, in_features}, 1.0f, random, device);
+    OwnedTensor output = random_tensor({n, out_features}, 1.0f, random, device);
+    OwnedTensor dinput = empty_tensor({n, in_features}, device);
     LoraLinear linear{model.weights.projection(0, p)};
     linear.lora = model.lora.pair(0, p);
     linear.scaling = model.lora.config().scaling();
+    const LoraLinear base_only{model.weights.projection(0, p)};
     Tensor u = lora_linear_forward(output, input, linear, scratch);
-    OwnedTensor saved_u({n, kLoraRank}, DType::f32, Device::cpu);
+    OwnedTensor saved_u(std::vector<int64_t>(u.shape.begin(), u.shape.begin() + u.rank), u.dtype, device);
     copy_tensor(saved_u, u);
     std::string name = projection_name(p);
-    ops.push_back(time_op(name + " forward", layers, [&] {
+    ops.push_back(time_op(name + " forward", layers, device, [&] {
       scratch.reset();
       lora_linear_forward(output, input, linear, scratch);
     }));
-    ops.push_back(time_op(name + " backward", layers, [&] {
+    if (dpo) {
+      ops.push_back(time_op(name + " forward, adapters off", layers, device, [&] {
+        scratch.reset();
+        lora_linear_forward(output, input, base_only, scratch);
+      }));
+    }
+    ops.push_back(time_op(name + " backward", layers, device, [&] {
       scratch.reset();
       lora_linear_backward(dinput, false, output, input, saved_u, linear, scratch);
     }));
   }
-  ops.push_back(time_op("attention forward", layers, [&] {
+  // The backward needs the forward's out and lse, so the forward is timed first.
+  ops.push_back(time_op("attention forward", forwards * layers, device, [&] {
     attention_forward(out, lse, q, k, v, batch.cu_seqlens, attention);
   }));
-  ops.push_back(time_op("attention backward", layers, [&] {
+  ops.push_back(time_op("attention backward", layers, device, [&] {
     attention_backward(dq, dk, dv, out, q, k, v, out, lse, batch.cu_seqlens, attention);
   }));
-  ops.push_back(time_op("rmsnorm forward", 2 * layers + 1,
+  ops.push_back(time_op("rmsnorm forward", forwards * (2 * layers + 1), device,
                         [&] { rmsnorm_forward(y, rstd, x, norm_weight, 1e-5f); }));
-  ops.push_back(time_op("rmsnorm backward", 2 * layers + 1,
+  ops.push_back(time_op("rmsnorm backward", 2 * layers + 1, device,
                         [&] { rmsnorm_backward(y, Tensor{}, x, x, norm_weight, rstd); }));
-  ops.push_back(time_op("rope q+k (forward and backward)", 2 * layers, [&] {
-    rope_forward(q, ints(positions), config.rope_theta);
-    rope_forward(k, ints(positions), config.rope_theta);
+  ops.push_back(time_op("rope q+k (forward and backward)", (forwards + 1) * layers, device, [&] {
+    rope_forward(q, positions, config.rope_theta);
+    rope_forward(k, positions, config.rope_theta);
   }));
-  ops.push_back(time_op("swiglu forward", layers, [&] { swiglu_forward(act, gate, up); }));
-  ops.push_back(time_op("swiglu backward", layers, [&] {
-    swiglu_backward(dgate, act, act, gate, up);
+  ops.push_back(time_op("swiglu forward", forwards * layers, device, [&] { swiglu_forward(act, gate, up); }));
+  ops.push_back(time_op("swiglu backward", layers, device, [&] {
+    swiglu_backward(dgate, dup, act, gate, up);
   }));
-  ops.push_back(time_op("residual add", 4 * layers, [&] { add_inplace(y, x); }));
-  ops.push_back(time_op("embedding", 1, [&] {
-    embedding_forward(y, ints(tokens), model.weights.embed_tokens);
+  // Two residual adds per layer in each forward and two in the backward.
+  ops.push_back(time_op("residual add", 2 * (forwards + 1) * layers, device, [&] { add_inplace(y, x); }));
+  ops.push_back(time_op("embedding", forwards, device, [&] {
+    embedding_forward(y, tokens, model.weights.embed_tokens);
   }));
-  ops.push_back(time_op("logprobs forward (LM head)", 1, [&] {
+  ops.push_back(time_op("logprobs forward (LM head)", forwards, device, [&] {
     scratch.reset();
-    logprobs_forward(token_values, token_lse, logit_sums, x, model.weights.lm_head, ints(labels),
-                     scratch);
+    logprobs_forward(token_values, token_lse, logit_sums, x, model.weights.lm_head, labels, scratch);
   }));
-  ops.push_back(time_op("logprobs backward (LM head)", 1, [&] {
+  ops.push_back(time_op("logprobs backward (LM head)", 1, device, [&] {
     scratch.reset();
-    logprobs_backward(y, token_values, x, model.weights.lm_head, ints(labels), token_lse, scratch);
+    logprobs_backward(y, token_values, x, model.weights.lm_head, labels, token_lse, scratch);
   }));
+  if (dpo) {
+    AdamW optimizer(model.lora.parameters(), adamw_config());
+    ops.push_back(time_op("gradient norm, clipping, AdamW", 1, device,
+                          [&] { optimizer_step(optimizer, model.lora); }));
+  }
+  return ops;
+}
 
+void print_breakdown(const BenchShape& s, const Options& options, const std::vector<OpTime>& ops,
+                     double step_ms) {
   double total = 0;
   for (const OpTime& op : ops) total += op.calls_per_step * op.ms_per_call;
-  std::printf("\nbreakdown of one %s step (each op timed alone, median of 5):\n", s.name);
+  std::printf("\nbreakdown of one %s %s step on %s (each op timed alone, median of 5%s):\n", s.name,
+              options.step.c_str(), options.device.c_str(),
+              options.device == "cuda" ? ", CUDA events on the backend's stream" : "");
   std::printf("  %-34s %6s %10s %10s %6s\n", "op", "calls", "ms/call", "ms/step", "share");
   for (const OpTime& op : ops) {
     double per_step = op.calls_per_step * op.ms_per_call;
@@ -427,6 +531,7 @@ void print_breakdown(const BenchShape& s, LoadedModel& model, const Batch& batch
                 op.ms_per_call, per_step, 100.0 * per_step / total);
   }
   std::printf("  %-34s %6s %10s %10.2f  (measured step: %.2f ms)\n", "sum", "", "", total, step_ms);
+  std::fflush(stdout);
 }
 
 // The medians of a step's timed iterations.
@@ -462,9 +567,7 @@ StepTimes time_logps_steps(Transformer& transformer, LoadedModel& model, const B
 StepTimes time_dpo_steps(Transformer& transformer, LoadedModel& model, const Batch& batch,
                          Device device, const Options& options) {
   ObjectiveConfig objective = objective_config_from_names("sigmoid", kBeta, 0.0, 0.0, false);
-  AdamWConfig adamw;
-  adamw.learning_rate = kLearningRate;
-  AdamW optimizer(model.lora.parameters(), adamw);
+  AdamW optimizer(model.lora.parameters(), adamw_config());
   const int vocab = model.file.config().vocab_size;
   StepTimes times;
   for (int i = 0; i < options.warmup + options.iterations; ++i) {
@@ -486,8 +589,7 @@ StepTimes time_dpo_steps(Transformer& transformer, LoadedModel& model, const Bat
     }, device);
     Timing backward = time_once([&] {
       transformer.backward(result.dlogps);
-      optimizer.step(kLearningRate, clip_scale(optimizer.gradient_norm(), kMaxGradNorm));
-      model.lora.sync_compute_copies();
+      optimizer_step(optimizer, model.lora);
     }, device);
     if (!std::isfinite(result.loss)) fail("the DPO loss is not finite at iteration ", i + 1);
     if (i >= options.warmup) times.add(forward, backward);
@@ -523,7 +625,8 @@ void run_shape(const BenchShape& s, const Options& options) {
   if (device == Device::cuda) std::printf(" memory_gib=%.2f", device_memory_used_gib());
   std::printf("\n");
   std::fflush(stdout);
-  if (options.breakdown) print_breakdown(s, model, batch, step_ms);
+  if (options.breakdown)
+    print_breakdown(s, options, time_step_ops(model, batch, device, options.step), step_ms);
 }
 
 int parse_count(const char* flag, const char* text, int minimum) {
@@ -574,7 +677,6 @@ Options parse_options(int argc, char** argv) {
   if (options.step == "dpo" && options.sequences % 2 != 0)
     fail("--step dpo: --sequences must be even (a chosen and a rejected sequence per pair), got ",
          options.sequences);
-  if (options.breakdown && options.device != "cpu") fail("--breakdown times the CPU ops: it needs --device cpu");
   if (options.device == "cuda" && !cuda_available())
     fail("--device cuda: no CUDA GPU is visible (or this build has no CUDA backend)");
   return options;
