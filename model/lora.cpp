@@ -10,9 +10,30 @@
 namespace cst {
 
 namespace {
+
 constexpr const char* kProjectionNames[kNumProjections] = {
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+
+constexpr Projection kAttentionInputMembers[] = {Projection::q, Projection::k, Projection::v};
+constexpr Projection kMlpInputMembers[] = {Projection::gate, Projection::up};
+static_assert(std::size(kAttentionInputMembers) <= kMaxInputGroupMembers &&
+              std::size(kMlpInputMembers) <= kMaxInputGroupMembers);
+
+// An f32 master tensor and what the forward multiplies with: the tensor itself when the compute
+// dtype is f32, otherwise a copy in the compute dtype.
+void allocate_with_compute_copy(OwnedTensor& master, Tensor& compute, OwnedTensor& compute_storage,
+                                std::initializer_list<int64_t> shape, DType compute_dtype,
+                                Device device) {
+  master = OwnedTensor(shape, DType::f32, device);
+  if (compute_dtype == DType::f32) {
+    compute = master.view;
+    return;
+  }
+  compute_storage = OwnedTensor(shape, compute_dtype, device);
+  compute = compute_storage.view;
 }
+
+}  // namespace
 
 const char* projection_name(Projection projection) { return kProjectionNames[int(projection)]; }
 
@@ -61,6 +82,11 @@ std::string lora_tensor_name(int layer, Projection projection, bool is_b) {
          (is_b ? ".lora_B.weight" : ".lora_A.weight");
 }
 
+std::span<const Projection> input_group_members(InputGroup group) {
+  if (group == InputGroup::attention) return kAttentionInputMembers;
+  return kMlpInputMembers;
+}
+
 LoraAdapter::LoraAdapter(const ModelConfig& model, const LoraConfig& config, Device device,
                          DType compute_dtype)
     : model_(model), config_(config), device_(device), compute_dtype_(compute_dtype) {
@@ -68,40 +94,69 @@ LoraAdapter::LoraAdapter(const ModelConfig& model, const LoraConfig& config, Dev
   if (!(config.dropout >= 0.0f && config.dropout < 1.0f))
     fail("lora_dropout must be in [0, 1), got ", config.dropout);
   layers_.resize(size_t(model.num_layers));
-  for (int layer = 0; layer < model.num_layers; ++layer) {
+  for (Layer& layer : layers_) {
     for (Projection projection : config.targets) {
       auto [out_features, in_features] = projection_shape(model, projection);
       auto pair = std::make_unique<LoraPair>();
-      pair->a = OwnedTensor({config.r, in_features}, DType::f32, device);
-      pair->b = OwnedTensor({out_features, config.r}, DType::f32, device);
-      pair->grad_a = OwnedTensor({config.r, in_features}, DType::f32, device);
+      allocate_with_compute_copy(pair->b, pair->compute_b, pair->compute_storage_b,
+                                 {out_features, config.r}, compute_dtype, device);
       pair->grad_b = OwnedTensor({out_features, config.r}, DType::f32, device);
-      if (compute_dtype == DType::f32) {
-        pair->compute_a = pair->a.view;
-        pair->compute_b = pair->b.view;
-      } else {
-        pair->compute_storage_a = OwnedTensor({config.r, in_features}, compute_dtype, device);
-        pair->compute_storage_b = OwnedTensor({out_features, config.r}, compute_dtype, device);
-        pair->compute_a = pair->compute_storage_a.view;
-        pair->compute_b = pair->compute_storage_b.view;
-      }
-      layers_[size_t(layer)][size_t(projection)] = std::move(pair);
+      layer.pairs[size_t(projection)] = std::move(pair);
     }
+    allocate_a_matrices(layer);
+  }
+}
+
+// Each adapted projection's A: a row block of its group's matrix when the whole group is
+// adapted, otherwise memory of its own.
+void LoraAdapter::allocate_a_matrices(Layer& layer) {
+  const int64_t rank = config_.r;
+  for (InputGroup group : kAllInputGroups) {
+    std::span<const Projection> members = input_group_members(group);
+    bool fully_adapted = true;
+    for (Projection member : members) fully_adapted = fully_adapted && layer.pairs[size_t(member)];
+    if (!fully_adapted) continue;
+    const int64_t in_features = projection_shape(model_, members[0]).second;
+    const int64_t group_rows = int64_t(members.size()) * rank;
+    auto stored = std::make_unique<LoraGroupA>();
+    allocate_with_compute_copy(stored->a, stored->compute_a, stored->compute_storage_a,
+                               {group_rows, in_features}, compute_dtype_, device_);
+    stored->grad_a = OwnedTensor({group_rows, in_features}, DType::f32, device_);
+    for (size_t index = 0; index < members.size(); ++index) {
+      LoraPair& pair = *layer.pairs[size_t(members[index])];
+      const int64_t begin = int64_t(index) * rank, end = begin + rank;
+      pair.a.view = stored->a.view.rows(begin, end);
+      pair.grad_a.view = stored->grad_a.view.rows(begin, end);
+      pair.compute_a = stored->compute_a.rows(begin, end);
+    }
+    layer.groups[size_t(group)] = std::move(stored);
+  }
+  for (Projection projection : kAllProjections) {
+    LoraPair* pair = layer.pairs[size_t(projection)].get();
+    if (!pair || !pair->a.view.empty()) continue;
+    const int64_t in_features = projection_shape(model_, projection).second;
+    allocate_with_compute_copy(pair->a, pair->compute_a, pair->compute_storage_a,
+                               {rank, in_features}, compute_dtype_, device_);
+    pair->grad_a = OwnedTensor({rank, in_features}, DType::f32, device_);
   }
 }
 
 LoraPair* LoraAdapter::pair(int layer, Projection projection) {
-  return layers_.at(size_t(layer))[size_t(projection)].get();
+  return layers_.at(size_t(layer)).pairs[size_t(projection)].get();
 }
 
 const LoraPair* LoraAdapter::pair(int layer, Projection projection) const {
-  return layers_.at(size_t(layer))[size_t(projection)].get();
+  return layers_.at(size_t(layer)).pairs[size_t(projection)].get();
+}
+
+const LoraGroupA* LoraAdapter::group_a(int layer, InputGroup group) const {
+  return layers_.at(size_t(layer)).groups[size_t(group)].get();
 }
 
 void LoraAdapter::initialize(uint64_t seed) {
   uint64_t stream = 0;
   for (auto& layer : layers_) {
-    for (auto& pair : layer) {
+    for (auto& pair : layer.pairs) {
       ++stream;
       if (!pair) continue;
       const int64_t count = pair->a.view.numel(), in_features = pair->a.view.dim(1);
@@ -118,7 +173,7 @@ void LoraAdapter::initialize(uint64_t seed) {
 
 void LoraAdapter::zero_grad() {
   for (auto& layer : layers_)
-    for (auto& pair : layer)
+    for (auto& pair : layer.pairs)
       if (pair) {
         fill_zero(pair->grad_a.view);
         fill_zero(pair->grad_b.view);
@@ -128,7 +183,7 @@ void LoraAdapter::zero_grad() {
 void LoraAdapter::sync_compute_copies() {
   if (compute_dtype_ == DType::f32) return;
   for (auto& layer : layers_)
-    for (auto& pair : layer)
+    for (auto& pair : layer.pairs)
       if (pair) {
         copy_tensor(pair->compute_a, pair->a.view);
         copy_tensor(pair->compute_b, pair->b.view);
@@ -149,7 +204,7 @@ std::vector<LoraAdapter::Parameter> LoraAdapter::parameters() {
 int64_t LoraAdapter::num_parameters() const {
   int64_t total = 0;
   for (const auto& layer : layers_)
-    for (const auto& pair : layer)
+    for (const auto& pair : layer.pairs)
       if (pair) total += pair->a.view.numel() + pair->b.view.numel();
   return total;
 }

@@ -5,9 +5,17 @@
 //   init: A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming-uniform with a = sqrt(5), as PEFT), B = 0,
 //         so a fresh adapter leaves the model unchanged.
 // Parameters, gradients and optimizer state are f32 on every backend (the master copy).
+//
+// Projections that read the same input form an input group: q, k and v read the attention norm's
+// output, gate and up the MLP norm's. When every member of a group is adapted, the members' A
+// matrices (with their gradients and compute copies) are stored as consecutive row blocks of one
+// (members * r, in) matrix, so one GEMM computes the rank-r products of the whole group
+// (model/lora_linear.h). Each member still sees its own (r, in) view: names, import, export and
+// checkpoints do not change.
 #pragma once
 #include <array>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -33,6 +41,14 @@ const char* projection_parent(Projection projection);
 // (out_features, in_features) of a projection's weight.
 std::pair<int64_t, int64_t> projection_shape(const ModelConfig& config, Projection projection);
 
+enum class InputGroup { attention, mlp };
+constexpr int kNumInputGroups = 2;
+constexpr int kMaxInputGroupMembers = 3;
+constexpr std::array<InputGroup, kNumInputGroups> kAllInputGroups = {InputGroup::attention,
+                                                                     InputGroup::mlp};
+// The projections of a group, in the order of their A blocks: q, k, v or gate, up.
+std::span<const Projection> input_group_members(InputGroup group);
+
 struct LoraConfig {
   int r = 24;
   float alpha = 48.0f;
@@ -51,6 +67,15 @@ struct LoraPair {
   // CUDA (refreshed by LoraAdapter::sync_compute_copies after every change of a or b).
   Tensor compute_a, compute_b;
   OwnedTensor compute_storage_a, compute_storage_b;
+  // In a stored input group (LoraGroupA), a, grad_a and compute_a view the group's matrices and
+  // the OwnedTensors' own memory is empty.
+};
+
+// The A matrices of a fully adapted input group as one: member p's A is rows [p r, (p+1) r).
+struct LoraGroupA {
+  OwnedTensor a, grad_a;  // (members * r, in), f32
+  Tensor compute_a;       // a itself in f32, else the bf16 copy below
+  OwnedTensor compute_storage_a;
 };
 
 class LoraAdapter {
@@ -63,6 +88,8 @@ class LoraAdapter {
   // nullptr when the projection is not adapted.
   LoraPair* pair(int layer, Projection projection);
   const LoraPair* pair(int layer, Projection projection) const;
+  // nullptr unless every member of the group is adapted.
+  const LoraGroupA* group_a(int layer, InputGroup group) const;
 
   // PEFT's initialisation, deterministic in the seed.
   void initialize(uint64_t seed);
@@ -86,11 +113,17 @@ class LoraAdapter {
   void load_peft_weights(const std::string& directory);
 
  private:
+  struct Layer {
+    std::array<std::unique_ptr<LoraPair>, kNumProjections> pairs;
+    std::array<std::unique_ptr<LoraGroupA>, kNumInputGroups> groups;
+  };
+  void allocate_a_matrices(Layer& layer);
+
   ModelConfig model_;
   LoraConfig config_;
   Device device_;
   DType compute_dtype_;
-  std::vector<std::array<std::unique_ptr<LoraPair>, kNumProjections>> layers_;
+  std::vector<Layer> layers_;
 };
 
 std::string lora_tensor_name(int layer, Projection projection, bool is_b);

@@ -25,7 +25,8 @@ struct LayerActivations {
   Tensor h;                 // (N, C) residual after attention
   Tensor rstd2, n2;         // (N), (N, C)
   Tensor gate, up, act;     // (N, F)
-  std::array<Tensor, kNumProjections> lora_u;  // (N, r) per adapted projection
+  std::array<LoraGroupSaved, kNumInputGroups> lora_groups;  // q, k, v and gate, up
+  Tensor lora_u_o, lora_u_down;                             // (N, r) when adapted
 };
 
 struct Transformer::Saved {
@@ -65,6 +66,16 @@ static LoraLinear projection_layer(const ModelWeights& weights, LoraAdapter* lor
     linear.dropout_stream = uint64_t(layer) * kNumProjections + uint64_t(projection);
   }
   return linear;
+}
+
+// The projections of an input group with their adapters, and the group's stored A matrix.
+static LoraLinearGroup input_group_layers(const ModelWeights& weights, LoraAdapter* lora, int layer,
+                                          InputGroup group, const ForwardOptions& options) {
+  LoraLinearGroup result;
+  for (Projection member : input_group_members(group))
+    result.members.push_back(projection_layer(weights, lora, layer, member, options));
+  if (lora && options.adapters_enabled) result.group_a = lora->group_a(layer, group);
+  return result;
 }
 
 // The batch's token ids, positions and labels travel to the device in one copy, as the rows of
@@ -137,6 +148,7 @@ LayerActivations Transformer::layer_forward(int layer, const Tensor& x, const Te
   const int64_t C = config_.hidden_size, F = config_.intermediate_size, D = config_.head_dim;
   const int64_t H = config_.num_heads, KVH = config_.num_kv_heads;
   auto linear = [&](Projection p) { return projection_layer(weights_, lora_, layer, p, options); };
+  auto group = [&](InputGroup g) { return input_group_layers(weights_, lora_, layer, g, options); };
   LayerActivations a;
   a.x = x;
   // Attention block.
@@ -146,16 +158,15 @@ LayerActivations Transformer::layer_forward(int layer, const Tensor& x, const Te
   a.q = arena.alloc({n, H, D}, dtype);
   a.k = arena.alloc({n, KVH, D}, dtype);
   a.v = arena.alloc({n, KVH, D}, dtype);
-  a.lora_u[int(Projection::q)] = lora_linear_forward(a.q.reshaped({n, H * D}), a.n1, linear(Projection::q), arena);
-  a.lora_u[int(Projection::k)] = lora_linear_forward(a.k.reshaped({n, KVH * D}), a.n1, linear(Projection::k), arena);
-  a.lora_u[int(Projection::v)] = lora_linear_forward(a.v.reshaped({n, KVH * D}), a.n1, linear(Projection::v), arena);
+  const Tensor qkv[] = {a.q.reshaped({n, H * D}), a.k.reshaped({n, KVH * D}), a.v.reshaped({n, KVH * D})};
+  a.lora_groups[int(InputGroup::attention)] = lora_group_forward(qkv, a.n1, group(InputGroup::attention), arena);
   rope_forward(a.q, saved.positions, config_.rope_theta);
   rope_forward(a.k, saved.positions, config_.rope_theta);
   a.attention = arena.alloc({n, H, D}, dtype);
   a.lse = arena.alloc({H, n}, DType::f32);
   layer_attention(a, saved.cu_seqlens, attention_shape(config_), cache, layer);
   a.h = arena.alloc({n, C}, dtype);
-  a.lora_u[int(Projection::o)] = lora_linear_forward(a.h, a.attention.reshaped({n, H * D}), linear(Projection::o), arena);
+  a.lora_u_o = lora_linear_forward(a.h, a.attention.reshaped({n, H * D}), linear(Projection::o), arena);
   add_inplace(a.h, x);
   // MLP block.
   a.rstd2 = arena.alloc({n}, DType::f32);
@@ -163,11 +174,11 @@ LayerActivations Transformer::layer_forward(int layer, const Tensor& x, const Te
   rmsnorm_forward(a.n2, a.rstd2, a.h, w.post_attention_norm, config_.rms_norm_eps);
   a.gate = arena.alloc({n, F}, dtype);
   a.up = arena.alloc({n, F}, dtype);
-  a.lora_u[int(Projection::gate)] = lora_linear_forward(a.gate, a.n2, linear(Projection::gate), arena);
-  a.lora_u[int(Projection::up)] = lora_linear_forward(a.up, a.n2, linear(Projection::up), arena);
+  const Tensor gate_up[] = {a.gate, a.up};
+  a.lora_groups[int(InputGroup::mlp)] = lora_group_forward(gate_up, a.n2, group(InputGroup::mlp), arena);
   a.act = arena.alloc({n, F}, dtype);
   swiglu_forward(a.act, a.gate, a.up);
-  a.lora_u[int(Projection::down)] = lora_linear_forward(out, a.act, linear(Projection::down), arena);
+  a.lora_u_down = lora_linear_forward(out, a.act, linear(Projection::down), arena);
   add_inplace(out, a.h);
   return a;
 }
@@ -277,23 +288,22 @@ void Transformer::backward(const std::vector<float>& dlogps) {
       a = layer_forward(layer, a.x, scratch.alloc({n, C}, dtype), options, nullptr, scratch);
     }
     auto linear = [&](Projection p) { return projection_layer(weights_, lora_, layer, p, options); };
-    auto u = [&](Projection p) { return a.lora_u[int(p)]; };
+    auto group = [&](InputGroup g) { return input_group_layers(weights_, lora_, layer, g, options); };
     // MLP block: out = h + down(swiglu(gate(n2), up(n2))).
-    lora_linear_backward(dact, false, dresidual, a.act, u(Projection::down), linear(Projection::down), scratch);
+    lora_linear_backward(dact, false, dresidual, a.act, a.lora_u_down, linear(Projection::down), scratch);
     swiglu_backward(dgate, dup, dact, a.gate, a.up);
-    lora_linear_backward(dnorm, false, dgate, a.n2, u(Projection::gate), linear(Projection::gate), scratch);
-    lora_linear_backward(dnorm, true, dup, a.n2, u(Projection::up), linear(Projection::up), scratch);
+    const Tensor dgate_up[] = {dgate, dup};
+    lora_group_backward(dnorm, dgate_up, a.n2, a.lora_groups[int(InputGroup::mlp)], group(InputGroup::mlp), scratch);
     rmsnorm_backward(dnorm_input, Tensor{}, dnorm, a.h, w.post_attention_norm, a.rstd2);
     add_inplace(dresidual, dnorm_input);  // now d(h)
     // Attention block: h = x + o(attention(rope(q(n1)), rope(k(n1)), v(n1))).
     lora_linear_backward(dattention.reshaped({n, H * D}), false, dresidual,
-                         a.attention.reshaped({n, H * D}), u(Projection::o), linear(Projection::o), scratch);
+                         a.attention.reshaped({n, H * D}), a.lora_u_o, linear(Projection::o), scratch);
     attention_backward(dq, dk, dv, dattention, a.q, a.k, a.v, a.attention, a.lse, saved.cu_seqlens, shape);
     rope_backward(dq, saved.positions, config_.rope_theta);
     rope_backward(dk, saved.positions, config_.rope_theta);
-    lora_linear_backward(dnorm, false, dq.reshaped({n, H * D}), a.n1, u(Projection::q), linear(Projection::q), scratch);
-    lora_linear_backward(dnorm, true, dk.reshaped({n, KVH * D}), a.n1, u(Projection::k), linear(Projection::k), scratch);
-    lora_linear_backward(dnorm, true, dv.reshaped({n, KVH * D}), a.n1, u(Projection::v), linear(Projection::v), scratch);
+    const Tensor dqkv[] = {dq.reshaped({n, H * D}), dk.reshaped({n, KVH * D}), dv.reshaped({n, KVH * D})};
+    lora_group_backward(dnorm, dqkv, a.n1, a.lora_groups[int(InputGroup::attention)], group(InputGroup::attention), scratch);
     rmsnorm_backward(dnorm_input, Tensor{}, dnorm, a.x, w.input_norm, a.rstd1);
     add_inplace(dresidual, dnorm_input);  // now d(x), the previous layer's output gradient
   }
