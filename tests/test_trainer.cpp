@@ -84,6 +84,10 @@ TEST(Trainer, WritesThePeftAdapterAndRunFiles) {
     EXPECT_TRUE(fs::exists(run / file)) << file;
   EXPECT_TRUE(outcome.last_eval.count("eval_loss"));
   EXPECT_TRUE(outcome.last_train.count("rewards/accuracies"));
+  // The process's peak size: at least the model and data it read, well under this machine's memory.
+  ASSERT_TRUE(outcome.last_train.count("memory_gib"));
+  EXPECT_GT(outcome.last_train.at("memory_gib"), 0.001);
+  EXPECT_LT(outcome.last_train.at("memory_gib"), 64.0);
 }
 
 TEST(Trainer, RealDatasetRunsAFewSteps) {
