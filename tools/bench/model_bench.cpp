@@ -36,6 +36,8 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -398,6 +400,74 @@ OwnedTensor int_tensor(const std::vector<int32_t>& values, Device device) {
   return tensor;
 }
 
+// The projections that the model runs together, in its order: an input group (q, k, v; gate, up)
+// reads one input and, with the adapters on, makes its A products in one GEMM (model/lora.h);
+// o and down run alone.
+struct ProjectionUnit {
+  std::vector<Projection> members;
+  std::optional<InputGroup> group;
+};
+
+std::vector<ProjectionUnit> projection_units() {
+  std::vector<ProjectionUnit> units;
+  for (Projection p : kAllProjections) {
+    std::optional<InputGroup> group;
+    for (InputGroup g : kAllInputGroups)
+      for (Projection member : input_group_members(g))
+        if (member == p) group = g;
+    if (!group) {
+      units.push_back({{p}, std::nullopt});
+    } else if (input_group_members(*group).front() == p) {
+      std::span<const Projection> members = input_group_members(*group);
+      units.push_back({{members.begin(), members.end()}, group});
+    }
+  }
+  return units;
+}
+
+std::string unit_name(const ProjectionUnit& unit) {
+  std::string name;
+  for (Projection p : unit.members) name += (name.empty() ? "" : "+") + std::string(projection_name(p));
+  return name;
+}
+
+// A unit's layers in layer 0 as model/transformer.cpp builds them: each member with its adapter
+// and an input group's A matrices as one; or the base weights alone (adapters off).
+LoraLinearGroup layer0_layers(LoadedModel& model, const ProjectionUnit& unit, bool adapters) {
+  LoraLinearGroup layers;
+  for (Projection p : unit.members) {
+    LoraLinear linear{model.weights.projection(0, p)};
+    if (adapters) {
+      linear.lora = model.lora.pair(0, p);
+      linear.scaling = model.lora.config().scaling();
+    }
+    layers.members.push_back(linear);
+  }
+  if (adapters && unit.group) layers.group_a = model.lora.group_a(0, *unit.group);
+  return layers;
+}
+
+// What a forward saved for the backward, copied out of the scratch arena that every timed call
+// resets.
+struct KeptGroupSaved {
+  std::vector<OwnedTensor> memory;
+  LoraGroupSaved view;
+};
+
+KeptGroupSaved keep(const LoraGroupSaved& saved) {
+  KeptGroupSaved kept;
+  auto keep_one = [&](const Tensor& t) {
+    if (t.empty()) return Tensor{};
+    kept.memory.emplace_back(std::vector<int64_t>(t.shape.begin(), t.shape.begin() + t.rank), t.dtype,
+                             t.device);
+    copy_tensor(kept.memory.back(), t);
+    return kept.memory.back().view;  // views the copy's memory, which stays put when moved
+  };
+  kept.view.u_transposed = keep_one(saved.u_transposed);
+  for (size_t p = 0; p < saved.u.size(); ++p) kept.view.u[p] = keep_one(saved.u[p]);
+  return kept;
+}
+
 // One line of the breakdown: an op, how often a step runs it, and its median time per call.
 struct OpTime {
   std::string name;
@@ -447,34 +517,35 @@ std::vector<OpTime> time_step_ops(LoadedModel& model, const Batch& batch, Device
   AttentionShape attention{int(H), int(KVH), int(D), 0};
   std::vector<OpTime> ops;
 
-  // The seven projections as the model runs them: the base GEMM plus the two rank-r products
-  // (the reference forward: the base GEMM alone).
-  for (Projection p : kAllProjections) {
-    auto [out_features, in_features] = projection_shape(config, p);
+  // The projections as the model runs them: the base GEMMs plus the rank-r products, an input
+  // group's together (the reference forward: the base GEMMs alone).
+  for (const ProjectionUnit& unit : projection_units()) {
+    const int64_t in_features = projection_shape(config, unit.members.front()).second;
     OwnedTensor input = random_tensor({n, in_features}, 1.0f, random, device);
-    OwnedTensor output = random_tensor({n, out_features}, 1.0f, random, device);
     OwnedTensor dinput = empty_tensor({n, in_features}, device);
-    LoraLinear linear{model.weights.projection(0, p)};
-    linear.lora = model.lora.pair(0, p);
-    linear.scaling = model.lora.config().scaling();
-    const LoraLinear base_only{model.weights.projection(0, p)};
-    Tensor u = lora_linear_forward(output, input, linear, scratch);
-    OwnedTensor saved_u(std::vector<int64_t>(u.shape.begin(), u.shape.begin() + u.rank), u.dtype, device);
-    copy_tensor(saved_u, u);
-    std::string name = projection_name(p);
+    std::vector<OwnedTensor> outputs;  // also the output gradients of the backward
+    std::vector<Tensor> output_views;
+    for (Projection p : unit.members) {
+      outputs.push_back(random_tensor({n, projection_shape(config, p).first}, 1.0f, random, device));
+      output_views.push_back(outputs.back().view);
+    }
+    const LoraLinearGroup adapted = layer0_layers(model, unit, true);
+    const LoraLinearGroup base_only = layer0_layers(model, unit, false);
+    const KeptGroupSaved saved = keep(lora_group_forward(output_views, input, adapted, scratch));
+    const std::string name = unit_name(unit);
     ops.push_back(time_op(name + " forward", layers, device, [&] {
       scratch.reset();
-      lora_linear_forward(output, input, linear, scratch);
+      lora_group_forward(output_views, input, adapted, scratch);
     }));
     if (dpo) {
       ops.push_back(time_op(name + " forward, adapters off", layers, device, [&] {
         scratch.reset();
-        lora_linear_forward(output, input, base_only, scratch);
+        lora_group_forward(output_views, input, base_only, scratch);
       }));
     }
     ops.push_back(time_op(name + " backward", layers, device, [&] {
       scratch.reset();
-      lora_linear_backward(dinput, false, output, input, saved_u, linear, scratch);
+      lora_group_backward(dinput, output_views, input, saved.view, adapted, scratch);
     }));
   }
   // The backward needs the forward's out and lse, so the forward is timed first.
@@ -524,13 +595,13 @@ void print_breakdown(const BenchShape& s, const Options& options, const std::vec
   std::printf("\nbreakdown of one %s %s step on %s (each op timed alone, median of 5%s):\n", s.name,
               options.step.c_str(), options.device.c_str(),
               options.device == "cuda" ? ", CUDA events on the backend's stream" : "");
-  std::printf("  %-34s %6s %10s %10s %6s\n", "op", "calls", "ms/call", "ms/step", "share");
+  std::printf("  %-42s %6s %10s %10s %6s\n", "op", "calls", "ms/call", "ms/step", "share");
   for (const OpTime& op : ops) {
     double per_step = op.calls_per_step * op.ms_per_call;
-    std::printf("  %-34s %6d %10.3f %10.2f %5.1f%%\n", op.name.c_str(), op.calls_per_step,
+    std::printf("  %-42s %6d %10.3f %10.2f %5.1f%%\n", op.name.c_str(), op.calls_per_step,
                 op.ms_per_call, per_step, 100.0 * per_step / total);
   }
-  std::printf("  %-34s %6s %10s %10.2f  (measured step: %.2f ms)\n", "sum", "", "", total, step_ms);
+  std::printf("  %-42s %6s %10s %10.2f  (measured step: %.2f ms)\n", "sum", "", "", total, step_ms);
   std::fflush(stdout);
 }
 
