@@ -118,6 +118,25 @@ TEST(Trainer, RealDatasetRunsAFewSteps) {
   EXPECT_TRUE(std::isfinite(outcome.last_train.at("loss")));
 }
 
+// CST evaluation pairs come in equal numbers under each system prompt (the split is by prompt, and
+// every prompt appears under both), so with one pair per evaluation batch the overall reward
+// accuracy is exactly the mean of the two per-system-prompt accuracies.
+TEST(Trainer, EvaluationReportsAccuracyPerSystemPrompt) {
+  const fs::path run = fresh_dir("per_system");
+  TrainOptions options = tiny_run(run);
+  options.max_steps = 2;
+  options.eval_split = 0.1;
+  options.per_device_eval_batch_size = 1;
+  const Metrics eval = run_training(options).last_eval;
+  ASSERT_TRUE(eval.count("eval_rewards/accuracies/system_0") && eval.count("eval_rewards/accuracies/system_1"));
+  EXPECT_FALSE(eval.count("eval_rewards/accuracies/system_2"));
+  const double harmless = eval.at("eval_rewards/accuracies/system_0"), uncensored = eval.at("eval_rewards/accuracies/system_1");
+  EXPECT_NEAR(eval.at("eval_rewards/accuracies"), (harmless + uncensored) / 2, 1e-12);
+  std::ifstream legend_file(run / "eval_system_prompts.json");
+  const nlohmann::json legend = nlohmann::json::parse(legend_file);
+  EXPECT_EQ(legend, (nlohmann::json{{"system_0", demo::kHarmlessSystem}, {"system_1", demo::kUncensoredSystem}}));
+}
+
 // A model whose tokenizer comes as tokenizer.json alone (no tokenizer.model), through model.bin.
 TEST(Trainer, ModelWithOnlyTokenizerJsonTrains) {
   const fs::path hf = fresh_dir("json_tokenizer_model");

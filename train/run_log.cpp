@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <iomanip>
+#include <set>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -51,6 +52,8 @@ void RunLog::record(long step, const Metrics& metrics) {
                              "tokens/s", "memory_gib", "eval_loss", "eval_rewards/accuracies"})
       if (auto found = metrics.find(name); found != metrics.end())
         line << "  " << name << "=" << std::setprecision(4) << found->second;
+    for (const auto& [name, value] : metrics)  // per system prompt (the trainer's legend names them)
+      if (name.starts_with(kPerSystemAccuracy)) line << "  " << name << "=" << std::setprecision(4) << value;
     message(line.str());
   }
 }
@@ -75,9 +78,15 @@ void RunLog::progress(long step, double loss, double accuracy, double tokens_per
 }
 
 void RunLog::write_plot() const {
+  std::vector<std::string> names = {"loss", "rewards/accuracies", "rewards/margins", "eval_loss",
+                                    "eval_rewards/accuracies", "learning_rate"};
+  std::set<std::string> per_system;
+  for (const auto& [step, metrics] : history_)
+    for (const auto& [name, value] : metrics)
+      if (name.starts_with(kPerSystemAccuracy)) per_system.insert(name);
+  names.insert(names.end(), per_system.begin(), per_system.end());
   std::vector<PlotSeries> panels;
-  for (const char* name : {"loss", "rewards/accuracies", "rewards/margins", "eval_loss",
-                           "eval_rewards/accuracies", "learning_rate"}) {
+  for (const std::string& name : names) {
     PlotSeries series{name, {}};
     for (const auto& [step, metrics] : history_)
       if (auto found = metrics.find(name); found != metrics.end() && std::isfinite(found->second))

@@ -13,6 +13,9 @@ namespace cst {
 
 using Metrics = std::map<std::string, double>;
 
+// Evaluation reward accuracy per system prompt: this prefix + "system_<k>" (train/trainer.cpp).
+inline constexpr const char* kPerSystemAccuracy = "eval_rewards/accuracies/";
+
 class RunLog {
  public:
   // append: continue an existing metrics.jsonl (resume).

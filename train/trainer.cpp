@@ -3,10 +3,12 @@
 #include <omp.h>
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <thread>
 
@@ -162,6 +164,7 @@ class Trainer {
   void load_data();
   std::vector<double> reference_logps(const Batch& batch);
   void precompute_reference();
+  void find_eval_systems(bool report);
   std::vector<std::vector<int64_t>> evaluation_batches(size_t count) const;
   std::string reference_fingerprint() const;
   ObjectiveResult run_micro_batch(const Batch& batch, long step, int micro, bool train);
@@ -175,6 +178,7 @@ class Trainer {
   ModelSession session_;
   ObjectiveConfig objective_;
   std::vector<TokenizedPair> train_pairs_, eval_pairs_;
+  std::vector<std::string> eval_systems_;  // see find_eval_systems
   std::unique_ptr<LoraAdapter> lora_;
   std::unique_ptr<Transformer> transformer_;
   std::vector<std::array<double, 2>> reference_cache_;  // per train pair: chosen, rejected sums
@@ -205,6 +209,27 @@ void Trainer::load_data() {
   }
   if (report && !eval_pairs_.empty())
     std::fprintf(stderr, "evaluation: %zu pairs, training: %zu pairs\n", eval_pairs_.size(), train_pairs_.size());
+  find_eval_systems(report);
+}
+
+// The distinct system prompts of the evaluation pairs, in order of first appearance, when there
+// are few enough to name one metric each (CST data has two): eval_rewards/accuracies/system_<k>
+// then shows whether each system prompt controls the model as training goes.
+void Trainer::find_eval_systems(bool report) {
+  constexpr size_t kMaxSystems = 8;
+  std::map<std::string, int64_t> pairs_per_system;
+  for (const TokenizedPair& pair : eval_pairs_)
+    if (pairs_per_system[pair.system]++ == 0) eval_systems_.push_back(pair.system);
+  if (objective_.objective != Objective::preference || eval_systems_.size() < 2 ||
+      eval_systems_.size() > kMaxSystems) {
+    eval_systems_.clear();
+    return;
+  }
+  for (size_t k = 0; report && k < eval_systems_.size(); ++k) {
+    const std::string& system = eval_systems_[k];
+    std::fprintf(stderr, "  system_%zu (%lld pairs): \"%s\"\n", k, (long long)pairs_per_system[system],
+                 system.size() > 70 ? (system.substr(0, 67) + "...").c_str() : system.c_str());
+  }
 }
 
 std::vector<double> Trainer::reference_logps(const Batch& batch) {
@@ -320,14 +345,27 @@ ObjectiveResult Trainer::run_micro_batch(const Batch& batch, long step, int micr
 
 Metrics Trainer::evaluate() {
   MetricSums sums;
+  // Per system prompt k: pairs whose implicit reward prefers the chosen answer, and pairs.
+  std::vector<double> system_counts(2 * eval_systems_.size(), 0.0);
   const auto saved_cache = std::move(reference_cache_);  // the cache holds training pairs only
   reference_cache_.clear();
   for (const std::vector<int64_t>& indices : evaluation_batches(eval_pairs_.size())) {
     Batch batch = make_batch(eval_pairs_, indices, options_.packing, session_.tokenizer->pad_id());
-    sums.add(run_micro_batch(batch, 0, 0, false).metrics);
+    const ObjectiveResult result = run_micro_batch(batch, 0, 0, false);
+    sums.add(result.metrics);
+    for (size_t i = 0; i < indices.size() && !eval_systems_.empty(); ++i) {
+      const std::string& system = eval_pairs_[size_t(indices[i])].system;
+      const size_t k = size_t(std::find(eval_systems_.begin(), eval_systems_.end(), system) - eval_systems_.begin());
+      system_counts[2 * k] += result.reward_margins[i] > 0 ? 1.0 : 0.0;
+      system_counts[2 * k + 1] += 1.0;
+    }
   }
   reference_cache_ = std::move(saved_cache);
-  return summed(group_, sums).averages("eval_");
+  Metrics metrics = summed(group_, sums).averages("eval_");
+  group_.sum(system_counts);
+  for (size_t k = 0; k < eval_systems_.size(); ++k)
+    metrics[kPerSystemAccuracy + ("system_" + std::to_string(k))] = system_counts[2 * k] / system_counts[2 * k + 1];
+  return metrics;
 }
 
 TrainingOutcome Trainer::run() {
@@ -344,8 +382,14 @@ TrainingOutcome Trainer::run() {
     std::fprintf(stderr, "wrote %zu tokenized pairs to %s\n", train_pairs_.size(), options_.dump_tokenized.c_str());
   }
   if (options_.dry_run) return {};
-  if (group_.is_main())
+  if (group_.is_main()) {
     write_text_atomically(fs::path(options_.output_dir) / "args.json", train_options_to_json(options_).dump(2) + "\n");
+    if (!eval_systems_.empty()) {  // what the metrics eval_rewards/accuracies/system_<k> refer to
+      nlohmann::json legend;
+      for (size_t k = 0; k < eval_systems_.size(); ++k) legend["system_" + std::to_string(k)] = eval_systems_[k];
+      write_text_atomically(fs::path(options_.output_dir) / "eval_system_prompts.json", legend.dump(2) + "\n");
+    }
+  }
 
   const ModelConfig& config = session_.config();
   lora_ = std::make_unique<LoraAdapter>(config, lora_config_from(options_), session_.device, backend_dtype(session_.device));
