@@ -128,34 +128,80 @@ Json* cell(Json& row, const std::string& name) {
   return found == row.end() || found->is_null() ? nullptr : &*found;
 }
 
+// The kinds a JSON column can hold; the first non-null value decides, every other must match.
+enum class JsonKind { string, integer, messages };
+
+JsonKind kind_of_cell(const Json& value) {
+  if (value.is_number_integer()) return JsonKind::integer;
+  return value.is_array() ? JsonKind::messages : JsonKind::string;
+}
+
+const char* kind_name(JsonKind kind) {
+  switch (kind) {
+    case JsonKind::integer: return "an integer";
+    case JsonKind::messages: return "an array of messages";
+    case JsonKind::string: break;
+  }
+  return "a string";
+}
+
+// A message field: a string, or null when the key is missing or null (as HF datasets reads it).
+std::optional<std::string> message_field(const Json& message, const char* key,
+                                         const std::string& where) {
+  const auto found = message.find(key);
+  if (found == message.end() || found->is_null()) return std::nullopt;
+  if (!found->is_string()) fail(where, " has ", kind_of(*found), " for '", key, "', expected a string");
+  return found->get<std::string>();
+}
+
+// An array of {"role", "content"} objects; other keys are ignored.
+Messages message_list(const Json& array, const std::string& where) {
+  Messages messages;
+  for (size_t i = 0; i < array.size(); ++i) {
+    const std::string message_where = where + ", message " + std::to_string(i);
+    if (!array[i].is_object())
+      fail(message_where, " is ", kind_of(array[i]), ", expected an object with role and content");
+    messages.push_back({message_field(array[i], "role", message_where),
+                        message_field(array[i], "content", message_where)});
+  }
+  return messages;
+}
+
 Column read_column(Rows& rows, const std::string& name, const std::string& path) {
-  Column column{name, false, {}, {}};
-  // The first non-null value decides the column's kind; every other must match it.
+  Column column{name, false, {}, {}, false, {}};
+  JsonKind kind = JsonKind::string;
   std::optional<size_t> kind_row;
   for (size_t i = 0; i < rows.objects.size() && !kind_row; ++i) {
     if (const Json* value = cell(rows.objects[i], name)) {
       kind_row = i;
-      column.is_integer = value->is_number_integer();
+      kind = kind_of_cell(*value);
     }
   }
+  column.is_integer = kind == JsonKind::integer;
+  column.is_messages = kind == JsonKind::messages;
   for (size_t i = 0; i < rows.objects.size(); ++i) {
     Json* value = cell(rows.objects[i], name);
-    if (value && !value->is_string() && !value->is_number_integer())
-      fail(path, ": ", rows.label(i), ", column '", name, "' holds ", kind_of(*value),
-           "; only strings, integers and null are supported");
-    if (value && value->is_number_integer() != column.is_integer)
-      fail(path, ": ", rows.label(i), ", column '", name, "' holds ", kind_of(*value), " but ",
-           rows.label(*kind_row), " holds ", column.is_integer ? "an integer" : "a string",
-           ": a column must hold one kind");
-    if (column.is_integer) {
-      if (value && value->is_number_unsigned() &&
-          value->get<uint64_t>() > uint64_t(std::numeric_limits<int64_t>::max()))
-        fail(path, ": ", rows.label(i), ", column '", name, "' holds ", value->get<uint64_t>(),
-             ", beyond int64");
-      column.integers.push_back(value ? std::optional(value->get<int64_t>()) : std::nullopt);
-    } else {
-      column.text.push_back(value ? std::optional(std::move(value->get_ref<std::string&>()))
-                                  : std::nullopt);
+    const std::string where = path + ": " + rows.label(i) + ", column '" + name + "'";
+    if (value && !value->is_string() && !value->is_number_integer() && !value->is_array())
+      fail(where, " holds ", kind_of(*value),
+           "; only strings, integers, arrays of messages and null are supported");
+    if (value && kind_of_cell(*value) != kind)
+      fail(where, " holds ", kind_of(*value), " but ", rows.label(*kind_row), " holds ",
+           kind_name(kind), ": a column must hold one kind");
+    switch (kind) {
+      case JsonKind::integer:
+        if (value && value->is_number_unsigned() &&
+            value->get<uint64_t>() > uint64_t(std::numeric_limits<int64_t>::max()))
+          fail(where, " holds ", value->get<uint64_t>(), ", beyond int64");
+        column.integers.push_back(value ? std::optional(value->get<int64_t>()) : std::nullopt);
+        break;
+      case JsonKind::messages:
+        column.messages.push_back(value ? std::optional(message_list(*value, where)) : std::nullopt);
+        break;
+      case JsonKind::string:
+        column.text.push_back(value ? std::optional(std::move(value->get_ref<std::string&>()))
+                                    : std::nullopt);
+        break;
     }
   }
   return column;

@@ -95,13 +95,29 @@ Footer read_footer(InputFile& file, const std::string& path) {
 // A top-level field of the schema. Nested fields (groups, repeated fields) span several leaves,
 // which is also how many column chunks they own in each row group.
 struct Field {
+  size_t schema_index = 0;  // where its subtree starts in the depth-first schema list
   const SchemaElement* element = nullptr;
   size_t first_leaf = 0;
   size_t leaf_count = 0;
   bool nested = false;
 };
 
-// Walks the depth-first schema list: after an element come its num_children subtrees.
+// The index just past the subtree at schema[index] (depth-first: an element, then its
+// num_children subtrees); adds the subtree's typed leaves to *leaves.
+size_t subtree_end(const std::vector<SchemaElement>& schema, size_t index, size_t* leaves) {
+  int64_t pending = 1;  // subtrees still to walk
+  while (pending > 0) {
+    if (index >= schema.size()) fail("the schema is cut off after ", schema.size(), " elements");
+    const SchemaElement& element = schema[index++];
+    if (element.num_children < 0 || element.type.has_value() == (element.num_children > 0))
+      fail("schema element '", element.name,
+           "' is neither a typed leaf nor a group with children");
+    pending += element.num_children - 1;
+    if (element.type) ++*leaves;
+  }
+  return index;
+}
+
 std::vector<Field> top_level_fields(const std::vector<SchemaElement>& schema,
                                     size_t* total_leaves) {
   if (schema.empty()) fail("the footer has no schema");
@@ -110,19 +126,10 @@ std::vector<Field> top_level_fields(const std::vector<SchemaElement>& schema,
   for (int32_t child = 0; child < schema[0].num_children; ++child) {
     if (index >= schema.size())
       fail("the root has ", schema[0].num_children, " children but the schema ends");
-    Field field{&schema[index], leaves, 0, false};
-    const size_t start = index;
-    int64_t pending = 1;  // subtrees still to walk
-    while (pending > 0) {
-      if (index >= schema.size()) fail("the schema is cut off after ", schema.size(), " elements");
-      const SchemaElement& element = schema[index++];
-      if (element.type.has_value() == (element.num_children > 0))
-        fail("schema element '", element.name,
-             "' is neither a typed leaf nor a group with children");
-      pending += element.num_children - 1;
-      if (element.type) ++field.leaf_count;
-    }
-    field.nested = index - start > 1 || field.element->repetition == int32_t(Repetition::repeated);
+    Field field{index, &schema[index], leaves, 0, false};
+    const size_t end = subtree_end(schema, index, &field.leaf_count);
+    field.nested = end - index > 1 || field.element->repetition == int32_t(Repetition::repeated);
+    index = end;
     leaves += field.leaf_count;
     fields.push_back(field);
   }
@@ -130,6 +137,26 @@ std::vector<Field> top_level_fields(const std::vector<SchemaElement>& schema,
     fail("the schema has ", schema.size() - index, " elements outside the root");
   *total_leaves = leaves;
   return fields;
+}
+
+// The subtree at schema[index] as text, e.g.
+// "optional group m { repeated group list { optional BYTE_ARRAY element } }", for errors. Deep
+// levels are elided: a corrupt schema may nest thousands of groups.
+std::string describe_subtree(const std::vector<SchemaElement>& schema, size_t index,
+                             int depth = 0) {
+  static const char* const kRepetitions[] = {"required", "optional", "repeated"};
+  const SchemaElement& element = schema[index];
+  const int32_t repetition = element.repetition;
+  std::string text = repetition >= 0 && repetition <= 2 ? kRepetitions[repetition] : "?";
+  if (element.type) return text + " " + physical_type_name(*element.type) + " " + element.name;
+  if (depth == 4) return text + " group " + element.name + " { ... }";
+  text += " group " + element.name + " {";
+  size_t child = index + 1, leaves = 0;
+  for (int32_t k = 0; k < element.num_children; ++k) {
+    text += (k ? "; " : " ") + describe_subtree(schema, child, depth + 1);
+    child = subtree_end(schema, child, &leaves);
+  }
+  return text + " }";
 }
 
 // Names the annotation when an INT32/INT64 column holds something other than plain integers.
@@ -164,23 +191,44 @@ bool is_unsigned(const SchemaElement& element) {
           *element.converted_type <= kUint64);
 }
 
-// A requested column, checked readable: what decoding its chunks needs.
-struct ColumnSpec {
-  std::string name;
-  size_t leaf = 0;
+// One leaf (typed schema element) of a requested column: what decoding its chunks needs.
+struct LeafSpec {
+  size_t index = 0;               // which column chunk of each row group holds it
+  std::vector<std::string> path;  // its path_in_schema
   int32_t physical_type = 0;
-  int max_definition_level = 0;  // 0 for REQUIRED (no levels stored), 1 for OPTIONAL
+  int max_definition_level = 0;  // 0 when no definition levels are stored
+  int max_repetition_level = 0;  // 1 in a message list, else 0
   bool is_unsigned = false;
 };
 
-ColumnSpec readable_column(const Field& field) {
+// A message list, list<struct<role, content>>, is stored as pyarrow and HF datasets write it:
+//   <optional|required> group prompt (LIST) {
+//     repeated group list {                       ("list"; older writers: "bag", "array")
+//       <optional|required> group element {       ("element"; older writers: "item")
+//         <optional|required> BYTE_ARRAY role; ... content; (other fields ignored) } } }
+// A leaf's definition level counts the optional and repeated nodes defined on its path; these
+// thresholds say how far down one level entry is defined.
+struct MessageLevels {
+  uint32_t list = 0;     // at or above: the row's list is not null
+  uint32_t element = 0;  // at or above: the entry is a message, below it the list is empty
+  uint32_t message = 0;  // at or above: the message struct is not null
+};
+
+// A requested column, checked readable.
+struct ColumnSpec {
+  std::string name;
+  bool is_messages = false;
+  std::vector<LeafSpec> leaves;  // a flat column's one leaf; a message list's role and content
+  MessageLevels levels;          // message lists only
+};
+
+int optional_level(const SchemaElement& element) {
+  return element.repetition == int32_t(Repetition::optional) ? 1 : 0;
+}
+
+ColumnSpec flat_column(const Field& field) {
   const SchemaElement& element = *field.element;
   const std::string& name = element.name;
-  if (field.nested)
-    fail("column '", name, "' is a nested column (",
-         element.num_children > 0 ? "a group such as list<struct<role, content>>"
-                                  : "a repeated field",
-         "); only flat string and integer columns are supported");
   const int32_t type = *element.type;
   const bool integer = type == int32_t(PhysicalType::int32) || type == int32_t(PhysicalType::int64);
   if (!integer && type != int32_t(PhysicalType::byte_array))
@@ -189,26 +237,77 @@ ColumnSpec readable_column(const Field& field) {
   if (const char* annotation = integer ? non_integer_annotation(element) : nullptr)
     fail("column '", name, "' holds ", annotation,
          " values; only plain integers and strings are supported");
-  return {name, field.first_leaf, type, element.repetition == int32_t(Repetition::optional) ? 1 : 0,
-          is_unsigned(element)};
+  const LeafSpec leaf{field.first_leaf, {name},           type, optional_level(element), 0,
+                      is_unsigned(element)};
+  return {name, false, {leaf}, {}};
+}
+
+ColumnSpec message_list_column(const std::vector<SchemaElement>& schema, const Field& field) {
+  const size_t list_index = field.schema_index;
+  const SchemaElement& list = schema[list_index];
+  auto refuse = [&](const char* shape) {
+    fail("column '", list.name, "' is a nested column (", describe_subtree(schema, list_index),
+         ") ", shape,
+         "; only flat string and integer columns and message lists "
+         "list<struct<role: string, content: string>> are supported");
+  };
+  const auto repeated = int32_t(Repetition::repeated);
+  if (list.repetition == repeated || list.num_children != 1) refuse("that is not a list");
+  const SchemaElement& entries = schema[list_index + 1];
+  if (entries.repetition != repeated || entries.num_children != 1) refuse("that is not a list");
+  const size_t element_index = list_index + 2;
+  const SchemaElement& element = schema[element_index];
+  if (element.type || element.repetition == repeated) refuse("whose elements are not structs");
+
+  ColumnSpec spec{list.name, true, {}, {}};
+  spec.levels.list = uint32_t(optional_level(list));
+  spec.levels.element = spec.levels.list + 1;
+  spec.levels.message = spec.levels.element + uint32_t(optional_level(element));
+  std::optional<LeafSpec> role, content;
+  size_t child = element_index + 1, leaf = field.first_leaf;
+  for (int32_t k = 0; k < element.num_children; ++k) {
+    const SchemaElement& member = schema[child];
+    size_t member_leaves = 0;
+    const size_t next = subtree_end(schema, child, &member_leaves);
+    if (member.name == "role" || member.name == "content") {
+      if (member.type != int32_t(PhysicalType::byte_array) || member.repetition == repeated)
+        refuse("whose 'role' or 'content' is not a string");
+      const LeafSpec member_leaf{leaf,
+                                 {list.name, entries.name, element.name, member.name},
+                                 *member.type,
+                                 int(spec.levels.message) + optional_level(member),
+                                 1,
+                                 false};
+      (member.name == "role" ? role : content) = member_leaf;
+    }
+    leaf += member_leaves;
+    child = next;
+  }
+  if (!role || !content) refuse("without both 'role' and 'content' string fields");
+  spec.leaves = {*role, *content};
+  return spec;
+}
+
+ColumnSpec readable_column(const std::vector<SchemaElement>& schema, const Field& field) {
+  return field.nested ? message_list_column(schema, field) : flat_column(field);
 }
 
 // Brings decoded integers to their true value: INT32 annotated unsigned is zero-extended.
-void normalize_integers(const ColumnSpec& column, std::vector<int64_t>& values) {
+void normalize_integers(const LeafSpec& leaf, std::vector<int64_t>& values) {
   for (int64_t& value : values) {
-    if (column.physical_type == int32_t(PhysicalType::int32))
-      value = column.is_unsigned ? int64_t(uint32_t(value)) : int64_t(int32_t(value));
-    else if (column.is_unsigned && value < 0)
+    if (leaf.physical_type == int32_t(PhysicalType::int32))
+      value = leaf.is_unsigned ? int64_t(uint32_t(value)) : int64_t(int32_t(value));
+    else if (leaf.is_unsigned && value < 0)
       fail("unsigned 64-bit value ", uint64_t(value), " does not fit in int64");
   }
 }
 
-void require_strings(const ColumnSpec& column, int32_t encoding) {
+void require_strings(const LeafSpec& column, int32_t encoding) {
   if (column.physical_type != int32_t(PhysicalType::byte_array))
     fail(encoding_name(encoding), " encoding on an integer column is not valid");
 }
 
-PageValues decode_values(const ColumnSpec& column, int32_t encoding, std::span<const uint8_t> bytes,
+PageValues decode_values(const LeafSpec& column, int32_t encoding, std::span<const uint8_t> bytes,
                          size_t count, const std::optional<PageValues>& dictionary) {
   PageValues values;
   switch (Encoding(encoding)) {
@@ -251,29 +350,127 @@ PageValues decode_values(const ColumnSpec& column, int32_t encoding, std::span<c
     default: fail("encoding ", encoding_name(encoding), " (", encoding, ") is not supported");
   }
   normalize_integers(column, values.integers);
+  if (values.text.size() + values.integers.size() != count)
+    fail("the page decodes to ", values.text.size() + values.integers.size(), " values, expected ",
+         count);
   return values;
 }
 
-// Appends one data page's rows to the column: definition level 1 = value present, 0 = null.
-void append_page_rows(const ColumnSpec& column, std::span<const uint8_t> level_bytes,
-                      std::span<const uint8_t> value_bytes, int32_t encoding, size_t num_values,
-                      const std::optional<PageValues>& dictionary, Column& out) {
-  std::vector<uint32_t> levels;
-  size_t present = num_values;
-  if (column.max_definition_level > 0) {
-    levels = decode_hybrid(level_bytes, 1, num_values);
-    present = size_t(std::count(levels.begin(), levels.end(), 1u));
-    if (std::any_of(levels.begin(), levels.end(), [](uint32_t level) { return level > 1; }))
-      fail("definition level above the column's maximum of 1");
+// One leaf's column chunk, decoded: a level entry per value slot (a row of a flat column; a
+// message, an empty list or a null list in a message list) and the values of the slots that hold
+// one, in order. A level vector stays empty when its maximum is 0 (the file stores none).
+struct LeafChunk {
+  std::vector<uint32_t> repetition, definition;
+  PageValues values;
+};
+
+int bit_width(int max_level) {
+  int width = 0;
+  while ((1 << width) <= max_level) ++width;
+  return width;
+}
+
+// Decodes a page's levels onto `levels`; returns how many equal the maximum.
+size_t append_levels(std::span<const uint8_t> bytes, int max_level, size_t count, const char* kind,
+                     std::vector<uint32_t>& levels) {
+  size_t at_maximum = 0;
+  for (const uint32_t level : decode_hybrid(bytes, bit_width(max_level), count)) {
+    if (level > uint32_t(max_level))
+      fail(kind, " level ", level, " is above the column's maximum of ", max_level);
+    at_maximum += level == uint32_t(max_level);
+    levels.push_back(level);
   }
-  PageValues values = decode_values(column, encoding, value_bytes, present, dictionary);
+  return at_maximum;
+}
+
+// Appends one data page to the chunk: its levels, then the values of the slots defined down to
+// the leaf.
+void append_page(const LeafSpec& leaf, std::span<const uint8_t> repetition_bytes,
+                 std::span<const uint8_t> definition_bytes, std::span<const uint8_t> value_bytes,
+                 int32_t encoding, size_t num_values, const std::optional<PageValues>& dictionary,
+                 LeafChunk& out) {
+  if (leaf.max_repetition_level > 0)
+    append_levels(repetition_bytes, leaf.max_repetition_level, num_values, "repetition",
+                  out.repetition);
+  size_t present = num_values;
+  if (leaf.max_definition_level > 0)
+    present = append_levels(definition_bytes, leaf.max_definition_level, num_values, "definition",
+                            out.definition);
+  PageValues values = decode_values(leaf, encoding, value_bytes, present, dictionary);
+  std::move(values.text.begin(), values.text.end(), std::back_inserter(out.values.text));
+  out.values.integers.insert(out.values.integers.end(), values.integers.begin(),
+                             values.integers.end());
+}
+
+// A flat column's cells: definition level 1 = value present, 0 = null.
+void append_flat_cells(const LeafSpec& leaf, LeafChunk& chunk, int64_t rows, Column& out) {
   size_t next = 0;
-  for (size_t row = 0; row < num_values; ++row) {
-    const bool is_present = levels.empty() || levels[row] == 1;
-    if (out.is_integer)
-      out.integers.push_back(is_present ? std::optional(values.integers[next++]) : std::nullopt);
+  for (size_t row = 0; row < size_t(rows); ++row) {
+    const bool present = chunk.definition.empty() || chunk.definition[row] == 1;
+    if (leaf.physical_type != int32_t(PhysicalType::byte_array))
+      out.integers.push_back(present ? std::optional(chunk.values.integers[next++]) : std::nullopt);
     else
-      out.text.push_back(is_present ? std::optional(std::move(values.text[next++])) : std::nullopt);
+      out.text.push_back(present ? std::optional(std::move(chunk.values.text[next++]))
+                                 : std::nullopt);
+  }
+}
+
+// One leaf's view of a message list: per row, null or one value (maybe null) per message.
+using LeafRows = std::vector<std::optional<std::vector<std::optional<std::string>>>>;
+
+// Rebuilds the rows from the levels: repetition level 0 starts a row, 1 adds a message to it.
+LeafRows split_into_rows(const MessageLevels& levels, const LeafSpec& leaf, LeafChunk& chunk,
+                         int64_t first_row) {
+  LeafRows rows;
+  size_t next = 0;
+  for (size_t entry = 0; entry < chunk.definition.size(); ++entry) {
+    const uint32_t definition = chunk.definition[entry];
+    if (chunk.repetition[entry] == 0) {
+      if (definition < levels.list) {
+        rows.emplace_back(std::nullopt);
+        continue;
+      }
+      rows.emplace_back(std::in_place);
+      if (definition < levels.element) continue;  // an empty list
+    } else if (rows.empty() || !rows.back() || rows.back()->empty() ||
+               definition < levels.element) {
+      fail("level entry ", entry, " continues a list that holds no message");
+    }
+    const int64_t row = first_row + int64_t(rows.size()) - 1;
+    if (definition < levels.message)
+      fail("row ", row, ", message ", rows.back()->size(),
+           " is null; a message list must hold messages");
+    const bool present = definition == uint32_t(leaf.max_definition_level);
+    if (present && next >= chunk.values.text.size())
+      fail("row ", row, " needs more values than the chunk holds");
+    rows.back()->push_back(present ? std::optional(std::move(chunk.values.text[next++]))
+                                   : std::nullopt);
+  }
+  return rows;
+}
+
+// A message list's cells, from its role and content leaves, which must agree on every list.
+void append_message_cells(const ColumnSpec& column, LeafChunk& role_chunk,
+                          LeafChunk& content_chunk, int64_t rows, Column& out) {
+  const int64_t first_row = int64_t(out.messages.size());
+  LeafRows roles = split_into_rows(column.levels, column.leaves[0], role_chunk, first_row);
+  LeafRows contents = split_into_rows(column.levels, column.leaves[1], content_chunk, first_row);
+  if (int64_t(roles.size()) != rows || contents.size() != roles.size())
+    fail("the 'role' and 'content' chunks hold ", roles.size(), " and ", contents.size(),
+         " rows for the row group's ", rows);
+  for (size_t row = 0; row < roles.size(); ++row) {
+    if (roles[row].has_value() != contents[row].has_value() ||
+        (roles[row] && roles[row]->size() != contents[row]->size()))
+      fail("row ", first_row + int64_t(row),
+           ": the 'role' and 'content' chunks disagree on the list's length");
+    if (!roles[row]) {
+      out.messages.emplace_back(std::nullopt);
+      continue;
+    }
+    Messages messages;
+    for (size_t k = 0; k < roles[row]->size(); ++k)
+      messages.push_back({std::move((*roles[row])[k]), std::move((*contents[row])[k])});
+    out.messages.emplace_back(std::move(messages));
   }
 }
 
@@ -284,9 +481,9 @@ uint32_t read_u32_le(std::span<const uint8_t> bytes) {
 
 // Decoding state of one column chunk: its pages share a dictionary and a count of values so far.
 struct ChunkReader {
-  const ColumnSpec& column;
+  const LeafSpec& column;
   const ColumnChunk& chunk;
-  Column& out;
+  LeafChunk& out;
   std::optional<PageValues> dictionary;
   int64_t values_read = 0;
   std::vector<uint8_t> scratch;  // decompression buffer, reused across pages
@@ -311,43 +508,58 @@ struct ChunkReader {
                                size_t(header.dictionary->num_values), {});
   }
 
-  // Page v1: the whole body is compressed; inside, the definition levels carry a u32 length.
+  // Page v1: the whole body is compressed; inside, the repetition and then the definition levels
+  // each carry a u32 length.
+  static std::span<const uint8_t> take_v1_levels(std::span<const uint8_t>& bytes, int32_t encoding,
+                                                 const char* kind) {
+    if (encoding != int32_t(Encoding::rle))
+      fail(kind, " levels in ", encoding_name(encoding), " encoding are not supported");
+    if (bytes.size() < 4) fail("page is too short for its ", kind, " levels");
+    const uint32_t levels_size = read_u32_le(bytes);
+    if (levels_size > bytes.size() - 4)
+      fail(kind, " levels of ", levels_size, " bytes overrun the page");
+    const std::span<const uint8_t> levels = bytes.subspan(4, levels_size);
+    bytes = bytes.subspan(4 + levels_size);
+    return levels;
+  }
+
   void read_data_page_v1(const PageHeader& header, std::span<const uint8_t> body) {
     const DataPageHeader& page = *header.data;
     const size_t num_values = page_value_count(page.num_values);
     std::span<const uint8_t> bytes =
         decompress(chunk.codec, body, size_t(header.uncompressed_page_size), scratch);
-    std::span<const uint8_t> levels;
-    if (column.max_definition_level > 0) {
-      if (page.definition_level_encoding != int32_t(Encoding::rle))
-        fail("definition levels in ", encoding_name(page.definition_level_encoding),
-             " encoding are not supported");
-      if (bytes.size() < 4) fail("page is too short for its definition levels");
-      const uint32_t levels_size = read_u32_le(bytes);
-      if (levels_size > bytes.size() - 4)
-        fail("definition levels of ", levels_size, " bytes overrun the page");
-      levels = bytes.subspan(4, levels_size);
-      bytes = bytes.subspan(4 + levels_size);
-    }
-    append_page_rows(column, levels, bytes, page.encoding, num_values, dictionary, out);
+    std::span<const uint8_t> repetition, definition;
+    if (column.max_repetition_level > 0)
+      repetition = take_v1_levels(bytes, page.repetition_level_encoding, "repetition");
+    if (column.max_definition_level > 0)
+      definition = take_v1_levels(bytes, page.definition_level_encoding, "definition");
+    append_page(column, repetition, definition, bytes, page.encoding, num_values, dictionary, out);
     values_read += int64_t(num_values);
   }
 
-  // Page v2: levels come first, uncompressed, with their sizes in the header; then the values.
+  // Page v2: repetition then definition levels come first, uncompressed, with their sizes in the
+  // header; then the values.
   void read_data_page_v2(const PageHeader& header, std::span<const uint8_t> body) {
     const DataPageHeaderV2& page = *header.data_v2;
     const size_t num_values = page_value_count(page.num_values);
-    if (page.repetition_levels_byte_length != 0) fail("repetition levels in a flat column");
-    const int64_t levels_size = page.definition_levels_byte_length;
-    if (levels_size < 0 || levels_size > int64_t(body.size()) ||
-        levels_size > header.uncompressed_page_size)
-      fail("definition levels of ", levels_size, " bytes overrun the page");
-    const std::span<const uint8_t> levels = body.first(size_t(levels_size));
-    const std::span<const uint8_t> stored = body.subspan(size_t(levels_size));
-    const size_t values_size = size_t(header.uncompressed_page_size - levels_size);
+    const int64_t repetition_size = page.repetition_levels_byte_length;
+    const int64_t definition_size = page.definition_levels_byte_length;
+    if (column.max_repetition_level == 0 && repetition_size != 0)
+      fail("repetition levels in a flat column");
+    if (repetition_size < 0 || definition_size < 0 ||
+        repetition_size + definition_size > int64_t(body.size()) ||
+        repetition_size + definition_size > header.uncompressed_page_size)
+      fail("levels of ", repetition_size, " + ", definition_size, " bytes overrun the page");
+    const size_t levels_size = size_t(repetition_size + definition_size);
+    const std::span<const uint8_t> repetition = body.first(size_t(repetition_size));
+    const std::span<const uint8_t> definition =
+        body.subspan(size_t(repetition_size), size_t(definition_size));
+    const std::span<const uint8_t> stored = body.subspan(levels_size);
+    const size_t values_size = size_t(header.uncompressed_page_size) - levels_size;
     const int32_t codec = page.is_compressed ? chunk.codec : int32_t(Codec::uncompressed);
     const auto values = decompress(codec, stored, values_size, scratch);
-    append_page_rows(column, levels, values, page.encoding, num_values, dictionary, out);
+    append_page(column, repetition, definition, values, page.encoding, num_values, dictionary,
+                out);
     values_read += int64_t(num_values);
   }
 
@@ -401,22 +613,29 @@ int64_t chunk_start(const ColumnChunk& chunk) {
                                                                : chunk.data_page_offset;
 }
 
+std::string dotted(const std::vector<std::string>& path) {
+  std::string text;
+  for (const std::string& part : path) text += (text.empty() ? "" : ".") + part;
+  return text;
+}
+
 void read_column_chunk(InputFile& file, uint64_t data_end, const ColumnChunk& chunk,
-                       const ColumnSpec& column, int64_t rows, Column& out) {
+                       const LeafSpec& leaf, int64_t rows, LeafChunk& out) {
   if (chunk.encrypted) fail("the column chunk is encrypted: parquet encryption is not supported");
   if (chunk.has_file_path)
     fail("the column chunk lives in another file (file_path): not supported");
-  if (chunk.type != column.physical_type)
+  if (chunk.type != leaf.physical_type)
     fail("the chunk's type ", physical_type_name(chunk.type), " differs from the schema's ",
-         physical_type_name(column.physical_type));
-  if (chunk.path_in_schema.size() != 1 || chunk.path_in_schema[0] != column.name)
-    fail("the chunk's path in schema (", chunk.path_in_schema.size(), " parts, first '",
-         chunk.path_in_schema.empty() ? "" : chunk.path_in_schema[0],
-         "') is not the column's name");
-  if (chunk.num_values != rows)
+         physical_type_name(leaf.physical_type));
+  if (chunk.path_in_schema != leaf.path)
+    fail("the chunk's path in schema '", dotted(chunk.path_in_schema), "' is not the column's '",
+         dotted(leaf.path), "'");
+  // A flat column has one value slot per row; a list has at least one (null and empty lists
+  // take one too).
+  if (leaf.max_repetition_level == 0 ? chunk.num_values != rows : chunk.num_values < rows)
     fail("the chunk holds ", chunk.num_values, " values for the row group's ", rows, " rows");
   check_codec_supported(chunk.codec);
-  if (rows == 0) return;  // pyarrow gives an empty chunk no data page (data_page_offset 0)
+  if (chunk.num_values == 0) return;  // pyarrow gives an empty chunk no data page (offset 0)
   const int64_t start = chunk_start(chunk);
   if (start < int64_t(kMagicSize) || chunk.total_compressed_size < 0 ||
       uint64_t(start) > data_end ||
@@ -425,8 +644,28 @@ void read_column_chunk(InputFile& file, uint64_t data_end, const ColumnChunk& ch
          " lie outside the data region 4..", data_end);
   const std::vector<uint8_t> bytes =
       file.read(uint64_t(start), uint64_t(chunk.total_compressed_size));
-  ChunkReader reader{column, chunk, out, std::nullopt, 0, {}};
+  ChunkReader reader{leaf, chunk, out, std::nullopt, 0, {}};
   reader.read_pages(bytes);
+}
+
+// Reads the column's part of one row group onto its cells.
+void read_column_in_row_group(InputFile& file, uint64_t data_end, const RowGroup& row_group,
+                              const ColumnSpec& column, Column& out) {
+  std::vector<LeafChunk> chunks(column.leaves.size());
+  for (size_t i = 0; i < column.leaves.size(); ++i) {
+    const LeafSpec& leaf = column.leaves[i];
+    try {
+      read_column_chunk(file, data_end, row_group.columns[leaf.index], leaf, row_group.num_rows,
+                        chunks[i]);
+    } catch (const Error& error) {
+      if (!column.is_messages) throw;
+      fail("field '", leaf.path.back(), "': ", error.what());
+    }
+  }
+  if (column.is_messages)
+    append_message_cells(column, chunks[0], chunks[1], row_group.num_rows, out);
+  else
+    append_flat_cells(column.leaves[0], chunks[0], row_group.num_rows, out);
 }
 
 }  // namespace
@@ -452,12 +691,17 @@ Table read_parquet_file(const std::string& path, const std::vector<std::string>&
     const auto field = std::find_if(fields.begin(), fields.end(),
                                     [&](const Field& f) { return f.element->name == name; });
     try {
-      specs.push_back(readable_column(*field));
+      specs.push_back(readable_column(metadata.schema, *field));
     } catch (const Error& error) {
       fail(path, ": ", error.what());
     }
-    table.columns.push_back(
-        Column{name, specs.back().physical_type != int32_t(PhysicalType::byte_array), {}, {}});
+    const ColumnSpec& spec = specs.back();
+    Column column;
+    column.name = name;
+    column.is_messages = spec.is_messages;
+    column.is_integer =
+        !spec.is_messages && spec.leaves[0].physical_type != int32_t(PhysicalType::byte_array);
+    table.columns.push_back(std::move(column));
   }
 
   int64_t rows_in_groups = 0;
@@ -470,8 +714,7 @@ Table read_parquet_file(const std::string& path, const std::vector<std::string>&
            " columns and the file's ", metadata.num_rows, " rows");
     for (size_t i = 0; i < specs.size(); ++i) {
       try {
-        read_column_chunk(file, footer.data_end, row_group.columns[specs[i].leaf], specs[i],
-                          row_group.num_rows, table.columns[i]);
+        read_column_in_row_group(file, footer.data_end, row_group, specs[i], table.columns[i]);
       } catch (const Error& error) {
         fail(path, ": column '", specs[i].name, "', row group ", group, ": ", error.what());
       }

@@ -186,6 +186,7 @@ DataPageHeader parse_data_page_header(CompactReader& in) {
       case 1: header.num_values = in.read_i32(type); break;
       case 2: header.encoding = in.read_i32(type); break;
       case 3: header.definition_level_encoding = in.read_i32(type); break;
+      case 4: header.repetition_level_encoding = in.read_i32(type); break;
       default: in.skip(type);
     }
   });

@@ -1,5 +1,5 @@
-// Parquet footer and page headers: the subset of parquet.thrift that a reader of flat string and
-// integer columns needs, decoded from Thrift compact bytes. Field ids follow parquet.thrift
+// Parquet footer and page headers: the subset of parquet.thrift that a reader of string, integer
+// and message-list columns needs, decoded from Thrift compact bytes. Field ids follow parquet.thrift
 // (https://github.com/apache/parquet-format/blob/master/src/main/thrift/parquet.thrift).
 #pragma once
 #include <cstdint>
@@ -88,6 +88,7 @@ struct DataPageHeader {
   int32_t num_values = 0;
   int32_t encoding = 0;
   int32_t definition_level_encoding = int32_t(Encoding::rle);
+  int32_t repetition_level_encoding = int32_t(Encoding::rle);
 };
 
 struct DictionaryPageHeader {

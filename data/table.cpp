@@ -18,6 +18,10 @@ const Column* Table::find(const std::string& name) const {
   return nullptr;
 }
 
+const char* column_kind_name(const Column& column) {
+  return column.is_messages ? "message lists" : column.is_integer ? "integers" : "strings";
+}
+
 void fail_if_git_lfs_pointer(std::string_view head, const std::string& path) {
   if (head.starts_with("version https://git-lfs.github.com/spec/"))
     fail(path,
@@ -112,11 +116,12 @@ void append_shard(Table& table, Table&& shard) {
   for (Column& into : table.columns) {
     auto same_name = [&](const Column& column) { return column.name == into.name; };
     Column& from = *std::find_if(shard.columns.begin(), shard.columns.end(), same_name);
-    if (into.is_integer != from.is_integer)
-      fail("column '", into.name, "' holds ", from.is_integer ? "integers" : "strings", " in ",
-           shard.source, " but ", into.is_integer ? "integers" : "strings", " in ", table.source);
+    if (std::string_view(column_kind_name(into)) != column_kind_name(from))
+      fail("column '", into.name, "' holds ", column_kind_name(from), " in ", shard.source, " but ",
+           column_kind_name(into), " in ", table.source);
     std::move(from.text.begin(), from.text.end(), std::back_inserter(into.text));
     into.integers.insert(into.integers.end(), from.integers.begin(), from.integers.end());
+    std::move(from.messages.begin(), from.messages.end(), std::back_inserter(into.messages));
   }
   table.num_rows += shard.num_rows;
 }

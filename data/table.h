@@ -1,6 +1,7 @@
 // Table: the columns of a dataset file (parquet, json or jsonl), as cst's data pipeline sees them.
-// Only flat string and integer columns exist here; anything else is refused with a clear error
-// by the reader that met it.
+// Columns hold strings, integers or message lists (chat turns: trl's "conversational" format,
+// list<struct<role, content>> in parquet, arrays of {"role", "content"} objects in JSON). Anything
+// else is refused with a clear error by the reader that met it.
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -10,12 +11,26 @@
 
 namespace cst {
 
+// One chat turn. The readers keep what the file holds: a null role or content (a missing key in
+// JSON) stays null here, and whoever uses the message decides whether that is an error.
+struct Message {
+  std::optional<std::string> role, content;
+  bool operator==(const Message&) const = default;
+};
+using Messages = std::vector<Message>;
+
+// Exactly one of text, integers, messages is filled, with one cell per row.
 struct Column {
   std::string name;
-  bool is_integer = false;                       // integer columns (INT32/INT64) vs strings
+  bool is_integer = false;                       // integer columns (INT32/INT64)
   std::vector<std::optional<std::string>> text;  // filled for string columns (nullopt = null)
   std::vector<std::optional<int64_t>> integers;  // filled for integer columns
+  bool is_messages = false;                      // message-list columns
+  std::vector<std::optional<Messages>> messages;  // a cell is null, or a list (maybe empty)
 };
+
+// "strings", "integers" or "message lists", for error messages.
+const char* column_kind_name(const Column& column);
 
 struct Table {
   std::vector<std::string> columns_in_source;  // every column name the source has

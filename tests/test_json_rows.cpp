@@ -36,6 +36,19 @@ struct TempFile {
   ~TempFile() { fs::remove(path); }
 };
 
+std::optional<std::string> optional_text(const nlohmann::json& value) {
+  return value.is_null() ? std::nullopt : std::optional(value.get<std::string>());
+}
+
+// A message-list cell as the generator stores it: null, or [{"role", "content"}, ...].
+std::optional<Messages> expected_messages(const nlohmann::json& cell) {
+  if (cell.is_null()) return std::nullopt;
+  Messages messages;
+  for (const nlohmann::json& message : cell)
+    messages.push_back({optional_text(message["role"]), optional_text(message["content"])});
+  return messages;
+}
+
 void expect_matches_fixture(const Table& table, const std::string& expected_name) {
   std::ifstream stream(fixture(expected_name));
   ASSERT_TRUE(stream) << "missing " << expected_name
@@ -48,9 +61,12 @@ void expect_matches_fixture(const Table& table, const std::string& expected_name
     const nlohmann::json& want = expected["columns"][i];
     EXPECT_EQ(column.name, want["name"].get<std::string>());
     ASSERT_EQ(column.is_integer, want["kind"] == "integer") << column.name;
+    ASSERT_EQ(column.is_messages, want["kind"] == "messages") << column.name;
     for (int64_t row = 0; row < table.num_rows; ++row) {
       const nlohmann::json& cell = want["values"][row];
-      if (column.is_integer)
+      if (column.is_messages)
+        EXPECT_EQ(column.messages.at(row), expected_messages(cell)) << column.name << " " << row;
+      else if (column.is_integer)
         EXPECT_EQ(column.integers.at(row),
                   cell.is_null() ? std::nullopt : std::optional(cell.get<int64_t>()));
       else
@@ -66,6 +82,46 @@ TEST(JsonRows, HfDatasetsJsonLinesMatchesDatasetsReadback) {
 
 TEST(JsonRows, JsonArrayMatchesDatasetsReadback) {
   expect_matches_fixture(read_table(fixture("rows_array.json"), {}), "rows_array.expected.json");
+}
+
+TEST(JsonRows, MessageListsMatchDatasetsReadback) {
+  expect_matches_fixture(read_table(fixture("messages_hf.jsonl"), {}), "messages_hf.expected.json");
+  expect_matches_fixture(read_table(fixture("messages_array.json"), {}),
+                         "messages_array.expected.json");
+}
+
+// Missing or null role/content read as null (as HF datasets reads them); other keys are ignored.
+TEST(JsonRows, MessageListCells) {
+  const TempFile file("messages.jsonl",
+                      "{\"m\": [{\"role\": \"user\", \"content\": \"hé\", \"name\": 3}]}\n"
+                      "{\"m\": []}\n{\"m\": null}\n{}\n"
+                      "{\"m\": [{\"content\": \"x\"}, {\"role\": null, \"content\": \"\"}]}\n");
+  const Table table = read_table(file.path, {"m"});
+  const Column& column = *table.find("m");
+  EXPECT_TRUE(column.is_messages);
+  const std::vector<std::optional<Messages>> expected = {
+      Messages{{"user", "hé"}},
+      Messages{},
+      std::nullopt,
+      std::nullopt,
+      Messages{{std::nullopt, "x"}, {std::nullopt, ""}},
+  };
+  EXPECT_EQ(column.messages, expected);
+
+  const TempFile not_object("bad_message.jsonl", "{\"m\": [{\"role\": \"user\"}, \"hi\"]}\n");
+  std::string message = error_of([&] { read_table(not_object.path, {}); });
+  EXPECT_TRUE(contains(message, "row 0 (line 1), column 'm', message 1 is a string, expected an "
+                                "object with role and content"))
+      << message;
+  const TempFile bad_role("bad_role.json", R"([{"m": [{"role": 1, "content": "c"}]}])");
+  message = error_of([&] { read_table(bad_role.path, {}); });
+  EXPECT_TRUE(contains(message, "row 0, column 'm', message 0 has an integer for 'role'"))
+      << message;
+  const TempFile mixed("mixed_messages.json", R"([{"m": []}, {"m": "text"}])");
+  message = error_of([&] { read_table(mixed.path, {}); });
+  EXPECT_TRUE(contains(message, "row 1, column 'm' holds a string but row 0 holds an array of "
+                                "messages"))
+      << message;
 }
 
 TEST(JsonRows, NullsMissingKeysAndKinds) {
@@ -106,9 +162,9 @@ TEST(JsonRows, ErrorsNameRowColumnAndPosition) {
   message = error_of([&] { read_table(bad_line.path, {}); });
   EXPECT_TRUE(contains(message, "invalid JSON at line 3, column 8: syntax error")) << message;
 
-  const TempFile nested("nested.jsonl", "{\"a\": \"x\"}\n{\"a\": [1, 2]}\n");
+  const TempFile nested("nested.jsonl", "{\"a\": \"x\"}\n{\"a\": {\"b\": 2}}\n");
   message = error_of([&] { read_table(nested.path, {}); });
-  EXPECT_TRUE(contains(message, "row 1 (line 2), column 'a' holds an array")) << message;
+  EXPECT_TRUE(contains(message, "row 1 (line 2), column 'a' holds an object")) << message;
 
   const TempFile mixed("mixed.json", R"([{"a": null}, {"a": 3}, {"a": "three"}])");
   message = error_of([&] { read_table(mixed.path, {}); });

@@ -32,9 +32,35 @@ nlohmann::json load_expected(const std::string& name) {
   return nlohmann::json::parse(stream);
 }
 
+std::optional<std::string> optional_text(const nlohmann::json& value) {
+  return value.is_null() ? std::nullopt : std::optional(value.get<std::string>());
+}
+
+// A message-list cell as the generator stores it: null, or [{"role", "content"}, ...].
+std::optional<Messages> expected_messages(const nlohmann::json& cell) {
+  if (cell.is_null()) return std::nullopt;
+  Messages messages;
+  for (const nlohmann::json& message : cell)
+    messages.push_back({optional_text(message["role"]), optional_text(message["content"])});
+  return messages;
+}
+
+size_t expect_message_column_matches(const Column& column, const nlohmann::json& values) {
+  EXPECT_TRUE(column.is_messages) << column.name;
+  EXPECT_TRUE(column.text.empty() && column.integers.empty()) << column.name;
+  EXPECT_EQ(column.messages.size(), values.size()) << column.name;
+  size_t compared = 0;
+  for (size_t row = 0; row < std::min(column.messages.size(), values.size()); ++row, ++compared)
+    EXPECT_EQ(column.messages[row], expected_messages(values[row]))
+        << column.name << " row " << row;
+  return compared;
+}
+
 // Compares one column with the expected {"name", "kind", "values"} record; returns cells compared.
 size_t expect_column_matches(const Column& column, const nlohmann::json& expected) {
   EXPECT_EQ(column.name, expected["name"].get<std::string>());
+  if (expected["kind"] == "messages") return expect_message_column_matches(column, expected["values"]);
+  EXPECT_FALSE(column.is_messages) << column.name;
   const bool integer = expected["kind"] == "integer";
   EXPECT_EQ(column.is_integer, integer) << column.name;
   const nlohmann::json& values = expected["values"];
@@ -101,7 +127,9 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, ParquetGolden,
                                          "dictionary_fallback", "delta_encodings_v1",
                                          "delta_encodings_v2", "required_large_string",
                                          "unsigned_integers", "all_null", "zero_rows",
-                                         "hf_datasets"));
+                                         "hf_datasets", "messages_dictionary_v1",
+                                         "messages_plain_v2", "messages_required",
+                                         "messages_extra_field", "messages_hf"));
 
 TEST(ParquetShards, DirectoryAndGlobReadShardsInNameOrder) {
   const nlohmann::json expected = load_expected("shards");
@@ -136,17 +164,60 @@ TEST(ParquetColumns, OnlyTheRequestedColumnChunksAreRead) {
   EXPECT_TRUE(contains(message, "column 'text'")) << message;
 }
 
-TEST(ParquetErrors, NestedChatColumnIsRefusedButFlatColumnsBesideItRead) {
+TEST(ParquetMessages, ChatColumnReadsBesideARefusedDoubleColumn) {
   const std::string path = fixture("nested_chat.parquet");
-  std::string message = error_of([&] { read_table(path, {"messages"}); });
-  EXPECT_TRUE(contains(message, "'messages'") && contains(message, "nested")) << message;
-  message = error_of([&] { read_table(path, {}); });
-  EXPECT_TRUE(contains(message, "nested")) << message;
-  message = error_of([&] { read_table(path, {"score"}); });
-  EXPECT_TRUE(contains(message, "'score'") && contains(message, "DOUBLE")) << message;
-  const Table table = read_table(path, {"prompt"});
+  const Table table = read_table(path, {"messages", "prompt"});
   EXPECT_EQ(table.columns_in_source, (std::vector<std::string>{"prompt", "messages", "score"}));
-  expect_table_matches(table, load_expected("nested_chat"));
+  ASSERT_EQ(table.columns.size(), 2u);
+  // The fixture's rows: [user: hi], [user: hello, assistant: hey], null.
+  const std::vector<std::optional<Messages>> expected = {
+      Messages{{"user", "hi"}},
+      Messages{{"user", "hello"}, {"assistant", "hey"}},
+      std::nullopt,
+  };
+  EXPECT_EQ(table.columns[0].messages, expected);
+  expect_column_matches(table.columns[1], load_expected("nested_chat")["columns"][0]);
+  const std::string message = error_of([&] { read_table(path, {"score"}); });
+  EXPECT_TRUE(contains(message, "'score'") && contains(message, "DOUBLE")) << message;
+}
+
+// Other nested shapes are refused with the column's name and its schema, which says what it is.
+TEST(ParquetMessages, OtherNestedShapesAreRefusedByName) {
+  const std::string path = fixture("messages_other_nested.parquet");
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"tags", "whose elements are not structs"},
+      {"pair", "that is not a list"},
+      {"numbered", "whose 'role' or 'content' is not a string"},
+      {"no_content", "without both 'role' and 'content'"},
+  };
+  for (const auto& [name, shape] : cases) {
+    const std::string message = error_of([&] { read_table(path, {name}); });
+    EXPECT_TRUE(contains(message, "column '" + name + "' is a nested column (") &&
+                contains(message, shape) && contains(message, "list<struct<role: string"))
+        << message;
+  }
+  const std::string message = error_of([&] { read_table(path, {"tags"}); });
+  EXPECT_TRUE(contains(message, "optional group tags { repeated group list { optional "
+                                "BYTE_ARRAY element } }"))
+      << message;
+  expect_table_matches(read_table(path, {"title"}), load_expected("messages_other_nested"));
+}
+
+// The golden comparison only means something if the fixture holds every shape: null lists, empty
+// lists, lists of several messages and a message longer than a page.
+TEST(ParquetMessages, FixtureHoldsEveryShape) {
+  const Table table = read_table(fixture("messages_dictionary_v1.parquet"), {"prompt", "chosen"});
+  size_t messages = 0, nulls = 0, empty = 0;
+  for (const auto& cell : table.find("prompt")->messages) {
+    nulls += !cell;
+    empty += cell && cell->empty();
+    messages += cell ? cell->size() : 0;
+  }
+  EXPECT_GT(nulls, 0u);
+  EXPECT_GT(empty, 0u);
+  EXPECT_GT(messages, table.find("prompt")->messages.size());
+  ASSERT_TRUE(table.find("chosen")->messages[0]);
+  EXPECT_GT((*table.find("chosen")->messages[0])[0].content->size(), 6000u);
 }
 
 TEST(ParquetErrors, UnsupportedCodecIsNamed) {
@@ -182,10 +253,11 @@ TEST(ParquetErrors, MissingAndTruncatedFiles) {
 // Truncated and byte-flipped fixtures must either read or throw cst::Error: never crash, never
 // read out of bounds (the suite is also run under -fsanitize=address), never throw anything else.
 TEST(ParquetErrors, CorruptBytesNeverCrash) {
-  const std::vector<std::string> names = {"plain_uncompressed_v1", "dictionary_snappy_v1",
-                                          "dictionary_gzip_v2",    "plain_zstd_v2",
-                                          "dictionary_fallback",   "delta_encodings_v1",
-                                          "delta_encodings_v2",    "required_large_string"};
+  const std::vector<std::string> names = {
+      "plain_uncompressed_v1", "dictionary_snappy_v1",   "dictionary_gzip_v2",
+      "plain_zstd_v2",         "dictionary_fallback",    "delta_encodings_v1",
+      "delta_encodings_v2",    "required_large_string",  "messages_dictionary_v1",
+      "messages_plain_v2",     "messages_required",      "messages_hf"};
   std::mt19937 random(1234);
   int mutations = 0, refused = 0;
   for (const std::string& name : names) {
@@ -209,7 +281,9 @@ TEST(ParquetErrors, CorruptBytesNeverCrash) {
       try {
         const Table table = read_table(path, {});
         for (const Column& column : table.columns)
-          EXPECT_EQ(int64_t(column.is_integer ? column.integers.size() : column.text.size()),
+          EXPECT_EQ(int64_t(column.is_messages  ? column.messages.size()
+                            : column.is_integer ? column.integers.size()
+                                                : column.text.size()),
                     table.num_rows)
               << name << " trial " << trial;
       } catch (const Error&) {
@@ -220,7 +294,7 @@ TEST(ParquetErrors, CorruptBytesNeverCrash) {
       fs::remove(path);
     }
   }
-  EXPECT_EQ(mutations, 400);
+  EXPECT_EQ(mutations, int(names.size()) * 50);
   EXPECT_GT(refused, mutations / 2);  // most mutations must be caught, not silently read
   std::printf("corrupt parquet files: %d mutations, %d refused with cst::Error, %d read\n",
               mutations, refused, mutations - refused);

@@ -6,6 +6,8 @@
 # rows_array.json get the cells HF datasets reads back from them, for tests/test_json_rows.cpp.
 # The rows are drawn from a fixed seed, so rerunning rewrites identical data (the file bytes may
 # change with pyarrow's version). Needs pyarrow and datasets (tools/python/requirements.txt).
+# The folder is rewritten from scratch, so the message-list fixtures of make_message_fixtures.py
+# are written again at the end.
 import json
 import os
 import random
@@ -238,6 +240,8 @@ def main():
 
     for path in paths:
         describe_pages(path)
+    import make_message_fixtures
+    make_message_fixtures.main()
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(OUT) for f in fs)
     print(f"total fixture bytes: {total}")
 
