@@ -1,5 +1,6 @@
 #include "data/preference.h"
 
+#include <algorithm>
 #include <sstream>
 
 #include "kernels/error.h"
@@ -15,32 +16,51 @@ std::string list_columns(const Table& table) {
   return list.str();
 }
 
-const Column& text_column(const Table& table, const std::string& name, const char* role) {
+size_t cell_count(const Column& column) {
+  return column.is_messages ? column.messages.size() : column.text.size();
+}
+
+// A column the examples are read from: strings, or message lists where allow_messages.
+const Column& data_column(const Table& table, const std::string& name, const char* role,
+                          bool allow_messages) {
   const Column* column = table.find(name);
   if (column == nullptr) {
     fail(table.source, ": no ", role, " column '", name, "' (columns: ", list_columns(table), ")");
   }
-  if (column->is_integer) {
-    fail(table.source, ": ", role, " column '", name, "' holds integers, expected text");
+  if (column->is_integer || (column->is_messages && !allow_messages)) {
+    fail(table.source, ": ", role, " column '", name, "' holds ", column_kind_name(*column),
+         ", expected text", allow_messages ? " or message lists" : "");
   }
-  if (int64_t(column->text.size()) != table.num_rows) {
-    fail(table.source, ": column '", name, "' has ", column->text.size(), " cells for ",
+  if (int64_t(cell_count(*column)) != table.num_rows) {
+    fail(table.source, ": column '", name, "' has ", cell_count(*column), " cells for ",
          table.num_rows, " rows");
   }
   return *column;
 }
 
-// The text columns one example is read from; system is null when the options supply it.
+// The columns one example is read from. system is null when the options or the rows' system
+// messages supply it; prompt is null when chosen and rejected carry it (an implicit prompt).
 struct SourceColumns {
   const Column* system = nullptr;
-  const Column *prompt, *chosen, *rejected;
+  const Column* prompt = nullptr;
+  const Column *chosen, *rejected;
+  bool conversational = false;  // chosen and rejected are message lists
 };
 
 SourceColumns find_source_columns(const Table& table, const PreferenceOptions& options) {
   const PreferenceColumns& names = options.columns;
-  SourceColumns columns{nullptr, &text_column(table, names.prompt, "prompt"),
-                        &text_column(table, names.chosen, "chosen"),
-                        &text_column(table, names.rejected, "rejected")};
+  SourceColumns columns{nullptr, nullptr, &data_column(table, names.chosen, "chosen", true),
+                        &data_column(table, names.rejected, "rejected", true), false};
+  columns.conversational = columns.chosen->is_messages;
+  if (columns.rejected->is_messages != columns.conversational) {
+    fail(table.source, ": chosen column '", names.chosen, "' holds ",
+         column_kind_name(*columns.chosen), " but rejected column '", names.rejected, "' holds ",
+         column_kind_name(*columns.rejected));
+  }
+  // trl's maybe_extract_prompt: message-list answers may carry the prompt themselves.
+  if (!columns.conversational || table.find(names.prompt) != nullptr) {
+    columns.prompt = &data_column(table, names.prompt, "prompt", columns.conversational);
+  }
   bool has_system_column = !names.system.empty() && table.find(names.system) != nullptr;
   if (options.system_prompts) {
     // A system column and two system prompts would silently compete; make the caller choose.
@@ -51,23 +71,113 @@ SourceColumns find_source_columns(const Table& table, const PreferenceOptions& o
     }
   } else {
     if (options.dpo_baseline) fail("dpo_baseline needs the two system prompts of CST");
+    // Message lists may carry a system message per row, checked row by row.
+    if (columns.conversational && !has_system_column) return columns;
     if (names.system.empty()) fail(table.source, ": no system column and no system prompts given");
-    columns.system = &text_column(table, names.system, "system");
+    columns.system = &data_column(table, names.system, "system", false);
   }
   return columns;
 }
 
-// The row's cell in column, or null (reported by the caller, who knows the row policy).
-const std::string* cell(const Column* column, int64_t row) {
-  const std::optional<std::string>& value = column->text[size_t(row)];
-  return value ? &*value : nullptr;
+bool is_null(const Column* column, int64_t row) {
+  return column->is_messages ? !column->messages[size_t(row)] : !column->text[size_t(row)];
 }
 
 const Column* first_null_column(const SourceColumns& columns, int64_t row) {
   for (const Column* column : {columns.system, columns.prompt, columns.chosen, columns.rejected}) {
-    if (column != nullptr && cell(column, row) == nullptr) return column;
+    if (column != nullptr && is_null(column, row)) return column;
   }
   return nullptr;
+}
+
+// One row's texts; system is set when the row's messages carry a system prompt.
+struct RowTexts {
+  std::optional<std::string> system;
+  std::string prompt, chosen, rejected;
+};
+
+std::string row_and_column(const Table& table, int64_t row, const Column& column) {
+  return table.source + " row " + std::to_string(row) + ", column '" + column.name + "'";
+}
+
+// A message's role or content; null is an error naming the message.
+const std::string& message_field(const std::optional<std::string>& field, const char* name,
+                                 const std::string& where, size_t index) {
+  if (!field) fail(where, ", message ", index, ": ", name, " is null");
+  return *field;
+}
+
+// The prompt messages [system,] user, rendered by cst's chat templates as (system, user).
+void split_prompt(const Messages& prompt, const std::string& where, RowTexts& texts) {
+  size_t user = 0;
+  if (!prompt.empty() && message_field(prompt[0].role, "role", where, 0) == "system") {
+    texts.system = message_field(prompt[0].content, "content", where, 0);
+    user = 1;
+  }
+  if (prompt.size() == user) fail(where, ": the prompt has no user message");
+  if (prompt.size() > user + 1) {
+    fail(where, ": a multi-turn prompt (", prompt.size(),
+         " messages) cannot be rendered; cst's chat templates render one [system,] user turn");
+  }
+  const std::string& role = message_field(prompt[user].role, "role", where, user);
+  if (role != "user") fail(where, ", message ", user, ": role '", role, "', expected 'user'");
+  texts.prompt = message_field(prompt[user].content, "content", where, user);
+}
+
+// An answer: the one assistant message left after the prompt.
+std::string answer_text(const Messages& answer, size_t first, const std::string& where) {
+  if (answer.size() != first + 1) {
+    fail(where, ": expected one assistant message after the prompt, found ", answer.size() - first,
+         answer.size() > first + 1 ? " (multi-turn answers cannot be rendered)" : "");
+  }
+  const std::string& role = message_field(answer[first].role, "role", where, first);
+  if (role != "assistant") {
+    fail(where, ", message ", first, ": role '", role, "', expected 'assistant'");
+  }
+  return message_field(answer[first].content, "content", where, first);
+}
+
+// trl's extract_prompt on message lists: the longest prefix chosen and rejected share, but never
+// all of the shorter one (trl's loop stops with its index on the last message).
+size_t shared_prefix_length(const Messages& chosen, const Messages& rejected) {
+  const size_t common = std::min(chosen.size(), rejected.size());
+  for (size_t i = 0; i < common; i++) {
+    if (!(chosen[i] == rejected[i])) return i;
+  }
+  return common == 0 ? 0 : common - 1;
+}
+
+// A row of message lists, by trl's maybe_extract_prompt: a message-list prompt is used as it
+// is; otherwise the prompt is the prefix chosen and rejected share, and a string prompt beside
+// them (ultrafeedback_binarized) must be that prefix's user message.
+RowTexts conversational_row(const Table& table, const SourceColumns& columns, int64_t row) {
+  const Messages& chosen = *columns.chosen->messages[size_t(row)];
+  const Messages& rejected = *columns.rejected->messages[size_t(row)];
+  const std::string chosen_where = row_and_column(table, row, *columns.chosen);
+  const std::string rejected_where = row_and_column(table, row, *columns.rejected);
+  RowTexts texts;
+  size_t answer_start = 0;
+  if (columns.prompt != nullptr && columns.prompt->is_messages) {
+    split_prompt(*columns.prompt->messages[size_t(row)],
+                 row_and_column(table, row, *columns.prompt), texts);
+  } else {
+    answer_start = shared_prefix_length(chosen, rejected);
+    const Messages prefix(chosen.begin(), chosen.begin() + ptrdiff_t(answer_start));
+    split_prompt(prefix, chosen_where + " (the prompt shared with '" + columns.rejected->name + "')",
+                 texts);
+    if (columns.prompt != nullptr && *columns.prompt->text[size_t(row)] != texts.prompt) {
+      fail(row_and_column(table, row, *columns.prompt), ": the prompt differs from the user ",
+           "message that '", columns.chosen->name, "' and '", columns.rejected->name, "' share");
+    }
+  }
+  texts.chosen = answer_text(chosen, answer_start, chosen_where);
+  texts.rejected = answer_text(rejected, answer_start, rejected_where);
+  return texts;
+}
+
+RowTexts string_row(const SourceColumns& columns, int64_t row) {
+  return {std::nullopt, *columns.prompt->text[size_t(row)], *columns.chosen->text[size_t(row)],
+          *columns.rejected->text[size_t(row)]};
 }
 
 }  // namespace
@@ -88,16 +198,33 @@ std::vector<PreferenceExample> build_preference_examples(const Table& table,
       counts.skipped_rows++;
       continue;
     }
-    const std::string& prompt = *cell(columns.prompt, row);
-    const std::string& chosen = *cell(columns.chosen, row);
-    const std::string& rejected = *cell(columns.rejected, row);
+    RowTexts texts =
+        columns.conversational ? conversational_row(table, columns, row) : string_row(columns, row);
+    if (texts.system) {
+      // The row's own system message; a second source would silently compete with it.
+      if (options.system_prompts || columns.system != nullptr) {
+        fail(table.source, " row ", row, ": the messages hold a system prompt and ",
+             options.system_prompts ? "two system prompts were given"
+                                    : "the system column '" + columns.system->name + "' gives one",
+             "; drop one");
+      }
+      examples.push_back({*texts.system, texts.prompt, texts.chosen, texts.rejected, row});
+      continue;
+    }
     if (!options.system_prompts) {
-      examples.push_back({*cell(columns.system, row), prompt, chosen, rejected, row});
+      if (columns.system == nullptr) {
+        fail(table.source, " row ", row, ": no system prompt (no system message, no system column '",
+             options.columns.system, "' and no system prompts given)");
+      }
+      examples.push_back(
+          {*columns.system->text[size_t(row)], texts.prompt, texts.chosen, texts.rejected, row});
       continue;
     }
     const auto& [system_a, system_b] = *options.system_prompts;
-    examples.push_back({system_a, prompt, chosen, rejected, row});
-    if (!options.dpo_baseline) examples.push_back({system_b, prompt, rejected, chosen, row});
+    examples.push_back({system_a, texts.prompt, texts.chosen, texts.rejected, row});
+    if (!options.dpo_baseline) {
+      examples.push_back({system_b, texts.prompt, texts.rejected, texts.chosen, row});
+    }
   }
   counts.examples = int64_t(examples.size());
   if (report != nullptr) *report = counts;

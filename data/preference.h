@@ -44,6 +44,20 @@ struct PreferenceReport {
 // Missing columns and null cells are errors naming the table, the row (0-based, as in the data) and
 // the column, unless skip_bad_rows, which skips the row and counts it in report->skipped_rows.
 // report may be null.
+//
+// Message lists (trl's conversational format) give the same examples as the equivalent strings,
+// following trl's maybe_extract_prompt (trl/data_utils.py; trl >= 0.12, the first releases with
+// conversational DPO data):
+//  - prompt column of message lists ([system,] user) and chosen/rejected of [assistant]: used as
+//    they are.
+//  - no prompt column, or a string one (ultrafeedback_binarized): the prompt is the prefix chosen
+//    and rejected share (never all of the shorter one, as in trl); a string prompt must equal that
+//    prefix's user message, which trl would silently ignore.
+//  - a leading system message is the row's system prompt; a system column or the CST system
+//    prompts as well is an error. Rows without one take the system column or the CST prompts.
+//  - the answers must then be one assistant message each. cst's chat templates render one
+//    [system,] user turn, so a multi-turn prompt or answer is an error naming the row and column,
+//    as are null roles or contents and unexpected roles.
 std::vector<PreferenceExample> build_preference_examples(const Table& table,
                                                          const PreferenceOptions& options,
                                                          PreferenceReport* report);

@@ -1,9 +1,13 @@
 // Preference examples from tables: rows used as they are, CST flipping under two system prompts,
-// the DPO baseline, and the errors for missing columns and null cells.
+// the DPO baseline, and the errors for missing columns and null cells. Message-list rows (trl's
+// conversational format) are checked against the same rows as strings: the fixtures of
+// tools/python/make_message_fixtures.py hold one set of rows in trl's format, in the
+// ultrafeedback_binarized format and as strings, and all must give identical examples and tokens.
 #include <gtest/gtest.h>
 
 #include <filesystem>
 
+#include "data/pair_tokenizer.h"
 #include "data/preference.h"
 #include "kernels/error.h"
 
@@ -158,7 +162,162 @@ TEST(Preference, IntegerColumnIsAnError) {
   table.columns[1].text.clear();
   table.columns[1].integers = {1, 2};
   EXPECT_EQ(error_of(table, cst_options()),
-            "memory.parquet: chosen column 'chosen' holds integers, expected text");
+            "memory.parquet: chosen column 'chosen' holds integers, expected text or message lists");
+}
+
+Column message_column(const std::string& name, std::vector<std::optional<Messages>> cells) {
+  Column column;
+  column.name = name;
+  column.is_messages = true;
+  column.messages = std::move(cells);
+  return column;
+}
+
+Table make_message_table(std::vector<Column> columns) {
+  Table table;
+  table.source = "memory.parquet";
+  table.num_rows = int64_t(columns.front().messages.size());
+  for (const Column& column : columns) table.columns_in_source.push_back(column.name);
+  table.columns = std::move(columns);
+  return table;
+}
+
+const std::string kFixtures = CST_SOURCE_DIR "/tests/fixtures/parquet/";
+
+void expect_same_examples(const std::vector<PreferenceExample>& got,
+                          const std::vector<PreferenceExample>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); i++) {
+    expect_example(got[i], want[i].system.c_str(), want[i].prompt.c_str(), want[i].chosen.c_str(),
+                   want[i].rejected.c_str(), want[i].source_row);
+  }
+}
+
+// The token ids and completion masks the trainer would see, for every chat template family.
+void expect_same_tokens(const std::vector<PreferenceExample>& got,
+                        const std::vector<PreferenceExample>& want) {
+  const Tokenizer tokenizer =
+      Tokenizer::from_directory(CST_SOURCE_DIR "/tests/fixtures/tokenizer/chatml");
+  for (const std::string& name : {"chatml", "llama2", "mistral_v2", "zephyr"}) {
+    const ChatTemplate chat_template = chat_template_by_name(name);
+    const auto got_pairs = tokenize_pairs(tokenizer, chat_template, got, {}, nullptr);
+    const auto want_pairs = tokenize_pairs(tokenizer, chat_template, want, {}, nullptr);
+    ASSERT_EQ(got_pairs.size(), want_pairs.size());
+    for (size_t i = 0; i < got_pairs.size(); i++) {
+      EXPECT_EQ(got_pairs[i].system, want_pairs[i].system) << name << " " << i;
+      EXPECT_EQ(got_pairs[i].chosen.ids, want_pairs[i].chosen.ids) << name << " " << i;
+      EXPECT_EQ(got_pairs[i].chosen.completion_mask, want_pairs[i].chosen.completion_mask);
+      EXPECT_EQ(got_pairs[i].rejected.ids, want_pairs[i].rejected.ids) << name << " " << i;
+      EXPECT_EQ(got_pairs[i].rejected.completion_mask, want_pairs[i].rejected.completion_mask);
+      EXPECT_EQ(got_pairs[i].prompt_length, want_pairs[i].prompt_length) << name << " " << i;
+    }
+  }
+}
+
+// trl's format: prompt = [system, user], chosen = rejected = [assistant]; the system message
+// stands where the string rows have a system column.
+TEST(PreferenceMessages, TrlConversationalRowsEqualStringRows) {
+  const auto strings = build_preference_examples(
+      read_table(kFixtures + "preference_strings.parquet", {}), PreferenceOptions{}, nullptr);
+  const auto messages = build_preference_examples(
+      read_table(kFixtures + "preference_trl_messages.parquet", {}), PreferenceOptions{}, nullptr);
+  ASSERT_EQ(strings.size(), 24u);
+  expect_same_examples(messages, strings);
+  expect_same_tokens(messages, strings);
+}
+
+// ultrafeedback_binarized: a string prompt, and answers that repeat the user turn. With CST's two
+// system prompts it flips like string rows, with or without its prompt column.
+TEST(PreferenceMessages, UltrafeedbackRowsEqualStringRowsUnderCst) {
+  PreferenceOptions options = cst_options();
+  PreferenceOptions ignore_system = cst_options();
+  ignore_system.columns.system = "";
+  const auto strings = build_preference_examples(
+      read_table(kFixtures + "preference_strings.parquet", {}), ignore_system, nullptr);
+  const std::string path = kFixtures + "preference_ultrafeedback.jsonl";
+  const auto with_prompt = build_preference_examples(read_table(path, {}), options, nullptr);
+  const auto implicit_prompt =
+      build_preference_examples(read_table(path, {"chosen", "rejected"}), options, nullptr);
+  ASSERT_EQ(strings.size(), 48u);
+  expect_same_examples(with_prompt, strings);
+  expect_same_examples(implicit_prompt, strings);
+  expect_same_tokens(with_prompt, strings);
+}
+
+TEST(PreferenceMessages, SystemMessageAndAnotherSystemSourceIsAnError) {
+  const Table table = read_table(kFixtures + "preference_trl_messages.parquet", {});
+  EXPECT_EQ(error_of(table, cst_options()),
+            table.source +
+                " row 0: the messages hold a system prompt and two system prompts were given; "
+                "drop one");
+  Table with_column = table;
+  with_column.columns.push_back(text_column("system", Cells(24, "s")));
+  with_column.columns_in_source.push_back("system");
+  EXPECT_NE(error_of(with_column, PreferenceOptions{})
+                .find("row 0: the messages hold a system prompt and the system column 'system' "
+                      "gives one"),
+            std::string::npos);
+}
+
+// trl's extract_prompt leaves its index on the last shared message when the lists never differ.
+TEST(PreferenceMessages, IdenticalAnswersKeepTheirLastMessage) {
+  const Messages both = {{"user", "q"}, {"assistant", "same"}};
+  Table table = make_message_table({message_column("chosen", {both}),
+                                    message_column("rejected", {both})});
+  auto examples = build_preference_examples(table, cst_options(), nullptr);
+  ASSERT_EQ(examples.size(), 2u);
+  expect_example(examples[0], "harmless", "q", "same", "same", 0);
+}
+
+TEST(PreferenceMessages, UnrenderableRowsNameRowAndColumn) {
+  const Messages user = {{"user", "q"}};
+  const Messages answer = {{"assistant", "a"}};
+  auto error_for = [&](std::optional<Messages> prompt, std::optional<Messages> chosen) {
+    Table table = make_message_table({message_column("prompt", {user, prompt}),
+                                      message_column("chosen", {answer, chosen}),
+                                      message_column("rejected", {answer, answer})});
+    return error_of(table, cst_options());
+  };
+  const Messages multi_turn = {{"user", "q"}, {"assistant", "a"}, {"user", "q2"}};
+  EXPECT_EQ(error_for(multi_turn, answer),
+            "memory.parquet row 1, column 'prompt': a multi-turn prompt (3 messages) cannot be "
+            "rendered; cst's chat templates render one [system,] user turn");
+  EXPECT_EQ(error_for(user, Messages{{"assistant", "a"}, {"assistant", "b"}}),
+            "memory.parquet row 1, column 'chosen': expected one assistant message after the "
+            "prompt, found 2 (multi-turn answers cannot be rendered)");
+  EXPECT_EQ(error_for(Messages{{"assistant", "q"}}, answer),
+            "memory.parquet row 1, column 'prompt', message 0: role 'assistant', expected 'user'");
+  EXPECT_EQ(error_for(user, Messages{{"assistant", std::nullopt}}),
+            "memory.parquet row 1, column 'chosen', message 0: content is null");
+  EXPECT_EQ(error_for(Messages{{"system", "s"}}, answer),
+            "memory.parquet row 1, column 'prompt': the prompt has no user message");
+  EXPECT_EQ(error_for(std::nullopt, answer), "memory.parquet row 1: column 'prompt' is null");
+}
+
+TEST(PreferenceMessages, StringPromptMustMatchTheSharedUserMessage) {
+  Table table = make_message_table(
+      {message_column("chosen", {Messages{{"user", "q"}, {"assistant", "a"}}}),
+       message_column("rejected", {Messages{{"user", "q"}, {"assistant", "b"}}})});
+  table.columns.push_back(text_column("prompt", {"another question"}));
+  table.columns_in_source.push_back("prompt");
+  EXPECT_EQ(error_of(table, cst_options()),
+            "memory.parquet row 0, column 'prompt': the prompt differs from the user message that "
+            "'chosen' and 'rejected' share");
+}
+
+TEST(PreferenceMessages, RowsWithoutAnySystemPromptAreAnError) {
+  const Messages user = {{"user", "q"}};
+  const Messages answer = {{"assistant", "a"}};
+  Table table = make_message_table({message_column("prompt", {user}),
+                                    message_column("chosen", {answer}),
+                                    message_column("rejected", {answer})});
+  EXPECT_EQ(error_of(table, PreferenceOptions{}),
+            "memory.parquet row 0: no system prompt (no system message, no system column "
+            "'system' and no system prompts given)");
+  table.columns[2] = text_column("rejected", {"a"});
+  EXPECT_EQ(error_of(table, cst_options()),
+            "memory.parquet: chosen column 'chosen' holds message lists but rejected column "
+            "'rejected' holds strings");
 }
 
 // The real multitask dataset: 1952 rows, each already carrying its system prompt.
