@@ -99,13 +99,16 @@ std::vector<Request> read_requests(const GenerateFlags& flags) {
   cst::Table table = cst::read_table(flags.prompts_file, {"prompt", "system"});
   const cst::Column* prompts = table.find("prompt");
   const cst::Column* systems = table.find("system");
-  if (!prompts || prompts->is_integer) cst::fail(flags.prompts_file, ": needs a text column 'prompt'");
+  if (!prompts) cst::fail(flags.prompts_file, ": needs a text column 'prompt'");
+  for (const cst::Column* column : {prompts, systems})
+    if (column && (column->is_integer || column->is_messages))
+      cst::fail(flags.prompts_file, ": column '", column->name, "' must be text, not ", cst::column_kind_name(*column));
   std::vector<Request> requests;
   for (int64_t row = 0; row < table.num_rows; ++row) {
     const auto& prompt = prompts->text[size_t(row)];
     if (!prompt) cst::fail(flags.prompts_file, " row ", row, ": prompt is null");
     std::string system = flags.system;
-    if (systems && !systems->is_integer && systems->text[size_t(row)]) system = *systems->text[size_t(row)];
+    if (systems && systems->text[size_t(row)]) system = *systems->text[size_t(row)];
     requests.push_back({system, *prompt});
   }
   return requests;
