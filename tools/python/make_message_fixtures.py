@@ -17,6 +17,8 @@ import random
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+import make_parquet_fixtures as parquet_fixtures
+
 OUT = os.path.join(os.path.dirname(__file__), "..", "..", "tests", "fixtures", "parquet")
 
 WORDS = ["safe", "refuse", "comply", "café", "naïve", "日本語", "안전", "🙂", "🚀✨", "", " ",
@@ -28,15 +30,11 @@ MESSAGES = pa.list_(MESSAGE)
 
 
 def random_text(rng, max_words):
-    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(0, max_words)))
+    return parquet_fixtures.random_text(rng, max_words, WORDS)
 
 
 def long_text(rng, chars):
-    pieces = []
-    while sum(len(p) for p in pieces) < chars:
-        pieces.append(rng.choice(WORDS) or "x")
-        pieces.append(str(rng.randint(0, 10**9)))
-    return "".join(pieces)
+    return parquet_fixtures.long_text(rng, chars, WORDS)
 
 
 def random_messages(rng, row, nullable):

@@ -23,15 +23,15 @@ WORDS = ["safe", "unsafe", "refuse", "comply", "café", "naïve", "Ærøskøbing
 LABELS = ["harmless", "harmful", "ünïcödé", "中文", "🙂"]
 
 
-def random_text(rng, max_words):
-    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(0, max_words)))
+def random_text(rng, max_words, words=WORDS):
+    return " ".join(rng.choice(words) for _ in range(rng.randint(0, max_words)))
 
 
-def long_text(rng, chars):
+def long_text(rng, chars, words=WORDS):
     # Mixed 1-4 byte UTF-8 so the long value also crosses page and buffer boundaries oddly.
     pieces = []
     while sum(len(p) for p in pieces) < chars:
-        pieces.append(rng.choice(WORDS) or "x")
+        pieces.append(rng.choice(words) or "x")
         pieces.append(str(rng.randint(0, 10**9)))
     return "".join(pieces)
 
