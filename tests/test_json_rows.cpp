@@ -16,6 +16,8 @@
 
 namespace cst {
 namespace {
+using testing_support::expected_messages;
+using testing_support::optional_text;
 using namespace testing_support;
 
 namespace fs = std::filesystem;
@@ -35,19 +37,6 @@ struct TempFile {
   }
   ~TempFile() { fs::remove(path); }
 };
-
-std::optional<std::string> optional_text(const nlohmann::json& value) {
-  return value.is_null() ? std::nullopt : std::optional(value.get<std::string>());
-}
-
-// A message-list cell as the generator stores it: null, or [{"role", "content"}, ...].
-std::optional<Messages> expected_messages(const nlohmann::json& cell) {
-  if (cell.is_null()) return std::nullopt;
-  Messages messages;
-  for (const nlohmann::json& message : cell)
-    messages.push_back({optional_text(message["role"]), optional_text(message["content"])});
-  return messages;
-}
 
 void expect_matches_fixture(const Table& table, const std::string& expected_name) {
   std::ifstream stream(fixture(expected_name));

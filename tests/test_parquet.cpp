@@ -17,6 +17,8 @@
 
 namespace cst {
 namespace {
+using testing_support::expected_messages;
+using testing_support::optional_text;
 using namespace testing_support;
 
 namespace fs = std::filesystem;
@@ -30,19 +32,6 @@ nlohmann::json load_expected(const std::string& name) {
   EXPECT_TRUE(stream) << "missing " << name
                       << ".expected.json: run tools/python/make_parquet_fixtures.py";
   return nlohmann::json::parse(stream);
-}
-
-std::optional<std::string> optional_text(const nlohmann::json& value) {
-  return value.is_null() ? std::nullopt : std::optional(value.get<std::string>());
-}
-
-// A message-list cell as the generator stores it: null, or [{"role", "content"}, ...].
-std::optional<Messages> expected_messages(const nlohmann::json& cell) {
-  if (cell.is_null()) return std::nullopt;
-  Messages messages;
-  for (const nlohmann::json& message : cell)
-    messages.push_back({optional_text(message["role"]), optional_text(message["content"])});
-  return messages;
 }
 
 size_t expect_message_column_matches(const Column& column, const nlohmann::json& values) {

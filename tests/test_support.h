@@ -9,7 +9,9 @@
 #include <string>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
+#include "data/table.h"
 #include "kernels/error.h"
 #include "train/demo_assets.h"
 
@@ -52,6 +54,20 @@ inline std::filesystem::path fresh_test_dir(const std::string& name) {
 inline const demo::DemoFiles& tiny_demo_files() {
   static const demo::DemoFiles files = demo::write_demo_assets(fresh_test_dir("tiny_demo").string(), 42);
   return files;
+}
+
+// A golden cell that may be null (JSON null) or a string.
+inline std::optional<std::string> optional_text(const nlohmann::json& value) {
+  return value.is_null() ? std::nullopt : std::optional(value.get<std::string>());
+}
+
+// A message-list cell as the fixture generators store it: null, or [{"role", "content"}, ...].
+inline std::optional<Messages> expected_messages(const nlohmann::json& cell) {
+  if (cell.is_null()) return std::nullopt;
+  Messages messages;
+  for (const nlohmann::json& message : cell)
+    messages.push_back({optional_text(message["role"]), optional_text(message["content"])});
+  return messages;
 }
 
 }  // namespace cst::testing_support
