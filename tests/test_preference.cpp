@@ -26,7 +26,8 @@ Column text_column(const std::string& name, Cells cells) {
 Table make_table(std::vector<Column> columns) {
   Table table;
   table.source = "memory.parquet";
-  table.num_rows = int64_t(columns.front().text.size());
+  const Column& first = columns.front();
+  table.num_rows = int64_t(first.is_messages ? first.messages.size() : first.text.size());
   for (const Column& column : columns) table.columns_in_source.push_back(column.name);
   table.columns = std::move(columns);
   return table;
@@ -173,15 +174,6 @@ Column message_column(const std::string& name, std::vector<std::optional<Message
   return column;
 }
 
-Table make_message_table(std::vector<Column> columns) {
-  Table table;
-  table.source = "memory.parquet";
-  table.num_rows = int64_t(columns.front().messages.size());
-  for (const Column& column : columns) table.columns_in_source.push_back(column.name);
-  table.columns = std::move(columns);
-  return table;
-}
-
 const std::string kFixtures = CST_SOURCE_DIR "/tests/fixtures/parquet/";
 
 void expect_same_examples(const std::vector<PreferenceExample>& got,
@@ -262,7 +254,7 @@ TEST(PreferenceMessages, SystemMessageAndAnotherSystemSourceIsAnError) {
 // trl's extract_prompt leaves its index on the last shared message when the lists never differ.
 TEST(PreferenceMessages, IdenticalAnswersKeepTheirLastMessage) {
   const Messages both = {{"user", "q"}, {"assistant", "same"}};
-  Table table = make_message_table({message_column("chosen", {both}),
+  Table table = make_table({message_column("chosen", {both}),
                                     message_column("rejected", {both})});
   auto examples = build_preference_examples(table, cst_options(), nullptr);
   ASSERT_EQ(examples.size(), 2u);
@@ -273,7 +265,7 @@ TEST(PreferenceMessages, UnrenderableRowsNameRowAndColumn) {
   const Messages user = {{"user", "q"}};
   const Messages answer = {{"assistant", "a"}};
   auto error_for = [&](std::optional<Messages> prompt, std::optional<Messages> chosen) {
-    Table table = make_message_table({message_column("prompt", {user, prompt}),
+    Table table = make_table({message_column("prompt", {user, prompt}),
                                       message_column("chosen", {answer, chosen}),
                                       message_column("rejected", {answer, answer})});
     return error_of(table, cst_options());
@@ -295,7 +287,7 @@ TEST(PreferenceMessages, UnrenderableRowsNameRowAndColumn) {
 }
 
 TEST(PreferenceMessages, StringPromptMustMatchTheSharedUserMessage) {
-  Table table = make_message_table(
+  Table table = make_table(
       {message_column("chosen", {Messages{{"user", "q"}, {"assistant", "a"}}}),
        message_column("rejected", {Messages{{"user", "q"}, {"assistant", "b"}}})});
   table.columns.push_back(text_column("prompt", {"another question"}));
@@ -308,7 +300,7 @@ TEST(PreferenceMessages, StringPromptMustMatchTheSharedUserMessage) {
 TEST(PreferenceMessages, RowsWithoutAnySystemPromptAreAnError) {
   const Messages user = {{"user", "q"}};
   const Messages answer = {{"assistant", "a"}};
-  Table table = make_message_table({message_column("prompt", {user}),
+  Table table = make_table({message_column("prompt", {user}),
                                     message_column("chosen", {answer}),
                                     message_column("rejected", {answer})});
   EXPECT_EQ(error_of(table, PreferenceOptions{}),
