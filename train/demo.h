@@ -6,7 +6,8 @@
 //     merged into the weights, so the tiny model can write answers at all;
 //  3. the DPO baseline (harmless direction only) and CST (both directions) from that model;
 //  4. the configurability table of both on held-out requests: CST follows each system prompt, the
-//     DPO baseline stays safe under the uncensored one.
+//     DPO baseline stays safe under the uncensored one; and the paper's S0/S1 from greedy answers
+//     to the first few held-out requests, graded by refusal phrases (train/evaluation.h).
 #pragma once
 #include "train/evaluation.h"
 #include "train/options.h"
@@ -19,11 +20,12 @@ struct DemoSettings {
   double preference_learning_rate = 1e-3;
   int pairs_per_batch = 4;
   int heldout_limit = 0;  // 0: every held-out request (tests use fewer)
-  int generation_examples = 3;  // held-out requests answered under each system prompt
+  int generation_examples = 10;  // held-out requests answered under each system prompt (S0/S1), >= 1
 };
 
 struct DemoOutcome {
   EvaluationReport dpo, cst;
+  ConfigurabilityScore dpo_generations, cst_generations;  // S0/S1 on generation_examples requests
   bool cst_follows_both = false;        // CST reward accuracy >= 0.9 under both system prompts
   bool dpo_follows_uncensored = false;  // DPO reward accuracy >= 0.5 under the uncensored prompt
   std::string generations;              // held-out requests answered by both models, both prompts
