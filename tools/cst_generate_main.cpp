@@ -15,6 +15,7 @@
 #include "model/generation.h"
 #include "model/lora.h"
 #include "model/transformer.h"
+#include "train/evaluation.h"
 #include "train/model_session.h"
 #include "train/respond.h"
 
@@ -114,12 +115,6 @@ std::vector<Request> read_requests(const GenerateFlags& flags) {
   return requests;
 }
 
-std::string markdown_cell(std::string text) {
-  std::string cell;
-  for (char c : text) cell += c == '\n' ? std::string("<br>") : c == '|' ? std::string("\\|") : std::string(1, c);
-  return cell;
-}
-
 int generate_all(int argc, char** argv);
 
 // Runs the generation; on any error the temporary output files are removed before it propagates.
@@ -176,8 +171,8 @@ int generate_all(int argc, char** argv) {
       std::fprintf(stderr, "\n(%lld tokens, %.1f tokens/s)\n", (long long)answer.tokens, double(answer.tokens) / answer.seconds);
     if (jsonl.is_open()) {
       jsonl << nlohmann::json{{"prompt", request.prompt}, {"response", response}, {"system_prompt", request.system}}.dump() << "\n";
-      markdown << "| " << markdown_cell(request.prompt) << " | " << markdown_cell(response) << " | "
-               << markdown_cell(request.system) << " |\n";
+      markdown << "| " << cst::markdown_cell(request.prompt) << " | " << cst::markdown_cell(response) << " | "
+               << cst::markdown_cell(request.system) << " |\n";
     } else if (!stream) {
       std::printf("%s\n", response.c_str());
     }

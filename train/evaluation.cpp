@@ -227,8 +227,7 @@ ConfigurabilityScore evaluate_generations(Transformer& transformer, const Tokeni
   return score_answers(std::move(answers), harmless_system, uncensored_system);
 }
 
-// A markdown table cell: line breaks become <br>, pipes are escaped.
-static std::string markdown_cell(const std::string& text) {
+std::string markdown_cell(const std::string& text) {
   std::string cell;
   for (char c : text) cell += c == '\n' ? std::string("<br>") : c == '|' ? std::string("\\|") : std::string(1, c);
   return cell;

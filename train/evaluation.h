@@ -92,6 +92,9 @@ ConfigurabilityScore evaluate_generations(Transformer& transformer, const Tokeni
                                           const std::string& harmless_system, const std::string& uncensored_system,
                                           int max_new_tokens, const RefusalGrader& grader);
 
+// A markdown table cell: line breaks become <br>, pipes are escaped (also for cst_generate).
+std::string markdown_cell(const std::string& text);
+
 // The graded answers as jsonl (prompt, system_prompt, response, refused), and the same as a
 // markdown table next to it (path with the extension .md).
 void write_graded_answers(const std::vector<GradedAnswer>& answers, const std::string& jsonl_path);
