@@ -151,6 +151,36 @@ CST_FLASH_DEVICE void load_query_dout_tiles(bf16* q_tile, bf16* dout_tile,
   load_tile_async<kHeadDim>(dout_tile, p.dout, p.heads, rows, thread);
 }
 
+// The key tiles a query tile attends to, streamed through two shared-memory buffers of K and V
+// (the forward and dQ kernels): the range its causal window reaches, and tile i of that range.
+template <int kHeadDim>
+struct KeyTileStream {
+  static constexpr int kTileElements = kTileRows * kHeadDim;
+  bf16* k_tiles;  // two buffers each: compute on one, fill the other
+  bf16* v_tiles;
+  int first_tile, last_tile;
+
+  CST_FLASH_DEVICE int count() const { return last_tile - first_tile + 1; }
+  CST_FLASH_DEVICE int key0(int i) const { return (first_tile + i) * kTileRows; }
+  CST_FLASH_DEVICE const bf16* k(int buffer) const { return k_tiles + buffer * kTileElements; }
+  CST_FLASH_DEVICE const bf16* v(int buffer) const { return v_tiles + buffer * kTileElements; }
+  // Starts the copies of tile i into a buffer.
+  CST_FLASH_DEVICE void load(int i, int buffer, const AttentionParams& p, int seq_start, int seq_len,
+                             int kv_head, int thread) const {
+    load_key_value_tiles<kHeadDim>(k_tiles + buffer * kTileElements, v_tiles + buffer * kTileElements, p,
+                                   tile_source(seq_start, seq_len, key0(i), kv_head), thread);
+  }
+};
+
+// The stream of the query tile at query0, its buffers at k_tiles (two K tiles, then two V tiles).
+template <int kHeadDim>
+CST_FLASH_DEVICE KeyTileStream<kHeadDim> key_tile_stream(bf16* k_tiles, int query0, int seq_len,
+                                                         int window) {
+  KeyTileStream<kHeadDim> stream{k_tiles, k_tiles + 2 * KeyTileStream<kHeadDim>::kTileElements, 0, 0};
+  key_tile_range(query0, seq_len, window, stream.first_tile, stream.last_tile);
+  return stream;
+}
+
 // The pipeline of every kernel: compute(i, buffer) for i = 0 .. count-1 with tile i in buffer
 // i % 2, while the copies of tile i + 1 (started by load(i + 1, buffer)) fill the other buffer.
 // The caller has started tile 0's copies, and any others it needs from the start.
@@ -286,17 +316,11 @@ CST_FLASH_DEVICE void forward_block(const AttentionParams& p, char* shared, Tile
   const int kv_head = at.head / (p.heads / p.kv_heads);
   const float scale_log2 = p.scale * kLog2e;
 
-  constexpr int kTileElements = kTileRows * kHeadDim;
   bf16* q_tile = reinterpret_cast<bf16*>(shared);
-  bf16* k_tiles = q_tile + kTileElements;        // two buffers: compute on one, fill the other
-  bf16* v_tiles = k_tiles + 2 * kTileElements;
-
-  int first_tile, last_tile;
-  key_tile_range(query0, seq_len, p.window, first_tile, last_tile);
+  const KeyTileStream<kHeadDim> keys =
+      key_tile_stream<kHeadDim>(q_tile + kTileRows * kHeadDim, query0, seq_len, p.window);
   auto load_key_tile = [&](int i, int buffer) {
-    load_key_value_tiles<kHeadDim>(
-        k_tiles + buffer * kTileElements, v_tiles + buffer * kTileElements, p,
-        tile_source(seq_start, seq_len, (first_tile + i) * kTileRows, kv_head), thread);
+    keys.load(i, buffer, p, seq_start, seq_len, kv_head, thread);
   };
   const TileSource query_rows = tile_source(seq_start, seq_len, query0, at.head);
   load_tile_async<kHeadDim>(q_tile, p.q, p.heads, query_rows, thread);
@@ -307,10 +331,10 @@ CST_FLASH_DEVICE void forward_block(const AttentionParams& p, char* shared, Tile
   float row_max[2] = {-INFINITY, -INFINITY};
   float row_sum[2] = {0.0f, 0.0f};  // this thread's share; the quad's shares are summed at the end
 
-  double_buffered_loop(last_tile - first_tile + 1, load_key_tile, [&](int i, int buffer) {
-    const bf16* k_tile = k_tiles + buffer * kTileElements;
-    const bf16* v_tile = v_tiles + buffer * kTileElements;
-    const int key0 = (first_tile + i) * kTileRows;
+  double_buffered_loop(keys.count(), load_key_tile, [&](int i, int buffer) {
+    const bf16* k_tile = keys.k(buffer);
+    const bf16* v_tile = keys.v(buffer);
+    const int key0 = keys.key0(i);
 
     float scores[8][4];
     multiply_rows_by_rows<kHeadDim, kTileRows>(scores, q_tile, warp_row0, k_tile, 0, lane);
@@ -475,18 +499,12 @@ CST_FLASH_DEVICE void backward_dq_block(const AttentionParams& p, char* shared,
   const float scale_log2 = p.scale * kLog2e;
   constexpr int kColumns = backward_score_columns<kHeadDim>();
 
-  constexpr int kTileElements = kTileRows * kHeadDim;
   bf16* q_tile = reinterpret_cast<bf16*>(shared);
-  bf16* dout_tile = q_tile + kTileElements;
-  bf16* k_tiles = dout_tile + kTileElements;     // two buffers each
-  bf16* v_tiles = k_tiles + 2 * kTileElements;
-
-  int first_tile, last_tile;
-  key_tile_range(query0, seq_len, p.window, first_tile, last_tile);
+  bf16* dout_tile = q_tile + kTileRows * kHeadDim;
+  const KeyTileStream<kHeadDim> keys =
+      key_tile_stream<kHeadDim>(dout_tile + kTileRows * kHeadDim, query0, seq_len, p.window);
   auto load_key_tile = [&](int i, int buffer) {
-    load_key_value_tiles<kHeadDim>(
-        k_tiles + buffer * kTileElements, v_tiles + buffer * kTileElements, p,
-        tile_source(seq_start, seq_len, (first_tile + i) * kTileRows, kv_head), thread);
+    keys.load(i, buffer, p, seq_start, seq_len, kv_head, thread);
   };
   const TileSource query_rows = tile_source(seq_start, seq_len, query0, at.head);
   load_query_dout_tiles<kHeadDim>(q_tile, dout_tile, p, query_rows, thread);
@@ -502,10 +520,10 @@ CST_FLASH_DEVICE void backward_dq_block(const AttentionParams& p, char* shared,
   }
 
   float dq[kHeadDim / 8][4] = {};
-  double_buffered_loop(last_tile - first_tile + 1, load_key_tile, [&](int i, int buffer) {
-    const bf16* k_tile = k_tiles + buffer * kTileElements;
-    const bf16* v_tile = v_tiles + buffer * kTileElements;
-    const int key0 = (first_tile + i) * kTileRows;
+  double_buffered_loop(keys.count(), load_key_tile, [&](int i, int buffer) {
+    const bf16* k_tile = keys.k(buffer);
+    const bf16* v_tile = keys.v(buffer);
+    const int key0 = keys.key0(i);
     const bool masked = !tiles_fully_visible(query0, key0, seq_len, p.window);
 
     for (int column0 = 0; column0 < kTileRows; column0 += kColumns) {
