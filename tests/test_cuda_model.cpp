@@ -26,6 +26,7 @@
 #include "tests/golden_support.h"
 #include "train/demo_assets.h"
 #include "train/trainer.h"
+#include "tests/test_support.h"
 
 namespace cst {
 namespace {
@@ -91,9 +92,9 @@ TEST(CudaModel, TokenIdOutsideTheVocabularyIsAnError) {
   EXPECT_NO_THROW(transformer.forward(batch.spans(), ForwardOptions{}));
 }
 
-std::vector<double> losses_of_run(const std::string& device, const demo::DemoFiles& files) {
-  const fs::path run = fs::temp_directory_path() / ("cst_test_cuda_model_" + device);
-  fs::remove_all(run);
+std::vector<double> losses_of_run(const std::string& device) {
+  const demo::DemoFiles& files = testing_support::tiny_demo_files();
+  const fs::path run = testing_support::fresh_test_dir("cuda_model_" + device);
   TrainOptions options;
   options.model_path = files.model_bin;
   options.data_path = files.train_jsonl;
@@ -120,9 +121,7 @@ std::vector<double> losses_of_run(const std::string& device, const demo::DemoFil
 
 TEST(CudaModel, FiftyTrainingStepsTrackTheCpuLossCurve) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: the CUDA training loop is checked by tools/gpu_check.sh";
-  const fs::path assets = fs::temp_directory_path() / "cst_test_cuda_model_assets";
-  demo::DemoFiles files = demo::write_demo_assets(assets.string(), 42);
-  std::vector<double> cpu = losses_of_run("cpu", files), gpu = losses_of_run("cuda", files);
+  std::vector<double> cpu = losses_of_run("cpu"), gpu = losses_of_run("cuda");
   ASSERT_EQ(cpu.size(), 50u);
   ASSERT_EQ(gpu.size(), 50u);
   double worst = 0;
