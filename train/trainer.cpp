@@ -429,8 +429,8 @@ TrainingOutcome Trainer::run() {
   if (options_.precompute_ref_log_probs && objective_.objective == Objective::preference && !objective_.reference_free)
     precompute_reference();
 
-  if (group_.is_main() && session_.device == Device::cpu && !blas_kernel_hint().empty())
-    std::fprintf(stderr, "%s\n", blas_kernel_hint().c_str());
+  if (group_.is_main() && session_.device == Device::cpu)
+    if (const std::string hint = blas_kernel_hint(); !hint.empty()) std::fprintf(stderr, "%s\n", hint.c_str());
   if (group_.is_main())
     std::fprintf(stderr, "training: %lld LoRA parameters (r=%d) on %s, %ld steps of %d x %d x %d pairs (batch x accumulation x workers)\n",
                  (long long)lora_->num_parameters(), options_.lora_r, device_name(session_.device), total_steps,
