@@ -1,8 +1,8 @@
 // Cached-decoding attention on the GPU: one warp per (new token, query head). Each lane holds
-// D / 32 dimensions of q and of the output; the warp walks the visible cached keys once with an
-// online softmax (running max m and sum l, rescaling the accumulator when m grows), so nothing
-// proportional to the sequence is stored. Decoding is memory-bound on the cache reads; this simple
-// form reads each key and value row once per query head.
+// D / 32 dimensions of q and of the output; the warp walks the visible cached keys of the token's
+// sequence once with an online softmax (running max m and sum l, rescaling the accumulator when m
+// grows), so nothing proportional to the sequence is stored. Decoding is memory-bound on the cache
+// reads; this simple form reads each key and value row once per query head.
 #include "kernels/attention_decode.h"
 #include "kernels/cuda_common.cuh"
 #include "kernels/cuda_utils.cuh"
@@ -14,17 +14,26 @@ constexpr int kMaxDimsPerLane = 8;  // head_dim <= 256
 
 template <class T>
 __global__ void attention_decode_kernel(T* out, const T* q, const T* k_cache, const T* v_cache,
-                                        int64_t n, int64_t start, int heads, int kv_heads,
-                                        int head_dim, int window, float scale) {
-  const int warp = int((blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32);
+                                        const int32_t* cache_rows, const int32_t* positions, int64_t n,
+                                        int64_t rows, int heads, int kv_heads, int head_dim, int window,
+                                        float scale, BadIndexNote* note, BadIndexLabel label) {
+  const int64_t warp = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (warp >= n * heads) return;
   const int64_t i = warp / heads;
-  const int h = warp % heads;
+  const int h = int(warp % heads);
   const int kv_head = h / (heads / kv_heads);
-  const int64_t position = start + i;
-  const int64_t first = window > 0 ? max(int64_t(0), position - window + 1) : 0;
+  const int64_t position = positions[i];
+  const int64_t base = cache_rows[i] - position;  // the cache row of the sequence's position 0
   const int per_lane = head_dim / 32;
+  T* out_row = out + (i * heads + h) * head_dim;
+  if (position < 0 || base < 0 || base + position >= rows) {
+    const int64_t bad_row = position < 0 || base < 0 ? base : base + position;
+    if (h == 0 && lane == 0) record_bad_index(note, label, i, int32_t(bad_row), rows);
+    for (int d = 0; d < per_lane; ++d) out_row[lane + 32 * d] = from_float<T>(0.0f);
+    return;
+  }
+  const int64_t first = window > 0 ? max(int64_t(0), position - window + 1) : 0;
 
   float q_part[kMaxDimsPerLane], acc[kMaxDimsPerLane];
   const T* q_row = q + (i * heads + h) * head_dim;
@@ -34,7 +43,7 @@ __global__ void attention_decode_kernel(T* out, const T* q, const T* k_cache, co
   }
   float running_max = -INFINITY, running_sum = 0.0f;
   for (int64_t j = first; j <= position; ++j) {
-    const int64_t row = (j * kv_heads + kv_head) * head_dim;
+    const int64_t row = ((base + j) * kv_heads + kv_head) * head_dim;
     float partial = 0.0f;
     for (int d = 0; d < per_lane; ++d) partial += q_part[d] * to_float(k_cache[row + lane + 32 * d]);
     const float score = warp_sum(partial) * scale;
@@ -46,36 +55,34 @@ __global__ void attention_decode_kernel(T* out, const T* q, const T* k_cache, co
       acc[d] = acc[d] * rescale + weight * to_float(v_cache[row + lane + 32 * d]);
     running_max = new_max;
   }
-  T* out_row = out + (i * heads + h) * head_dim;
   for (int d = 0; d < per_lane; ++d) out_row[lane + 32 * d] = from_float<T>(acc[d] / running_sum);
 }
 
 }  // namespace
 
-void attention_decode(const Tensor& out, const Tensor& q, const Tensor& k_cache,
-                      const Tensor& v_cache, int64_t start, const AttentionShape& shape) {
+void attention_decode(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                      const Tensor& cache_rows, const Tensor& positions, const AttentionShape& shape) {
+  const char* op = "attention_decode";
+  for (const Tensor* t : {&out, &q, &k_cache, &v_cache, &cache_rows, &positions}) check_on_gpu(*t, op, "every argument");
   if (shape.head_dim % 32 != 0 || shape.head_dim > 32 * kMaxDimsPerLane)
     fail("attention_decode on CUDA: head_dim ", shape.head_dim, " must be a multiple of 32 up to 256");
   if (q.dtype != k_cache.dtype || q.dtype != v_cache.dtype || q.dtype != out.dtype)
     fail("attention_decode on CUDA: q, caches and out must share a dtype");
-  const int64_t n = q.shape[0];
+  const int64_t n = q.shape[0], rows = k_cache.shape[0];
+  if (n == 0) return;
   const int64_t warps = n * shape.heads;
   const int threads = 256;
   const int blocks = ceil_div(warps * 32, threads);
   const float scale = 1.0f / sqrtf(float(shape.head_dim));
-  if (q.dtype == DType::bf16) {
+  const BadIndexLabel rows_name{"attention_decode: the first or last cache row of token", "the cache's rows"};
+  with_float_type(q, op, "q", [&](auto tag) {
+    using T = decltype(tag);
     attention_decode_kernel<<<blocks, threads, 0, stream()>>>(
-        static_cast<__nv_bfloat16*>(out.data), static_cast<const __nv_bfloat16*>(q.data),
-        static_cast<const __nv_bfloat16*>(k_cache.data), static_cast<const __nv_bfloat16*>(v_cache.data),
-        n, start, shape.heads, shape.kv_heads, shape.head_dim, shape.window, scale);
-  } else if (q.dtype == DType::f32) {
-    attention_decode_kernel<<<blocks, threads, 0, stream()>>>(
-        out.f32(), q.f32(), k_cache.f32(), v_cache.f32(), n, start, shape.heads, shape.kv_heads,
-        shape.head_dim, shape.window, scale);
-  } else {
-    fail("attention_decode on CUDA: unsupported dtype ", dtype_name(q.dtype));
-  }
-  CUDA_CHECK_LAUNCH();
+        static_cast<T*>(out.data), static_cast<const T*>(q.data), static_cast<const T*>(k_cache.data),
+        static_cast<const T*>(v_cache.data), cache_rows.i32(), positions.i32(), n, rows, shape.heads,
+        shape.kv_heads, shape.head_dim, shape.window, scale, bad_index_note(), rows_name);
+    CUDA_CHECK_LAUNCH();
+  });
 }
 
 }  // namespace cst::cuda

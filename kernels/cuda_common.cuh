@@ -32,11 +32,18 @@ template <> __device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
 // bounds and records the index in this note, which lives in pinned host memory mapped into the
 // device. The host raises it as a cst::Error at its next synchronisation (synchronize() and
 // copy_bytes(), so every download), with the message the CPU reference gives at once.
-struct BadIndexNote {
-  // `what` names the argument ("embedding_forward: ids"): a host string literal whose address the
-  // kernel only copies. position and value share one 64-bit word so that two threads recording
-  // at once cannot leave one's position beside the other's value.
+// What the message says: the argument ("embedding_forward: ids") and the range its values must
+// be in ("the vocabulary"), host string literals whose addresses the kernel only copies (a literal
+// named in device code would have a device address).
+struct BadIndexLabel {
   const char* what;
+  const char* range;
+};
+
+struct BadIndexNote {
+  // position and value share one 64-bit word so that two threads recording at once cannot leave
+  // one's position beside the other's value.
+  BadIndexLabel label;
   int64_t limit;                      // valid indices are [0, limit)
   unsigned long long position_value;  // position << 32 | uint32(value)
   int recorded;
@@ -46,12 +53,12 @@ struct BadIndexNote {
 BadIndexNote* bad_index_note();
 
 // The first launch to find a bad index keeps the note, so the error names the earliest one.
-// Threads of one launch may all write: they write the same `what` and `limit`, and each its own
+// Threads of one launch may all write: they write the same label and limit, and each its own
 // position and value in one store.
-__device__ inline void record_bad_index(BadIndexNote* note, const char* what, int64_t position,
+__device__ inline void record_bad_index(BadIndexNote* note, BadIndexLabel label, int64_t position,
                                         int32_t value, int64_t limit) {
   if (*static_cast<volatile int*>(&note->recorded)) return;
-  note->what = what;
+  note->label = label;
   note->limit = limit;
   note->position_value = (static_cast<unsigned long long>(position) << 32) | uint32_t(value);
   __threadfence_system();  // the fields reach host memory before the flag that announces them

@@ -60,12 +60,13 @@ BadIndexNote* bad_index_note() { return note_memory().device; }
 static void raise_bad_index() {
   volatile BadIndexNote* note = note_memory().host;
   if (!note->recorded) return;
-  const char* what = note->what;
+  const char* what = note->label.what;
+  const char* range = note->label.range;
   int64_t limit = note->limit;
   unsigned long long position_value = note->position_value;
   note->recorded = 0;
   fail(what, "[", position_value >> 32, "] = ", int32_t(uint32_t(position_value)),
-       " is outside the vocabulary [0, ", limit, ")");
+       " is outside ", range, " [0, ", limit, ")");
 }
 
 void copy_bytes(void* destination, const void* source, size_t bytes) {

@@ -28,10 +28,10 @@ constexpr int kRowThreads = 256;
 // the bad-index note (raised at the next synchronisation; thread 0 of the row's block writes it)
 // and the token treated as unlabelled.
 __device__ inline int32_t usable_label(const int32_t* labels, int64_t token, int64_t vocab,
-                                       BadIndexNote* note, const char* what) {
+                                       BadIndexNote* note, BadIndexLabel label_name) {
   int32_t label = labels[token];
   if (label >= vocab) {
-    if (threadIdx.x == 0) record_bad_index(note, what, token, label, vocab);
+    if (threadIdx.x == 0) record_bad_index(note, label_name, token, label, vocab);
     return -1;
   }
   return label < 0 ? -1 : label;
@@ -53,7 +53,7 @@ __device__ inline SoftmaxState merge(SoftmaxState a, SoftmaxState b) {
 // One block per row of the chunk's logits (rows, vocab); row r is token first_token + r.
 __global__ void logit_stats_kernel(float* logps, float* lse, float* logit_sums, const float* logits,
                                    int64_t vocab, int64_t first_token, const int32_t* labels,
-                                   BadIndexNote* note, const char* labels_name) {
+                                   BadIndexNote* note, BadIndexLabel labels_name) {
   const int64_t token = first_token + blockIdx.x;
   // The whole block reads the same label, so it leaves together, before any barrier.
   const int32_t label = usable_label(labels, token, vocab, note, labels_name);
@@ -105,7 +105,7 @@ __global__ void logit_stats_kernel(float* logps, float* lse, float* logit_sums, 
 template <class TZ>
 __global__ void logit_grad_kernel(TZ* dz, const float* logits, int64_t vocab, int64_t first_token,
                                   const int32_t* labels, const float* dlogps, const float* lse,
-                                  BadIndexNote* note, const char* labels_name) {
+                                  BadIndexNote* note, BadIndexLabel labels_name) {
   const int64_t offset = int64_t(blockIdx.x) * vocab, token = first_token + blockIdx.x;
   const int32_t label = usable_label(labels, token, vocab, note, labels_name);
   const float dlogp = label < 0 ? 0.0f : dlogps[token], row_lse = lse[token];
@@ -161,7 +161,7 @@ void logprobs_forward(const Tensor& logps, const Tensor& lse, const Tensor& logi
   check_logprobs_tensors(op, hidden, lm_head, labels, {&logps, &lse, &logit_sums}, scratch);
   const int64_t vocab = lm_head.shape[0];
   if (hidden.shape[0] == 0) return;
-  const char* labels_name = "logprobs_forward: labels";
+  const BadIndexLabel labels_name{"logprobs_forward: labels", "the vocabulary"};
   for_each_logit_chunk(hidden, lm_head, scratch, [&](int64_t begin, int64_t rows, const Tensor& logits) {
     logit_stats_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(
         logps.f32(), lse.f32(), logit_sums.f32(), logits.f32(), vocab, begin, labels.i32(),
@@ -179,7 +179,7 @@ void logprobs_backward(const Tensor& dhidden, const Tensor& dlogps, const Tensor
   check_dims(dhidden, {hidden.shape[0], hidden.shape[1]}, op, "dhidden");
   const int64_t tokens = hidden.shape[0], vocab = lm_head.shape[0];
   if (tokens == 0) return;
-  const char* labels_name = "logprobs_backward: labels";
+  const BadIndexLabel labels_name{"logprobs_backward: labels", "the vocabulary"};
   Tensor dz = scratch.alloc({std::min(logprobs_chunk_tokens(vocab), tokens), vocab}, lm_head.dtype);
   for_each_logit_chunk(hidden, lm_head, scratch, [&](int64_t begin, int64_t rows, const Tensor& logits) {
     Tensor chunk_dz = dz.rows(0, rows);

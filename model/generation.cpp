@@ -44,21 +44,47 @@ int32_t sample_token(const std::vector<float>& logits, const GenerationOptions& 
 std::vector<int32_t> generate(Transformer& transformer, const std::vector<int32_t>& prompt,
                               const GenerationOptions& options,
                               const std::function<void(int32_t)>& on_token) {
-  if (prompt.empty()) fail("generation needs a non-empty prompt");
-  const ModelConfig& config = transformer.config();
-  const int64_t capacity = int64_t(prompt.size()) + options.max_new_tokens;
-  if (config.max_position_embeddings > 0 && capacity > config.max_position_embeddings)
-    fail("prompt (", prompt.size(), " tokens) + max_new_tokens (", options.max_new_tokens,
-         ") exceeds the model's ", config.max_position_embeddings, " positions");
-  KvCache cache(config, transformer.device(), transformer.weights_dtype(), capacity);
-  std::vector<int32_t> generated;
-  std::vector<float> logits = transformer.decode(prompt, cache, options.adapters_enabled);
-  for (int step = 0; step < options.max_new_tokens; ++step) {
-    const int32_t token = sample_token(logits, options, counter_uniform(options.seed, 0, uint64_t(step)));
-    generated.push_back(token);
+  return generate_batch(transformer, {prompt}, options, [&](size_t, int32_t token) {
     if (on_token) on_token(token);
-    if (std::find(options.stop_tokens.begin(), options.stop_tokens.end(), token) != options.stop_tokens.end()) break;
-    if (step + 1 < options.max_new_tokens) logits = transformer.decode(std::span<const int32_t>(&token, 1), cache, options.adapters_enabled);
+  })[0];
+}
+
+std::vector<std::vector<int32_t>> generate_batch(Transformer& transformer,
+                                                 const std::vector<std::vector<int32_t>>& prompts,
+                                                 const GenerationOptions& options,
+                                                 const std::function<void(size_t, int32_t)>& on_token) {
+  if (prompts.empty()) return {};
+  size_t longest = 0;
+  for (const std::vector<int32_t>& prompt : prompts) {
+    if (prompt.empty()) fail("generation needs a non-empty prompt");
+    longest = std::max(longest, prompt.size());
+  }
+  const ModelConfig& config = transformer.config();
+  const int64_t capacity = int64_t(longest) + std::max(options.max_new_tokens, 0);
+  if (config.max_position_embeddings > 0 && capacity > config.max_position_embeddings)
+    fail("prompt (", longest, " tokens) + max_new_tokens (", options.max_new_tokens,
+         ") exceeds the model's ", config.max_position_embeddings, " positions");
+  KvCache cache(config, transformer.device(), transformer.weights_dtype(), int64_t(prompts.size()), capacity);
+  std::vector<std::vector<int32_t>> generated(prompts.size());
+  // The sequences still generating, in the order of the logits rows the last decode returned.
+  std::vector<DecodePiece> pieces;
+  for (size_t i = 0; i < prompts.size(); ++i) pieces.push_back({int64_t(i), prompts[i]});
+  const int64_t vocab = config.vocab_size;
+  for (int step = 0; step < options.max_new_tokens && !pieces.empty(); ++step) {
+    const std::vector<float> logits = transformer.decode(pieces, cache, options.adapters_enabled);
+    const double draw = counter_uniform(options.seed, 0, uint64_t(step));  // every prompt's, as alone
+    std::vector<DecodePiece> unfinished;
+    for (size_t row = 0; row < pieces.size(); ++row) {
+      const size_t sequence = size_t(pieces[row].sequence);
+      const std::vector<float> row_logits(logits.begin() + int64_t(row) * vocab, logits.begin() + int64_t(row + 1) * vocab);
+      const int32_t token = sample_token(row_logits, options, draw);
+      generated[sequence].push_back(token);
+      if (on_token) on_token(sequence, token);
+      const bool stopped = std::find(options.stop_tokens.begin(), options.stop_tokens.end(), token) != options.stop_tokens.end();
+      // The span stays valid until this sequence's next token is pushed, after the next decode.
+      if (!stopped) unfinished.push_back({int64_t(sequence), std::span<const int32_t>(&generated[sequence].back(), 1)});
+    }
+    pieces = std::move(unfinished);
   }
   return generated;
 }

@@ -34,4 +34,13 @@ std::vector<int32_t> generate(Transformer& transformer, const std::vector<int32_
                               const GenerationOptions& options,
                               const std::function<void(int32_t)>& on_token = {});
 
+// Several prompts at once: one prefill of all of them, then each step runs one token of every
+// unfinished sequence in one forward (a sequence leaves the batch when it stops). Each prompt gets
+// the tokens generate() gives it alone: the same draws, so the same tokens up to the rounding
+// differences of batched matrix products. on_token(prompt index, token) may be empty.
+std::vector<std::vector<int32_t>> generate_batch(Transformer& transformer,
+                                                 const std::vector<std::vector<int32_t>>& prompts,
+                                                 const GenerationOptions& options,
+                                                 const std::function<void(size_t, int32_t)>& on_token = {});
+
 }  // namespace cst

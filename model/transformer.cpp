@@ -79,9 +79,9 @@ static LoraLinearGroup input_group_layers(const ModelWeights& weights, LoraAdapt
 }
 
 // The batch's token ids, positions and labels travel to the device in one copy, as the rows of
-// one (3, N) i32 tensor; the ops read them there for the whole forward and backward and never
-// copy them back (cu_seqlens stays on the host: the attention op takes it there).
-void Transformer::upload_batch(const TokenSpans& batch) {
+// one (3, N) i32 tensor followed by `extra`; the ops read them there for the whole forward and
+// backward and never copy them back (cu_seqlens stays on the host: the attention op takes it there).
+Tensor Transformer::upload_batch(const TokenSpans& batch, std::span<const int32_t> extra) {
   const size_t n = batch.tokens.size();
   CST_CHECK(batch.positions.size() == n && batch.labels.size() == n, "batch spans differ in length");
   CST_CHECK(batch.cu_seqlens.size() >= 2 && batch.cu_seqlens.front() == 0 &&
@@ -93,53 +93,61 @@ void Transformer::upload_batch(const TokenSpans& batch) {
       fail("position ", position, " is outside the model's range [0, ",
            config_.max_position_embeddings, ")");
   std::vector<int32_t> staged;
-  staged.reserve(3 * n);
-  for (std::span<const int32_t> row : {batch.tokens, batch.positions, batch.labels})
+  staged.reserve(3 * n + extra.size());
+  for (std::span<const int32_t> row : {batch.tokens, batch.positions, batch.labels, extra})
     staged.insert(staged.end(), row.begin(), row.end());
   Saved& saved = *saved_;
   saved.arena.reset();
   saved.cu_seqlens.assign(batch.cu_seqlens.begin(), batch.cu_seqlens.end());
   const int64_t count = int64_t(n);
-  Tensor device_batch = saved.arena.alloc({3, count}, DType::i32);
-  copy_tensor(device_batch, make_view(staged.data(), {3, count}, DType::i32, Device::cpu));
-  saved.tokens = device_batch.rows(0, 1).reshaped({count});
-  saved.positions = device_batch.rows(1, 2).reshaped({count});
-  saved.labels = device_batch.rows(2, 3).reshaped({count});
+  Tensor device_batch = saved.arena.alloc({int64_t(staged.size())}, DType::i32);
+  copy_tensor(device_batch, make_view(staged.data(), {int64_t(staged.size())}, DType::i32, Device::cpu));
+  saved.tokens = device_batch.rows(0, count);
+  saved.positions = device_batch.rows(count, 2 * count);
+  saved.labels = device_batch.rows(2 * count, 3 * count);
+  return device_batch.rows(3 * count, int64_t(staged.size()));
 }
 
-KvCache::KvCache(const ModelConfig& config, Device device, DType dtype, int64_t capacity_tokens)
-    : capacity(capacity_tokens) {
+KvCache::KvCache(const ModelConfig& config, Device device, DType dtype, int64_t sequences, int64_t capacity_tokens)
+    : capacity(capacity_tokens), lengths(size_t(sequences), 0) {
+  const int64_t rows = sequences * capacity;
+  if (sequences <= 0 || capacity <= 0 || rows > INT32_MAX)
+    fail("a KV cache of ", sequences, " sequences x ", capacity, " tokens is not possible");
   for (int layer = 0; layer < config.num_layers; ++layer) {
-    keys.emplace_back(std::initializer_list<int64_t>{capacity, config.num_kv_heads, config.head_dim}, dtype, device);
-    values.emplace_back(std::initializer_list<int64_t>{capacity, config.num_kv_heads, config.head_dim}, dtype, device);
+    keys.emplace_back(std::initializer_list<int64_t>{rows, config.num_kv_heads, config.head_dim}, dtype, device);
+    values.emplace_back(std::initializer_list<int64_t>{rows, config.num_kv_heads, config.head_dim}, dtype, device);
   }
 }
 
-// Attention of one layer. With a cache, the new keys and values are appended first; a prefill
-// (empty cache) runs the training kernel, later tokens the decoding kernel.
-static void layer_attention(LayerActivations& a, const std::vector<int32_t>& cu_seqlens,
-                            const AttentionShape& shape, KvCache* cache, int layer) {
-  if (!cache) {
-    attention_forward(a.attention, a.lse, a.q, a.k, a.v, cu_seqlens, shape);
-    return;
+// What a decoding forward needs besides the batch: the cache, the cache row of each new token
+// (N, i32 on the device), and whether every piece starts its sequence.
+struct Transformer::CacheUpdate {
+  KvCache* cache;
+  Tensor rows;
+  bool prefill;
+};
+
+// Attention of one layer. With a cache, the new keys and values are written into it first; a
+// prefill runs the training kernel, later tokens the decoding kernel over the cache.
+static void layer_attention(LayerActivations& a, const std::vector<int32_t>& cu_seqlens, const Tensor& positions,
+                            const AttentionShape& shape, KvCache* cache, const Tensor& cache_rows,
+                            bool prefill, int layer) {
+  if (cache) {
+    const Tensor& keys = cache->keys[size_t(layer)].view;
+    const Tensor& values = cache->values[size_t(layer)].view;
+    const int64_t n = a.k.dim(0), width = a.k.dim(1) * a.k.dim(2), rows = keys.dim(0);
+    scatter_rows(keys.reshaped({rows, width}), cache_rows, a.k.reshaped({n, width}));
+    scatter_rows(values.reshaped({rows, width}), cache_rows, a.v.reshaped({n, width}));
+    if (!prefill) return attention_decode(a.attention, a.q, keys, values, cache_rows, positions, shape);
   }
-  const int64_t n = a.q.dim(0), start = cache->length;
-  if (start + n > cache->capacity)
-    fail("generation exceeds the KV cache of ", cache->capacity, " tokens");
-  copy_tensor(cache->keys[size_t(layer)].view.rows(start, start + n), a.k);
-  copy_tensor(cache->values[size_t(layer)].view.rows(start, start + n), a.v);
-  if (start == 0) {
-    attention_forward(a.attention, a.lse, a.q, a.k, a.v, cu_seqlens, shape);
-  } else {
-    attention_decode(a.attention, a.q, cache->keys[size_t(layer)].view, cache->values[size_t(layer)].view,
-                     start, shape);
-  }
+  attention_forward(a.attention, a.lse, a.q, a.k, a.v, cu_seqlens, shape);
 }
 
 // One decoder layer: every intermediate the backward needs is allocated in `arena` and returned;
 // the layer's output is written into `out` (N, C).
 LayerActivations Transformer::layer_forward(int layer, const Tensor& x, const Tensor& out,
-                                            const ForwardOptions& options, KvCache* cache, Arena& arena) {
+                                            const ForwardOptions& options, const CacheUpdate* update,
+                                            Arena& arena) {
   NvtxRange range("layer " + std::to_string(layer) + " forward");
   const Saved& saved = *saved_;
   const LayerWeights& w = weights_.layers[layer];
@@ -164,7 +172,8 @@ LayerActivations Transformer::layer_forward(int layer, const Tensor& x, const Te
   rope_forward(a.k, saved.positions, config_.rope_theta);
   a.attention = arena.alloc({n, H, D}, dtype);
   a.lse = arena.alloc({H, n}, DType::f32);
-  layer_attention(a, saved.cu_seqlens, attention_shape(config_), cache, layer);
+  layer_attention(a, saved.cu_seqlens, saved.positions, attention_shape(config_), update ? update->cache : nullptr,
+                  update ? update->rows : Tensor{}, update && update->prefill, layer);
   a.h = arena.alloc({n, C}, dtype);
   a.lora_u_o = lora_linear_forward(a.h, a.attention.reshaped({n, H * D}), linear(Projection::o), arena);
   add_inplace(a.h, x);
@@ -186,15 +195,14 @@ LayerActivations Transformer::layer_forward(int layer, const Tensor& x, const Te
 // Runs the embedding and every layer; returns the final hidden state (after the final norm).
 // With recompute_activations only each layer's input is kept; its intermediates live in the
 // layer scratch arena, which the next layer reuses, and backward recomputes them.
-Tensor Transformer::run_layers(const TokenSpans& batch, const ForwardOptions& options, KvCache* cache) {
-  upload_batch(batch);
+Tensor Transformer::run_layers(const ForwardOptions& options, const CacheUpdate* update) {
   Saved& saved = *saved_;
   saved.options = options;
   saved.ready_for_backward = false;
   saved.layers.assign(options.save_for_backward ? config_.num_layers : 0, {});
   Arena& arena = saved.arena;
   const DType dtype = weights_.dtype();
-  const int64_t n = int64_t(batch.tokens.size()), C = config_.hidden_size;
+  const int64_t n = saved.tokens.dim(0), C = config_.hidden_size;
   const bool keep_all = options.save_for_backward && !options.recompute_activations;
 
   Tensor x = arena.alloc({n, C}, dtype);
@@ -202,7 +210,7 @@ Tensor Transformer::run_layers(const TokenSpans& batch, const ForwardOptions& op
   for (int layer = 0; layer < config_.num_layers; ++layer) {
     Tensor out = arena.alloc({n, C}, dtype);
     if (!keep_all) saved.layer_scratch.reset();
-    LayerActivations a = layer_forward(layer, x, out, options, cache, keep_all ? arena : saved.layer_scratch);
+    LayerActivations a = layer_forward(layer, x, out, options, update, keep_all ? arena : saved.layer_scratch);
     if (keep_all) saved.layers[layer] = a;
     else if (options.save_for_backward) saved.layers[layer].x = x;
     x = out;
@@ -215,7 +223,8 @@ Tensor Transformer::run_layers(const TokenSpans& batch, const ForwardOptions& op
 }
 
 TokenLogps Transformer::forward(const TokenSpans& batch, const ForwardOptions& options) {
-  Tensor hidden = run_layers(batch, options);
+  upload_batch(batch);
+  Tensor hidden = run_layers(options);
   Saved& saved = *saved_;
   const int64_t n = hidden.dim(0);
   NvtxRange range("logprobs forward");
@@ -230,24 +239,56 @@ TokenLogps Transformer::forward(const TokenSpans& batch, const ForwardOptions& o
 std::vector<float> Transformer::logits(const TokenSpans& batch, bool adapters_enabled) {
   ForwardOptions options;
   options.adapters_enabled = adapters_enabled;
-  Tensor hidden = run_layers(batch, options);
+  upload_batch(batch);
+  Tensor hidden = run_layers(options);
   Tensor logits = saved_->arena.alloc({hidden.dim(0), config_.vocab_size}, DType::f32);
   matmul(logits, hidden, weights_.lm_head, false, true);
   return to_host_f32(logits);
 }
 
-std::vector<float> Transformer::decode(std::span<const int32_t> tokens, KvCache& cache, bool adapters_enabled) {
-  const int32_t n = int32_t(tokens.size());
-  CST_CHECK(n > 0, "decode needs at least one token");
-  std::vector<int32_t> positions(tokens.size()), labels(tokens.size(), -1), cu_seqlens = {0, n};
-  for (int32_t i = 0; i < n; ++i) positions[size_t(i)] = int32_t(cache.length) + i;
+std::vector<float> Transformer::decode(std::span<const DecodePiece> pieces, KvCache& cache, bool adapters_enabled) {
+  CST_CHECK(!pieces.empty(), "decode needs at least one piece");
+  std::vector<int32_t> tokens, positions, cu_seqlens = {0};
+  std::vector<int32_t> rows_then_last;  // each token's cache row, then each piece's last token
+  std::vector<int64_t> lengths = cache.lengths;
+  std::vector<bool> decoded(cache.lengths.size(), false);
+  bool prefill = true;
+  for (const DecodePiece& piece : pieces) {
+    CST_CHECK(piece.sequence >= 0 && size_t(piece.sequence) < cache.lengths.size() && !decoded[size_t(piece.sequence)],
+              "decode: sequence ", piece.sequence, " is not in the cache or appears twice");
+    CST_CHECK(!piece.tokens.empty(), "decode: the piece of sequence ", piece.sequence, " has no tokens");
+    decoded[size_t(piece.sequence)] = true;
+    int64_t& length = lengths[size_t(piece.sequence)];
+    if (length + int64_t(piece.tokens.size()) > cache.capacity)
+      fail("generation exceeds the KV cache of ", cache.capacity, " tokens per sequence");
+    prefill = prefill && length == 0;
+    for (int32_t token : piece.tokens) {
+      tokens.push_back(token);
+      positions.push_back(int32_t(length));
+      rows_then_last.push_back(int32_t(piece.sequence * cache.capacity + length));
+      ++length;
+    }
+    cu_seqlens.push_back(int32_t(tokens.size()));
+  }
+  for (size_t piece = 0; piece < pieces.size(); ++piece) rows_then_last.push_back(cu_seqlens[piece + 1] - 1);
+  const std::vector<int32_t> labels(tokens.size(), -1);
+  const int64_t n = int64_t(tokens.size()), count = int64_t(pieces.size());
+  Tensor uploaded = upload_batch({tokens, positions, labels, cu_seqlens}, rows_then_last);
   ForwardOptions options;
   options.adapters_enabled = adapters_enabled;
-  Tensor hidden = run_layers({tokens, positions, labels, cu_seqlens}, options, &cache);
-  cache.length += n;
-  Tensor logits = saved_->arena.alloc({1, config_.vocab_size}, DType::f32);
-  matmul(logits, hidden.rows(n - 1, n), weights_.lm_head, false, true);
+  const CacheUpdate update{&cache, uploaded.rows(0, n), prefill};
+  Tensor hidden = run_layers(options, &update);
+  cache.lengths = lengths;
+  Tensor last_hidden = saved_->arena.alloc({count, config_.hidden_size}, hidden.dtype);
+  embedding_forward(last_hidden, uploaded.rows(n, n + count), hidden);  // gathers the pieces' last rows
+  Tensor logits = saved_->arena.alloc({count, config_.vocab_size}, DType::f32);
+  matmul(logits, last_hidden, weights_.lm_head, false, true);
   return to_host_f32(logits);
+}
+
+std::vector<float> Transformer::decode(std::span<const int32_t> tokens, KvCache& cache, bool adapters_enabled) {
+  const DecodePiece piece{0, tokens};
+  return decode(std::span<const DecodePiece>(&piece, 1), cache, adapters_enabled);
 }
 
 void Transformer::backward(const std::vector<float>& dlogps) {

@@ -47,12 +47,20 @@ struct TokenLogps {
   std::vector<float> logit_sums;  // N: sum of raw logits over the vocabulary, 0 where label < 0
 };
 
-// Keys and values of every layer for the tokens decoded so far (incremental decoding).
+// Keys and values of every layer for sequences decoded together (incremental decoding). Sequence
+// s owns rows [s * capacity, (s + 1) * capacity) of each layer's (sequences * capacity, KVH, D)
+// tensors: its key for position p is row s * capacity + p.
 struct KvCache {
-  KvCache(const ModelConfig& config, Device device, DType dtype, int64_t capacity);
-  int64_t length = 0;                // tokens cached
-  int64_t capacity = 0;
-  std::vector<OwnedTensor> keys, values;  // per layer (capacity, KVH, D), after RoPE
+  KvCache(const ModelConfig& config, Device device, DType dtype, int64_t sequences, int64_t capacity);
+  int64_t capacity = 0;                   // tokens per sequence
+  std::vector<int64_t> lengths;           // tokens cached, per sequence
+  std::vector<OwnedTensor> keys, values;  // per layer, after RoPE
+};
+
+// New tokens of one sequence of a KvCache, to run after the tokens it has cached.
+struct DecodePiece {
+  int64_t sequence = 0;
+  std::span<const int32_t> tokens;
 };
 
 struct LayerActivations;
@@ -71,9 +79,13 @@ class Transformer {
   // Full logits (N, V) in f32 on the host, for tests.
   std::vector<float> logits(const TokenSpans& batch, bool adapters_enabled);
 
-  // Incremental decoding: runs `tokens` (one sequence) after the cache's tokens, appends their keys
-  // and values to the cache and returns the logits (V) of the last one. The first call (empty
-  // cache) is the prefill and uses the training attention kernel.
+  // Incremental decoding: runs each piece's tokens after the tokens its sequence has cached,
+  // appends their keys and values to the cache and returns the logits (pieces, V), row-major, of
+  // each piece's last token. A sequence appears in one piece at most. When every piece starts its
+  // sequence (a prefill), attention runs the training kernel over the pieces as packed sequences;
+  // otherwise the decoding kernel reads the cache.
+  std::vector<float> decode(std::span<const DecodePiece> pieces, KvCache& cache, bool adapters_enabled);
+  // One sequence, sequence 0 of the cache: the logits (V) of its last new token.
   std::vector<float> decode(std::span<const int32_t> tokens, KvCache& cache, bool adapters_enabled);
 
   const ModelConfig& config() const { return config_; }
@@ -83,10 +95,14 @@ class Transformer {
 
  private:
   struct Saved;
+  struct CacheUpdate;
   LayerActivations layer_forward(int layer, const Tensor& x, const Tensor& out, const ForwardOptions& options,
-                                 KvCache* cache, Arena& arena);
-  Tensor run_layers(const TokenSpans& batch, const ForwardOptions& options, KvCache* cache = nullptr);
-  void upload_batch(const TokenSpans& batch);
+                                 const CacheUpdate* update, Arena& arena);
+  // Over the batch upload_batch put on the device.
+  Tensor run_layers(const ForwardOptions& options, const CacheUpdate* update = nullptr);
+  // Resets the arena and uploads the batch, and `extra` values (returned as a device tensor), in
+  // one copy.
+  Tensor upload_batch(const TokenSpans& batch, std::span<const int32_t> extra = {});
 
   ModelConfig config_;
   const ModelWeights& weights_;

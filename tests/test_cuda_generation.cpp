@@ -84,7 +84,7 @@ nlohmann::json read_golden(const std::string& name) {
 // token but the last is fed through the KV cache, as generate() does with its own choices.
 std::vector<std::vector<float>> teacher_forced_logits(Transformer& transformer, const std::vector<int32_t>& prompt,
                                                       const std::vector<int32_t>& tokens, bool adapters) {
-  KvCache cache(transformer.config(), transformer.device(), transformer.weights_dtype(),
+  KvCache cache(transformer.config(), transformer.device(), transformer.weights_dtype(), 1,
                 int64_t(prompt.size() + tokens.size()));
   std::vector<std::vector<float>> rows{transformer.decode(prompt, cache, adapters)};
   for (size_t i = 0; i + 1 < tokens.size(); ++i)
@@ -217,6 +217,58 @@ TEST(CudaGeneration, CachedDecodeMatchesFullForward) {
     }
   }
   std::printf("decode on CUDA: worst difference between cached decoding and a full forward %.4f (tolerance %.2f)\n",
+              worst, kDecodeTolerance);
+}
+
+// teacher_forced_logits for several sequences decoded together in one KvCache: one prefill of
+// every prompt, then each step feeds the next golden token of every sequence that has one left.
+std::vector<std::vector<std::vector<float>>> batched_teacher_forced_logits(
+    Transformer& transformer, const std::vector<GoldenGeneration>& generations, bool adapters) {
+  size_t capacity = 0;
+  for (const GoldenGeneration& generation : generations)
+    capacity = std::max(capacity, generation.prompt.size() + generation.expected.size());
+  KvCache cache(transformer.config(), transformer.device(), transformer.weights_dtype(), int64_t(generations.size()),
+                int64_t(capacity));
+  const size_t vocab = size_t(transformer.config().vocab_size);
+  std::vector<std::vector<std::vector<float>>> rows(generations.size());
+  std::vector<DecodePiece> pieces;
+  for (size_t i = 0; i < generations.size(); ++i) pieces.push_back({int64_t(i), generations[i].prompt});
+  for (size_t step = 0; !pieces.empty(); ++step) {
+    const std::vector<float> flat = transformer.decode(pieces, cache, adapters);
+    std::vector<DecodePiece> next;
+    for (size_t row = 0; row < pieces.size(); ++row) {
+      const size_t i = size_t(pieces[row].sequence);
+      rows[i].emplace_back(flat.begin() + long(row * vocab), flat.begin() + long((row + 1) * vocab));
+      if (step + 1 < generations[i].expected.size()) next.push_back({int64_t(i), {&generations[i].expected[step], 1}});
+    }
+    pieces = std::move(next);
+  }
+  return rows;
+}
+
+TEST(CudaGeneration, BatchedDecodeMatchesOneSequenceAtATime) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: CUDA generation is checked by tools/gpu_check.sh";
+  double worst = 0;
+  for (const char* model : kModels) {
+    FixtureModel gpu(model_directory(model), Device::cuda);
+    for (bool adapters : {false, true}) {
+      std::vector<GoldenGeneration> generations;
+      for (const GoldenGeneration& generation : golden_generations(model))
+        if (generation.adapters == adapters) generations.push_back(generation);
+      const auto batched = batched_teacher_forced_logits(gpu.transformer, generations, adapters);
+      for (size_t i = 0; i < generations.size(); ++i) {
+        SCOPED_TRACE(generations[i].label());
+        const auto alone = teacher_forced_logits(gpu.transformer, generations[i].prompt, generations[i].expected, adapters);
+        ASSERT_EQ(batched[i].size(), alone.size());
+        for (size_t step = 0; step < alone.size(); ++step) {
+          const double difference = max_abs_difference(batched[i][step], alone[step]);
+          worst = std::max(worst, difference);
+          EXPECT_LE(difference, kDecodeTolerance) << "step " << step;
+        }
+      }
+    }
+  }
+  std::printf("batched decode on CUDA: worst difference from decoding one sequence at a time %.4f (tolerance %.2f)\n",
               worst, kDecodeTolerance);
 }
 

@@ -23,6 +23,7 @@
 #include "kernels/cuda_random.cuh"
 #include "kernels/device.h"
 #include "kernels/elementwise.h"
+#include "kernels/attention_decode.h"
 #include "kernels/embedding.h"
 #include "kernels/gemm.h"
 #include "kernels/logprobs.h"
@@ -229,6 +230,64 @@ TEST_F(CudaKernels, EmbeddingRejectsIdOutsideVocabulary) {
   OwnedTensor negative_ids = upload(ids, DType::i32);
   embedding_forward(out, negative_ids, table);
   EXPECT_THROW(download(out), Error) << "a download synchronises and reports too";
+}
+
+TEST_F(CudaKernels, ScatterWritesExactRowsAndOnlyThose) {
+  for (int64_t channels : {12, 64, 13, 1024}) {
+    OwnedTensor table = random_cpu({21, channels}, 11), rows = random_cpu({4, channels}, 12);
+    OwnedTensor ids = random_ints(4, 0, 21, 13);
+    ids->i32()[0] = 0, ids->i32()[1] = 20, ids->i32()[2] = 7, ids->i32()[3] = 8;  // distinct, both ends
+    OwnedTensor ids_gpu = upload(ids, DType::i32), rows_gpu = upload(rows, DType::bf16);
+    for (DType dtype : {DType::bf16, DType::f32}) {
+      OwnedTensor table_gpu = upload(table, dtype);
+      scatter_rows(table_gpu, ids_gpu, rows_gpu);
+      OwnedTensor expected = download(upload(table, DType::f32));
+      scatter_rows(expected, ids, rows);
+      EXPECT_EQ(relative_error(table_gpu, expected), 0.0) << "channels " << channels;
+    }
+  }
+  OwnedTensor table = upload(random_cpu({5, 8}, 14), DType::bf16);
+  OwnedTensor bad_ids = random_ints(2, 0, 5, 15);
+  bad_ids->i32()[1] = 5;
+  scatter_rows(table, upload(bad_ids, DType::i32), upload(random_cpu({2, 8}, 16), DType::bf16));
+  try {
+    cuda::synchronize();
+    FAIL() << "a row outside the table was accepted";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("scatter_rows: ids[1] = 5 is outside the table's rows [0, 5)"),
+              std::string::npos) << error.what();
+  }
+}
+
+// Three sequences of lengths 6, 1 and 40 in a cache of 48 rows each, new tokens from all three
+// (the last four of the longest), GQA 4:1 and 1:1, with and without a window, D 64 and 128.
+TEST_F(CudaKernels, AttentionDecodeMatchesCpu) {
+  const int64_t capacity = 48;
+  const std::vector<int64_t> lengths = {6, 1, 40};
+  for (AttentionShape shape : {AttentionShape{8, 2, 64, 0}, AttentionShape{4, 4, 128, 16}}) {
+    const int64_t rows = capacity * int64_t(lengths.size());
+    OwnedTensor keys = random_cpu({rows, shape.kv_heads, shape.head_dim}, 17);
+    OwnedTensor values = random_cpu({rows, shape.kv_heads, shape.head_dim}, 18);
+    std::vector<int32_t> cache_rows, positions;
+    for (size_t s = 0; s < lengths.size(); ++s)
+      for (int64_t p = std::max<int64_t>(0, lengths[s] - 4); p < lengths[s]; ++p) {
+        cache_rows.push_back(int32_t(int64_t(s) * capacity + p));
+        positions.push_back(int32_t(p));
+      }
+    const int64_t n = int64_t(cache_rows.size());
+    OwnedTensor rows_cpu({n}, DType::i32, Device::cpu), positions_cpu({n}, DType::i32, Device::cpu);
+    std::copy(cache_rows.begin(), cache_rows.end(), rows_cpu->i32());
+    std::copy(positions.begin(), positions.end(), positions_cpu->i32());
+    OwnedTensor q = random_cpu({n, shape.heads, shape.head_dim}, 19);
+    OwnedTensor out({n, shape.heads, shape.head_dim}, DType::f32, Device::cpu);
+    attention_decode(out, q, keys, values, rows_cpu, positions_cpu, shape);
+    for (DType dtype : {DType::bf16, DType::f32}) {
+      OwnedTensor out_gpu({n, shape.heads, shape.head_dim}, dtype, Device::cuda);
+      attention_decode(out_gpu, upload(q, dtype), upload(keys, dtype), upload(values, dtype),
+                       upload(rows_cpu, DType::i32), upload(positions_cpu, DType::i32), shape);
+      EXPECT_LT(relative_error(out_gpu, out), tolerance_for(dtype)) << "head_dim " << shape.head_dim;
+    }
+  }
 }
 
 // ---- RMSNorm ----

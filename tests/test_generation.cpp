@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -18,31 +19,90 @@ namespace {
 
 class GenerationGolden : public ::testing::TestWithParam<std::string> {};
 
+struct GoldenGeneration {
+  nlohmann::json golden;
+  ModelFile model;
+  ModelWeights weights;
+  LoraAdapter lora;
+  Transformer transformer;
+
+  explicit GoldenGeneration(const std::string& name)
+      : golden(read_golden(name)),
+        model(model_directory(name) + "/hf"),
+        weights(model, Device::cpu, DType::f32),
+        lora(model.config(), LoraAdapter::read_peft_config(model_directory(name) + "/adapter"), Device::cpu),
+        transformer(model.config(), weights, &lora) {
+    lora.load_peft_weights(model_directory(name) + "/adapter");
+  }
+  static std::string model_directory(const std::string& name) {
+    return std::string(CST_SOURCE_DIR) + "/tests/fixtures/model/" + name;
+  }
+  static nlohmann::json read_golden(const std::string& name) {
+    std::ifstream in(std::string(CST_SOURCE_DIR) + "/tests/fixtures/generate/" + name + ".json");
+    if (!in) throw std::runtime_error("missing generation fixture " + name);
+    return nlohmann::json::parse(in);
+  }
+  std::vector<std::vector<int32_t>> prompts() const {
+    std::vector<std::vector<int32_t>> result;
+    for (const auto& prompt : golden["prompts"]) result.push_back(prompt.get<std::vector<int32_t>>());
+    return result;
+  }
+  std::vector<int32_t> expected(size_t prompt, bool adapters) const {
+    return golden[adapters ? "adapter" : "base"][prompt].get<std::vector<int32_t>>();
+  }
+  GenerationOptions greedy(bool adapters) const {
+    GenerationOptions options;
+    options.max_new_tokens = golden["max_new_tokens"].get<int>();
+    options.stop_tokens = {model.config().eos_token_id};  // generate() stops at the config's EOS too
+    options.adapters_enabled = adapters;
+    return options;
+  }
+};
+
 TEST_P(GenerationGolden, GreedyMatchesTransformersGenerate) {
-  const std::string root = CST_SOURCE_DIR;
-  const std::string model_dir = root + "/tests/fixtures/model/" + GetParam();
-  std::ifstream in(root + "/tests/fixtures/generate/" + GetParam() + ".json");
-  ASSERT_TRUE(in);
-  const nlohmann::json golden = nlohmann::json::parse(in);
-
-  ModelFile model(model_dir + "/hf");
-  ModelWeights weights(model, Device::cpu, DType::f32);
-  LoraAdapter lora(model.config(), LoraAdapter::read_peft_config(model_dir + "/adapter"), Device::cpu);
-  lora.load_peft_weights(model_dir + "/adapter");
-  Transformer transformer(model.config(), weights, &lora);
-
-  GenerationOptions options;
-  options.max_new_tokens = golden["max_new_tokens"].get<int>();
-  options.stop_tokens = {model.config().eos_token_id};  // generate() stops at the config's EOS too
-  for (size_t i = 0; i < golden["prompts"].size(); ++i) {
-    const auto prompt = golden["prompts"][i].get<std::vector<int32_t>>();
+  GoldenGeneration fixture(GetParam());
+  const auto prompts = fixture.prompts();
+  for (size_t i = 0; i < prompts.size(); ++i) {
     for (bool adapters : {false, true}) {
-      options.adapters_enabled = adapters;
-      const auto expected = golden[adapters ? "adapter" : "base"][i].get<std::vector<int32_t>>();
-      EXPECT_EQ(generate(transformer, prompt, options), expected)
+      EXPECT_EQ(generate(fixture.transformer, prompts[i], fixture.greedy(adapters)), fixture.expected(i, adapters))
           << "prompt " << i << (adapters ? " with" : " without") << " the adapter";
     }
   }
+}
+
+// All prompts in one batch (different lengths, so the sequences stop at different steps): the
+// same tokens as transformers' generate() gives each prompt alone.
+TEST_P(GenerationGolden, BatchedGreedyMatchesTransformersGenerate) {
+  GoldenGeneration fixture(GetParam());
+  const auto prompts = fixture.prompts();
+  ASSERT_GE(prompts.size(), 2u);
+  for (bool adapters : {false, true}) {
+    std::vector<std::vector<int32_t>> streamed(prompts.size());
+    const auto generated = generate_batch(fixture.transformer, prompts, fixture.greedy(adapters),
+                                          [&](size_t prompt, int32_t token) { streamed[prompt].push_back(token); });
+    ASSERT_EQ(generated.size(), prompts.size());
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      EXPECT_EQ(generated[i], fixture.expected(i, adapters)) << "prompt " << i << (adapters ? " with" : " without") << " the adapter";
+      EXPECT_EQ(streamed[i], generated[i]) << "prompt " << i;
+    }
+  }
+}
+
+// Sampling in a batch draws what generate() draws for each prompt alone.
+TEST_P(GenerationGolden, BatchedSamplingMatchesOnePromptAtATime) {
+  GoldenGeneration fixture(GetParam());
+  const auto prompts = fixture.prompts();
+  GenerationOptions options = fixture.greedy(true);
+  options.temperature = 1.5f;  // flat enough that the draws pick tokens other than the argmax
+  options.top_k = 20;
+  options.seed = 7;
+  const auto batched = generate_batch(fixture.transformer, prompts, options);
+  std::set<int32_t> distinct;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    EXPECT_EQ(batched[i], generate(fixture.transformer, prompts[i], options)) << "prompt " << i;
+    distinct.insert(batched[i].begin(), batched[i].end());
+  }
+  EXPECT_GT(distinct.size(), 3u) << "the draws should not all give the same few tokens";
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GenerationGolden, ::testing::Values("mistral_gqa_window", "llama_tied"));

@@ -123,6 +123,25 @@ TEST(OpsEmbedding, GathersRowsAndRejectsIdsOutsideTheVocabulary) {
   EXPECT_THROW(embedding_forward(bad_out, negative_ids, table), Error);
 }
 
+TEST(OpsEmbedding, ScatterWritesRowsAtTheIdsAndLeavesTheRest) {
+  const int64_t R = 9, C = 5;
+  Rng rng(21);
+  std::vector<float> table_values = rng.floats(R * C), row_values = rng.floats(3 * C);
+  OwnedTensor table = f32_tensor({R, C}, table_values);
+  const std::vector<int32_t> ids = {8, 0, 4};
+  scatter_rows(table, i32_tensor({3}, ids), f32_tensor({3, C}, row_values));
+  std::vector<float> expected = table_values;
+  for (size_t n = 0; n < ids.size(); ++n)
+    std::copy_n(row_values.begin() + int64_t(n) * C, C, expected.begin() + ids[n] * C);
+  EXPECT_EQ(to_vector(table), expected);
+
+  OwnedTensor rows = f32_tensor({2, C}, rng.floats(2 * C));
+  for (const std::vector<int32_t>& bad : {std::vector<int32_t>{1, 9}, std::vector<int32_t>{-1, 1}}) {
+    EXPECT_THROW(scatter_rows(table, i32_tensor({2}, bad), rows), Error);
+    EXPECT_EQ(to_vector(table), expected) << "a bad id must leave the table untouched";
+  }
+}
+
 // ---------------------------------------------------------------- rmsnorm
 
 std::vector<double> reference_rmsnorm(const std::vector<double>& x, const std::vector<double>& w,

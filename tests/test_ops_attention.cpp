@@ -7,12 +7,14 @@
 #include <vector>
 
 #include "kernels/attention.h"
+#include "kernels/attention_decode.h"
 #include "tests/op_reference.h"
 
 namespace cst {
 namespace {
 
 using test::f32_tensor;
+using test::i32_tensor;
 using test::kGradientTolerance;
 using test::numeric_gradient;
 using test::relative_error;
@@ -157,6 +159,64 @@ TEST(OpsAttention, BadShapesAndOffsetsAreErrors) {
   EXPECT_THROW(attention_forward(out, lse, q, k1, v1, {0, 2, 5}, {3, 1, 4, 0}), Error);  // != N
   EXPECT_THROW(attention_forward(out, lse, q, k1, v1, {0, 4, 2, 6}, {3, 1, 4, 0}), Error);
   EXPECT_THROW(attention_forward(out, lse, q, k1, v1, {0, 6}, {3, 1, 5, 0}), Error);  // D
+}
+
+// Decoding: sequences of lengths 5, 1 and 9 stored in a cache of 12 rows per sequence, whose
+// unused rows hold NaN (any read of them shows in the output). The new tokens are the last token
+// of each sequence, plus the three before it in the third (a piece of several tokens); each must
+// get the output the full attention gives that position.
+void check_decode_case(const AttentionShape& shape, uint64_t seed) {
+  const int64_t H = shape.heads, KVH = shape.kv_heads, D = shape.head_dim, capacity = 12;
+  const std::vector<int32_t> cu_seqlens = {0, 5, 6, 15};
+  const int64_t N = cu_seqlens.back(), sequences = int64_t(cu_seqlens.size()) - 1;
+  Rng rng(seed);
+  const std::vector<float> q_values = rng.floats(N * H * D, -1.5, 1.5);
+  const std::vector<float> k_values = rng.floats(N * KVH * D, -1.5, 1.5);
+  const std::vector<float> v_values = rng.floats(N * KVH * D);
+  const ReferenceAttention expected = reference_attention(
+      to_double(q_values), to_double(k_values), to_double(v_values), cu_seqlens, shape);
+
+  const int64_t row_width = KVH * D;
+  std::vector<float> k_cache(size_t(sequences * capacity * row_width), NAN), v_cache = k_cache;
+  for (int64_t s = 0; s < sequences; ++s)
+    for (int64_t t = cu_seqlens[size_t(s)]; t < cu_seqlens[size_t(s) + 1]; ++t) {
+      const int64_t row = s * capacity + (t - cu_seqlens[size_t(s)]);
+      std::copy_n(k_values.begin() + t * row_width, row_width, k_cache.begin() + row * row_width);
+      std::copy_n(v_values.begin() + t * row_width, row_width, v_cache.begin() + row * row_width);
+    }
+  const std::vector<int64_t> new_tokens = {4, 5, 11, 12, 13, 14};  // indices into the packed batch
+  std::vector<float> q_new;
+  std::vector<int32_t> rows, positions;
+  std::vector<double> expected_out;
+  for (int64_t t : new_tokens) {
+    const int64_t s = t < 5 ? 0 : t < 6 ? 1 : 2, position = t - cu_seqlens[size_t(s)];
+    rows.push_back(int32_t(s * capacity + position));
+    positions.push_back(int32_t(position));
+    q_new.insert(q_new.end(), q_values.begin() + t * H * D, q_values.begin() + (t + 1) * H * D);
+    expected_out.insert(expected_out.end(), expected.out.begin() + t * H * D, expected.out.begin() + (t + 1) * H * D);
+  }
+  const int64_t n = int64_t(new_tokens.size());
+  OwnedTensor q = f32_tensor({n, H, D}, q_new), out({n, H, D}, DType::f32, Device::cpu);
+  OwnedTensor keys = f32_tensor({sequences * capacity, KVH, D}, k_cache);
+  OwnedTensor values = f32_tensor({sequences * capacity, KVH, D}, v_cache);
+  attention_decode(out, q, keys, values, i32_tensor({n}, rows), i32_tensor({n}, positions), shape);
+  // As the forward: f32 dot products of D terms and sums over at most 9 keys, ~1e-7 relative.
+  EXPECT_LT(relative_error(to_vector(out), expected_out), 1e-5);
+
+  // A token whose sequence would start before the cache's first row, or end past its last.
+  positions[0] = rows[0] + 1;
+  EXPECT_THROW(attention_decode(out, q, keys, values, i32_tensor({n}, rows), i32_tensor({n}, positions), shape),
+               Error);
+  positions[0] = 0;
+  rows[0] = int32_t(sequences * capacity);
+  EXPECT_THROW(attention_decode(out, q, keys, values, i32_tensor({n}, rows), i32_tensor({n}, positions), shape),
+               Error);
+}
+
+TEST(OpsAttention, DecodeReadsOnlyItsOwnSequencesCache) {
+  check_decode_case({2, 2, 8, 0}, 104);
+  check_decode_case({4, 2, 8, 3}, 105);  // a window shorter than the longest sequence, groups of 2
+  check_decode_case({4, 1, 4, 0}, 106);  // groups of 4
 }
 
 }  // namespace
