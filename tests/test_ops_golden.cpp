@@ -5,7 +5,9 @@
 
 #include <cmath>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -90,29 +92,40 @@ TEST(OpsGolden, AdamWFollowsTorchStepByStep) {
 TEST(OpsGolden, PreferenceLossesMatchTrlDpoLoss) {
   nlohmann::json fixture = read_fixture("dpo_loss_trl.json");
   ASSERT_FALSE(fixture["cases"].empty());
+  std::map<int, RewardRunningMean> streams;  // bco_pair: cases of one stream share the running mean
+  std::set<std::string> types_seen;
   for (const auto& test_case : fixture["cases"]) {
     PreferenceLossConfig config{parse_loss_type(test_case["loss_type"]), float(test_case["beta"]),
                                 float(test_case["label_smoothing"])};
+    types_seen.insert(test_case["loss_type"]);
     SCOPED_TRACE(testing::Message() << test_case["loss_type"] << " beta " << config.beta
                                     << " smoothing " << config.label_smoothing);
-    for (size_t i = 0; i < test_case["loss"].size(); ++i) {
-      PairLogps logps{test_case["policy_chosen"][i], test_case["policy_rejected"][i],
-                      test_case["reference_chosen"][i], test_case["reference_rejected"][i]};
-      PairLoss result = preference_loss(logps, config);
-      // trl ran in double with the exact beta; here beta and the smoothing are f32 (relative
-      // error 3e-8), which moves every value by a few 1e-8 of itself at most.
-      auto close = [](double actual, double expected) {
-        return std::fabs(actual - expected) <= 1e-6 * std::max(1.0, std::fabs(expected));
-      };
-      EXPECT_TRUE(close(result.loss, test_case["loss"][i])) << result.loss;
-      EXPECT_TRUE(close(result.dpolicy_chosen, test_case["dpolicy_chosen"][i]))
-          << result.dpolicy_chosen;
-      EXPECT_TRUE(close(result.dpolicy_rejected, test_case["dpolicy_rejected"][i]))
-          << result.dpolicy_rejected;
-      EXPECT_TRUE(close(result.reward_chosen, test_case["reward_chosen"][i]));
-      EXPECT_TRUE(close(result.reward_rejected, test_case["reward_rejected"][i]));
+    std::vector<PairLogps> pairs;
+    for (size_t i = 0; i < test_case["loss"].size(); ++i)
+      pairs.push_back({test_case["policy_chosen"][i], test_case["policy_rejected"][i],
+                       test_case["reference_chosen"][i], test_case["reference_rejected"][i]});
+    RewardRunningMean& reward_mean = streams[test_case.value("stream", 0)];
+    PreferenceLoss result = preference_loss(pairs, config, &reward_mean);
+    // trl ran in double with the exact beta; here beta and the smoothing are f32 (relative
+    // error 3e-8), which moves every value by a few 1e-8 of itself at most. bco_pair's running mean
+    // is f32 on both sides; the f32 beta can round a sample to the neighbouring float (6e-8 of it).
+    auto close = [](double actual, double expected) {
+      return std::fabs(actual - expected) <= 1e-6 * std::max(1.0, std::fabs(expected));
+    };
+    // The fixture's gradients are those of the sum of trl's terms, as dpolicy_* are.
+    for (size_t i = 0; i < pairs.size(); ++i) {
+      EXPECT_TRUE(close(result.terms[i], test_case["loss"][i])) << result.terms[i];
+      EXPECT_TRUE(close(result.pairs[i].dpolicy_chosen, test_case["dpolicy_chosen"][i]))
+          << result.pairs[i].dpolicy_chosen;
+      EXPECT_TRUE(close(result.pairs[i].dpolicy_rejected, test_case["dpolicy_rejected"][i]))
+          << result.pairs[i].dpolicy_rejected;
+      EXPECT_TRUE(close(result.pairs[i].reward_chosen, test_case["reward_chosen"][i]));
+      EXPECT_TRUE(close(result.pairs[i].reward_rejected, test_case["reward_rejected"][i]));
     }
+    if (test_case.contains("running_mean"))
+      EXPECT_TRUE(close(reward_mean.mean, test_case["running_mean"])) << reward_mean.mean;
   }
+  EXPECT_EQ(types_seen.size(), all_loss_types().size()) << "the fixture covers every loss type";
 }
 
 TEST(OpsGolden, CounterUniformIsTheSpecifiedHashBitForBit) {

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <functional>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -46,22 +47,29 @@ std::vector<nlohmann::json> read_metrics(const fs::path& run_dir) {
   return lines;
 }
 
-TEST(Trainer, ResumeContinuesWithBitIdenticalLosses) {
-  const fs::path straight = fresh_dir("straight"), resumed = fresh_dir("resumed");
+// Trains 4 steps straight and 2 more resumed from the straight run's checkpoint-2; `configure`
+// sets both runs' options. Returns the two runs' metrics.jsonl lines.
+std::pair<std::vector<nlohmann::json>, std::vector<nlohmann::json>> straight_and_resumed(
+    const std::string& name, const std::function<void(TrainOptions&)>& configure) {
+  const fs::path straight = fresh_dir(name + "_straight"), resumed = fresh_dir(name + "_resumed");
   TrainOptions options = tiny_run(straight);
   options.save_steps = 2;
-  options.lora_dropout = 0.1;
-  options.disable_dropout = false;  // the dropout masks must be reproduced too
+  configure(options);
   run_training(options);
-  ASSERT_TRUE(fs::exists(straight / "checkpoint-2" / "optimizer.safetensors"));
+  EXPECT_TRUE(fs::exists(straight / "checkpoint-2" / "optimizer.safetensors"));
 
   TrainOptions resume = tiny_run(resumed);
-  resume.lora_dropout = 0.1;
-  resume.disable_dropout = false;
+  configure(resume);
   resume.resume_from_checkpoint = (straight / "checkpoint-2").string();
   run_training(resume);
+  return {read_metrics(straight), read_metrics(resumed)};
+}
 
-  std::vector<nlohmann::json> first = read_metrics(straight), second = read_metrics(resumed);
+TEST(Trainer, ResumeContinuesWithBitIdenticalLosses) {
+  auto [first, second] = straight_and_resumed("dropout", [](TrainOptions& options) {
+    options.lora_dropout = 0.1;
+    options.disable_dropout = false;  // the dropout masks must be reproduced too
+  });
   ASSERT_EQ(first.size(), 4u);
   ASSERT_EQ(second.size(), 2u);
   for (size_t i = 0; i < 2; ++i) {
@@ -69,6 +77,25 @@ TEST(Trainer, ResumeContinuesWithBitIdenticalLosses) {
     // Exact equality: the same data order, adapter, optimizer state and dropout masks.
     EXPECT_EQ(second[i]["loss"].get<double>(), first[i + 2]["loss"].get<double>()) << "step " << i + 3;
     EXPECT_EQ(second[i]["grad_norm"].get<double>(), first[i + 2]["grad_norm"].get<double>());
+  }
+}
+
+TEST(Trainer, BcoPairResumesItsRunningRewardMean) {
+  // Evaluation after every step moves the running mean too, before the checkpoint saves it.
+  auto [first, second] = straight_and_resumed("bco_pair", [](TrainOptions& options) {
+    options.loss_type = "bco_pair";
+    options.eval_split = 0.05;
+    options.eval_steps = 1;
+  });
+  // Per step: a training line, then an evaluation line.
+  ASSERT_EQ(first.size(), 8u);
+  ASSERT_EQ(second.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    const nlohmann::json &straight = first[i + 4], &resumed = second[i];
+    EXPECT_EQ(resumed["step"], straight["step"]);
+    const char* loss = straight.contains("eval_loss") ? "eval_loss" : "loss";
+    // Exact equality: a running mean restarted at zero would shift every loss after the resume.
+    EXPECT_EQ(resumed[loss].get<double>(), straight[loss].get<double>()) << loss << " at step " << straight["step"];
   }
 }
 
@@ -289,6 +316,8 @@ TEST(TrainOptions, FlagsConfigFileAndErrors) {
   EXPECT_NE(parse_error({"m", "d", "--no_such_flag", "1"}).find("--no_such_flag"), std::string::npos);
   EXPECT_NE(parse_error({"m", "d", "--beta", "abc"}).find("--beta"), std::string::npos);
   EXPECT_NE(parse_error({"m", "d", "--loss_type", "kto"}).find("--loss_type"), std::string::npos);
+  EXPECT_EQ(parse_error({"m", "d", "--loss_type", "aot_pair"}), "");
+  EXPECT_NE(parse_error({"m", "d", "--loss_type", "bco_pair", "--num_processes", "2"}).find("bco_pair"), std::string::npos);
   EXPECT_NE(parse_error({"m", "d", "--system_prompts", "only one"}).find("--system_prompts"), std::string::npos);
   EXPECT_NE(parse_error({"m"}).find("missing data path"), std::string::npos);
   EXPECT_NE(train_options_help().find("--gradient_accumulation_steps"), std::string::npos);

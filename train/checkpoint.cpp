@@ -21,7 +21,9 @@ std::string save_checkpoint(const std::string& output_dir, const TrainerState& s
   nlohmann::json json = {{"step", state.step},
                          {"epoch", state.data_position.epoch},
                          {"batch_in_epoch", state.data_position.batch_in_epoch},
-                         {"seed", state.seed}};
+                         {"seed", state.seed},
+                         {"reward_running_mean", state.reward_mean.mean},
+                         {"reward_running_count", state.reward_mean.count}};
   {
     std::ofstream out(temporary / "trainer_state.json");
     out << json.dump(2) << "\n";
@@ -44,6 +46,9 @@ TrainerState load_checkpoint(const std::string& checkpoint_dir, int seed, LoraAd
     state.data_position.epoch = json.at("epoch").get<int64_t>();
     state.data_position.batch_in_epoch = json.at("batch_in_epoch").get<int64_t>();
     state.seed = json.at("seed").get<int>();
+    // A float written as JSON reads back exactly. Older checkpoints have no running mean.
+    state.reward_mean.mean = json.value("reward_running_mean", 0.0f);
+    state.reward_mean.count = json.value("reward_running_count", int64_t(0));
   } catch (const nlohmann::json::exception& e) {
     fail(state_path.string(), ": ", e.what());
   }

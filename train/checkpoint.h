@@ -3,13 +3,15 @@
 //   <output_dir>/checkpoint-<step>/
 //     adapter_config.json, adapter_model.safetensors   the LoRA adapter (PEFT format)
 //     optimizer.safetensors                            AdamW moments and step count
-//     trainer_state.json                               step, data position, seed
+//     trainer_state.json                               step, data position, seed, bco_pair's
+//                                                      running reward mean
 // A checkpoint is written into checkpoint-<step>.tmp and renamed into place, so a crash never
 // leaves a half-written checkpoint behind a valid name.
 #pragma once
 #include <string>
 
 #include "data/batch.h"
+#include "kernels/preference_loss.h"
 #include "model/lora.h"
 #include "train/optimizer.h"
 
@@ -19,6 +21,7 @@ struct TrainerState {
   long step = 0;                     // optimizer steps completed
   PairLoader::Position data_position;
   int seed = 0;
+  RewardRunningMean reward_mean;     // bco_pair's delta (zero for the other losses)
 };
 
 // Returns the checkpoint directory.

@@ -114,7 +114,7 @@ ObjectiveResult compute_objective(const ObjectiveConfig& config, const SequenceS
                                   const std::vector<double>& reference,
                                   const std::vector<int32_t>& labels,
                                   const std::vector<int32_t>& cu_seqlens, int vocab_size,
-                                  double grad_scale) {
+                                  double grad_scale, RewardRunningMean* reward_mean) {
   if (config.objective == Objective::sft) return sft_objective(policy, labels, cu_seqlens, grad_scale);
   const size_t pairs = policy.logps.size() / 2;
   CST_CHECK(pairs * 2 == policy.logps.size() && pairs > 0, "a preference batch holds whole pairs");
@@ -133,34 +133,38 @@ ObjectiveResult compute_objective(const ObjectiveConfig& config, const SequenceS
     return config.average_log_probs && policy.tokens[s] > 0 ? double(policy.tokens[s]) : 1.0;
   };
 
+  std::vector<PairLogps> pair_logps(pairs);
   int64_t chosen_tokens = 0;
   double chosen_logps = 0;
   for (size_t i = 0; i < pairs; ++i) {
     const size_t c = 2 * i, r = 2 * i + 1;
     if (policy.tokens[c] == 0 || policy.tokens[r] == 0)
       fail("pair with an empty answer after truncation (increase --max_length)");
-    PairLogps logps;
-    logps.policy_chosen = value_of(policy.logps, c);
-    logps.policy_rejected = value_of(policy.logps, r);
+    pair_logps[i].policy_chosen = value_of(policy.logps, c);
+    pair_logps[i].policy_rejected = value_of(policy.logps, r);
     if (!config.reference_free) {
-      logps.reference_chosen = value_of(reference, c);
-      logps.reference_rejected = value_of(reference, r);
+      pair_logps[i].reference_chosen = value_of(reference, c);
+      pair_logps[i].reference_rejected = value_of(reference, r);
     }
-    PairLoss pair = preference_loss(logps, config.loss);
-    result.loss += pair.loss / double(pairs);
+    chosen_tokens += policy.tokens[c];
+    chosen_logps += policy.logps[c];
+  }
+  const PreferenceLoss loss = preference_loss(pair_logps, config.loss, reward_mean);
+  result.loss = loss.mean();
+  for (size_t i = 0; i < pairs; ++i) {
+    const size_t c = 2 * i, r = 2 * i + 1;
+    const PairLoss& pair = loss.pairs[i];
     spread(result.dlogps, labels, cu_seqlens, c, grad_scale * pair.dpolicy_chosen / double(pairs) / tokens_divisor(c));
     spread(result.dlogps, labels, cu_seqlens, r, grad_scale * pair.dpolicy_rejected / double(pairs) / tokens_divisor(r));
     m.rewards_chosen += pair.reward_chosen;
     m.rewards_rejected += pair.reward_rejected;
     m.accuracies += pair.reward_chosen > pair.reward_rejected ? 1.0 : 0.0;
     m.margins += pair.reward_chosen - pair.reward_rejected;
-    m.logps_chosen += logps.policy_chosen;
-    m.logps_rejected += logps.policy_rejected;
+    m.logps_chosen += pair_logps[i].policy_chosen;
+    m.logps_rejected += pair_logps[i].policy_rejected;
     m.logits_chosen += policy.logit_sums[c] / (double(policy.tokens[c]) * vocab_size);
     m.logits_rejected += policy.logit_sums[r] / (double(policy.tokens[r]) * vocab_size);
     result.reward_margins.push_back(pair.reward_chosen - pair.reward_rejected);
-    chosen_tokens += policy.tokens[c];
-    chosen_logps += policy.logps[c];
   }
   if (config.rpo_alpha > 0) {
     const double nll = -chosen_logps / double(chosen_tokens);

@@ -2,10 +2,13 @@
 // the gradient with respect to every token's log-prob (which Transformer::backward consumes), and
 // trl's metrics.
 //
-// DPO family (sequence 2i = pair i's chosen, 2i+1 its rejected):
+// DPO family (sequence 2i = pair i's chosen, 2i+1 its rejected), every trl 0.9.6 loss_type but
+// kto_pair, which trl 0.9.6 removed: sigmoid, robust, hinge, ipo, exo_pair, sppo_hard, nca_pair,
+// bco_pair, aot, aot_pair:
 //   pi_c, pi_r = sums of the policy's completion-token log-probs (ipo: means over the tokens)
 //   ref_c, ref_r = the same for the reference (adapters disabled), or 0 when reference_free
-//   loss = mean over pairs of preference_loss(...)         (kernels/preference_loss.h)
+//   loss = preference_loss(...) of the micro-batch's pairs (kernels/preference_loss.h; a mean of
+//          one term per pair; aot and aot_pair sort across the pairs, bco_pair reads a running mean)
 //        + rpo_alpha * NLL,  NLL = -(sum of chosen completion log-probs) / (chosen completion tokens)
 // Because pi is a sum of token log-probs, d loss / d logp_t = d loss / d pi for every completion
 // token t of that sequence (divided by the token count for ipo).
@@ -16,7 +19,12 @@
 //    alpha * dpo + NLL instead.
 //  - logits/chosen and logits/rejected average the raw logits over completion tokens only; trl
 //    averages over every position of its padded batch, which depends on padding.
-//  - reference_free: rewards are beta * (policy log-probs), the reference being 0.
+//  - reference_free: the reference log-probs are 0 for every loss type, in the loss and the
+//    rewards (rewards are beta * policy log-probs); trl zeroes them only in the margin of
+//    sigmoid, robust, hinge, ipo and exo_pair, and its other losses and rewards keep the reference.
+//  - bco_pair's running reward mean is saved in checkpoints; trl 0.9.6 does not save it, so a
+//    resumed trl run starts it afresh. Data-parallel workers would have to share it after every
+//    micro-batch (trl reduces it across processes): bco_pair runs in one process only.
 //  - metrics average over the pairs of a logging window; trl averages micro-batch means (the same
 //    unless micro-batches differ in size).
 #pragma once
@@ -36,7 +44,7 @@ struct ObjectiveConfig {
   PreferenceLossConfig loss;
   double rpo_alpha = 0.0;
   bool reference_free = false;
-  bool average_log_probs = false;  // ipo
+  bool average_log_probs = false;  // ipo (trl divides by the token count for ipo only)
 };
 
 ObjectiveConfig objective_config_from_names(const std::string& loss_type, double beta,
@@ -82,10 +90,12 @@ struct ObjectiveResult {
 
 // reference: per-sequence reference log-prob sums (ignored when reference_free or sft).
 // grad_scale multiplies the gradient (1 / gradient_accumulation_steps).
+// reward_mean: bco_pair's running mean of the rewards, which every call updates (training and
+// evaluation alike, as in trl); required for bco_pair, unused otherwise.
 ObjectiveResult compute_objective(const ObjectiveConfig& config, const SequenceSums& policy,
                                   const std::vector<double>& reference,
                                   const std::vector<int32_t>& labels,
                                   const std::vector<int32_t>& cu_seqlens, int vocab_size,
-                                  double grad_scale);
+                                  double grad_scale, RewardRunningMean* reward_mean = nullptr);
 
 }  // namespace cst

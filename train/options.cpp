@@ -8,6 +8,7 @@
 #include <variant>
 
 #include "kernels/error.h"
+#include "kernels/preference_loss.h"
 
 namespace cst {
 namespace {
@@ -52,9 +53,11 @@ const std::vector<OptionSpec>& option_table() {
       {"length_bucketing", &T::length_bucketing, "batch pairs of similar length together"},
       {"eval_split", &T::eval_split, "fraction of pairs held out for evaluation"},
       {"eval_file", &T::eval_file, "a separate evaluation data file"},
-      {"loss_type", &T::loss_type, "sigmoid, robust, hinge, ipo, or sft (next-token training)"},
+      {"loss_type", &T::loss_type,
+       "sigmoid, robust, hinge, ipo, exo_pair, sppo_hard, nca_pair, bco_pair, aot, aot_pair (trl's DPO losses), "
+       "or sft (next-token training)"},
       {"beta", &T::beta, "DPO temperature"},
-      {"label_smoothing", &T::label_smoothing, "conservative DPO label smoothing (sigmoid, robust)"},
+      {"label_smoothing", &T::label_smoothing, "label smoothing (sigmoid: conservative DPO; robust, exo_pair, aot, aot_pair)"},
       {"rpo_alpha", &T::rpo_alpha, "weight of the NLL on chosen answers added to the loss (0: off)"},
       {"reference_free", &T::reference_free, "use no reference model (reference log-probs 0)"},
       {"precompute_ref_log_probs", &T::precompute_ref_log_probs, "compute reference log-probs once and cache them"},
@@ -289,9 +292,17 @@ void validate_train_options(const TrainOptions& o) {
     if (!ok) fail(message...);
   };
   require(o.device == "auto" || o.device == "cpu" || o.device == "cuda", "--device must be auto, cpu or cuda, got '", o.device, "'");
-  require(o.loss_type == "sigmoid" || o.loss_type == "robust" || o.loss_type == "hinge" ||
-              o.loss_type == "ipo" || o.loss_type == "sft",
-          "--loss_type must be sigmoid, robust, hinge, ipo or sft, got '", o.loss_type, "'");
+  if (o.loss_type != "sft") {
+    try {
+      parse_loss_type(o.loss_type);
+    } catch (const Error& error) {
+      fail("--loss_type: ", error.what(), ", or sft");
+    }
+  }
+  // bco_pair's running reward mean would have to be shared by the workers after every micro-batch.
+  require(o.loss_type != "bco_pair" || o.num_processes == 1,
+          "--loss_type bco_pair keeps a running mean of the rewards across micro-batches and runs in one "
+          "process only (got --num_processes ", o.num_processes, ")");
   require(o.lr_scheduler_type == "linear" || o.lr_scheduler_type == "cosine" || o.lr_scheduler_type == "constant",
           "--lr_scheduler_type must be linear, cosine or constant, got '", o.lr_scheduler_type, "'");
   require(o.truncation_mode == "keep_end" || o.truncation_mode == "keep_start",

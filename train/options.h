@@ -53,7 +53,7 @@ struct TrainOptions {
   std::string eval_file;                    // or a second data file
 
   // Loss.
-  std::string loss_type = "sigmoid";        // sigmoid, robust, hinge, ipo, sft
+  std::string loss_type = "sigmoid";        // a trl DPO loss type (kernels/preference_loss.h) or sft
   double beta = 0.1;
   double label_smoothing = 0.0;
   double rpo_alpha = 0.0;                   // 0: off

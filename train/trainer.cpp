@@ -183,6 +183,7 @@ class Trainer {
   std::unique_ptr<LoraAdapter> lora_;
   std::unique_ptr<Transformer> transformer_;
   std::vector<std::array<double, 2>> reference_cache_;  // per train pair: chosen, rejected sums
+  RewardRunningMean reward_mean_;  // bco_pair: updated by every micro-batch, evaluation included
   int64_t tokens_processed_ = 0;
 };
 
@@ -336,7 +337,8 @@ ObjectiveResult Trainer::run_micro_batch(const Batch& batch, long step, int micr
   SequenceSums sums = sum_per_sequence(policy.logps, policy.logit_sums, batch.labels, batch.cu_seqlens);
   ObjectiveResult result = compute_objective(objective_, sums, reference, batch.labels, batch.cu_seqlens,
                                              session_.config().vocab_size,
-                                             1.0 / (options_.gradient_accumulation_steps * group_.size()));
+                                             1.0 / (options_.gradient_accumulation_steps * group_.size()),
+                                             &reward_mean_);
   if (!std::isfinite(result.loss))
     fail("non-finite loss at step ", step + 1, " (micro-batch ", micro + 1,
          "); training stopped, the last good checkpoint is kept in ", options_.output_dir);
@@ -423,6 +425,7 @@ TrainingOutcome Trainer::run() {
   state.seed = options_.seed;
   if (!options_.resume_from_checkpoint.empty()) {
     state = load_checkpoint(options_.resume_from_checkpoint, options_.seed, *lora_, optimizer);
+    reward_mean_ = state.reward_mean;
     loader.restore(state.data_position);
     if (group_.is_main()) std::fprintf(stderr, "resumed from %s at step %ld\n", options_.resume_from_checkpoint.c_str(), state.step);
   }
@@ -504,6 +507,7 @@ TrainingOutcome Trainer::run() {
       if (log) log->record(state.step, outcome.last_eval);
     }
     const bool save = (options_.save_steps > 0 && state.step % options_.save_steps == 0) || state.step == total_steps;
+    state.reward_mean = reward_mean_;  // after evaluation, which moves it too
     if (save && group_.is_main())
       last_checkpoint = save_checkpoint(options_.output_dir, state, *lora_, optimizer, options_.model_path);
   }

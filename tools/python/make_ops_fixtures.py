@@ -5,7 +5,7 @@ Rerun from the repository root (needs torch, transformers 4.42.4, trl 0.9.6):
 It writes tests/fixtures/ops/*.json, read by tests/test_ops_golden.cpp:
   rope_transformers.json   cos/sin of transformers' MistralRotaryEmbedding (f32)
   adamw_torch.json         parameters after each torch.optim.AdamW step (f32)
-  dpo_loss_trl.json        trl DPOTrainer.dpo_loss values and autograd gradients (f64)
+  dpo_loss_trl.json        trl DPOTrainer.dpo_loss values and autograd gradients (f64), every loss type
   counter_uniform.json     the dropout hash of kernels/elementwise.h, written out in Python
 """
 import json
@@ -70,33 +70,61 @@ def adamw_fixture():
                                "steps": records})
 
 
+# The loss types of the first fixture version, then the rest of trl 0.9.6's (kto_pair it refuses).
+# The draws continue one generator, so appending types leaves the earlier cases unchanged.
+FIRST_LOSS_TYPES = ["sigmoid", "robust", "hinge", "ipo"]
+LATER_LOSS_TYPES = ["exo_pair", "sppo_hard", "nca_pair", "bco_pair", "aot", "aot_pair"]
+BCO_CALLS = 3  # bco_pair's running reward mean carries over from call to call
+
+
+def dpo_logps(loss_type, generator):
+    """Policy chosen, policy rejected, reference chosen, reference rejected log-probs of 6 pairs.
+
+    The later types get log ratios (policy - reference) in [-4, 4], where beta times them stays
+    in the curved part of their sigmoids; the first types keep their original draws."""
+    if loss_type in FIRST_LOSS_TYPES:
+        return (torch.rand(4, 6, generator=generator, dtype=torch.float64) * -80).tolist()
+    policy = torch.rand(2, 6, generator=generator, dtype=torch.float64) * -80
+    ratios = torch.rand(2, 6, generator=generator, dtype=torch.float64) * 8 - 4
+    return torch.cat([policy, policy - ratios]).tolist()
+
+
 def dpo_fixture():
     from trl import DPOTrainer
+    from trl.trainer.utils import RunningMoments
 
     generator = torch.Generator().manual_seed(11)
     cases = []
-    for loss_type in ["sigmoid", "robust", "hinge", "ipo"]:
+    stream = 0
+    for loss_type in FIRST_LOSS_TYPES + LATER_LOSS_TYPES:
         for beta, label_smoothing in [(0.1, 0.0), (0.5, 0.2), (2.0, 0.05)]:
+            # A stand-in for the trainer with what dpo_loss reads of it.
+            accelerator = types.SimpleNamespace(device="cpu", use_distributed=False)
             trainer = types.SimpleNamespace(
-                accelerator=types.SimpleNamespace(device="cpu"), reference_free=False,
+                accelerator=accelerator, reference_free=False,
                 f_divergence_type="reverse_kl", f_divergence_params=None, loss_type=loss_type,
-                beta=beta, label_smoothing=label_smoothing)
-            logps = (torch.rand(4, 6, generator=generator, dtype=torch.float64) * -80).tolist()
-            policy_chosen = torch.tensor(logps[0], dtype=torch.float64, requires_grad=True)
-            policy_rejected = torch.tensor(logps[1], dtype=torch.float64, requires_grad=True)
-            losses, chosen_rewards, rejected_rewards = DPOTrainer.dpo_loss(
-                trainer, policy_chosen, policy_rejected,
-                torch.tensor(logps[2], dtype=torch.float64),
-                torch.tensor(logps[3], dtype=torch.float64))
-            losses.sum().backward()
-            cases.append({
-                "loss_type": loss_type, "beta": beta, "label_smoothing": label_smoothing,
-                "policy_chosen": logps[0], "policy_rejected": logps[1],
-                "reference_chosen": logps[2], "reference_rejected": logps[3],
-                "loss": losses.tolist(), "dpolicy_chosen": policy_chosen.grad.tolist(),
-                "dpolicy_rejected": policy_rejected.grad.tolist(),
-                "reward_chosen": chosen_rewards.tolist(), "reward_rejected": rejected_rewards.tolist(),
-            })
+                beta=beta, label_smoothing=label_smoothing, running=RunningMoments(accelerator))
+            stream += 1
+            for _ in range(BCO_CALLS if loss_type == "bco_pair" else 1):
+                logps = dpo_logps(loss_type, generator)
+                policy_chosen = torch.tensor(logps[0], dtype=torch.float64, requires_grad=True)
+                policy_rejected = torch.tensor(logps[1], dtype=torch.float64, requires_grad=True)
+                losses, chosen_rewards, rejected_rewards = DPOTrainer.dpo_loss(
+                    trainer, policy_chosen, policy_rejected,
+                    torch.tensor(logps[2], dtype=torch.float64),
+                    torch.tensor(logps[3], dtype=torch.float64))
+                losses.sum().backward()  # 6 x the gradient of trl's loss, losses.mean()
+                case = {
+                    "loss_type": loss_type, "beta": beta, "label_smoothing": label_smoothing,
+                    "policy_chosen": logps[0], "policy_rejected": logps[1],
+                    "reference_chosen": logps[2], "reference_rejected": logps[3],
+                    "loss": losses.tolist(), "dpolicy_chosen": policy_chosen.grad.tolist(),
+                    "dpolicy_rejected": policy_rejected.grad.tolist(),
+                    "reward_chosen": chosen_rewards.tolist(), "reward_rejected": rejected_rewards.tolist(),
+                }
+                if loss_type == "bco_pair":  # cases of one stream share one running mean, in order
+                    case.update(stream=stream, running_mean=float(trainer.running.mean))
+                cases.append(case)
     write("dpo_loss_trl.json", {"cases": cases})
 
 
