@@ -1,12 +1,15 @@
 // One DPO step against trl 0.9.6's DPOTrainer (golden data from
 // tools/python/make_trl_step_fixtures.py): loss, trl's rewards/logps metrics and the LoRA gradients
-// for the sigmoid, ipo, hinge and robust losses, on the tiny Mistral fixture with a non-zero adapter.
+// for every loss type trl 0.9.6 offers, on the tiny Mistral fixture with a non-zero adapter.
 //
 // Tolerances: everything is float32 on both sides. Sequence log-probs are sums of ~10 token
 // log-probs of magnitude ~5, each within ~1e-6 of torch's, so sums agree to ~1e-5: 5e-5 absolute.
 // Rewards are beta times differences of such sums: 1e-5 absolute. The loss is a smooth function of
-// the rewards (ipo: of the mean log-probs, squared, ~25): 1e-4 relative. Gradients: relative
-// Frobenius error per tensor <= 1e-4, as in the model golden test.
+// the rewards (ipo: of the mean log-probs, squared, ~25; sppo_hard: two squares of log ratios,
+// ~50): 1e-4 relative. aot and aot_pair sort values that lie 0.1 or more apart here (measured), far
+// more than the 5e-5 they can differ by, so both sides pair the same values (aot_pair pairs values
+// of different pairs). Gradients: relative Frobenius error per tensor <= 1e-4, as in the model
+// golden test.
 // trl's logits/chosen metric averages over every position of the padded batch (prompt and padding
 // included), which depends on padding; cst averages over completion tokens (REFERENCE.md section 3),
 // so that metric is not compared.
@@ -62,10 +65,11 @@ TEST_P(TrlStep, MatchesDpoTrainer) {
 
   ObjectiveConfig config = objective_config_from_names(
       GetParam(), expected["beta"].get<double>(), expected.value("label_smoothing", 0.0), 0.0, false);
+  RewardRunningMean reward_mean;  // bco_pair: trl's starts afresh, as here
   ObjectiveResult result = compute_objective(
       config, sum_per_sequence(policy.logps, policy.logit_sums, labels, cu_seqlens),
       sum_per_sequence(reference.logps, reference.logit_sums, labels, cu_seqlens).logps, labels,
-      cu_seqlens, model.config().vocab_size, 1.0);
+      cu_seqlens, model.config().vocab_size, 1.0, &reward_mean);
   lora.zero_grad();
   transformer.backward(result.dlogps);
 
@@ -88,7 +92,9 @@ TEST_P(TrlStep, MatchesDpoTrainer) {
               result.loss, trl_loss, worst);
 }
 
-INSTANTIATE_TEST_SUITE_P(LossTypes, TrlStep, ::testing::Values("sigmoid", "ipo", "hinge", "robust"));
+INSTANTIATE_TEST_SUITE_P(LossTypes, TrlStep,
+                         ::testing::Values("sigmoid", "ipo", "hinge", "robust", "exo_pair", "sppo_hard", "nca_pair",
+                                           "bco_pair", "aot", "aot_pair"));
 
 }  // namespace
 }  // namespace cst

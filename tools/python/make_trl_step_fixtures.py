@@ -29,8 +29,14 @@ MODEL = os.path.join(ROOT, "tests", "fixtures", "model", "mistral_gqa_window")
 TOKENIZER = os.path.join(ROOT, "tests", "fixtures", "tokenizer", "chatml")
 OUT = os.path.join(ROOT, "tests", "fixtures", "trl_step")
 PAD = 0  # padding_value for input ids (masked out by the attention mask and labels)
+# Every loss type of trl 0.9.6's DPOTrainer (it refuses kto_pair). The pairs of each come from one
+# generator in this order, so appending types leaves the earlier fixtures unchanged. exo_pair runs
+# with label_smoothing 0, which trl turns into 1e-3; bco_pair's running reward mean starts afresh,
+# so after this one step it is the step's own mean reward.
 LOSSES = {"sigmoid": dict(beta=0.1), "ipo": dict(beta=0.1), "hinge": dict(beta=0.1),
-          "robust": dict(beta=0.1, label_smoothing=0.1)}
+          "robust": dict(beta=0.1, label_smoothing=0.1), "exo_pair": dict(beta=0.1),
+          "sppo_hard": dict(beta=0.1), "nca_pair": dict(beta=0.1), "bco_pair": dict(beta=0.1),
+          "aot": dict(beta=0.1, label_smoothing=0.1), "aot_pair": dict(beta=0.1)}
 
 
 def make_pairs(vocab, generator):
