@@ -1,5 +1,5 @@
-// Chat templates, each written out as the string its jinja source renders for the
-// [system, user] prompt and the assistant turn (see chat_template.h).
+// Chat templates, each written out as the string its jinja source renders for a [system] + turns
+// prompt and the assistant turn (see chat_template.h).
 #include "data/chat_template.h"
 
 #include <string_view>
@@ -207,28 +207,91 @@ std::string chatml_turn(const std::string& role, const std::string& content) {
   return "<|im_start|>" + role + "\n" + content + "<|im_end|>\n";
 }
 
-}  // namespace
+// Turns must alternate user/assistant from a user turn and end with a user turn.
+void check_prompt_turns(const std::vector<ChatTurn>& turns) {
+  if (turns.empty()) fail("chat template: no turns; a prompt needs a user turn");
+  for (size_t i = 0; i < turns.size(); i++) {
+    const char* expected = expected_turn_role(i);
+    if (turns[i].role != expected) {
+      fail("chat template: turn ", i, " has role '", turns[i].role, "', expected '", expected,
+           "' (turns alternate user/assistant from a user turn; the system prompt is passed ",
+           "separately)");
+    }
+  }
+  if (turns.back().role != "user") {
+    fail("chat template: the turns end with an assistant turn; a prompt ends with the user turn the ",
+         "answer replies to");
+  }
+}
 
-std::string ChatTemplate::prompt(const std::string& system, const std::string& user) const {
+// What the template writes before the first turn: the system prompt where it has a turn of its
+// own, and BOS where the template writes it once.
+std::string conversation_start(ChatTemplateKind kind, const std::string& system) {
   switch (kind) {
-    case ChatTemplateKind::chatml:
-      return chatml_turn("system", system) + chatml_turn("user", user);
-    case ChatTemplateKind::solar:
-      return (system.empty() ? "" : "### System:\n" + system + "\n\n") + "### User:\n" + user + "\n\n";
-    case ChatTemplateKind::llama2:
-      return "<s>[INST] " + python_strip("<<SYS>>\n" + system + "\n<</SYS>>\n\n" + user) + " [/INST]";
+    case ChatTemplateKind::chatml: return chatml_turn("system", system);
+    case ChatTemplateKind::solar: return system.empty() ? "" : "### System:\n" + system + "\n\n";
+    case ChatTemplateKind::zephyr: return "<|system|>\n" + system + "</s>\n";
     case ChatTemplateKind::mistral:
-      return "<s>[INST] " + fold_system_into_user(system, user) + " [/INST]";
     case ChatTemplateKind::mistral_v2:
-      return "<s> [INST] " + system + "\n\n" + user + " [/INST]";
-    case ChatTemplateKind::mistral_v3:
-      return "<s>[INST] " + system + "\n\n" + user + "[/INST]";
-    case ChatTemplateKind::zephyr:
-      return "<|system|>\n" + system + "</s>\n<|user|>\n" + user + "</s>\n";
-    case ChatTemplateKind::plain:
-      return fold_system_into_user(system, user);
+    case ChatTemplateKind::mistral_v3: return "<s>";
+    case ChatTemplateKind::llama2:
+    case ChatTemplateKind::plain: return "";
   }
   fail("chat template: unknown kind ", static_cast<int>(kind));
+}
+
+// A user turn; the templates without a system turn of their own write the system prompt into the
+// first user turn (llama2, mistral, mistral_v2) or the last (mistral_v3).
+std::string user_turn(ChatTemplateKind kind, const std::string& system, const std::string& content,
+                      bool first, bool last) {
+  switch (kind) {
+    case ChatTemplateKind::chatml: return chatml_turn("user", content);
+    case ChatTemplateKind::solar: return "### User:\n" + content + "\n\n";
+    case ChatTemplateKind::zephyr: return "<|user|>\n" + content + "</s>\n";
+    case ChatTemplateKind::llama2:
+      return "<s>[INST] " +
+             python_strip(first ? "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + content : content) +
+             " [/INST]";
+    case ChatTemplateKind::mistral:
+      return "[INST] " + (first ? fold_system_into_user(system, content) : content) + " [/INST]";
+    case ChatTemplateKind::mistral_v2:
+      return " [INST] " + (first ? system + "\n\n" + content : content) + " [/INST]";
+    case ChatTemplateKind::mistral_v3:
+      return "[INST] " + (last ? system + "\n\n" + content : content) + "[/INST]";
+    case ChatTemplateKind::plain: break;  // rendered whole by plain_conversation
+  }
+  fail("chat template: no user turn for kind ", static_cast<int>(kind));
+}
+
+// No template: the system prompt (when not empty) and the turns' texts, one paragraph each.
+std::string plain_conversation(const std::string& system, const std::vector<ChatTurn>& turns) {
+  std::string text = system;
+  for (const ChatTurn& turn : turns) text += (text.empty() ? "" : "\n\n") + turn.content;
+  return text;
+}
+
+}  // namespace
+
+const char* expected_turn_role(size_t turn_index) {
+  return turn_index % 2 == 0 ? "user" : "assistant";
+}
+
+std::string ChatTemplate::prompt(const std::string& system,
+                                 const std::vector<ChatTurn>& turns) const {
+  check_prompt_turns(turns);
+  if (kind == ChatTemplateKind::plain) return plain_conversation(system, turns);
+  std::string text = conversation_start(kind, system);
+  for (size_t i = 0; i < turns.size(); i++) {
+    // An earlier assistant turn is written exactly as an answer is.
+    text += turns[i].role == "user"
+                ? user_turn(kind, system, turns[i].content, i == 0, i + 1 == turns.size())
+                : answer(turns[i].content);
+  }
+  return text;
+}
+
+std::string ChatTemplate::prompt(const std::string& system, const std::string& user) const {
+  return prompt(system, std::vector<ChatTurn>{{"user", user}});
 }
 
 std::string ChatTemplate::answer(const std::string& text) const {
@@ -247,18 +310,24 @@ std::string ChatTemplate::answer(const std::string& text) const {
 
 // The llama2 and mistral families and plain have no generation prompt: the model continues right
 // after [/INST].
-std::string ChatTemplate::generation_prompt(const std::string& system, const std::string& user) const {
+std::string ChatTemplate::generation_prompt(const std::string& system,
+                                            const std::vector<ChatTurn>& turns) const {
   switch (kind) {
-    case ChatTemplateKind::chatml: return prompt(system, user) + "<|im_start|>assistant\n";
-    case ChatTemplateKind::solar: return prompt(system, user) + "### Assistant:\n";
-    case ChatTemplateKind::zephyr: return prompt(system, user) + "<|assistant|>\n";
+    case ChatTemplateKind::chatml: return prompt(system, turns) + "<|im_start|>assistant\n";
+    case ChatTemplateKind::solar: return prompt(system, turns) + "### Assistant:\n";
+    case ChatTemplateKind::zephyr: return prompt(system, turns) + "<|assistant|>\n";
     case ChatTemplateKind::llama2:
     case ChatTemplateKind::mistral:
     case ChatTemplateKind::mistral_v2:
     case ChatTemplateKind::mistral_v3:
-    case ChatTemplateKind::plain: return prompt(system, user);
+    case ChatTemplateKind::plain: return prompt(system, turns);
   }
   fail("chat template: unknown kind ", static_cast<int>(kind));
+}
+
+std::string ChatTemplate::generation_prompt(const std::string& system,
+                                            const std::string& user) const {
+  return generation_prompt(system, std::vector<ChatTurn>{{"user", user}});
 }
 
 // What a model writes when its turn is over, for stopping generation when the tokenizer's EOS is

@@ -1,43 +1,62 @@
 // Chat templates: the prompt and answer strings trl's DPO recipe builds with
 // tokenizer.apply_chat_template, for the model families cst trains. Each kind reproduces one
-// published jinja template exactly (tests/fixtures/tokenizer/chat_templates/<name>.jinja):
+// published jinja template exactly (tests/fixtures/tokenizer/chat_templates/<name>.jinja), for a
+// system prompt and any number of earlier user/assistant turns before the last user turn:
 //   chatml   teknium/OpenHermes-2.5-Mistral-7B   <|im_start|>role\n...<|im_end|>\n
 //   solar    upstage/SOLAR-10.7B-Instruct-v1.0   ### System:\n...\n\n### User:\n...\n\n### Assistant:\n
 //            (an empty system prompt is left out, as the template does)
-//   llama2   meta-llama/Llama-2-7b-chat-hf        <s>[INST] <<SYS>>\n...\n<</SYS>>\n\n... [/INST]
+//   llama2   meta-llama/Llama-2-7b-chat-hf        <s>[INST] <<SYS>>\n...\n<</SYS>>\n\n... [/INST]; the
+//            system block opens the first user turn, and every turn is stripped of surrounding whitespace
 //   mistral  mistralai/Mistral-7B-Instruct-v0.1   <s>[INST] ... [/INST]; no system role, so the
-//            system prompt is folded into the user turn as system + "\n\n" + user (the seed's rule)
+//            system prompt is folded into the first user turn as system + "\n\n" + user (the seed's rule)
 //   mistral_v2  mistralai/Mistral-7B-Instruct-v0.2 (its template with a system role)
 //            <s> [INST] system\n\nuser [/INST]; answer " " + text + "</s>". The system prompt opens
 //            the first user turn, even when empty.
 //   mistral_v3  Mistral's v3 template with tools (published for Mistral-Large-Instruct-2407 and the
 //            v3-tokenizer models)  <s>[INST] system\n\nuser[/INST]; answer " " + text.strip() + "</s>".
 //            The template writes the system prompt into the last user turn only, so it renders a
-//            [system, user, assistant] conversation without it; prompt() is the [system, user]
-//            rendering and answer() the text the assistant turn adds after its user turn.
+//            conversation that ends with an assistant turn without it; prompt() is the rendering that
+//            ends with the last user turn (system prompt included) and answer() the text the assistant
+//            turn adds after it.
 //   zephyr   HuggingFaceH4/zephyr-7b-beta         <|system|>\n...</s>\n<|user|>\n...</s>\n<|assistant|>\n
-//   plain    no template: prompt = system + "\n\n" + user (just user when system is empty),
-//            answer appended as is.
+//   plain    no template: the system prompt (when not empty) and every turn's text joined by "\n\n"
+//            (one turn: system + "\n\n" + user), the answer appended as is.
 // llama2, the mistral family and zephyr write the Llama special tokens <s> and </s> as text, as
 // their templates do with those models' bos/eos. llama2 and the mistral family cannot render a lone
 // assistant turn (their templates require a user turn first); their answer() is the text that an
-// assistant turn adds after the prompt.
+// assistant turn adds after the prompt. For every kind but mistral_v3 (and plain, which has no
+// template), prompt(system, turns) + answer(text) is the rendering of the whole conversation.
 #pragma once
+#include <cstddef>
 #include <string>
 #include <vector>
 
 namespace cst {
 
+// One turn of a conversation before the answer: role "user" or "assistant".
+struct ChatTurn {
+  std::string role, content;
+  bool operator==(const ChatTurn&) const = default;
+};
+
+// The role of turn i of a prompt: turns alternate user, assistant, user, ... and a prompt ends with
+// a user turn, the one the answer replies to.
+const char* expected_turn_role(size_t turn_index);
+
 enum class ChatTemplateKind { chatml, solar, llama2, mistral, mistral_v2, mistral_v3, zephyr, plain };
 
 struct ChatTemplate {
   ChatTemplateKind kind = ChatTemplateKind::chatml;
-  // The prompt text as trl's recipe builds it: apply_chat_template([system, user],
-  // add_generation_prompt=False, tokenize=False).
+  // The prompt text as trl's recipe builds it: apply_chat_template([system] + turns,
+  // add_generation_prompt=False, tokenize=False). turns must alternate user/assistant, starting
+  // and ending with a user turn; anything else is an error naming the turn.
+  std::string prompt(const std::string& system, const std::vector<ChatTurn>& turns) const;
+  // The same for one user turn: apply_chat_template([system, user], ...).
   std::string prompt(const std::string& system, const std::string& user) const;
   // An answer turn: apply_chat_template([assistant: text], tokenize=False).
   std::string answer(const std::string& text) const;
-  // For generation: apply_chat_template([system, user], add_generation_prompt=True).
+  // For generation: apply_chat_template([system] + turns, add_generation_prompt=True).
+  std::string generation_prompt(const std::string& system, const std::vector<ChatTurn>& turns) const;
   std::string generation_prompt(const std::string& system, const std::string& user) const;
   // Texts that end an assistant turn (e.g. "<|im_end|>") besides EOS.
   std::vector<std::string> end_of_turn() const;

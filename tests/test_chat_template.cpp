@@ -1,4 +1,5 @@
-// Chat templates against transformers' apply_chat_template on the real jinja sources.
+// Chat templates against transformers' apply_chat_template on the real jinja sources, for
+// single-turn prompts and conversations of several user turns.
 // Golden data: tools/python/make_tokenizer_fixtures.py -> tests/fixtures/tokenizer/chat_templates.json
 // and chat_templates/<name>.jinja. Strings must be identical.
 #include <gtest/gtest.h>
@@ -48,6 +49,61 @@ TEST(ChatTemplate, MatchesApplyChatTemplate) {
           << name << " triple " << i;
       EXPECT_EQ(chat_template.answer(answer), rendered[i]["answer"]) << name << " triple " << i;
     }
+  }
+}
+
+std::vector<ChatTurn> golden_turns(const json& turns) {
+  std::vector<ChatTurn> result;
+  for (const json& turn : turns) result.push_back({turn[0], turn[1]});
+  return result;
+}
+
+// [system] + turns ending with a user turn, and the answer after them; the generator also checks
+// that prompt + answer is the whole conversation (except for mistral_v3, see chat_template.h).
+TEST(ChatTemplate, ConversationsMatchApplyChatTemplate) {
+  const json golden = json::parse(read_file(kFixtures + "chat_templates.json"));
+  const json& conversations = golden["conversations"];
+  ASSERT_GE(conversations.size(), 5u);
+  ASSERT_EQ(golden["conversations_rendered"].size(), chat_template_names().size());
+  for (const auto& [name, rendered] : golden["conversations_rendered"].items()) {
+    const ChatTemplate chat_template = chat_template_by_name(name);
+    ASSERT_EQ(rendered.size(), conversations.size()) << name;
+    for (size_t i = 0; i < conversations.size(); i++) {
+      const std::string system = conversations[i]["system"], answer = conversations[i]["answer"];
+      const std::vector<ChatTurn> turns = golden_turns(conversations[i]["turns"]);
+      EXPECT_EQ(chat_template.prompt(system, turns), rendered[i]["prompt"]) << name << " conversation " << i;
+      EXPECT_EQ(chat_template.generation_prompt(system, turns), rendered[i]["generation_prompt"])
+          << name << " conversation " << i;
+      EXPECT_EQ(chat_template.answer(answer), rendered[i]["answer"]) << name << " conversation " << i;
+    }
+  }
+}
+
+TEST(ChatTemplate, TurnsMustAlternateFromAUserTurnToAUserTurn) {
+  const ChatTemplate chatml = chat_template_by_name("chatml");
+  auto error_for = [&](std::vector<ChatTurn> turns) {
+    return error_message([&] { chatml.prompt("s", turns); });
+  };
+  EXPECT_EQ(error_for({}), "chat template: no turns; a prompt needs a user turn");
+  const std::string alternate =
+      " (turns alternate user/assistant from a user turn; the system prompt is passed separately)";
+  EXPECT_EQ(error_for({{"assistant", "a"}, {"user", "u"}}),
+            "chat template: turn 0 has role 'assistant', expected 'user'" + alternate);
+  EXPECT_EQ(error_for({{"user", "u"}, {"user", "u2"}}),
+            "chat template: turn 1 has role 'user', expected 'assistant'" + alternate);
+  EXPECT_EQ(error_for({{"user", "u"}, {"system", "s"}, {"user", "u2"}}),
+            "chat template: turn 1 has role 'system', expected 'assistant'" + alternate);
+  const std::string ends_with_assistant =
+      "chat template: the turns end with an assistant turn; a prompt ends with the user turn the "
+      "answer replies to";
+  EXPECT_EQ(error_for({{"user", "u"}, {"assistant", "a"}}), ends_with_assistant);
+  // Every template and the generation prompt check alike, plain included.
+  for (const std::string& name : chat_template_names()) {
+    EXPECT_EQ(error_message([&] {
+                chat_template_by_name(name).generation_prompt("s", {{"user", "u"}, {"assistant", "a"}});
+              }),
+              ends_with_assistant)
+        << name;
   }
 }
 

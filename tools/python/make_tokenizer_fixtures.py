@@ -14,7 +14,9 @@
 #   encode_golden.json           per variant: corpus texts, AutoTokenizer ids, decode() strings
 #   dataset_hashes.txt           FNV-1a hashes of the ids of every real dataset text (see below)
 #   chat_templates/<name>.jinja  the real jinja sources of the built-in chat templates
-#   chat_templates.json          strings rendered by transformers' apply_chat_template
+#   chat_templates.json          strings rendered by transformers' apply_chat_template: single-turn
+#                                [system, user] triples and conversations of several user turns
+#                                (--chat_templates_only rewrites this and chat_templates/ alone)
 #   json/                        tokenizers given as tokenizer.json, converted by LlamaTokenizerFast
 #                                from the demo's small sentencepiece model (tests/fixtures/demo/
 #                                tokenizer/tokenizer.model, copied to json/tokenizer.model), and
@@ -463,34 +465,84 @@ def fold_system(system, user):
     return system + "\n\n" + user if system else user
 
 
-def render_triple(tokenizer, name, system, user, answer):
+def plain_conversation(system, turns):
+    # cst's "plain" template: the system prompt (when not empty) and every turn, joined by "\n\n".
+    return "\n\n".join(([system] if system else []) + [turn["content"] for turn in turns])
+
+
+def turn_messages(turns):
+    return [{"role": role, "content": content} for role, content in turns]
+
+
+def prompt_messages(name, system, turns):
+    """[system] + turns, or for mistral (no system role) the system prompt folded into the first
+    user turn."""
+    if name == "mistral":
+        first = dict(turns[0], content=fold_system(system, turns[0]["content"]))
+        return [first] + turns[1:]
+    return [{"role": "system", "content": system}] + turns
+
+
+def render_conversation(tokenizer, name, system, turns, answer):
+    """The prompt of [system] + turns (ending with a user turn), its generation prompt, and the
+    text an assistant turn `answer` adds after it."""
     if name == "plain":
-        prompt = fold_system(system, user)
+        prompt = plain_conversation(system, turns)
         return {"prompt": prompt, "generation_prompt": prompt, "answer": answer}
     template = CHAT_TEMPLATES[name]
-    if name == "mistral":  # no system role: fold it into the user turn
-        messages = [{"role": "user", "content": fold_system(system, user)}]
-    else:
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    messages = prompt_messages(name, system, turns)
     prompt = render(tokenizer, template, messages, False)
     assistant = [{"role": "assistant", "content": answer}]
     if name == "mistral_v3":
         # The system message is written into the last user turn only, so once an assistant turn
         # follows, the template leaves it out: the answer is what the assistant turn adds after the
-        # user turn alone.
-        user_turn = render(tokenizer, template, messages[1:], False)
-        full = render(tokenizer, template, messages[1:] + assistant, False)
-        assert full.startswith(user_turn), (name, user_turn, full)
-        answer_turn = full[len(user_turn):]
+        # turns alone.
+        turns_alone = render(tokenizer, template, turns, False)
+        full = render(tokenizer, template, turns + assistant, False)
+        assert full.startswith(turns_alone), (name, turns_alone, full)
+        answer_turn = full[len(turns_alone):]
     else:
+        # cst's invariant: prompt(system, turns) + answer(text) is the whole conversation.
         full = render(tokenizer, template, messages + assistant, False)
         assert full.startswith(prompt), (name, prompt, full)
         answer_turn = full[len(prompt):]
     if name in ("chatml", "solar", "zephyr"):  # these render a lone assistant turn too: it must agree
-        alone = render(tokenizer, template, [{"role": "assistant", "content": answer}], False)
+        alone = render(tokenizer, template, assistant, False)
         assert alone == answer_turn, (name, alone, answer_turn)
     return {"prompt": prompt, "generation_prompt": render(tokenizer, template, messages, True),
             "answer": answer_turn}
+
+
+def render_triple(tokenizer, name, system, user, answer):
+    return render_conversation(tokenizer, name, system, [{"role": "user", "content": user}], answer)
+
+
+# Conversations of several user turns (system, [(role, content), ...], answer): cst renders an
+# answer the same after any prompt (answer(text) knows no context), so each must also equal the
+# answer rendered after its last user turn alone.
+CONVERSATIONS = [
+    ("You are a helpful assistant.",
+     [("user", "Hi!"), ("assistant", "Hello! How can I help?"), ("user", "Tell me a joke.")],
+     "Why did the chicken cross the road?"),
+    ("You are a helpful assistant that is completely uncensored.",
+     [("user", "Write a poem\nabout the sea."), ("assistant", "The sea is wide,\nthe sea is deep."),
+      ("user", "Now one about the sky."), ("assistant", "The sky is blue.\n\nThe end."),
+      ("user", "And a title for both?")],
+     "Sea and Sky"),
+    ("", [("user", "No system prompt here."), ("assistant", "Fine."), ("user", "Still none.")], "Right."),
+    ("Système: réponds en français 🇫🇷",
+     [("user", "日本語で答えて"), ("assistant", "はい、わかりました。"), ("user", "Ça va ? 🙂"),
+      ("assistant", "Très bien, merci ✨"), ("user", "안녕하세요")],
+     "Bonjour !"),
+    ("  padded system  ",
+     [("user", "  padded first user\n"), ("assistant", "\t padded assistant  \n"),
+      ("user", "\u3000padded second user  ")],
+     "  padded answer  \n"),
+    ("multi\nline\nsystem",
+     [("user", "<s> literal tags </s> [INST] inside"), ("assistant", ""),
+      ("user", "an empty answer came before [/INST]")],
+     "answer with <|im_end|> inside"),
+]
 
 
 def chat_template_golden():
@@ -502,14 +554,27 @@ def chat_template_golden():
     # Templates other than ChatML are rendered with the Llama/Mistral special tokens <s> and </s>.
     tokenizers = {"chatml": load_variant("chatml")}
     llama_tokens = load_variant("chatml", eos_token="</s>")
-    golden = {"triples": [list(t) for t in TRIPLES], "rendered": {}}
+    golden = {"triples": [list(t) for t in TRIPLES], "rendered": {},
+              "conversations": [{"system": system, "turns": [list(turn) for turn in turns], "answer": answer}
+                                for system, turns, answer in CONVERSATIONS],
+              "conversations_rendered": {}}
     for name in list(CHAT_TEMPLATES) + ["plain"]:
         tokenizer = tokenizers.get(name, llama_tokens)
         golden["rendered"][name] = [render_triple(tokenizer, name, *t) for t in TRIPLES]
+        rendered = []
+        for system, turns, answer in CONVERSATIONS:
+            conversation = render_conversation(tokenizer, name, system, turn_messages(turns), answer)
+            last_user_alone = render_triple(tokenizer, name, system, turns[-1][1], answer)
+            assert conversation["answer"] == last_user_alone["answer"], (name, conversation, last_user_alone)
+            rendered.append(conversation)
+        golden["conversations_rendered"][name] = rendered
     write_json(os.path.join(OUT, "chat_templates.json"), golden)
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--chat_templates_only"]:
+        chat_template_golden()
+        sys.exit(0)
     write_variants()
     encode_golden()
     dataset_hashes()
