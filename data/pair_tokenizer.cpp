@@ -141,7 +141,7 @@ TokenizedPair tokenize_rendered_pair(const Tokenizer& tokenizer, const std::stri
 TokenizedPair tokenize_pair(const Tokenizer& tokenizer, const ChatTemplate& chat_template,
                             const PreferenceExample& example, const TokenizeOptions& options) {
   TokenizedPair pair = tokenize_rendered_pair(
-      tokenizer, chat_template.prompt(example.system, example.prompt),
+      tokenizer, chat_template.prompt(example.system, example.prompt_turns()),
       chat_template.answer(example.chosen), chat_template.answer(example.rejected), options);
   pair.system = example.system;
   return pair;

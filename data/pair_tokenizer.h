@@ -13,7 +13,9 @@
 //  4. labels = ids with the prompt positions masked; here completion_mask[t] = 1 on answer tokens.
 //
 // Texts are rendered the seed's way: prompt = template.prompt(system, user),
-// answer = template.answer(text) (REFERENCE.md sections 2 and 3).
+// answer = template.answer(text) (REFERENCE.md sections 2 and 3); a multi-turn example's prompt is
+// the whole conversation, template.prompt(system, history + [user]), so max_prompt_length and the
+// truncation mode apply to all of it (keep_end drops the earliest turns first).
 #pragma once
 #include <cstdint>
 #include <string>

@@ -94,6 +94,7 @@ const Column* first_null_column(const SourceColumns& columns, int64_t row) {
 struct RowTexts {
   std::optional<std::string> system;
   std::string prompt, chosen, rejected;
+  std::vector<ChatTurn> history;
 };
 
 std::string row_and_column(const Table& table, int64_t row, const Column& column) {
@@ -107,28 +108,21 @@ const std::string& message_field(const std::optional<std::string>& field, const 
   return *field;
 }
 
-// The prompt messages [system,] user, rendered by cst's chat templates as (system, user).
+// The prompt messages [system,] user, assistant, ..., user as the example's system prompt,
+// history and prompt.
 void split_prompt(const Messages& prompt, const std::string& where, RowTexts& texts) {
-  size_t user = 0;
-  if (!prompt.empty() && message_field(prompt[0].role, "role", where, 0) == "system") {
-    texts.system = message_field(prompt[0].content, "content", where, 0);
-    user = 1;
-  }
-  if (prompt.size() == user) fail(where, ": the prompt has no user message");
-  if (prompt.size() > user + 1) {
-    fail(where, ": a multi-turn prompt (", prompt.size(),
-         " messages) cannot be rendered; cst's chat templates render one [system,] user turn");
-  }
-  const std::string& role = message_field(prompt[user].role, "role", where, user);
-  if (role != "user") fail(where, ", message ", user, ": role '", role, "', expected 'user'");
-  texts.prompt = message_field(prompt[user].content, "content", where, user);
+  PromptConversation conversation = read_prompt_messages(prompt, where);
+  texts.system = std::move(conversation.system);
+  texts.prompt = std::move(conversation.turns.back().content);
+  conversation.turns.pop_back();
+  texts.history = std::move(conversation.turns);
 }
 
 // An answer: the one assistant message left after the prompt.
 std::string answer_text(const Messages& answer, size_t first, const std::string& where) {
   if (answer.size() != first + 1) {
-    fail(where, ": expected one assistant message after the prompt, found ", answer.size() - first,
-         answer.size() > first + 1 ? " (multi-turn answers cannot be rendered)" : "");
+    fail(where, ": an answer must be exactly one assistant message; found ", answer.size() - first,
+         " messages after the prompt");
   }
   const std::string& role = message_field(answer[first].role, "role", where, first);
   if (role != "assistant") {
@@ -149,7 +143,7 @@ size_t shared_prefix_length(const Messages& chosen, const Messages& rejected) {
 
 // A row of message lists, by trl's maybe_extract_prompt: a message-list prompt is used as it
 // is; otherwise the prompt is the prefix chosen and rejected share, and a string prompt beside
-// them (ultrafeedback_binarized) must be that prefix's user message.
+// them (ultrafeedback_binarized) must be that prefix's last user message.
 RowTexts conversational_row(const Table& table, const SourceColumns& columns, int64_t row) {
   const Messages& chosen = *columns.chosen->messages[size_t(row)];
   const Messages& rejected = *columns.rejected->messages[size_t(row)];
@@ -166,7 +160,7 @@ RowTexts conversational_row(const Table& table, const SourceColumns& columns, in
     split_prompt(prefix, chosen_where + " (the prompt shared with '" + columns.rejected->name + "')",
                  texts);
     if (columns.prompt != nullptr && *columns.prompt->text[size_t(row)] != texts.prompt) {
-      fail(row_and_column(table, row, *columns.prompt), ": the prompt differs from the user ",
+      fail(row_and_column(table, row, *columns.prompt), ": the prompt differs from the last user ",
            "message that '", columns.chosen->name, "' and '", columns.rejected->name, "' share");
     }
   }
@@ -177,10 +171,47 @@ RowTexts conversational_row(const Table& table, const SourceColumns& columns, in
 
 RowTexts string_row(const SourceColumns& columns, int64_t row) {
   return {std::nullopt, *columns.prompt->text[size_t(row)], *columns.chosen->text[size_t(row)],
-          *columns.rejected->text[size_t(row)]};
+          *columns.rejected->text[size_t(row)], {}};
+}
+
+// The example of a row under a system prompt; flipped swaps the answers (CST's second direction).
+PreferenceExample make_example(const std::string& system, const RowTexts& texts, bool flipped,
+                               int64_t row) {
+  return {system, texts.prompt, flipped ? texts.rejected : texts.chosen,
+          flipped ? texts.chosen : texts.rejected, texts.history, row};
 }
 
 }  // namespace
+
+std::vector<ChatTurn> PreferenceExample::prompt_turns() const {
+  std::vector<ChatTurn> turns = history;
+  turns.push_back({"user", prompt});
+  return turns;
+}
+
+PromptConversation read_prompt_messages(const Messages& messages, const std::string& where) {
+  PromptConversation conversation;
+  size_t first = 0;
+  if (!messages.empty() && message_field(messages[0].role, "role", where, 0) == "system") {
+    conversation.system = message_field(messages[0].content, "content", where, 0);
+    first = 1;
+  }
+  if (messages.size() == first) fail(where, ": the prompt has no user message");
+  for (size_t i = first; i < messages.size(); i++) {
+    const std::string& role = message_field(messages[i].role, "role", where, i);
+    const char* expected = expected_turn_role(i - first);
+    if (role != expected) {
+      fail(where, ", message ", i, ": role '", role, "', expected '", expected, "'",
+           i > first ? " (turns must alternate user/assistant)" : "");
+    }
+    conversation.turns.push_back({role, message_field(messages[i].content, "content", where, i)});
+  }
+  if (conversation.turns.back().role != "user") {
+    fail(where, ": the prompt ends with an assistant message (message ", messages.size() - 1,
+         "); it must end with the user message to answer");
+  }
+  return conversation;
+}
 
 std::vector<PreferenceExample> build_preference_examples(const Table& table,
                                                          const PreferenceOptions& options,
@@ -208,7 +239,7 @@ std::vector<PreferenceExample> build_preference_examples(const Table& table,
                                     : "the system column '" + columns.system->name + "' gives one",
              "; drop one");
       }
-      examples.push_back({*texts.system, texts.prompt, texts.chosen, texts.rejected, row});
+      examples.push_back(make_example(*texts.system, texts, false, row));
       continue;
     }
     if (!options.system_prompts) {
@@ -216,15 +247,12 @@ std::vector<PreferenceExample> build_preference_examples(const Table& table,
         fail(table.source, " row ", row, ": no system prompt (no system message, no system column '",
              options.columns.system, "' and no system prompts given)");
       }
-      examples.push_back(
-          {*columns.system->text[size_t(row)], texts.prompt, texts.chosen, texts.rejected, row});
+      examples.push_back(make_example(*columns.system->text[size_t(row)], texts, false, row));
       continue;
     }
     const auto& [system_a, system_b] = *options.system_prompts;
-    examples.push_back({system_a, texts.prompt, texts.chosen, texts.rejected, row});
-    if (!options.dpo_baseline) {
-      examples.push_back({system_b, texts.prompt, texts.rejected, texts.chosen, row});
-    }
+    examples.push_back(make_example(system_a, texts, false, row));
+    if (!options.dpo_baseline) examples.push_back(make_example(system_b, texts, true, row));
   }
   counts.examples = int64_t(examples.size());
   if (report != nullptr) *report = counts;

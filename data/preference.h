@@ -1,7 +1,8 @@
 // Preference examples: the (system, prompt, chosen, rejected) rows DPO trains on, built from a
 // table. Configurable Safety Tuning needs no new data: given two opposite system prompts A and B,
 // each row (prompt, chosen, rejected) becomes (A, chosen over rejected) and (B, rejected over
-// chosen), so the system prompt alone decides which answer is preferred.
+// chosen), so the system prompt alone decides which answer is preferred. A row may also hold a
+// conversation: earlier user/assistant turns before the user prompt the answers reply to.
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -9,13 +10,20 @@
 #include <utility>
 #include <vector>
 
+#include "data/chat_template.h"
 #include "data/table.h"
 
 namespace cst {
 
 struct PreferenceExample {
-  std::string system, prompt, chosen, rejected;
+  std::string system, prompt, chosen, rejected;  // prompt: the last user message
+  // The user/assistant turns before prompt (user first, alternating, ending with an assistant
+  // turn); empty for single-turn rows and string columns.
+  std::vector<ChatTurn> history;
   int64_t source_row = 0;  // 0-based row of the table the example came from
+
+  // The turns the prompt renders: history, then the user prompt.
+  std::vector<ChatTurn> prompt_turns() const;
 };
 
 // Column names in the source table. An empty system name means "the table has no system column".
@@ -48,18 +56,31 @@ struct PreferenceReport {
 // Message lists (trl's conversational format) give the same examples as the equivalent strings,
 // following trl's maybe_extract_prompt (trl/data_utils.py; trl >= 0.12, the first releases with
 // conversational DPO data):
-//  - prompt column of message lists ([system,] user) and chosen/rejected of [assistant]: used as
-//    they are.
+//  - prompt column of message lists ([system,] user, assistant, ..., user) and chosen/rejected of
+//    [assistant]: used as they are.
 //  - no prompt column, or a string one (ultrafeedback_binarized): the prompt is the prefix chosen
 //    and rejected share (never all of the shorter one, as in trl); a string prompt must equal that
-//    prefix's user message, which trl would silently ignore.
+//    prefix's last user message, which trl would silently ignore.
 //  - a leading system message is the row's system prompt; a system column or the CST system
-//    prompts as well is an error. Rows without one take the system column or the CST prompts.
-//  - the answers must then be one assistant message each. cst's chat templates render one
-//    [system,] user turn, so a multi-turn prompt or answer is an error naming the row and column,
-//    as are null roles or contents and unexpected roles.
+//    prompts as well is an error. Rows without one take the system column or the CST prompts
+//    (which apply to multi-turn rows like any other).
+//  - the prompt's turns must alternate user/assistant from a user message and end with a user
+//    message: the last one is the example's prompt, the earlier ones its history. The answers must
+//    then be exactly one assistant message each. Anything else (null roles or contents, other
+//    roles, turns out of order, multi-message answers) is an error naming the row and column.
+// The rendered prompt is the seed's recipe on the whole conversation: apply_chat_template([system]
+// + history + [user prompt]) (ChatTemplate::prompt), each answer its assistant turn.
 std::vector<PreferenceExample> build_preference_examples(const Table& table,
                                                          const PreferenceOptions& options,
                                                          PreferenceReport* report);
+
+// A prompt as a message list holds it: [system,] user, assistant, ..., user.
+struct PromptConversation {
+  std::optional<std::string> system;  // set when the list starts with a system message
+  std::vector<ChatTurn> turns;        // alternating from a user turn to a user turn
+};
+// Reads prompt messages; a null role or content, a misplaced role or a list that does not end with
+// a user message is an error that starts with `where` and names the message (0-based).
+PromptConversation read_prompt_messages(const Messages& messages, const std::string& where);
 
 }  // namespace cst

@@ -139,6 +139,61 @@ TEST_F(PairTokenizer, BadOptionsAreErrors) {
   EXPECT_THROW(truncation_mode_by_name("keep_middle"), Error);
 }
 
+// A compact record of trl's output: the ids, the number of leading positions its labels mask, and
+// the length of prompt_input_ids.
+void expect_same_as_compact_trl(const TokenizedPair& pair, const nlohmann::json& trl,
+                                const std::string& what) {
+  for (const auto& [sequence, name] : {std::pair{&pair.chosen, "chosen"}, {&pair.rejected, "rejected"}}) {
+    const std::string key = name;
+    EXPECT_EQ(sequence->ids, trl[key + "_input_ids"].get<std::vector<int32_t>>()) << what << " " << key;
+    std::vector<uint8_t> mask(trl[key + "_input_ids"].size(), 1);
+    std::fill_n(mask.begin(), std::min(mask.size(), trl[key + "_prompt_length"].get<size_t>()), 0);
+    EXPECT_EQ(sequence->completion_mask, mask) << what << " " << key;
+  }
+  EXPECT_EQ(pair.prompt_length, trl["prompt_length"].get<int>()) << what;
+}
+
+// Multi-turn rows, from the table to the token ids: tools/python/make_message_fixtures.py rendered
+// each example's whole conversation with apply_chat_template for every chat template and ran trl's
+// tokenize_row on the strings (tests/fixtures/parquet/preference_multiturn.expected.json). The
+// parquet rows carry their system messages; the JSON lines rows flip under CST's system prompts.
+TEST_F(PairTokenizer, MultiTurnExamplesMatchTrl) {
+  const std::string parquet = CST_SOURCE_DIR "/tests/fixtures/parquet/";
+  const nlohmann::json fixture = read_json(parquet + "preference_multiturn.expected.json");
+  PreferenceOptions cst;
+  cst.system_prompts = std::make_pair(fixture["cst_system_prompts"][0].get<std::string>(),
+                                      fixture["cst_system_prompts"][1].get<std::string>());
+  const std::pair<std::vector<PreferenceExample>, const nlohmann::json*> sets[] = {
+      {build_preference_examples(read_table(parquet + "preference_multiturn_trl.parquet", {}),
+                                 PreferenceOptions{}, nullptr),
+       &fixture["trl_examples"]},
+      {build_preference_examples(read_table(parquet + "preference_multiturn_implicit.jsonl", {}),
+                                 cst, nullptr),
+       &fixture["cst_examples"]}};
+  int prompts_cut = 0;
+  for (const auto& [examples, expected] : sets) {
+    ASSERT_EQ(examples.size(), expected->size());
+    for (size_t i = 0; i < examples.size(); i++) {
+      for (const auto& [name, rendered] : (*expected)[i]["rendered"].items()) {
+        const ChatTemplate chat_template = chat_template_by_name(name);
+        const std::string what = name + " example " + std::to_string(i);
+        EXPECT_EQ(chat_template.prompt(examples[i].system, examples[i].prompt_turns()),
+                  rendered["prompt"])
+            << what;
+        EXPECT_EQ(chat_template.answer(examples[i].chosen), rendered["chosen"]) << what;
+        EXPECT_EQ(chat_template.answer(examples[i].rejected), rendered["rejected"]) << what;
+        for (size_t limit = 0; limit < rendered["trl"].size(); limit++) {
+          const TokenizeOptions options = options_of(fixture["limits"][limit]);
+          const TokenizedPair pair = tokenize_pair(*tokenizer_, chat_template, examples[i], options);
+          expect_same_as_compact_trl(pair, rendered["trl"][limit], what + " limit " + std::to_string(limit));
+          prompts_cut += pair.prompt_length == options.max_prompt_length;
+        }
+      }
+    }
+  }
+  EXPECT_GT(prompts_cut, 0) << "no multi-turn prompt was cut to max_prompt_length";
+}
+
 // Every row of the real dataset, rendered and tokenized as the seed did (512 / 128 / keep_end).
 TEST_F(PairTokenizer, EveryDatasetRowMatchesTrl) {
   if (!std::filesystem::exists(kDataset)) GTEST_SKIP() << "dataset not found at " << kDataset;

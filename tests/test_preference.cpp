@@ -3,9 +3,13 @@
 // conversational format) are checked against the same rows as strings: the fixtures of
 // tools/python/make_message_fixtures.py hold one set of rows in trl's format, in the
 // ultrafeedback_binarized format and as strings, and all must give identical examples and tokens.
+// Multi-turn rows are checked against the examples that generator built them from
+// (preference_multiturn.expected.json; their rendering and token ids: test_pair_tokenizer.cpp).
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "data/pair_tokenizer.h"
 #include "data/preference.h"
@@ -270,13 +274,15 @@ TEST(PreferenceMessages, UnrenderableRowsNameRowAndColumn) {
                                       message_column("rejected", {answer, answer})});
     return error_of(table, cst_options());
   };
-  const Messages multi_turn = {{"user", "q"}, {"assistant", "a"}, {"user", "q2"}};
-  EXPECT_EQ(error_for(multi_turn, answer),
-            "memory.parquet row 1, column 'prompt': a multi-turn prompt (3 messages) cannot be "
-            "rendered; cst's chat templates render one [system,] user turn");
   EXPECT_EQ(error_for(user, Messages{{"assistant", "a"}, {"assistant", "b"}}),
-            "memory.parquet row 1, column 'chosen': expected one assistant message after the "
-            "prompt, found 2 (multi-turn answers cannot be rendered)");
+            "memory.parquet row 1, column 'chosen': an answer must be exactly one assistant "
+            "message; found 2 messages after the prompt");
+  EXPECT_EQ(error_for(user, Messages{{"assistant", "a"}, {"user", "q2"}, {"assistant", "b"}}),
+            "memory.parquet row 1, column 'chosen': an answer must be exactly one assistant "
+            "message; found 3 messages after the prompt");
+  EXPECT_EQ(error_for(user, Messages{}),
+            "memory.parquet row 1, column 'chosen': an answer must be exactly one assistant "
+            "message; found 0 messages after the prompt");
   EXPECT_EQ(error_for(Messages{{"assistant", "q"}}, answer),
             "memory.parquet row 1, column 'prompt', message 0: role 'assistant', expected 'user'");
   EXPECT_EQ(error_for(user, Messages{{"assistant", std::nullopt}}),
@@ -286,6 +292,48 @@ TEST(PreferenceMessages, UnrenderableRowsNameRowAndColumn) {
   EXPECT_EQ(error_for(std::nullopt, answer), "memory.parquet row 1: column 'prompt' is null");
 }
 
+// Earlier turns must alternate user/assistant after the optional system message, and the prompt
+// must end with the user message the answers reply to.
+TEST(PreferenceMessages, MultiTurnPromptsMustAlternateAndEndWithAUserMessage) {
+  const Messages user = {{"user", "q"}};
+  const Messages answer = {{"assistant", "a"}};
+  auto error_for = [&](const Messages& prompt) {
+    Table table = make_table({message_column("prompt", {user, prompt}),
+                              message_column("chosen", {answer, answer}),
+                              message_column("rejected", {answer, answer})});
+    return error_of(table, cst_options());
+  };
+  const std::string where = "memory.parquet row 1, column 'prompt'";
+  EXPECT_EQ(error_for({{"user", "q"}, {"user", "q2"}}),
+            where + ", message 1: role 'user', expected 'assistant' (turns must alternate "
+                    "user/assistant)");
+  EXPECT_EQ(error_for({{"system", "s"}, {"user", "q"}, {"assistant", "a"}, {"assistant", "b"}}),
+            where + ", message 3: role 'assistant', expected 'user' (turns must alternate "
+                    "user/assistant)");
+  EXPECT_EQ(error_for({{"user", "q"}, {"system", "s"}, {"user", "q2"}}),
+            where + ", message 1: role 'system', expected 'assistant' (turns must alternate "
+                    "user/assistant)");
+  EXPECT_EQ(error_for({{"user", "q"}, {"assistant", "a"}}),
+            where + ": the prompt ends with an assistant message (message 1); it must end with "
+                    "the user message to answer");
+  EXPECT_EQ(error_for({{"user", "q"}, {"assistant", std::nullopt}, {"user", "q2"}}),
+            where + ", message 1: content is null");
+  EXPECT_EQ(error_for({{"user", "q"}, {std::nullopt, "a"}, {"user", "q2"}}),
+            where + ", message 1: role is null");
+
+  // An implicit prompt is checked alike: here chosen and rejected part at the second user turn,
+  // so the prefix they share ends with the assistant's reply.
+  Table table = make_table(
+      {message_column("chosen", {Messages{{"user", "q"}, {"assistant", "a"}, {"user", "x"},
+                                          {"assistant", "c"}}}),
+       message_column("rejected", {Messages{{"user", "q"}, {"assistant", "a"}, {"user", "y"},
+                                            {"assistant", "r"}}})});
+  EXPECT_EQ(error_of(table, cst_options()),
+            "memory.parquet row 0, column 'chosen' (the prompt shared with 'rejected'): the "
+            "prompt ends with an assistant message (message 1); it must end with the user message "
+            "to answer");
+}
+
 TEST(PreferenceMessages, StringPromptMustMatchTheSharedUserMessage) {
   Table table = make_table(
       {message_column("chosen", {Messages{{"user", "q"}, {"assistant", "a"}}}),
@@ -293,8 +341,8 @@ TEST(PreferenceMessages, StringPromptMustMatchTheSharedUserMessage) {
   table.columns.push_back(text_column("prompt", {"another question"}));
   table.columns_in_source.push_back("prompt");
   EXPECT_EQ(error_of(table, cst_options()),
-            "memory.parquet row 0, column 'prompt': the prompt differs from the user message that "
-            "'chosen' and 'rejected' share");
+            "memory.parquet row 0, column 'prompt': the prompt differs from the last user message "
+            "that 'chosen' and 'rejected' share");
 }
 
 TEST(PreferenceMessages, RowsWithoutAnySystemPromptAreAnError) {
@@ -310,6 +358,61 @@ TEST(PreferenceMessages, RowsWithoutAnySystemPromptAreAnError) {
   EXPECT_EQ(error_of(table, cst_options()),
             "memory.parquet: chosen column 'chosen' holds message lists but rejected column "
             "'rejected' holds strings");
+}
+
+nlohmann::json read_json(const std::string& path) {
+  std::ifstream file(path);
+  if (!file) throw std::runtime_error("cannot open " + path);
+  return nlohmann::json::parse(file);
+}
+
+// The examples the generator built its multi-turn rows from.
+void expect_generated_examples(const std::vector<PreferenceExample>& got,
+                               const nlohmann::json& expected) {
+  ASSERT_EQ(got.size(), expected.size());
+  for (size_t i = 0; i < got.size(); i++) {
+    const nlohmann::json& want = expected[i];
+    expect_example(got[i], want["system"].get<std::string>().c_str(),
+                   want["prompt"].get<std::string>().c_str(),
+                   want["chosen"].get<std::string>().c_str(),
+                   want["rejected"].get<std::string>().c_str(), want["source_row"].get<int64_t>());
+    std::vector<ChatTurn> history;
+    for (const nlohmann::json& turn : want["history"]) history.push_back({turn[0], turn[1]});
+    EXPECT_EQ(got[i].history, history) << "example " << i;
+    history.push_back({"user", got[i].prompt});
+    EXPECT_EQ(got[i].prompt_turns(), history) << "example " << i;
+  }
+}
+
+// trl's explicit-prompt format with one to three user turns: the system message, the earlier
+// turns as history, the last user message as the prompt.
+TEST(PreferenceMessages, MultiTurnPromptColumnRows) {
+  const nlohmann::json expected = read_json(kFixtures + "preference_multiturn.expected.json");
+  const auto examples = build_preference_examples(
+      read_table(kFixtures + "preference_multiturn_trl.parquet", {}), PreferenceOptions{}, nullptr);
+  expect_generated_examples(examples, expected["trl_examples"]);
+  size_t longest_history = 0;
+  for (const PreferenceExample& example : examples) {
+    longest_history = std::max(longest_history, example.history.size());
+  }
+  EXPECT_EQ(longest_history, 4u);  // three user turns
+}
+
+// Whole conversations in chosen and rejected (JSON lines), the prompt being the prefix they share,
+// under CST's two system prompts: each row flips with its history, with or without the string
+// prompt column (the last user message).
+TEST(PreferenceMessages, MultiTurnImplicitPromptsUnderCst) {
+  const nlohmann::json expected = read_json(kFixtures + "preference_multiturn.expected.json");
+  const auto& system_prompts = expected["cst_system_prompts"];
+  PreferenceOptions options;
+  options.system_prompts = std::make_pair(system_prompts[0].get<std::string>(),
+                                          system_prompts[1].get<std::string>());
+  const std::string path = kFixtures + "preference_multiturn_implicit.jsonl";
+  expect_generated_examples(build_preference_examples(read_table(path, {}), options, nullptr),
+                            expected["cst_examples"]);
+  expect_generated_examples(
+      build_preference_examples(read_table(path, {"chosen", "rejected"}), options, nullptr),
+      expected["cst_examples"]);
 }
 
 // The real multitask dataset: 1952 rows, each already carrying its system prompt.

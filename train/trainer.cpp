@@ -80,16 +80,33 @@ void dump_tokenized(const std::string& path, const std::vector<TokenizedPair>& p
   fs::rename(temporary, path);
 }
 
-// Splits off a deterministic fraction of the pairs for evaluation, by prompt: every pair of a
-// prompt (the CST flips of a row, and rows repeating a prompt under another system prompt) lands
-// on the same side, so evaluation prompts are never trained on.
+// FNV-1a of an example's conversation: the same on every platform. The earlier turns (each role and
+// content closed by a zero byte) come before the prompt, so a single-turn example hashes its prompt
+// alone.
+uint64_t conversation_key(const PreferenceExample& example, uint64_t seed) {
+  uint64_t key = 0xcbf29ce484222325ull ^ seed;
+  auto feed = [&](const std::string& text) {
+    for (unsigned char c : text) key = (key ^ c) * 0x100000001b3ull;
+  };
+  for (const ChatTurn& turn : example.history) {
+    for (const std::string* text : {&turn.role, &turn.content}) {
+      feed(*text);
+      key *= 0x100000001b3ull;  // the zero byte: key ^ 0 == key
+    }
+  }
+  feed(example.prompt);
+  return key;
+}
+
+// Splits off a deterministic fraction of the pairs for evaluation, by conversation: every pair of a
+// prompt (the CST flips of a row, and rows repeating a conversation under another system prompt)
+// lands on the same side, so evaluation prompts are never trained on.
 void split_eval(std::vector<TokenizedPair>& train, std::vector<TokenizedPair>& eval,
                 const std::vector<PreferenceExample>& examples, double fraction, uint64_t seed) {
   if (fraction <= 0) return;
   std::vector<TokenizedPair> kept;
   for (TokenizedPair& pair : train) {
-    uint64_t key = 0xcbf29ce484222325ull ^ seed;  // FNV-1a of the prompt: the same on every platform
-    for (unsigned char c : examples[size_t(pair.example_index)].prompt) key = (key ^ c) * 0x100000001b3ull;
+    uint64_t key = conversation_key(examples[size_t(pair.example_index)], seed);
     key ^= key >> 31;  // splitmix64's finaliser: uniform bits from any key
     key *= 0xBF58476D1CE4E5B9ull;
     key ^= key >> 29;

@@ -9,7 +9,12 @@
 # The preference_* files hold one set of rows three ways (trl's conversational format, the
 # ultrafeedback_binarized format and plain strings) for tests/test_preference.cpp, which checks
 # that all three give the same preference examples and token ids.
-# Rows come from a fixed seed. Needs pyarrow and datasets (tools/python/requirements.txt).
+# The preference_multiturn_* files hold conversations of one to three user turns (see
+# write_multiturn_preference_fixtures), with the examples, rendered prompts and trl's token ids
+# that tests/test_preference.cpp and tests/test_pair_tokenizer.cpp compare cst with.
+# Rows come from a fixed seed. Needs pyarrow and datasets, and for the multi-turn expectations
+# transformers and trl (tools/python/requirements.txt) and the tokenizer fixtures of
+# make_tokenizer_fixtures.py.
 import json
 import os
 import random
@@ -18,6 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import make_parquet_fixtures as parquet_fixtures
+import make_tokenizer_fixtures as tokenizer_fixtures
+import make_trl_tokenization_fixtures as trl_fixtures
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "..", "tests", "fixtures", "parquet")
 
@@ -223,10 +230,144 @@ def write_preference_fixtures():
     Dataset.from_list(strings).to_parquet(os.path.join(OUT, "preference_strings.parquet"))
 
 
+# --- Multi-turn preference rows. ---------------------------------------------------------------------
+#
+# Each row is (system, turns, chosen, rejected): turns alternate user/assistant from a user turn to
+# a user turn, and the answers reply to the last. Written two ways:
+#   preference_multiturn_trl.parquet    trl's explicit-prompt format: prompt = [system] + turns,
+#                                       chosen = [assistant], rejected = [assistant]
+#   preference_multiturn_implicit.jsonl no system message; chosen and rejected each hold the whole
+#                                       conversation (turns + their answer), as trl >= 0.12's
+#                                       maybe_extract_prompt takes the shared prefix for the prompt;
+#                                       plus a string prompt column holding the last user message
+# preference_multiturn.expected.json holds the preference examples these rows must give (by
+# construction: system, the turns before the last user message as history, that message as the
+# prompt, the answers' texts), the parquet rows as they are and the jsonl rows under CST's two
+# system prompts. Per example and chat template (every template for the parquet rows, chatml for
+# the jsonl rows) it holds the seed's rendering (trl 0.9.6's recipe on the whole conversation:
+# prompt = apply_chat_template([system] + turns), each answer the text its assistant turn adds;
+# make_tokenizer_fixtures.render_conversation) and trl 0.9.6's DPOTrainer.tokenize_row on those
+# strings with the ChatML tokenizer fixture, at trl's default limits and, for chatml, at short
+# limits that cut the multi-turn prompts (keep_end, keep_start). trl's output is stored compactly:
+# the input ids, and the number of leading positions its labels mask (-100; the generator checks
+# that the labels are exactly that prefix masked and the ids after it), and the length of
+# prompt_input_ids.
+
+CST_SYSTEM_PROMPTS = ["You are a helpful yet harmless assistant.", "You are a completely uncensored assistant."]
+MULTITURN_LIMITS = [(512, 128, "keep_end"), (96, 40, "keep_end"), (96, 40, "keep_start")]
+LABEL_PAD = trl_fixtures.LABEL_PAD
+
+
+def multiturn_rows():
+    rng = random.Random(15)
+    systems = ["You are a helpful assistant.", "", "Réponds en français. 🙂", "  padded system \n"]
+    rows = []
+    for row in range(6):
+        turns = []
+        for turn in range(1 + row % 3):  # one, two or three user turns
+            if turn:
+                turns.append(("assistant", random_text(rng, 8)))
+            turns.append(("user", f"question {row}.{turn}: " + random_text(rng, 8)))
+        rows.append({"system": systems[row % len(systems)], "turns": turns,
+                     "chosen": random_text(rng, 10), "rejected": random_text(rng, 10)})
+    # Contents with surrounding whitespace (llama2 and mistral_v3 strip them).
+    rows[4]["turns"] = [("user", "  padded question \n"), ("assistant", "\t padded reply  "),
+                        ("user", "\u3000second padded question ")]
+    for r in rows:
+        assert r["chosen"] != r["rejected"]
+    return rows
+
+
+def expected_example(system, row, source_row, flipped=False):
+    return {"system": system, "history": [list(t) for t in row["turns"][:-1]],
+            "prompt": row["turns"][-1][1],
+            "chosen": row["rejected"] if flipped else row["chosen"],
+            "rejected": row["chosen"] if flipped else row["rejected"], "source_row": source_row}
+
+
+def compact_trl_record(tokenized):
+    record = {"prompt_length": len(tokenized["prompt_input_ids"])}
+    for answer in ("chosen", "rejected"):
+        ids, labels = tokenized[answer + "_input_ids"], tokenized[answer + "_labels"]
+        masked = sum(1 for label in labels if label == LABEL_PAD)
+        assert labels == [LABEL_PAD] * masked + ids[masked:], (ids, labels)
+        record[answer + "_input_ids"] = ids
+        record[answer + "_prompt_length"] = masked
+    return record
+
+
+def tokenized_example(example, renderers, trl_trainers):
+    """Per chat template: the rendered strings and trl's tokenize_row output (per limit for chatml)."""
+    turns = [{"role": r, "content": c} for r, c in example["history"]]
+    turns.append({"role": "user", "content": example["prompt"]})
+    result = {}
+    for name, tokenizer in renderers.items():
+        rendered = {"prompt": tokenizer_fixtures.render_conversation(
+            tokenizer, name, example["system"], turns, example["chosen"])["prompt"]}
+        for key in ("chosen", "rejected"):
+            rendered[key] = tokenizer_fixtures.render_conversation(
+                tokenizer, name, example["system"], turns, example[key])["answer"]
+        limits = MULTITURN_LIMITS if name == "chatml" else MULTITURN_LIMITS[:1]
+        rendered["trl"] = [compact_trl_record(trl_trainers[limit].tokenize_row(dict(rendered)))
+                           for limit in limits]
+        result[name] = rendered
+    return result
+
+
+def write_multiturn_preference_fixtures():
+    from datasets import Dataset
+    rows = multiturn_rows()
+
+    def message(role, content):
+        return {"role": role, "content": content}
+
+    explicit = [{"prompt": [message("system", r["system"])] + [message(*t) for t in r["turns"]],
+                 "chosen": [message("assistant", r["chosen"])],
+                 "rejected": [message("assistant", r["rejected"])]} for r in rows]
+    implicit = [{"prompt": r["turns"][-1][1],
+                 "chosen": [message(*t) for t in r["turns"]] + [message("assistant", r["chosen"])],
+                 "rejected": [message(*t) for t in r["turns"]] + [message("assistant", r["rejected"])]}
+                for r in rows]
+    Dataset.from_list(explicit).to_parquet(os.path.join(OUT, "preference_multiturn_trl.parquet"))
+    Dataset.from_list(implicit).to_json(os.path.join(OUT, "preference_multiturn_implicit.jsonl"),
+                                        force_ascii=False)
+
+    # As make_tokenizer_fixtures renders its golden: ChatML with its own tokens, the other templates
+    # with the Llama/Mistral <s> and </s>; tokenized by trl with the ChatML tokenizer, as the C++
+    # test tokenizes every template's text.
+    chatml = tokenizer_fixtures.load_variant("chatml")
+    llama_tokens = tokenizer_fixtures.load_variant("chatml", eos_token="</s>")
+    renderers = {name: chatml if name == "chatml" else llama_tokens
+                 for name in tokenizer_fixtures.CHAT_TEMPLATES}
+    trl_trainers = {limit: trl_fixtures.make_trl_tokenizer_object(chatml, *limit) for limit in MULTITURN_LIMITS}
+    trl_examples = [expected_example(r["system"], r, i) for i, r in enumerate(rows)]
+    cst_examples = [expected_example(system, r, i, flipped=k == 1)
+                    for i, r in enumerate(rows) for k, system in enumerate(CST_SYSTEM_PROMPTS)]
+    for example in trl_examples:
+        example["rendered"] = tokenized_example(example, renderers, trl_trainers)
+    for example in cst_examples:
+        example["rendered"] = tokenized_example(example, {"chatml": chatml}, trl_trainers)
+    cut = [e for e in trl_examples if e["rendered"]["chatml"]["trl"][1]["prompt_length"] == MULTITURN_LIMITS[1][1]]
+    assert len(cut) >= 2, "too few multi-turn prompts cut to the short max_prompt_length"
+    expected = {
+        "generated_by": "tools/python/make_message_fixtures.py",
+        "trl_version": trl_fixtures.trl.__version__,
+        "transformers_version": trl_fixtures.transformers.__version__,
+        "cst_system_prompts": CST_SYSTEM_PROMPTS,
+        "limits": [{"max_length": m, "max_prompt_length": p, "truncation_mode": t}
+                   for m, p, t in MULTITURN_LIMITS],
+        "trl_examples": trl_examples,
+        "cst_examples": cst_examples,
+    }
+    with open(os.path.join(OUT, "preference_multiturn.expected.json"), "w", encoding="utf-8") as f:
+        json.dump(expected, f, ensure_ascii=False, separators=(",", ":"))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     write_reader_fixtures()
     write_preference_fixtures()
+    write_multiturn_preference_fixtures()
     total = sum(os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT)
                 if f.startswith(("messages_", "preference_")))
     print(f"message fixture bytes: {total}")
