@@ -1,7 +1,7 @@
 // cst_generate model.bin [--adapter DIR] --system "..." --prompt "..."
 // cst_generate model.bin [--adapter DIR] --prompts FILE --output OUT.jsonl   (also writes OUT.md)
-// Answers prompts under a chosen system prompt with the chat template used in training, streaming
-// the text to the terminal and reporting tokens/s.
+// Answers prompts (or conversations, ending with a user turn) under a chosen system prompt with the
+// chat template used in training, streaming the text to the terminal and reporting tokens/s.
 #include "kernels/program.h"
 #include <cmath>
 #include <cstdio>
@@ -11,7 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "data/table.h"
+#include "data/generation_prompts.h"
 #include "model/generation.h"
 #include "model/lora.h"
 #include "model/transformer.h"
@@ -24,9 +24,11 @@ namespace {
 const char* kUsage =
     "usage: cst_generate model.bin [--adapter DIR] --system TEXT --prompt TEXT [options]\n"
     "       cst_generate model.bin [--adapter DIR] --prompts FILE --output OUT.jsonl [options]\n"
-    "  --prompts FILE         json/jsonl/parquet with a 'prompt' column and optionally 'system'\n"
+    "  --prompts FILE         json/jsonl/parquet rows with a 'prompt' or 'messages' (a conversation\n"
+    "                         [system,] user, assistant, ..., user) and optionally 'system'\n"
     "                         (--system is the default for rows without one)\n"
-    "  --output OUT.jsonl     one line per prompt: prompt, response, system_prompt; also OUT.md\n"
+    "  --output OUT.jsonl     one line per prompt: prompt, response, system_prompt (and history,\n"
+    "                         the turns before the prompt); also OUT.md\n"
     "  --max_new_tokens N     [256]     --temperature T  [0 = greedy]\n"
     "  --top_k K              [0 = off] --top_p P        [1 = off]     --seed S [0]\n"
     "  --chat_template NAME   [recognised from the tokenizer]          --device auto|cpu|cuda\n"
@@ -91,28 +93,25 @@ GenerateFlags parse_flags(int argc, char** argv, bool& help) {
   return flags;
 }
 
-struct Request {
-  std::string system, prompt;
-};
+std::vector<cst::GenerationRequest> read_requests(const GenerateFlags& flags) {
+  if (flags.prompts_file.empty()) return {{flags.system, {{"user", flags.prompt}}}};
+  return cst::read_generation_requests(flags.prompts_file, flags.system);
+}
 
-std::vector<Request> read_requests(const GenerateFlags& flags) {
-  if (flags.prompts_file.empty()) return {{flags.system, flags.prompt}};
-  cst::Table table = cst::read_table(flags.prompts_file, {"prompt", "system"});
-  const cst::Column* prompts = table.find("prompt");
-  const cst::Column* systems = table.find("system");
-  if (!prompts) cst::fail(flags.prompts_file, ": needs a text column 'prompt'");
-  for (const cst::Column* column : {prompts, systems})
-    if (column && (column->is_integer || column->is_messages))
-      cst::fail(flags.prompts_file, ": column '", column->name, "' must be text, not ", cst::column_kind_name(*column));
-  std::vector<Request> requests;
-  for (int64_t row = 0; row < table.num_rows; ++row) {
-    const auto& prompt = prompts->text[size_t(row)];
-    if (!prompt) cst::fail(flags.prompts_file, " row ", row, ": prompt is null");
-    std::string system = flags.system;
-    if (systems && systems->text[size_t(row)]) system = *systems->text[size_t(row)];
-    requests.push_back({system, *prompt});
-  }
-  return requests;
+// The turns before the prompt as message objects, for the jsonl output.
+nlohmann::json history_json(const cst::GenerationRequest& request) {
+  nlohmann::json history = nlohmann::json::array();
+  for (size_t i = 0; i + 1 < request.turns.size(); ++i)
+    history.push_back({{"role", request.turns[i].role}, {"content", request.turns[i].content}});
+  return history;
+}
+
+// The conversation for the markdown table: the prompt alone, or every turn after its role.
+std::string conversation_text(const cst::GenerationRequest& request) {
+  if (request.turns.size() == 1) return request.turns[0].content;
+  std::string text;
+  for (const cst::ChatTurn& turn : request.turns) text += (text.empty() ? "" : "\n") + turn.role + ": " + turn.content;
+  return text;
 }
 
 int generate_all(int argc, char** argv);
@@ -139,7 +138,7 @@ int generate_all(int argc, char** argv) {
     std::fputs(kUsage, stdout);
     return 0;
   }
-  std::vector<Request> requests = read_requests(flags);
+  std::vector<cst::GenerationRequest> requests = read_requests(flags);
   cst::ModelSession session = cst::open_model_session(flags.model, flags.device, flags.chat_template, true);
   std::unique_ptr<cst::LoraAdapter> adapter;
   if (!flags.adapter.empty()) {
@@ -158,9 +157,14 @@ int generate_all(int argc, char** argv) {
     markdown << "| prompt | response | system_prompt |\n|---|---|---|\n";
   }
   const bool stream = !flags.quiet;
-  for (const Request& request : requests) {
-    if (stream) std::fprintf(stderr, "\n[system] %s\n[user] %s\n[assistant] ", request.system.c_str(), request.prompt.c_str());
-    cst::Response answer = cst::respond(transformer, tokenizer, session.chat_template, request.system, request.prompt,
+  for (const cst::GenerationRequest& request : requests) {
+    if (stream) {
+      std::fprintf(stderr, "\n[system] %s\n", request.system.c_str());
+      for (const cst::ChatTurn& turn : request.turns)
+        std::fprintf(stderr, "[%s] %s\n", turn.role.c_str(), turn.content.c_str());
+      std::fputs("[assistant] ", stderr);
+    }
+    cst::Response answer = cst::respond(transformer, tokenizer, session.chat_template, request.system, request.turns,
                                         flags.generation, [&](const std::string& piece) {
                                           if (!stream) return;
                                           std::fputs(piece.c_str(), stderr);
@@ -170,8 +174,10 @@ int generate_all(int argc, char** argv) {
     if (stream)
       std::fprintf(stderr, "\n(%lld tokens, %.1f tokens/s)\n", (long long)answer.tokens, double(answer.tokens) / answer.seconds);
     if (jsonl.is_open()) {
-      jsonl << nlohmann::json{{"prompt", request.prompt}, {"response", response}, {"system_prompt", request.system}}.dump() << "\n";
-      markdown << "| " << cst::markdown_cell(request.prompt) << " | " << cst::markdown_cell(response) << " | "
+      nlohmann::json line = {{"prompt", request.turns.back().content}, {"response", response}, {"system_prompt", request.system}};
+      if (request.turns.size() > 1) line["history"] = history_json(request);
+      jsonl << line.dump() << "\n";
+      markdown << "| " << cst::markdown_cell(conversation_text(request)) << " | " << cst::markdown_cell(response) << " | "
                << cst::markdown_cell(request.system) << " |\n";
     } else if (!stream) {
       std::printf("%s\n", response.c_str());

@@ -20,9 +20,9 @@ static std::string cut_at_end_of_turn(std::string text, const ChatTemplate& chat
 }
 
 Response respond(Transformer& transformer, const Tokenizer& tokenizer, const ChatTemplate& chat_template,
-                 const std::string& system, const std::string& prompt, GenerationOptions options,
+                 const std::string& system, const std::vector<ChatTurn>& turns, GenerationOptions options,
                  const std::function<void(const std::string&)>& on_text) {
-  std::vector<int32_t> prompt_ids = tokenizer.encode(chat_template.generation_prompt(system, prompt));
+  std::vector<int32_t> prompt_ids = tokenizer.encode(chat_template.generation_prompt(system, turns));
   if (tokenizer.bos_id() >= 0 && (prompt_ids.empty() || prompt_ids[0] != tokenizer.bos_id()))
     prompt_ids.insert(prompt_ids.begin(), tokenizer.bos_id());  // as trl's training prompts
   if (options.stop_tokens.empty()) options.stop_tokens = chat_stop_tokens(tokenizer, chat_template);
@@ -41,6 +41,12 @@ Response respond(Transformer& transformer, const Tokenizer& tokenizer, const Cha
   response.tokens = int64_t(answer.size());
   response.text = cut_at_end_of_turn(tokenizer.decode(answer, true), chat_template);
   return response;
+}
+
+Response respond(Transformer& transformer, const Tokenizer& tokenizer, const ChatTemplate& chat_template,
+                 const std::string& system, const std::string& prompt, GenerationOptions options,
+                 const std::function<void(const std::string&)>& on_text) {
+  return respond(transformer, tokenizer, chat_template, system, std::vector<ChatTurn>{{"user", prompt}}, options, on_text);
 }
 
 }  // namespace cst

@@ -20,7 +20,12 @@ struct Response {
 // The stop tokens of a chat model: EOS and every end-of-turn marker that is a single token.
 std::vector<int32_t> chat_stop_tokens(const Tokenizer& tokenizer, const ChatTemplate& chat_template);
 
-// on_text receives the answer's text as it is decoded (streaming); it may be empty.
+// on_text receives the answer's text as it is decoded (streaming); it may be empty. turns: a
+// conversation ending with the user turn to answer (ChatTemplate::generation_prompt).
+Response respond(Transformer& transformer, const Tokenizer& tokenizer, const ChatTemplate& chat_template,
+                 const std::string& system, const std::vector<ChatTurn>& turns, GenerationOptions options,
+                 const std::function<void(const std::string&)>& on_text = {});
+// One user turn.
 Response respond(Transformer& transformer, const Tokenizer& tokenizer, const ChatTemplate& chat_template,
                  const std::string& system, const std::string& prompt, GenerationOptions options,
                  const std::function<void(const std::string&)>& on_text = {});
