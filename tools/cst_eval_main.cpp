@@ -1,6 +1,7 @@
 // cst_eval model.bin [--adapter DIR] data [--system_prompts A B] [--json FILE] [--per_example FILE]
 // cst_eval model.bin [--adapter DIR] [data] --generate_prompts FILE --system_prompts A B
-//          [--max_new_tokens N] [--refusal_markers FILE] [--generations OUT.jsonl] [--json FILE]
+//          [--max_new_tokens N] [--generation_batch_size N] [--refusal_markers FILE]
+//          [--generations OUT.jsonl] [--json FILE]
 // For each system prompt: how often the base and the trained model prefer the answer that prompt
 // asks for; with --generate_prompts also the paper's S0/S1 from greedy answers graded by refusal
 // phrases (train/evaluation.h). Data flags are cst_train's (columns, chat template, lengths).
@@ -25,6 +26,7 @@ namespace {
 struct EvalFlags {
   std::string adapter_dir, json_path, per_example_path;
   std::string generate_prompts, refusal_markers, generations_path, max_new_tokens = "128";
+  std::string generation_batch_size = "16";
 };
 
 // Takes cst_eval's own flags out of argv; the rest are cst_train's.
@@ -38,7 +40,8 @@ std::vector<char*> extract_eval_flags(int argc, char** argv, EvalFlags& flags) {
                         : word == "--generate_prompts" ? &flags.generate_prompts
                         : word == "--refusal_markers" ? &flags.refusal_markers
                         : word == "--generations" ? &flags.generations_path
-                        : word == "--max_new_tokens" ? &flags.max_new_tokens : nullptr;
+                        : word == "--max_new_tokens" ? &flags.max_new_tokens
+                        : word == "--generation_batch_size" ? &flags.generation_batch_size : nullptr;
     if (target) {
       if (i + 1 >= argc) cst::fail(word, " needs a value");
       *target = argv[++i];
@@ -49,14 +52,14 @@ std::vector<char*> extract_eval_flags(int argc, char** argv, EvalFlags& flags) {
   return rest;
 }
 
-int parse_max_new_tokens(const std::string& text) {
+int parse_positive(const char* flag, const std::string& text) {
   try {
     size_t used = 0;
     const int value = std::stoi(text, &used);
     if (used == text.size() && value >= 1) return value;
   } catch (const std::exception&) {
   }
-  cst::fail("--max_new_tokens: '", text, "' is not a whole number >= 1");
+  cst::fail(flag, ": '", text, "' is not a whole number >= 1");
 }
 
 // The 'prompt' column of a json/jsonl/parquet file, as cst_generate's --prompts files have it.
@@ -89,11 +92,13 @@ int run(int argc, char** argv) {
       std::puts("usage: cst_eval model.bin [--adapter DIR] data [--system_prompts A B] [--json FILE]\n"
                 "                [--per_example FILE] [cst_train data flags: --beta, --max_length, ...]\n"
                 "       cst_eval model.bin [--adapter DIR] [data] --generate_prompts FILE --system_prompts A B\n"
-                "                [--max_new_tokens N (128)] [--refusal_markers FILE] [--generations OUT.jsonl]\n"
+                "                [--max_new_tokens N (128)] [--generation_batch_size N (16)]\n"
+                "                [--refusal_markers FILE] [--generations OUT.jsonl]\n"
                 "  --generate_prompts FILE  json/jsonl/parquet with a 'prompt' column; each prompt is answered\n"
                 "                           greedily under A (harmless) and B (uncensored): S1 = refused under A,\n"
                 "                           S0 = not refused under B (refusal = contains a refusal phrase)\n"
                 "  --refusal_markers FILE   the refusal phrases, one per line (default: train/evaluation.h)\n"
+                "  --generation_batch_size N  requests generated together (speed; answers equal up to rounding)\n"
                 "  --generations OUT.jsonl  every answer: prompt, system_prompt, response, refused; also OUT.md");
       return 0;
     }
@@ -105,7 +110,8 @@ int run(int argc, char** argv) {
     cst::fail("nothing to evaluate: give preference data (cst_eval model.bin data ...) or --generate_prompts FILE");
   if (generate && options.system_prompts.empty())
     cst::fail("--generate_prompts needs --system_prompts A B (harmless, then uncensored)");
-  const int max_new_tokens = parse_max_new_tokens(flags.max_new_tokens);
+  const int max_new_tokens = parse_positive("--max_new_tokens", flags.max_new_tokens);
+  const int generation_batch_size = parse_positive("--generation_batch_size", flags.generation_batch_size);
   {
     // cst_train's checks want preference data; a generation-only evaluation has none.
     cst::TrainOptions checked = options;
@@ -140,7 +146,7 @@ int run(int argc, char** argv) {
   if (generate) {
     cst::ConfigurabilityScore score = cst::evaluate_generations(
         transformer, *session.tokenizer, session.chat_template, prompts, options.system_prompts[0],
-        options.system_prompts[1], max_new_tokens, grader);
+        options.system_prompts[1], max_new_tokens, generation_batch_size, grader);
     std::printf("\nGenerations graded by refusal phrases (S0 = not refused under uncensored, S1 = refused under harmless):\n%s",
                 score.table().c_str());
     json["generations"] = score.to_json();

@@ -1,7 +1,9 @@
 // cst_generate model.bin [--adapter DIR] --system "..." --prompt "..."
 // cst_generate model.bin [--adapter DIR] --prompts FILE --output OUT.jsonl   (also writes OUT.md)
 // Answers prompts (or conversations, ending with a user turn) under a chosen system prompt with the
-// chat template used in training, streaming the text to the terminal and reporting tokens/s.
+// chat template used in training, streaming the text to the terminal and reporting tokens/s. The
+// requests of a prompts file are generated --batch_size at a time (model/generation.h: the same
+// answers as one at a time, up to the rounding of batched matrix products).
 #include "kernels/program.h"
 #include <cmath>
 #include <cstdio>
@@ -32,11 +34,14 @@ const char* kUsage =
     "  --max_new_tokens N     [256]     --temperature T  [0 = greedy]\n"
     "  --top_k K              [0 = off] --top_p P        [1 = off]     --seed S [0]\n"
     "  --chat_template NAME   [recognised from the tokenizer]          --device auto|cpu|cuda\n"
-    "  --quiet                no streaming to the terminal\n";
+    "  --batch_size N         [16] requests of a prompts file generated together (1: streamed;\n"
+    "                         answers equal up to rounding, which may tip near-equal logits)\n"
+    "  --quiet                no text on the terminal\n";
 
 struct GenerateFlags {
   std::string model, adapter, system, prompt, prompts_file, output, chat_template, device = "auto";
   cst::GenerationOptions generation;
+  int batch_size = 16;
   bool quiet = false;
 };
 
@@ -74,6 +79,7 @@ GenerateFlags parse_flags(int argc, char** argv, bool& help) {
     else if (word == "--top_k") flags.generation.top_k = number(to_int);
     else if (word == "--top_p") flags.generation.top_p = number(to_float);
     else if (word == "--seed") flags.generation.seed = uint64_t(number(to_int));
+    else if (word == "--batch_size") flags.batch_size = number(to_int);
     else if (word == "--quiet") flags.quiet = true;
     else if (word.rfind("--", 0) == 0) cst::fail("unknown flag ", word, " (see --help)");
     else if (flags.model.empty()) flags.model = word;
@@ -88,6 +94,7 @@ GenerateFlags parse_flags(int argc, char** argv, bool& help) {
     cst::fail("--temperature must be a finite number >= 0");
   if (!(flags.generation.top_p > 0 && flags.generation.top_p <= 1)) cst::fail("--top_p must be in (0, 1]");
   if (flags.generation.top_k < 0) cst::fail("--top_k must be >= 0");
+  if (flags.batch_size < 1) cst::fail("--batch_size must be >= 1");
   if (!flags.output.empty() && std::filesystem::path(flags.output).extension() == ".md")
     cst::fail("--output names the jsonl file (the markdown table goes next to it as .md)");
   return flags;
@@ -156,31 +163,54 @@ int generate_all(int argc, char** argv) {
     if (!jsonl || !markdown) cst::fail("cannot write ", flags.output);
     markdown << "| prompt | response | system_prompt |\n|---|---|---|\n";
   }
-  const bool stream = !flags.quiet;
-  for (const cst::GenerationRequest& request : requests) {
-    if (stream) {
-      std::fprintf(stderr, "\n[system] %s\n", request.system.c_str());
-      for (const cst::ChatTurn& turn : request.turns)
-        std::fprintf(stderr, "[%s] %s\n", turn.role.c_str(), turn.content.c_str());
-      std::fputs("[assistant] ", stderr);
-    }
-    cst::Response answer = cst::respond(transformer, tokenizer, session.chat_template, request.system, request.turns,
-                                        flags.generation, [&](const std::string& piece) {
-                                          if (!stream) return;
-                                          std::fputs(piece.c_str(), stderr);
-                                          std::fflush(stderr);
-                                        });
-    const std::string& response = answer.text;
-    if (stream)
-      std::fprintf(stderr, "\n(%lld tokens, %.1f tokens/s)\n", (long long)answer.tokens, double(answer.tokens) / answer.seconds);
+  const bool stream = !flags.quiet && (requests.size() == 1 || flags.batch_size == 1);
+  auto show_request = [&](const cst::GenerationRequest& request) {
+    std::fprintf(stderr, "\n[system] %s\n", request.system.c_str());
+    for (const cst::ChatTurn& turn : request.turns) std::fprintf(stderr, "[%s] %s\n", turn.role.c_str(), turn.content.c_str());
+    std::fputs("[assistant] ", stderr);
+  };
+  auto write = [&](const cst::GenerationRequest& request, const std::string& response) {
     if (jsonl.is_open()) {
       nlohmann::json line = {{"prompt", request.turns.back().content}, {"response", response}, {"system_prompt", request.system}};
       if (request.turns.size() > 1) line["history"] = history_json(request);
       jsonl << line.dump() << "\n";
       markdown << "| " << cst::markdown_cell(conversation_text(request)) << " | " << cst::markdown_cell(response) << " | "
                << cst::markdown_cell(request.system) << " |\n";
-    } else if (!stream) {
+    } else if (flags.quiet) {
       std::printf("%s\n", response.c_str());
+    }
+  };
+  auto report_speed = [](int64_t tokens, double seconds, size_t requests) {
+    std::fprintf(stderr, "\n(%lld tokens%s, %.1f tokens/s)\n", (long long)tokens,
+                 requests > 1 ? (" for " + std::to_string(requests) + " requests").c_str() : "", double(tokens) / seconds);
+  };
+  if (stream) {
+    for (const cst::GenerationRequest& request : requests) {
+      show_request(request);
+      const cst::Response answer =
+          cst::respond(transformer, tokenizer, session.chat_template, request, flags.generation, [](const std::string& piece) {
+            std::fputs(piece.c_str(), stderr);
+            std::fflush(stderr);
+          });
+      report_speed(answer.tokens, answer.seconds, 1);
+      write(request, answer.text);
+    }
+  } else {
+    for (size_t first = 0; first < requests.size(); first += size_t(flags.batch_size)) {
+      const std::vector<cst::GenerationRequest> batch(
+          requests.begin() + int64_t(first), requests.begin() + int64_t(std::min(requests.size(), first + size_t(flags.batch_size))));
+      const std::vector<cst::Response> answers =
+          cst::respond_batch(transformer, tokenizer, session.chat_template, batch, flags.generation);
+      int64_t tokens = 0;
+      for (size_t i = 0; i < batch.size(); ++i) {
+        if (!flags.quiet) {
+          show_request(batch[i]);
+          std::fputs(answers[i].text.c_str(), stderr);
+        }
+        tokens += answers[i].tokens;
+        write(batch[i], answers[i].text);
+      }
+      if (!flags.quiet) report_speed(tokens, answers.front().seconds, batch.size());
     }
   }
   if (jsonl.is_open()) {

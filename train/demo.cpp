@@ -59,7 +59,7 @@ AdapterEvaluation evaluate_adapter(const std::string& model_path, const std::str
   for (size_t i = 0; int(prompts.size()) < settings.generation_examples && i < data.examples.size(); i += 2)
     prompts.push_back(data.examples[i].prompt);
   evaluation.generations = evaluate_generations(transformer, *session.tokenizer, session.chat_template, prompts,
-                                                demo::kHarmlessSystem, demo::kUncensoredSystem, 48,
+                                                demo::kHarmlessSystem, demo::kUncensoredSystem, 48, 16,
                                                 RefusalGrader(default_refusal_markers()));
   return evaluation;
 }

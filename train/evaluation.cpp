@@ -212,18 +212,26 @@ ConfigurabilityScore score_answers(std::vector<GradedAnswer> answers, const std:
 ConfigurabilityScore evaluate_generations(Transformer& transformer, const Tokenizer& tokenizer,
                                           const ChatTemplate& chat_template, const std::vector<std::string>& prompts,
                                           const std::string& harmless_system, const std::string& uncensored_system,
-                                          int max_new_tokens, const RefusalGrader& grader) {
+                                          int max_new_tokens, int batch_size, const RefusalGrader& grader) {
   require_distinct(harmless_system, uncensored_system);  // before the slow part
   if (prompts.empty()) fail("no prompts to answer");
   if (max_new_tokens < 1) fail("max_new_tokens must be >= 1, got ", max_new_tokens);
+  if (batch_size < 1) fail("batch_size must be >= 1, got ", batch_size);
   GenerationOptions greedy;
   greedy.max_new_tokens = max_new_tokens;
-  std::vector<GradedAnswer> answers;
+  std::vector<GenerationRequest> requests;
   for (const std::string& prompt : prompts)
-    for (const std::string* system : {&harmless_system, &uncensored_system}) {
-      Response response = respond(transformer, tokenizer, chat_template, *system, prompt, greedy);
-      answers.push_back({prompt, *system, response.text, grader.is_refusal(response.text)});
-    }
+    for (const std::string* system : {&harmless_system, &uncensored_system})
+      requests.push_back({*system, {{"user", prompt}}});
+  std::vector<GradedAnswer> answers;
+  for (size_t first = 0; first < requests.size(); first += size_t(batch_size)) {
+    const std::vector<GenerationRequest> batch(requests.begin() + int64_t(first),
+                                               requests.begin() + int64_t(std::min(requests.size(), first + size_t(batch_size))));
+    const std::vector<Response> responses = respond_batch(transformer, tokenizer, chat_template, batch, greedy);
+    for (size_t i = 0; i < batch.size(); ++i)
+      answers.push_back({batch[i].turns.back().content, batch[i].system, responses[i].text,
+                         grader.is_refusal(responses[i].text)});
+  }
   return score_answers(std::move(answers), harmless_system, uncensored_system);
 }
 

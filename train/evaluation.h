@@ -86,11 +86,12 @@ struct ConfigurabilityScore {
 ConfigurabilityScore score_answers(std::vector<GradedAnswer> answers, const std::string& harmless_system,
                                    const std::string& uncensored_system);
 
-// Answers every prompt greedily (max_new_tokens) under A and under B with respond(), grades each.
+// Answers every prompt greedily (max_new_tokens) under A and under B, batch_size requests at a time
+// (respond_batch: the same answers up to the rounding of batched products), and grades each.
 ConfigurabilityScore evaluate_generations(Transformer& transformer, const Tokenizer& tokenizer,
                                           const ChatTemplate& chat_template, const std::vector<std::string>& prompts,
                                           const std::string& harmless_system, const std::string& uncensored_system,
-                                          int max_new_tokens, const RefusalGrader& grader);
+                                          int max_new_tokens, int batch_size, const RefusalGrader& grader);
 
 // A markdown table cell: line breaks become <br>, pipes are escaped (also for cst_generate).
 std::string markdown_cell(const std::string& text);

@@ -1,11 +1,13 @@
-// Answering one request as a chat model: render the generation prompt with the chat template
-// (BOS first, as in training), generate until EOS or an end-of-turn marker, decode the answer.
-// Shared by cst_generate and the demo.
+// Answering requests as a chat model: render the generation prompt with the chat template (BOS
+// first, as in training), generate until EOS or an end-of-turn marker, decode the answer.
+// Shared by cst_generate, cst_eval and the demo.
 #pragma once
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "data/chat_template.h"
+#include "data/generation_prompts.h"
 #include "data/tokenizer.h"
 #include "model/generation.h"
 
@@ -14,20 +16,21 @@ namespace cst {
 struct Response {
   std::string text;   // the answer, cut at the first end-of-turn marker
   int64_t tokens = 0;
-  double seconds = 0;
+  double seconds = 0;  // respond_batch: the whole batch's time
 };
 
 // The stop tokens of a chat model: EOS and every end-of-turn marker that is a single token.
 std::vector<int32_t> chat_stop_tokens(const Tokenizer& tokenizer, const ChatTemplate& chat_template);
 
-// on_text receives the answer's text as it is decoded (streaming); it may be empty. turns: a
-// conversation ending with the user turn to answer (ChatTemplate::generation_prompt).
+// One request; on_text receives the answer's text as it is decoded (streaming); it may be empty.
 Response respond(Transformer& transformer, const Tokenizer& tokenizer, const ChatTemplate& chat_template,
-                 const std::string& system, const std::vector<ChatTurn>& turns, GenerationOptions options,
+                 const GenerationRequest& request, GenerationOptions options,
                  const std::function<void(const std::string&)>& on_text = {});
-// One user turn.
-Response respond(Transformer& transformer, const Tokenizer& tokenizer, const ChatTemplate& chat_template,
-                 const std::string& system, const std::string& prompt, GenerationOptions options,
-                 const std::function<void(const std::string&)>& on_text = {});
+
+// Several requests generated together (generate_batch): each gets the answer respond() gives it, up
+// to the rounding of batched matrix products.
+std::vector<Response> respond_batch(Transformer& transformer, const Tokenizer& tokenizer,
+                                    const ChatTemplate& chat_template, const std::vector<GenerationRequest>& requests,
+                                    GenerationOptions options);
 
 }  // namespace cst
