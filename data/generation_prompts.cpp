@@ -56,4 +56,17 @@ std::vector<GenerationRequest> read_generation_requests(const std::string& path,
   return requests;
 }
 
+nlohmann::json history_json(const std::vector<ChatTurn>& turns) {
+  nlohmann::json history = nlohmann::json::array();
+  for (size_t i = 0; i + 1 < turns.size(); ++i) history.push_back({{"role", turns[i].role}, {"content", turns[i].content}});
+  return history;
+}
+
+std::string conversation_text(const std::vector<ChatTurn>& turns) {
+  if (turns.size() == 1) return turns[0].content;
+  std::string text;
+  for (const ChatTurn& turn : turns) text += (text.empty() ? "" : "\n") + turn.role + ": " + turn.content;
+  return text;
+}
+
 }  // namespace cst

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "data/chat_template.h"
 
 namespace cst {
@@ -21,5 +23,10 @@ struct GenerationRequest {
 // names the file and the row.
 std::vector<GenerationRequest> read_generation_requests(const std::string& path,
                                                         const std::string& default_system);
+
+// For outputs: the turns before the last one as [{"role", "content"}, ...] (a jsonl "history"),
+// and the whole conversation as text (the prompt alone, or every turn after its role).
+nlohmann::json history_json(const std::vector<ChatTurn>& turns);
+std::string conversation_text(const std::vector<ChatTurn>& turns);
 
 }  // namespace cst

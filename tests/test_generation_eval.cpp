@@ -145,5 +145,27 @@ TEST(ConfigurabilityScore, WritesEveryAnswerAsJsonlAndMarkdown) {
   std::filesystem::remove_all(dir);
 }
 
+// An answer to a conversation keeps the turns before its prompt: as "history" in the jsonl and
+// every turn after its role in the markdown cell.
+TEST(ConfigurabilityScore, WritesTheTurnsBeforeAConversationsPrompt) {
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / "cst_test_graded_conversation";
+  std::filesystem::create_directories(dir);
+  std::vector<GradedAnswer> answers = grade({{kHarmless, "I'm sorry."}, {kUncensored, "Sure!"}});
+  answers[1].history = {{"user", "hi"}, {"assistant", "hello"}};
+  write_graded_answers(answers, (dir / "answers.jsonl").string());
+  std::istringstream jsonl(read_text(dir / "answers.jsonl"));
+  std::vector<nlohmann::json> lines;
+  for (std::string line; std::getline(jsonl, line);) lines.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_FALSE(lines[0].contains("history")) << "a single-turn answer has no history";
+  EXPECT_EQ(lines[1]["history"], nlohmann::json::parse(R"([{"role": "user", "content": "hi"},
+                                                           {"role": "assistant", "content": "hello"}])"));
+  EXPECT_EQ(lines[1]["prompt"], "request 1");
+  const std::string markdown = read_text(dir / "answers.md");
+  EXPECT_NE(markdown.find("| user: hi<br>assistant: hello<br>user: request 1 | be uncensored | Sure! | no |"),
+            std::string::npos) << markdown;
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace cst

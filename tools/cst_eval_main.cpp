@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "data/generation_prompts.h"
 #include "data/pair_tokenizer.h"
 #include "data/table.h"
 #include "model/lora.h"
@@ -62,25 +63,18 @@ int parse_positive(const char* flag, const std::string& text) {
   cst::fail(flag, ": '", text, "' is not a whole number >= 1");
 }
 
-// The 'prompt' column of a json/jsonl/parquet file, as cst_generate's --prompts files have it.
-std::vector<std::string> read_prompts(const std::string& path) {
-  cst::Table table = cst::read_table(path, {"prompt"});
-  if (table.num_rows == 0) cst::fail(path, ": no prompts to answer (the file has no rows)");
-  const cst::Column* prompts = table.find("prompt");
-  if (!prompts) {
-    std::string columns;
-    for (const std::string& name : table.columns_in_source) columns += (columns.empty() ? "" : ", ") + name;
-    cst::fail(path, ": --generate_prompts needs a text column 'prompt' (columns: ", columns, ")");
+// The requests of a prompts file as cst_generate reads them ('prompt' or 'messages'), without
+// system prompts of their own: each is answered under A and under B.
+std::vector<std::vector<cst::ChatTurn>> read_prompts(const std::string& path) {
+  std::vector<std::vector<cst::ChatTurn>> conversations;
+  for (cst::GenerationRequest& request : cst::read_generation_requests(path, "")) {
+    if (!request.system.empty())
+      cst::fail(path, " row ", conversations.size(), ": has a system prompt of its own; cst_eval answers every ",
+                "prompt under each of --system_prompts A B");
+    conversations.push_back(std::move(request.turns));
   }
-  if (prompts->is_integer || prompts->is_messages)
-    cst::fail(path, ": column 'prompt' must be text, not ", cst::column_kind_name(*prompts));
-  std::vector<std::string> texts;
-  for (int64_t row = 0; row < table.num_rows; ++row) {
-    const auto& prompt = prompts->text[size_t(row)];
-    if (!prompt) cst::fail(path, " row ", row, ": prompt is null");
-    texts.push_back(*prompt);
-  }
-  return texts;
+  if (conversations.empty()) cst::fail(path, ": no prompts to answer (the file has no rows)");
+  return conversations;
 }
 
 int run(int argc, char** argv) {
@@ -94,8 +88,9 @@ int run(int argc, char** argv) {
                 "       cst_eval model.bin [--adapter DIR] [data] --generate_prompts FILE --system_prompts A B\n"
                 "                [--max_new_tokens N (128)] [--generation_batch_size N (16)]\n"
                 "                [--refusal_markers FILE] [--generations OUT.jsonl]\n"
-                "  --generate_prompts FILE  json/jsonl/parquet with a 'prompt' column; each prompt is answered\n"
-                "                           greedily under A (harmless) and B (uncensored): S1 = refused under A,\n"
+                "  --generate_prompts FILE  json/jsonl/parquet rows with a 'prompt' or 'messages' (as cst_generate);\n"
+                "                           each is answered greedily under A (harmless) and B (uncensored):\n"
+                "                           S1 = refused under A,\n"
                 "                           S0 = not refused under B (refusal = contains a refusal phrase)\n"
                 "  --refusal_markers FILE   the refusal phrases, one per line (default: train/evaluation.h)\n"
                 "  --generation_batch_size N  requests generated together (speed; answers equal up to rounding)\n"
@@ -119,7 +114,7 @@ int run(int argc, char** argv) {
     cst::validate_train_options(checked);
   }
   // Input files are read before the model so that their mistakes surface at once.
-  std::vector<std::string> prompts;
+  std::vector<std::vector<cst::ChatTurn>> prompts;
   if (generate) prompts = read_prompts(flags.generate_prompts);
   const cst::RefusalGrader grader(flags.refusal_markers.empty() ? cst::default_refusal_markers()
                                                                 : cst::read_refusal_markers(flags.refusal_markers));

@@ -105,22 +105,6 @@ std::vector<cst::GenerationRequest> read_requests(const GenerateFlags& flags) {
   return cst::read_generation_requests(flags.prompts_file, flags.system);
 }
 
-// The turns before the prompt as message objects, for the jsonl output.
-nlohmann::json history_json(const cst::GenerationRequest& request) {
-  nlohmann::json history = nlohmann::json::array();
-  for (size_t i = 0; i + 1 < request.turns.size(); ++i)
-    history.push_back({{"role", request.turns[i].role}, {"content", request.turns[i].content}});
-  return history;
-}
-
-// The conversation for the markdown table: the prompt alone, or every turn after its role.
-std::string conversation_text(const cst::GenerationRequest& request) {
-  if (request.turns.size() == 1) return request.turns[0].content;
-  std::string text;
-  for (const cst::ChatTurn& turn : request.turns) text += (text.empty() ? "" : "\n") + turn.role + ": " + turn.content;
-  return text;
-}
-
 int generate_all(int argc, char** argv);
 
 // Runs the generation; on any error the temporary output files are removed before it propagates.
@@ -172,9 +156,9 @@ int generate_all(int argc, char** argv) {
   auto write = [&](const cst::GenerationRequest& request, const std::string& response) {
     if (jsonl.is_open()) {
       nlohmann::json line = {{"prompt", request.turns.back().content}, {"response", response}, {"system_prompt", request.system}};
-      if (request.turns.size() > 1) line["history"] = history_json(request);
+      if (request.turns.size() > 1) line["history"] = cst::history_json(request.turns);
       jsonl << line.dump() << "\n";
-      markdown << "| " << cst::markdown_cell(conversation_text(request)) << " | " << cst::markdown_cell(response) << " | "
+      markdown << "| " << cst::markdown_cell(cst::conversation_text(request.turns)) << " | " << cst::markdown_cell(response) << " | "
                << cst::markdown_cell(request.system) << " |\n";
     } else if (flags.quiet) {
       std::printf("%s\n", response.c_str());

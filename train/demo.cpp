@@ -55,9 +55,9 @@ AdapterEvaluation evaluate_adapter(const std::string& model_path, const std::str
   AdapterEvaluation evaluation;
   evaluation.preferences = evaluate_preferences(transformer, data.pairs, 0.1, 8, session.tokenizer->pad_id(), "");
   // Every held-out request appears twice in examples (once per system prompt); answer each once.
-  std::vector<std::string> prompts;
+  std::vector<std::vector<ChatTurn>> prompts;
   for (size_t i = 0; int(prompts.size()) < settings.generation_examples && i < data.examples.size(); i += 2)
-    prompts.push_back(data.examples[i].prompt);
+    prompts.push_back(data.examples[i].prompt_turns());
   evaluation.generations = evaluate_generations(transformer, *session.tokenizer, session.chat_template, prompts,
                                                 demo::kHarmlessSystem, demo::kUncensoredSystem, 48, 16,
                                                 RefusalGrader(default_refusal_markers()));

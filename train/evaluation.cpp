@@ -210,27 +210,29 @@ ConfigurabilityScore score_answers(std::vector<GradedAnswer> answers, const std:
 }
 
 ConfigurabilityScore evaluate_generations(Transformer& transformer, const Tokenizer& tokenizer,
-                                          const ChatTemplate& chat_template, const std::vector<std::string>& prompts,
+                                          const ChatTemplate& chat_template,
+                                          const std::vector<std::vector<ChatTurn>>& conversations,
                                           const std::string& harmless_system, const std::string& uncensored_system,
                                           int max_new_tokens, int batch_size, const RefusalGrader& grader) {
   require_distinct(harmless_system, uncensored_system);  // before the slow part
-  if (prompts.empty()) fail("no prompts to answer");
+  if (conversations.empty()) fail("no prompts to answer");
   if (max_new_tokens < 1) fail("max_new_tokens must be >= 1, got ", max_new_tokens);
   if (batch_size < 1) fail("batch_size must be >= 1, got ", batch_size);
   GenerationOptions greedy;
   greedy.max_new_tokens = max_new_tokens;
   std::vector<GenerationRequest> requests;
-  for (const std::string& prompt : prompts)
-    for (const std::string* system : {&harmless_system, &uncensored_system})
-      requests.push_back({*system, {{"user", prompt}}});
+  for (const std::vector<ChatTurn>& turns : conversations)
+    for (const std::string* system : {&harmless_system, &uncensored_system}) requests.push_back({*system, turns});
   std::vector<GradedAnswer> answers;
   for (size_t first = 0; first < requests.size(); first += size_t(batch_size)) {
     const std::vector<GenerationRequest> batch(requests.begin() + int64_t(first),
                                                requests.begin() + int64_t(std::min(requests.size(), first + size_t(batch_size))));
     const std::vector<Response> responses = respond_batch(transformer, tokenizer, chat_template, batch, greedy);
-    for (size_t i = 0; i < batch.size(); ++i)
-      answers.push_back({batch[i].turns.back().content, batch[i].system, responses[i].text,
-                         grader.is_refusal(responses[i].text)});
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const std::vector<ChatTurn>& turns = batch[i].turns;
+      answers.push_back({turns.back().content, batch[i].system, responses[i].text, grader.is_refusal(responses[i].text),
+                         std::vector<ChatTurn>(turns.begin(), turns.end() - 1)});
+    }
   }
   return score_answers(std::move(answers), harmless_system, uncensored_system);
 }
@@ -246,11 +248,13 @@ void write_graded_answers(const std::vector<GradedAnswer>& answers, const std::s
     fail("--generations names the jsonl file (the markdown table goes next to it as .md)");
   std::string jsonl, markdown = "| prompt | system_prompt | response | refused |\n|---|---|---|---|\n";
   for (const GradedAnswer& answer : answers) {
-    jsonl += nlohmann::json{{"prompt", answer.prompt}, {"system_prompt", answer.system},
-                            {"response", answer.response}, {"refused", answer.refused}}
-                 .dump() +
-             "\n";
-    markdown += "| " + markdown_cell(answer.prompt) + " | " + markdown_cell(answer.system) + " | " +
+    std::vector<ChatTurn> turns = answer.history;
+    turns.push_back({"user", answer.prompt});
+    nlohmann::json line = {{"prompt", answer.prompt}, {"system_prompt", answer.system},
+                           {"response", answer.response}, {"refused", answer.refused}};
+    if (!answer.history.empty()) line["history"] = history_json(turns);
+    jsonl += line.dump() + "\n";
+    markdown += "| " + markdown_cell(conversation_text(turns)) + " | " + markdown_cell(answer.system) + " | " +
                 markdown_cell(answer.response) + " | " + (answer.refused ? "yes" : "no") + " |\n";
   }
   write_file_atomically(jsonl_path, {{jsonl.data(), jsonl.size()}});

@@ -67,8 +67,9 @@ std::vector<std::string> default_refusal_markers();
 std::vector<std::string> read_refusal_markers(const std::string& path);
 
 struct GradedAnswer {
-  std::string prompt, system, response;
+  std::string prompt, system, response;  // prompt: the user turn answered
   bool refused = false;
+  std::vector<ChatTurn> history;         // the turns before it, for conversations
 };
 
 struct ConfigurabilityScore {
@@ -86,18 +87,20 @@ struct ConfigurabilityScore {
 ConfigurabilityScore score_answers(std::vector<GradedAnswer> answers, const std::string& harmless_system,
                                    const std::string& uncensored_system);
 
-// Answers every prompt greedily (max_new_tokens) under A and under B, batch_size requests at a time
-// (respond_batch: the same answers up to the rounding of batched products), and grades each.
+// Answers every conversation (a prompt, or turns ending with the user turn to answer) greedily
+// (max_new_tokens) under A and under B, batch_size requests at a time (respond_batch: the same
+// answers up to the rounding of batched products), and grades each.
 ConfigurabilityScore evaluate_generations(Transformer& transformer, const Tokenizer& tokenizer,
-                                          const ChatTemplate& chat_template, const std::vector<std::string>& prompts,
+                                          const ChatTemplate& chat_template,
+                                          const std::vector<std::vector<ChatTurn>>& conversations,
                                           const std::string& harmless_system, const std::string& uncensored_system,
                                           int max_new_tokens, int batch_size, const RefusalGrader& grader);
 
 // A markdown table cell: line breaks become <br>, pipes are escaped (also for cst_generate).
 std::string markdown_cell(const std::string& text);
 
-// The graded answers as jsonl (prompt, system_prompt, response, refused), and the same as a
-// markdown table next to it (path with the extension .md).
+// The graded answers as jsonl (prompt, system_prompt, response, refused, and history for
+// conversations), and the same as a markdown table next to it (path with the extension .md).
 void write_graded_answers(const std::vector<GradedAnswer>& answers, const std::string& jsonl_path);
 
 }  // namespace cst
