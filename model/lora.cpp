@@ -1,5 +1,6 @@
 #include "model/lora.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -47,7 +48,20 @@ Projection parse_projection(const std::string& name) {
     if (name == full || name == full.substr(0, full.size() - 5)) return projection;
   }
   fail("unknown LoRA target module '", name,
-       "'; valid: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj");
+       "'; valid: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, or all-linear alone");
+}
+
+std::vector<Projection> parse_target_modules(const std::vector<std::string>& names) {
+  if (names.size() == 1 && names[0] == "all-linear") return {kAllProjections.begin(), kAllProjections.end()};
+  std::vector<Projection> targets;
+  for (const std::string& name : names) {
+    const Projection projection = parse_projection(name);
+    if (std::find(targets.begin(), targets.end(), projection) != targets.end())
+      fail("LoRA target module '", name, "' is listed twice");
+    targets.push_back(projection);
+  }
+  if (targets.empty()) fail("no LoRA target module given");
+  return targets;
 }
 
 std::pair<int64_t, int64_t> projection_shape(const ModelConfig& config, Projection projection) {

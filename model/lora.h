@@ -36,6 +36,9 @@ constexpr std::array<Projection, kNumProjections> kAllProjections = {
 const char* projection_name(Projection projection);
 // Accepts "q_proj" or "q"; errors list the valid names.
 Projection parse_projection(const std::string& name);
+// Target modules as PEFT names them: a list of projections (each once), or "all-linear" alone,
+// PEFT's every linear layer but the output head, which for these models is all seven projections.
+std::vector<Projection> parse_target_modules(const std::vector<std::string>& names);
 // "self_attn" or "mlp": the HF parent module of a projection.
 const char* projection_parent(Projection projection);
 // (out_features, in_features) of a projection's weight.

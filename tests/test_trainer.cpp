@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/model_file.h"
+#include "train/checkpoint.h"
 #include "train/demo_assets.h"
 #include "train/objective.h"
 #include "train/trainer.h"
@@ -97,6 +98,46 @@ TEST(Trainer, BcoPairResumesItsRunningRewardMean) {
     // Exact equality: a running mean restarted at zero would shift every loss after the resume.
     EXPECT_EQ(resumed[loss].get<double>(), straight[loss].get<double>()) << loss << " at step " << straight["step"];
   }
+}
+
+// --save_total_limit 2 keeps the newest two checkpoints; --resume_from_checkpoint latest then
+// continues from the newest one, in the same run directory.
+TEST(Trainer, KeepsTheNewestCheckpointsAndResumesFromTheLatest) {
+  const fs::path run = fresh_dir("checkpoint_limit");
+  TrainOptions options = tiny_run(run);
+  options.max_steps = 6;
+  options.save_steps = 1;
+  options.save_total_limit = 2;
+  TrainOptions first = options;
+  first.max_steps = 4;
+  run_training(first);
+  EXPECT_EQ(list_checkpoints(run.string()),
+            (std::vector<std::string>{(run / "checkpoint-3").string(), (run / "checkpoint-4").string()}));
+
+  TrainOptions resume = options;
+  resume.resume_from_checkpoint = "latest";
+  EXPECT_EQ(run_training(resume).steps, 6);
+  std::vector<long> logged_steps;
+  for (const nlohmann::json& line : read_metrics(run)) logged_steps.push_back(line["step"].get<long>());
+  EXPECT_EQ(logged_steps, (std::vector<long>{1, 2, 3, 4, 5, 6})) << "the resumed run starts after checkpoint-4";
+  EXPECT_EQ(list_checkpoints(run.string()),
+            (std::vector<std::string>{(run / "checkpoint-5").string(), (run / "checkpoint-6").string()}));
+}
+
+TEST(Trainer, CheckpointListingSkipsWhatIsNotACheckpoint) {
+  const fs::path run = fresh_dir("checkpoint_listing");
+  for (const char* name : {"checkpoint-10", "checkpoint-9", "checkpoint-11.tmp", "checkpoint-x", "checkpoint-", "other"})
+    fs::create_directories(run / name);
+  std::ofstream(run / "checkpoint-12") << "a file, not a directory";
+  EXPECT_EQ(list_checkpoints(run.string()),
+            (std::vector<std::string>{(run / "checkpoint-9").string(), (run / "checkpoint-10").string()}));
+  EXPECT_EQ(resolve_checkpoint("latest", run.string()), (run / "checkpoint-10").string());
+  EXPECT_EQ(resolve_checkpoint("some/dir", run.string()), "some/dir");
+  const fs::path empty = fresh_dir("checkpoint_listing_empty");
+  EXPECT_THROW(resolve_checkpoint("latest", empty.string()), Error);
+  remove_old_checkpoints(run.string(), 1);
+  EXPECT_EQ(list_checkpoints(run.string()), (std::vector<std::string>{(run / "checkpoint-10").string()}));
+  EXPECT_TRUE(fs::exists(run / "checkpoint-11.tmp")) << "only checkpoints are removed";
 }
 
 TEST(Trainer, WritesThePeftAdapterAndRunFiles) {
@@ -321,6 +362,15 @@ TEST(TrainOptions, FlagsConfigFileAndErrors) {
   EXPECT_NE(parse_error({"m", "d", "--system_prompts", "only one"}).find("--system_prompts"), std::string::npos);
   EXPECT_NE(parse_error({"m"}).find("missing data path"), std::string::npos);
   EXPECT_NE(train_options_help().find("--gradient_accumulation_steps"), std::string::npos);
+}
+
+TEST(TrainOptions, TargetModulesAsPeftNamesThem) {
+  EXPECT_EQ(parse_target_modules({"all-linear"}),
+            std::vector<Projection>(kAllProjections.begin(), kAllProjections.end()));
+  EXPECT_EQ(parse_target_modules({"v_proj", "q"}), (std::vector<Projection>{Projection::v, Projection::q}));
+  EXPECT_THROW(parse_target_modules({"q_proj", "q"}), Error);             // the same module twice
+  EXPECT_THROW(parse_target_modules({"all-linear", "q_proj"}), Error);    // all-linear stands alone
+  EXPECT_THROW(parse_target_modules({}), Error);
 }
 
 TEST(Objective, NonFiniteLogProbsAreRefused) {

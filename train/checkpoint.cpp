@@ -1,5 +1,6 @@
 #include "train/checkpoint.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -65,6 +66,37 @@ TrainerState load_checkpoint(const std::string& checkpoint_dir, int seed, LoraAd
   adapter.load_peft_weights(checkpoint_dir);
   optimizer.load((dir / "optimizer.safetensors").string());
   return state;
+}
+
+std::vector<std::string> list_checkpoints(const std::string& output_dir) {
+  std::vector<std::pair<long, std::string>> found;
+  std::error_code missing;
+  for (const fs::directory_entry& entry : fs::directory_iterator(output_dir, missing)) {
+    const std::string name = entry.path().filename().string();
+    const std::string prefix = "checkpoint-";
+    if (!entry.is_directory() || name.rfind(prefix, 0) != 0) continue;
+    const std::string digits = name.substr(prefix.size());
+    if (digits.empty() || digits.size() > 18 || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+    found.emplace_back(std::stol(digits), entry.path().string());
+  }
+  std::sort(found.begin(), found.end());
+  std::vector<std::string> directories;
+  for (auto& [step, path] : found) directories.push_back(std::move(path));
+  return directories;
+}
+
+std::string resolve_checkpoint(const std::string& requested, const std::string& output_dir) {
+  if (requested != "latest") return requested;
+  const std::vector<std::string> checkpoints = list_checkpoints(output_dir);
+  if (checkpoints.empty())
+    fail("--resume_from_checkpoint latest: ", output_dir, " holds no checkpoint-<step> directory");
+  return checkpoints.back();
+}
+
+void remove_old_checkpoints(const std::string& output_dir, int keep) {
+  if (keep <= 0) return;
+  const std::vector<std::string> checkpoints = list_checkpoints(output_dir);
+  for (size_t i = 0; i + size_t(keep) < checkpoints.size(); ++i) fs::remove_all(checkpoints[i]);
 }
 
 }  // namespace cst

@@ -9,6 +9,7 @@
 // leaves a half-written checkpoint behind a valid name.
 #pragma once
 #include <string>
+#include <vector>
 
 #include "data/batch.h"
 #include "kernels/preference_loss.h"
@@ -30,5 +31,13 @@ std::string save_checkpoint(const std::string& output_dir, const TrainerState& s
                             const std::string& base_model_name);
 // Fails when the checkpoint's seed or LoRA settings differ from this run's.
 TrainerState load_checkpoint(const std::string& checkpoint_dir, int seed, LoraAdapter& adapter, AdamW& optimizer);
+
+// The checkpoint-<step> directories of output_dir (complete ones: not .tmp), by increasing step.
+std::vector<std::string> list_checkpoints(const std::string& output_dir);
+// --resume_from_checkpoint's value as a directory: "latest" is the last checkpoint of output_dir
+// (an error when there is none), anything else is taken as given.
+std::string resolve_checkpoint(const std::string& requested, const std::string& output_dir);
+// Removes the oldest checkpoints of output_dir until `keep` remain (keep = 0: removes none).
+void remove_old_checkpoints(const std::string& output_dir, int keep);
 
 }  // namespace cst

@@ -32,9 +32,10 @@ const std::vector<OptionSpec>& option_table() {
       {"seed", &T::seed, "seed for LoRA init, shuffling and dropout"},
       {"dry_run", &T::dry_run, "load, build pairs, tokenize, report statistics, then stop"},
       {"dump_tokenized", &T::dump_tokenized, "write every tokenized example as jsonl to this file"},
-      {"resume_from_checkpoint", &T::resume_from_checkpoint, "checkpoint directory to continue from"},
+      {"resume_from_checkpoint", &T::resume_from_checkpoint, "checkpoint directory to continue from, or latest (output_dir's last)"},
       {"logging_steps", &T::logging_steps, "log metrics every N optimizer steps"},
       {"save_steps", &T::save_steps, "checkpoint every N steps (0: only at the end)"},
+      {"save_total_limit", &T::save_total_limit, "keep only the newest N checkpoints (0: keep all)"},
       {"eval_steps", &T::eval_steps, "evaluate every N steps (0: only at the end)"},
       {"threads", &T::threads, "CPU threads (0: all cores)"},
       {"profile_steps", &T::profile_steps, "A:B brackets steps A..B with cudaProfilerStart/Stop"},
@@ -80,7 +81,7 @@ const std::vector<OptionSpec>& option_table() {
       {"lora_dropout", &T::lora_dropout, "LoRA dropout probability"},
       {"disable_dropout", &T::disable_dropout, "turn dropout off during training (trl's default)"},
       {"use_rslora", &T::use_rslora, "rank-stabilised scaling alpha / sqrt(r)"},
-      {"lora_target_modules", &T::lora_target_modules, "projections that get adapters"},
+      {"lora_target_modules", &T::lora_target_modules, "projections that get adapters, or all-linear"},
       {"gradient_checkpointing", &T::gradient_checkpointing, "keep only layer inputs; recompute the rest in backward"},
       {"demo", &T::demo, "run the embedded demo (tiny model, synthetic CST data, DPO vs CST)"},
   };
@@ -334,6 +335,7 @@ void validate_train_options(const TrainOptions& o) {
   require(!o.dpo_baseline || !o.system_prompts.empty(), "--dpo_baseline needs --system_prompts A B");
   require(o.logging_steps >= 1, "--logging_steps must be >= 1");
   require(o.save_steps >= 0 && o.eval_steps >= 0, "--save_steps and --eval_steps must be >= 0");
+  require(o.save_total_limit >= 0, "--save_total_limit must be >= 0");
   require(o.adam_beta1 >= 0 && o.adam_beta1 < 1 && o.adam_beta2 >= 0 && o.adam_beta2 < 1,
           "--adam_beta1/--adam_beta2 must be in [0, 1)");
   if (!o.demo) {

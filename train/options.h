@@ -31,6 +31,7 @@ struct TrainOptions {
   std::string resume_from_checkpoint;
   int logging_steps = 1;
   int save_steps = 0;           // 0: only at the end
+  int save_total_limit = 0;     // checkpoints kept in output_dir, the newest (0: all)
   int eval_steps = 0;           // 0: only at the end (when there is an eval set)
   int threads = 0;              // CPU threads, 0: all cores
   std::string profile_steps;    // "A:B": bracket steps A..B with the CUDA profiler

@@ -36,9 +36,7 @@ LoraConfig lora_config_from(const TrainOptions& o) {
   config.alpha = float(o.lora_alpha);
   config.dropout = o.disable_dropout ? 0.0f : float(o.lora_dropout);
   config.use_rslora = o.use_rslora;
-  config.targets.clear();
-  for (const std::string& name : o.lora_target_modules) config.targets.push_back(parse_projection(name));
-  if (config.targets.empty()) fail("--lora_target_modules lists no module");
+  config.targets = parse_target_modules(o.lora_target_modules);
   return config;
 }
 
@@ -441,10 +439,11 @@ TrainingOutcome Trainer::run() {
   TrainerState state;
   state.seed = options_.seed;
   if (!options_.resume_from_checkpoint.empty()) {
-    state = load_checkpoint(options_.resume_from_checkpoint, options_.seed, *lora_, optimizer);
+    const std::string checkpoint = resolve_checkpoint(options_.resume_from_checkpoint, options_.output_dir);
+    state = load_checkpoint(checkpoint, options_.seed, *lora_, optimizer);
     reward_mean_ = state.reward_mean;
     loader.restore(state.data_position);
-    if (group_.is_main()) std::fprintf(stderr, "resumed from %s at step %ld\n", options_.resume_from_checkpoint.c_str(), state.step);
+    if (group_.is_main()) std::fprintf(stderr, "resumed from %s at step %ld\n", checkpoint.c_str(), state.step);
   }
   if (options_.precompute_ref_log_probs && objective_.objective == Objective::preference && !objective_.reference_free)
     precompute_reference();
@@ -525,8 +524,10 @@ TrainingOutcome Trainer::run() {
     }
     const bool save = (options_.save_steps > 0 && state.step % options_.save_steps == 0) || state.step == total_steps;
     state.reward_mean = reward_mean_;  // after evaluation, which moves it too
-    if (save && group_.is_main())
+    if (save && group_.is_main()) {
       last_checkpoint = save_checkpoint(options_.output_dir, state, *lora_, optimizer, options_.model_path);
+      remove_old_checkpoints(options_.output_dir, options_.save_total_limit);
+    }
   }
   outcome.steps = state.step;
   outcome.adapter_dir = options_.output_dir;
