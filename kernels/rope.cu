@@ -8,29 +8,27 @@
 
 namespace cst::cuda {
 
-// cos/sin of pair i at a position, the same f32 values as the CPU reference: f32 inverse
-// frequency (pow evaluated in double, rounded once), f32 angle = position * inv_freq, and cos/sin
-// of that f32 angle evaluated in double and rounded. Direction -1 gives the inverse rotation.
-__device__ inline void rope_angle(int position, int i, int head_dim, float theta, float direction,
+// cos/sin of pair i at a position, the same f32 values as the CPU reference: f32 angle =
+// position * inv_freq, and cos/sin of that f32 angle evaluated in double and rounded. Direction -1
+// gives the inverse rotation.
+__device__ inline void rope_angle(int position, float inverse_frequency, float direction,
                                   float& cos_angle, float& sin_angle) {
-  float exponent = float(2 * i) / float(head_dim);
-  float inverse_frequency = 1.0f / float(pow(double(theta), double(exponent)));
   float angle = float(position) * inverse_frequency;
   cos_angle = float(cos(double(angle)));
   sin_angle = direction * float(sin(double(angle)));
 }
 
-// x (tokens, heads, head_dim), positions (tokens); grid.x = tokens. Dynamic shared memory holds
-// head_dim floats: cos of pair i at [i], sin at [half + i].
+// x (tokens, heads, head_dim), positions (tokens), inverse_frequencies (head_dim / 2); grid.x =
+// tokens. Dynamic shared memory holds head_dim floats: cos of pair i at [i], sin at [half + i].
 template <int Width, class T>
-__global__ void rope_kernel(T* x, const int32_t* positions, int heads, int head_dim, float theta,
-                            float direction) {
+__global__ void rope_kernel(T* x, const int32_t* positions, const float* inverse_frequencies, int heads,
+                            int head_dim, float direction) {
   extern __shared__ float angles[];
   const int half = head_dim / 2;
   const int64_t token = blockIdx.x;
   const int position = positions[token];
   for (int i = threadIdx.x; i < half; i += blockDim.x)
-    rope_angle(position, i, head_dim, theta, direction, angles[i], angles[half + i]);
+    rope_angle(position, inverse_frequencies[i], direction, angles[i], angles[half + i]);
   __syncthreads();
 
   const int chunks_per_head = half / Width;
@@ -58,15 +56,18 @@ static int rope_threads(int64_t chunks_per_token) {
   return int(threads < kThreads ? threads : kThreads);
 }
 
-void rope_apply(const Tensor& x, const Tensor& positions, float theta, bool inverse) {
+void rope_apply(const Tensor& x, const Tensor& positions, const Tensor& inverse_frequencies, bool inverse) {
   const char* op = inverse ? "rope_backward" : "rope_forward";
   check_on_gpu(x, op, "x");
   check_on_gpu(positions, op, "positions");
+  check_on_gpu(inverse_frequencies, op, "inverse_frequencies");
   check_rank(x, 3, op, "x");
   check_dims(positions, {x.shape[0]}, op, "positions");
   check_dtype(positions, DType::i32, op, "positions");
   int64_t tokens = x.shape[0];
   if (x.shape[2] % 2 != 0) fail(op, ": head_dim must be even, got ", x.describe());
+  check_dims(inverse_frequencies, {x.shape[2] / 2}, op, "inverse_frequencies");
+  check_dtype(inverse_frequencies, DType::f32, op, "inverse_frequencies");
   // The cos/sin of one token live in shared memory, and heads x pairs indexes with an int.
   constexpr int64_t kMaxHeadDim = 8192;
   if (x.shape[2] > kMaxHeadDim || x.shape[1] * x.shape[2] > (int64_t(1) << 30) || tokens > INT32_MAX)
@@ -81,11 +82,12 @@ void rope_apply(const Tensor& x, const Tensor& positions, float theta, bool inve
     // Chunks need every head's halves 16-byte aligned: a multiple-of-8 half and an aligned base.
     if (can_use_chunks(half, data))
       rope_kernel<kChunk><<<unsigned(tokens), rope_threads(int64_t(heads) * (half / kChunk)),
-                            shared_bytes, stream()>>>(data, positions.i32(), heads, head_dim,
-                                                      theta, direction);
+                            shared_bytes, stream()>>>(data, positions.i32(), inverse_frequencies.f32(),
+                                                      heads, head_dim, direction);
     else
       rope_kernel<1><<<unsigned(tokens), rope_threads(int64_t(heads) * half), shared_bytes,
-                       stream()>>>(data, positions.i32(), heads, head_dim, theta, direction);
+                       stream()>>>(data, positions.i32(), inverse_frequencies.f32(), heads, head_dim,
+                                   direction);
     CUDA_CHECK_LAUNCH();
   });
 }

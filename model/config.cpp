@@ -95,36 +95,81 @@ std::string read_architecture(const json& config, const std::string& where) {
   return architecture;
 }
 
-// rope_theta (transformers <= 4.x) or rope_parameters.rope_theta (transformers 5). Any RoPE
-// scaling changes the frequencies, which cst does not implement, so it is refused.
-float read_rope_theta(const json& config, const std::string& where) {
-  auto refuse_scaling_type = [&](const json& parameters, const char* key) {
-    for (const char* type_key : {"rope_type", "type"}) {
-      const json* type = find_value(parameters, type_key);
-      if (!type) continue;
-      if (!type->is_string() || type->get<std::string>() != "default")
-        fail(where, ": key '", key, ".", type_key, "' is ", type->dump(),
-             "; cst implements only unscaled RoPE (\"default\")");
-    }
+double as_positive_double(const json& value, const std::string& key, const std::string& where) {
+  if (!value.is_number())
+    fail(where, ": key '", key, "' must be a number, got ", json_type_name(value));
+  if (!(value.get<double>() > 0)) fail(where, ": key '", key, "' must be positive, got ", value.dump());
+  return value.get<double>();
+}
+
+// The scaling of one RoPE parameter object: rope_scaling (transformers 4.x, where a type is
+// required) or rope_parameters (5.x, where no type means "default"), named `key` in messages. Its
+// type is "rope_type" or the older "type" (transformers takes "type" when both are there, so they
+// must agree). The types implemented change the inverse frequencies only (kernels/rope.h); the
+// others are refused by name: "dynamic" recomputes the frequencies from each batch's length,
+// "yarn" and "longrope" also scale cos and sin.
+RopeScaling read_rope_scaling(const json& parameters, const std::string& key, bool type_required,
+                              const std::string& where) {
+  if (!parameters.is_object())
+    fail(where, ": key '", key, "' must be an object or null, got ", json_type_name(parameters));
+  const json* rope_type = find_value(parameters, "rope_type");
+  const json* type = find_value(parameters, "type");
+  if (!rope_type && !type) {
+    if (!type_required) return RopeScaling{};
+    fail(where, ": key '", key, "' is set without a rope_type; cst implements RoPE types default, "
+         "linear and llama3");
+  }
+  if (rope_type && type && *rope_type != *type)
+    fail(where, ": keys '", key, ".rope_type' (", rope_type->dump(), ") and '", key, ".type' (",
+         type->dump(), ") disagree");
+  const std::string type_key = key + (type ? ".type" : ".rope_type");
+  const std::string name = as_string(type ? *type : *rope_type, type_key.c_str(), where);
+  auto field_value = [&](const char* field) -> const json& {
+    const json* value = find_value(parameters, field);
+    if (!value) fail(where, ": missing required key '", key, ".", field, "' of RoPE type ", name);
+    return *value;
   };
-  if (const json* scaling = find_value(config, "rope_scaling")) {
-    if (!scaling->is_object())
-      fail(where, ": key 'rope_scaling' must be an object or null, got ", json_type_name(*scaling));
-    if (!find_value(*scaling, "rope_type") && !find_value(*scaling, "type"))
-      fail(where, ": key 'rope_scaling' is set without a type; cst implements only unscaled RoPE");
-    refuse_scaling_type(*scaling, "rope_scaling");
+  auto number = [&](const char* field) {
+    return as_positive_double(field_value(field), key + "." + field, where);
+  };
+  RopeScaling scaling;
+  if (name == "default") return scaling;
+  if (name == "linear") {
+    scaling.type = RopeScalingType::linear;
+    scaling.factor = number("factor");
+  } else if (name == "llama3") {
+    scaling.type = RopeScalingType::llama3;
+    scaling.factor = number("factor");
+    scaling.low_freq_factor = number("low_freq_factor");
+    scaling.high_freq_factor = number("high_freq_factor");
+    const std::string context_key = key + ".original_max_position_embeddings";
+    scaling.original_max_position_embeddings =
+        as_positive_int(field_value("original_max_position_embeddings"), context_key.c_str(), where);
+    if (!(scaling.high_freq_factor > scaling.low_freq_factor))
+      fail(where, ": key '", key, ".high_freq_factor' (", scaling.high_freq_factor,
+           ") must be greater than low_freq_factor (", scaling.low_freq_factor, ")");
+  } else {
+    fail(where, ": key '", type_key, "' is '", name, "'; cst implements RoPE types default, linear "
+         "and llama3 (not dynamic, yarn or longrope)");
   }
-  float theta = 10000.0f;  // the default of both MistralConfig and LlamaConfig
+  return scaling;
+}
+
+// rope_theta and rope_scaling (transformers <= 4.x), or rope_parameters holding both
+// (transformers 5). When a config has both forms they must agree.
+void read_rope(const json& config, ModelConfig& result, const std::string& where) {
   if (const json* value = find_value(config, "rope_theta"))
-    theta = as_positive_float(*value, "rope_theta", where);
-  if (const json* parameters = find_value(config, "rope_parameters")) {
-    if (!parameters->is_object())
-      fail(where, ": key 'rope_parameters' must be an object, got ", json_type_name(*parameters));
-    refuse_scaling_type(*parameters, "rope_parameters");
-    if (const json* value = find_value(*parameters, "rope_theta"))
-      theta = as_positive_float(*value, "rope_parameters.rope_theta", where);
-  }
-  return theta;
+    result.rope_theta = as_positive_float(*value, "rope_theta", where);
+  if (const json* scaling = find_value(config, "rope_scaling"))
+    result.rope_scaling = read_rope_scaling(*scaling, "rope_scaling", true, where);
+  const json* parameters = find_value(config, "rope_parameters");
+  if (!parameters) return;
+  RopeScaling scaling = read_rope_scaling(*parameters, "rope_parameters", false, where);
+  if (find_value(config, "rope_scaling") && scaling != result.rope_scaling)
+    fail(where, ": keys 'rope_scaling' and 'rope_parameters' describe different RoPE scalings");
+  result.rope_scaling = scaling;
+  if (const json* value = find_value(*parameters, "rope_theta"))
+    result.rope_theta = as_positive_float(*value, "rope_parameters.rope_theta", where);
 }
 
 void refuse_unsupported_features(const json& config, const std::string& where) {
@@ -133,6 +178,15 @@ void refuse_unsupported_features(const json& config, const std::string& where) {
     if (value && as_bool(*value, key, where))
       fail(where, ": key '", key, "' is true; cst implements bias-free projections only");
   }
+  // transformers applies attention dropout in training (trl's disable_dropout does not reach it).
+  if (const json* dropout = find_value(config, "attention_dropout")) {
+    if (!dropout->is_number())
+      fail(where, ": key 'attention_dropout' must be a number, got ", json_type_name(*dropout));
+    if (dropout->get<double>() != 0)
+      fail(where, ": key 'attention_dropout' is ", dropout->dump(), "; cst implements attention without dropout");
+  }
+  if (const json* slices = find_value(config, "pretraining_tp"))
+    as_positive_int(*slices, "pretraining_tp", where);  // ignored otherwise (model/config.h)
   if (const json* act = find_value(config, "hidden_act")) {
     std::string name = as_string(*act, "hidden_act", where);
     if (name != "silu")
@@ -210,6 +264,31 @@ double float_as_written(float value) {
   return std::strtod(text, nullptr);
 }
 
+// The RoPE scaling keys as transformers writes them (the type and the parameters it uses).
+json rope_scaling_json(const RopeScaling& scaling) {
+  json result = {{"rope_type", rope_scaling_type_name(scaling.type)}};
+  if (scaling.type != RopeScalingType::none) result["factor"] = scaling.factor;
+  if (scaling.type == RopeScalingType::llama3) {
+    result["low_freq_factor"] = scaling.low_freq_factor;
+    result["high_freq_factor"] = scaling.high_freq_factor;
+    result["original_max_position_embeddings"] = scaling.original_max_position_embeddings;
+  }
+  return result;
+}
+
+// transformers 4.x: rope_theta and rope_scaling (null when unscaled); 5.x: rope_parameters with both.
+std::vector<std::pair<json::json_pointer, json>> rope_entries(const ModelConfig& config,
+                                                              bool rope_in_parameters) {
+  json scaling = rope_scaling_json(config.rope_scaling);
+  if (rope_in_parameters) {
+    scaling["rope_theta"] = float_as_written(config.rope_theta);
+    return {{json::json_pointer("/rope_parameters"), scaling}};
+  }
+  return {{json::json_pointer("/rope_theta"), float_as_written(config.rope_theta)},
+          {json::json_pointer("/rope_scaling"),
+           config.rope_scaling.type == RopeScalingType::none ? json(nullptr) : scaling}};
+}
+
 // The config.json entries cst owns, as (JSON pointer, value) pairs derived from the fields.
 std::vector<std::pair<json::json_pointer, json>> owned_entries(const ModelConfig& config,
                                                                bool rope_in_parameters,
@@ -230,13 +309,12 @@ std::vector<std::pair<json::json_pointer, json>> owned_entries(const ModelConfig
       {json::json_pointer("/num_key_value_heads"), config.num_kv_heads},
       {json::json_pointer("/head_dim"), config.head_dim},
       {json::json_pointer("/rms_norm_eps"), float_as_written(config.rms_norm_eps)},
-      {json::json_pointer(rope_in_parameters ? "/rope_parameters/rope_theta" : "/rope_theta"),
-       float_as_written(config.rope_theta)},
       {json::json_pointer("/max_position_embeddings"), config.max_position_embeddings},
       {json::json_pointer("/tie_word_embeddings"), config.tie_word_embeddings},
       {json::json_pointer("/bos_token_id"), optional_id(config.bos_token_id)},
       {json::json_pointer("/eos_token_id"), eos},
   };
+  for (auto& entry : rope_entries(config, rope_in_parameters)) entries.push_back(entry);
   if (mistral)
     entries.push_back({json::json_pointer("/sliding_window"),
                        config.sliding_window > 0 ? json(config.sliding_window) : json(nullptr)});
@@ -254,7 +332,7 @@ ModelConfig parse_model_config(const nlohmann::json& config_json, const std::str
   result.architecture = read_architecture(config_json, where);
   refuse_unsupported_features(config_json, where);
   read_shapes(config_json, result, where);
-  result.rope_theta = read_rope_theta(config_json, where);
+  read_rope(config_json, result, where);
   result.sliding_window = read_sliding_window(config_json, result.architecture, where);
   if (const json* tie = find_value(config_json, "tie_word_embeddings"))
     result.tie_word_embeddings = as_bool(*tie, "tie_word_embeddings", where);

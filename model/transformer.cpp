@@ -30,9 +30,13 @@ struct LayerActivations {
 };
 
 struct Transformer::Saved {
-  explicit Saved(Device device) : arena(device), layer_scratch(device) {}
+  Saved(const ModelConfig& config, Device device)
+      : arena(device), layer_scratch(device),
+        rope_inverse_frequencies(
+            cst::rope_inverse_frequencies(config.head_dim, config.rope_theta, config.rope_scaling, device)) {}
   Arena arena;          // every activation of the current batch
   Arena layer_scratch;  // one layer's intermediates, when they are recomputed in backward
+  OwnedTensor rope_inverse_frequencies;  // (D/2) f32, the config's RoPE frequencies, for every batch
   std::vector<int32_t> cu_seqlens;
   Tensor tokens, positions, labels;  // (N) i32 on the device
   std::vector<LayerActivations> layers;
@@ -43,7 +47,7 @@ struct Transformer::Saved {
 
 Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights, LoraAdapter* lora)
     : config_(config), weights_(weights), lora_(lora),
-      saved_(std::make_unique<Saved>(weights.device())) {}
+      saved_(std::make_unique<Saved>(config, weights.device())) {}
 
 Transformer::~Transformer() = default;
 
@@ -168,8 +172,8 @@ LayerActivations Transformer::layer_forward(int layer, const Tensor& x, const Te
   a.v = arena.alloc({n, KVH, D}, dtype);
   const Tensor qkv[] = {a.q.reshaped({n, H * D}), a.k.reshaped({n, KVH * D}), a.v.reshaped({n, KVH * D})};
   a.lora_groups[int(InputGroup::attention)] = lora_group_forward(qkv, a.n1, group(InputGroup::attention), arena);
-  rope_forward(a.q, saved.positions, config_.rope_theta);
-  rope_forward(a.k, saved.positions, config_.rope_theta);
+  rope_forward(a.q, saved.positions, saved.rope_inverse_frequencies);
+  rope_forward(a.k, saved.positions, saved.rope_inverse_frequencies);
   a.attention = arena.alloc({n, H, D}, dtype);
   a.lse = arena.alloc({H, n}, DType::f32);
   layer_attention(a, saved.cu_seqlens, saved.positions, attention_shape(config_), update ? update->cache : nullptr,
@@ -341,8 +345,8 @@ void Transformer::backward(const std::vector<float>& dlogps) {
     lora_linear_backward(dattention.reshaped({n, H * D}), false, dresidual,
                          a.attention.reshaped({n, H * D}), a.lora_u_o, linear(Projection::o), scratch);
     attention_backward(dq, dk, dv, dattention, a.q, a.k, a.v, a.attention, a.lse, saved.cu_seqlens, shape);
-    rope_backward(dq, saved.positions, config_.rope_theta);
-    rope_backward(dk, saved.positions, config_.rope_theta);
+    rope_backward(dq, saved.positions, saved.rope_inverse_frequencies);
+    rope_backward(dk, saved.positions, saved.rope_inverse_frequencies);
     const Tensor dqkv[] = {dq.reshaped({n, H * D}), dk.reshaped({n, KVH * D}), dv.reshaped({n, KVH * D})};
     lora_group_backward(dnorm, dqkv, a.n1, a.lora_groups[int(InputGroup::attention)], group(InputGroup::attention), scratch);
     rmsnorm_backward(dnorm_input, Tensor{}, dnorm, a.x, w.input_norm, a.rstd1);

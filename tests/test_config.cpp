@@ -160,18 +160,155 @@ TEST(Config, RefusesUnknownArchitectures) {
   expect_refused(config, "architectures");
 }
 
-TEST(Config, RefusesRopeScalingOfAnyType) {
-  for (const char* type : {"linear", "dynamic", "yarn", "llama3", "longrope"}) {
+// Llama 3.1 8B Instruct's config.json as published (Llama 3.2 1B / 3B differ in sizes, factor 32
+// and tied embeddings).
+json llama31_8b_instruct() {
+  return json::parse(R"({
+    "architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+    "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009], "hidden_act": "silu",
+    "hidden_size": 4096, "initializer_range": 0.02, "intermediate_size": 14336,
+    "max_position_embeddings": 131072, "mlp_bias": false, "model_type": "llama",
+    "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8,
+    "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+    "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    "rope_theta": 500000.0, "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+    "transformers_version": "4.43.0.dev0", "use_cache": true, "vocab_size": 128256
+  })");
+}
+
+json llama32_1b_instruct() {
+  return json::parse(R"({
+    "architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+    "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009], "head_dim": 64,
+    "hidden_act": "silu", "hidden_size": 2048, "initializer_range": 0.02, "intermediate_size": 8192,
+    "max_position_embeddings": 131072, "mlp_bias": false, "model_type": "llama",
+    "num_attention_heads": 32, "num_hidden_layers": 16, "num_key_value_heads": 8,
+    "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+    "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    "rope_theta": 500000.0, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
+    "transformers_version": "4.45.0.dev0", "use_cache": true, "vocab_size": 128256
+  })");
+}
+
+TEST(Config, Llama31And32AsPublished) {
+  ModelConfig llama31 = parse_model_config(llama31_8b_instruct(), kWhere);
+  EXPECT_EQ(llama31.rope_theta, 500000.0f);
+  EXPECT_EQ(llama31.rope_scaling.type, RopeScalingType::llama3);
+  EXPECT_EQ(llama31.rope_scaling.factor, 8.0);
+  EXPECT_EQ(llama31.rope_scaling.low_freq_factor, 1.0);
+  EXPECT_EQ(llama31.rope_scaling.high_freq_factor, 4.0);
+  EXPECT_EQ(llama31.rope_scaling.original_max_position_embeddings, 8192);
+  EXPECT_EQ(llama31.max_position_embeddings, 131072);
+  EXPECT_EQ(llama31.bos_token_id, 128000);
+  EXPECT_EQ(llama31.eos_token_ids, (std::vector<int>{128001, 128008, 128009}));
+  EXPECT_EQ(llama31.eos_token_id, 128001);
+  EXPECT_EQ(llama31.head_dim, 128);
+  EXPECT_FALSE(llama31.tie_word_embeddings);
+
+  ModelConfig llama32 = parse_model_config(llama32_1b_instruct(), kWhere);
+  EXPECT_EQ(llama32.rope_scaling.type, RopeScalingType::llama3);
+  EXPECT_EQ(llama32.rope_scaling.factor, 32.0);
+  EXPECT_EQ(llama32.head_dim, 64);
+  EXPECT_EQ(llama32.num_kv_heads, 8);
+  EXPECT_TRUE(llama32.tie_word_embeddings);
+}
+
+TEST(Config, RopeScalingSpellings) {
+  json config = llama31_8b_instruct();
+  const RopeScaling llama3 = parse_model_config(config, kWhere).rope_scaling;
+  config["rope_scaling"].erase("rope_type");
+  config["rope_scaling"]["type"] = "llama3";  // the older key
+  EXPECT_EQ(parse_model_config(config, kWhere).rope_scaling, llama3);
+  config["rope_scaling"]["rope_type"] = "llama3";  // both, agreeing
+  EXPECT_EQ(parse_model_config(config, kWhere).rope_scaling, llama3);
+
+  json v5 = llama31_8b_instruct();  // transformers 5: theta and scaling in rope_parameters
+  v5["rope_parameters"] = v5["rope_scaling"];
+  v5["rope_parameters"]["rope_theta"] = 500000.0;
+  v5.erase("rope_scaling");
+  v5.erase("rope_theta");
+  ModelConfig parsed = parse_model_config(v5, kWhere);
+  EXPECT_EQ(parsed.rope_scaling, llama3);
+  EXPECT_EQ(parsed.rope_theta, 500000.0f);
+  v5["rope_scaling"] = config["rope_scaling"];  // both forms, agreeing
+  EXPECT_EQ(parse_model_config(v5, kWhere).rope_scaling, llama3);
+
+  json linear = tiny_llama();
+  linear["rope_scaling"] = {{"type", "linear"}, {"factor", 4.0}};
+  ModelConfig linear_config = parse_model_config(linear, kWhere);
+  EXPECT_EQ(linear_config.rope_scaling.type, RopeScalingType::linear);
+  EXPECT_EQ(linear_config.rope_scaling.factor, 4.0);
+  for (json none : {json(nullptr), json{{"rope_type", "default"}}}) {
+    linear["rope_scaling"] = none;
+    EXPECT_EQ(parse_model_config(linear, kWhere).rope_scaling, RopeScaling{});
+  }
+}
+
+TEST(Config, RefusesRopeScalingTypesNotImplemented) {
+  for (const char* type : {"dynamic", "yarn", "longrope", "ntk"}) {
     SCOPED_TRACE(type);
     json config = tiny_llama();
     config["rope_scaling"] = {{"rope_type", type}, {"factor", 8.0}};
-    expect_refused(config, "rope_scaling");
-    config["rope_scaling"] = {{"type", type}, {"factor", 8.0}};  // the older spelling
-    expect_refused(config, "rope_scaling");
+    expect_refused(config, std::string("rope_scaling.rope_type' is '") + type);
+    config["rope_scaling"] = {{"type", type}, {"factor", 8.0}};
+    expect_refused(config, std::string("rope_scaling.type' is '") + type);
     config = tiny_llama();
     config["rope_parameters"] = {{"rope_theta", 10000.0}, {"rope_type", type}};
-    expect_refused(config, "rope_parameters");
+    expect_refused(config, std::string("rope_parameters.rope_type' is '") + type);
   }
+}
+
+TEST(Config, RefusesMalformedRopeScaling) {
+  json config = tiny_llama();
+  config["rope_scaling"] = {{"factor", 8.0}};
+  expect_refused(config, "'rope_scaling' is set without a rope_type");
+  for (const char* key : {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}) {
+    SCOPED_TRACE(key);
+    config = llama31_8b_instruct();
+    config["rope_scaling"].erase(key);
+    expect_refused(config, std::string("missing required key 'rope_scaling.") + key);
+    config["rope_scaling"][key] = "8";
+    expect_refused(config, std::string("rope_scaling.") + key);
+    config["rope_scaling"][key] = 0;
+    expect_refused(config, std::string("rope_scaling.") + key + "' must be positive");
+  }
+  config = llama31_8b_instruct();
+  config["rope_scaling"]["original_max_position_embeddings"] = 8192.5;
+  expect_refused(config, "rope_scaling.original_max_position_embeddings' must be an integer");
+  config = llama31_8b_instruct();
+  config["rope_scaling"]["high_freq_factor"] = 1.0;  // smoothing would divide by zero
+  expect_refused(config, "rope_scaling.high_freq_factor' (1) must be greater than low_freq_factor (1)");
+  config = llama31_8b_instruct();
+  config["rope_scaling"]["type"] = "linear";
+  expect_refused(config, "keys 'rope_scaling.rope_type' (\"llama3\") and 'rope_scaling.type' (\"linear\") disagree");
+  config = tiny_llama();
+  config["rope_scaling"] = {{"rope_type", "linear"}};
+  expect_refused(config, "missing required key 'rope_scaling.factor' of RoPE type linear");
+  config = llama31_8b_instruct();
+  config["rope_parameters"] = {{"rope_type", "linear"}, {"factor", 8.0}};
+  expect_refused(config, "keys 'rope_scaling' and 'rope_parameters' describe different RoPE scalings");
+  config = tiny_llama();
+  config["rope_parameters"] = "llama3";
+  expect_refused(config, "rope_parameters' must be an object");
+}
+
+TEST(Config, PretrainingTpIsIgnoredAndAttentionDropoutRefused) {
+  json config = llama31_8b_instruct();
+  config["pretraining_tp"] = 2;  // the same products in slices: nothing cst computes changes
+  EXPECT_EQ(parse_model_config(config, kWhere).hidden_size, 4096);
+  for (json bad : {json("1"), json(0), json(1.5)}) {
+    config["pretraining_tp"] = bad;
+    expect_refused(config, "pretraining_tp");
+  }
+  config = llama31_8b_instruct();
+  config["attention_dropout"] = 0.1;
+  expect_refused(config, "'attention_dropout' is 0.1; cst implements attention without dropout");
+  config["attention_dropout"] = "0";
+  expect_refused(config, "attention_dropout");
+  config["attention_dropout"] = 0;
+  EXPECT_NO_THROW(parse_model_config(config, kWhere));
 }
 
 TEST(Config, RefusesBiases) {
@@ -246,6 +383,8 @@ TEST(Config, UneditedConfigIsWrittenBackUnchanged) {
     ModelConfig config = load_model_config(kConfigFixtures + name + ".json");
     EXPECT_EQ(model_config_to_json(config), config.original) << name;
   }
+  for (const json& llama3 : {llama31_8b_instruct(), llama32_1b_instruct()})
+    EXPECT_EQ(model_config_to_json(parse_model_config(llama3, kWhere)), llama3);
   json v5 = tiny_mistral();
   v5.erase("rope_theta");
   v5["rope_parameters"] = {{"rope_theta", 1000000.0}, {"rope_type", "default"}};
@@ -263,6 +402,25 @@ TEST(Config, EditsAreWrittenIntoTheOriginal) {
   EXPECT_EQ(written, expected);
 }
 
+TEST(Config, EditedRopeScalingIsWrittenAsTransformersReadsIt) {
+  ModelConfig config = parse_model_config(tiny_llama(), kWhere);
+  config.rope_scaling = parse_model_config(llama31_8b_instruct(), kWhere).rope_scaling;
+  json written = model_config_to_json(config);
+  EXPECT_EQ(written["rope_scaling"], llama31_8b_instruct()["rope_scaling"]);
+  EXPECT_EQ(parse_model_config(written, kWhere).rope_scaling, config.rope_scaling);
+
+  json v5 = tiny_llama();
+  v5.erase("rope_theta");
+  v5.erase("rope_scaling");
+  v5["rope_parameters"] = {{"rope_theta", 500000.0}, {"rope_type", "default"}};
+  ModelConfig v5_config = parse_model_config(v5, kWhere);
+  v5_config.rope_scaling.type = RopeScalingType::linear;
+  v5_config.rope_scaling.factor = 2.0;
+  json v5_written = model_config_to_json(v5_config);
+  EXPECT_EQ(v5_written["rope_parameters"], (json{{"rope_theta", 500000.0}, {"rope_type", "linear"}, {"factor", 2.0}}));
+  EXPECT_FALSE(v5_written.contains("rope_scaling"));
+}
+
 TEST(Config, ConfigBuiltInCodeRoundTrips) {
   ModelConfig config;
   config.architecture = "LlamaForCausalLM";
@@ -278,6 +436,7 @@ TEST(Config, ConfigBuiltInCodeRoundTrips) {
   config.max_position_embeddings = 64;
   config.eos_token_id = 3;
   config.eos_token_ids = {3, 4};
+  config.rope_scaling = {RopeScalingType::llama3, 8.0, 1.0, 4.0, 32};
   json written = model_config_to_json(config);
   EXPECT_EQ(written["rms_norm_eps"].dump(), "1e-06");  // the float's shortest decimal
   ModelConfig parsed = parse_model_config(written, kWhere);
@@ -288,6 +447,7 @@ TEST(Config, ConfigBuiltInCodeRoundTrips) {
   EXPECT_EQ(parsed.rope_theta, 500000.0f);
   EXPECT_EQ(parsed.bos_token_id, -1);
   EXPECT_EQ(parsed.eos_token_ids, config.eos_token_ids);
+  EXPECT_EQ(parsed.rope_scaling, config.rope_scaling);
 }
 
 }  // namespace

@@ -367,23 +367,34 @@ TEST_F(CudaKernels, RmsnormDweightIsDeterministic) {
 TEST_F(CudaKernels, RopeForwardAndBackwardMatchCpu) {
   // head_dim 8 / 128: whole chunks; 6 / 18: not; 1 and 17 tokens; 32 heads of 128 as in a model.
   const int64_t shapes[][3] = {{5, 3, 8}, {7, 2, 128}, {4, 4, 6}, {9, 1, 48}, {1, 32, 128}, {17, 5, 18}, {17, 8, 128}};
+  RopeScaling llama3;  // Llama 3.1's
+  llama3.type = RopeScalingType::llama3;
+  llama3.factor = 8.0;
+  llama3.low_freq_factor = 1.0;
+  llama3.high_freq_factor = 4.0;
+  llama3.original_max_position_embeddings = 8192;
+  const std::pair<float, RopeScaling> frequency_settings[] = {
+      {10000.0f, RopeScaling{}}, {1000000.0f, RopeScaling{}}, {500000.0f, llama3}};
   uint32_t seed = 300;
   for (DType dtype : {DType::bf16, DType::f32})
-    for (float theta : {10000.0f, 1000000.0f})
+    for (const auto& [theta, scaling] : frequency_settings)
       for (bool backward : {false, true})
         for (auto [tokens, heads, head_dim] : shapes) {
           OwnedTensor x = random_cpu({tokens, heads, head_dim}, seed++);
           OwnedTensor positions = random_ints(tokens, 0, 4096, seed++);
           OwnedTensor x_gpu = upload(x, dtype), positions_gpu = upload(positions, DType::i32);
+          OwnedTensor frequencies = rope_inverse_frequencies(head_dim, theta, scaling, Device::cpu);
+          OwnedTensor frequencies_gpu = rope_inverse_frequencies(head_dim, theta, scaling, Device::cuda);
           if (backward) {
-            rope_backward(x, positions, theta);
-            rope_backward(x_gpu, positions_gpu, theta);
+            rope_backward(x, positions, frequencies);
+            rope_backward(x_gpu, positions_gpu, frequencies_gpu);
           } else {
-            rope_forward(x, positions, theta);
-            rope_forward(x_gpu, positions_gpu, theta);
+            rope_forward(x, positions, frequencies);
+            rope_forward(x_gpu, positions_gpu, frequencies_gpu);
           }
           EXPECT_LE(relative_error(x_gpu, x), tolerance_for(dtype))
-              << (backward ? "backward " : "forward ") << tokens << "x" << heads << "x" << head_dim;
+              << (backward ? "backward " : "forward ") << tokens << "x" << heads << "x" << head_dim
+              << " theta " << theta << " " << rope_scaling_type_name(scaling.type);
         }
 }
 
@@ -392,8 +403,8 @@ TEST_F(CudaKernels, RopeOnMisalignedViewMatchesCpu) {
   OwnedTensor positions = random_ints(17, 0, 4096, 351);
   OwnedTensor positions_gpu = upload(positions, DType::i32);
   MisalignedTensor x_gpu = upload_misaligned(x, DType::bf16);
-  rope_forward(x, positions, 10000.0f);
-  rope_forward(x_gpu, positions_gpu, 10000.0f);
+  rope_forward(x, positions, rope_inverse_frequencies(64, 10000.0f, RopeScaling{}, Device::cpu));
+  rope_forward(x_gpu, positions_gpu, rope_inverse_frequencies(64, 10000.0f, RopeScaling{}, Device::cuda));
   EXPECT_LE(relative_error(x_gpu, x), kBf16Tolerance);
 }
 

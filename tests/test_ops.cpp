@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <numbers>
 #include <vector>
 
 #include "kernels/adamw.h"
@@ -199,17 +200,17 @@ TEST(OpsRmsnorm, ForwardMatchesFloat64AndBackwardMatchesFiniteDifferences) {
 
 // ---------------------------------------------------------------- rope
 
-// Rotation of pairs (i, i + D/2) by position * theta^(-2i/D), all in double.
+// Rotation of pairs (i, i + D/2) by position * inverse_frequencies[i], all in double.
 std::vector<double> reference_rope(const std::vector<double>& x,
                                    const std::vector<int32_t>& positions, int64_t heads,
-                                   int64_t head_dim, double theta) {
+                                   int64_t head_dim, const std::vector<double>& inverse_frequencies) {
   std::vector<double> out(x.size());
   int64_t half = head_dim / 2;
   for (size_t n = 0; n < positions.size(); ++n)
     for (int64_t h = 0; h < heads; ++h) {
       size_t base = (n * size_t(heads) + size_t(h)) * size_t(head_dim);
       for (int64_t i = 0; i < half; ++i) {
-        double angle = positions[n] * std::pow(theta, -2.0 * double(i) / double(head_dim));
+        double angle = positions[n] * inverse_frequencies[size_t(i)];
         double first = x[base + size_t(i)], second = x[base + size_t(i + half)];
         out[base + size_t(i)] = first * std::cos(angle) - second * std::sin(angle);
         out[base + size_t(i + half)] = second * std::cos(angle) + first * std::sin(angle);
@@ -218,30 +219,113 @@ std::vector<double> reference_rope(const std::vector<double>& x,
   return out;
 }
 
+// theta^(-2i/D), then scaled as kernels/rope.h writes the linear and llama3 rules, in double.
+std::vector<double> reference_inverse_frequencies(int64_t head_dim, double theta, const RopeScaling& scaling) {
+  std::vector<double> result;
+  for (int64_t i = 0; i < head_dim / 2; ++i) {
+    double inverse_frequency = std::pow(theta, -2.0 * double(i) / double(head_dim));
+    if (scaling.type == RopeScalingType::linear) inverse_frequency /= scaling.factor;
+    if (scaling.type == RopeScalingType::llama3) {
+      double wavelength = 2 * std::numbers::pi / inverse_frequency, context = scaling.original_max_position_embeddings;
+      double smooth = (context / wavelength - scaling.low_freq_factor) /
+                      (scaling.high_freq_factor - scaling.low_freq_factor);
+      if (wavelength > context / scaling.low_freq_factor)
+        inverse_frequency /= scaling.factor;
+      else if (wavelength >= context / scaling.high_freq_factor)
+        inverse_frequency = (1 - smooth) * inverse_frequency / scaling.factor + smooth * inverse_frequency;
+    }
+    result.push_back(inverse_frequency);
+  }
+  return result;
+}
+
+RopeScaling llama3_scaling(double factor, double low, double high, int context) {
+  RopeScaling scaling;
+  scaling.type = RopeScalingType::llama3;
+  scaling.factor = factor;
+  scaling.low_freq_factor = low;
+  scaling.high_freq_factor = high;
+  scaling.original_max_position_embeddings = context;
+  return scaling;
+}
+
 TEST(OpsRope, ForwardMatchesFloat64AndBackwardMatchesFiniteDifferences) {
   const int64_t N = 7, H = 3, D = 10;
   const float theta = 10000.0f;
+  const std::vector<double> frequencies = reference_inverse_frequencies(D, theta, RopeScaling{});
   Rng rng(40);
   std::vector<float> x_values = rng.floats(N * H * D), weights = rng.floats(N * H * D);
   std::vector<int32_t> positions = {0, 1, 2, 17, 5, 40, 3};
   OwnedTensor x = f32_tensor({N, H, D}, x_values), position_tensor = i32_tensor({N}, positions);
-  rope_forward(x, position_tensor, theta);
+  OwnedTensor inverse_frequencies = rope_inverse_frequencies(D, theta, RopeScaling{}, Device::cpu);
+  rope_forward(x, position_tensor, inverse_frequencies);
   // The kernel's f32 angle (position * f32 inv_freq) is off by up to ~40 * 6e-8 rad here.
-  EXPECT_LT(
-      relative_error(to_vector(x), reference_rope(to_double(x_values), positions, H, D, theta)),
-      1e-5);
+  EXPECT_LT(relative_error(to_vector(x), reference_rope(to_double(x_values), positions, H, D, frequencies)),
+            1e-5);
 
   OwnedTensor dx = f32_tensor({N, H, D}, weights);
-  rope_backward(dx, position_tensor, theta);
+  rope_backward(dx, position_tensor, inverse_frequencies);
   auto loss = [&](const std::vector<double>& point) {
-    return weighted_sum(reference_rope(point, positions, H, D, theta), weights);
+    return weighted_sum(reference_rope(point, positions, H, D, frequencies), weights);
   };
   EXPECT_LT(relative_error(to_vector(dx), numeric_gradient(loss, to_double(x_values))),
             kGradientTolerance);
+}
 
-  OwnedTensor odd = f32_tensor({1, 1, 3}, {1, 2, 3});
+// The scaling rules against their float64 transcription (exactness against transformers' f32
+// arithmetic is tests/test_transformer_golden.cpp's job). Each llama3 case has frequencies in all
+// three bands, none within 0.2% of a band edge, so f32 rounding cannot move one across.
+TEST(OpsRope, ScaledInverseFrequenciesFollowTheRules) {
+  RopeScaling linear;
+  linear.type = RopeScalingType::linear;
+  linear.factor = 4.0;
+  struct Case {
+    int64_t head_dim;
+    double theta;
+    RopeScaling scaling;
+  } cases[] = {{16, 10000.0, linear},
+               {128, 500000.0, llama3_scaling(8.0, 1.0, 4.0, 8192)},   // Llama 3.1
+               {64, 500000.0, llama3_scaling(32.0, 1.0, 4.0, 8192)},   // Llama 3.2 1B
+               {16, 500000.0, llama3_scaling(8.0, 1.0, 16.0, 1024)}};  // the golden tiny model
+  for (const Case& test_case : cases) {
+    SCOPED_TRACE(testing::Message() << rope_scaling_type_name(test_case.scaling.type) << " head_dim "
+                                    << test_case.head_dim);
+    std::vector<double> expected =
+        reference_inverse_frequencies(test_case.head_dim, test_case.theta, test_case.scaling);
+    std::vector<double> unscaled = reference_inverse_frequencies(test_case.head_dim, test_case.theta, RopeScaling{});
+    std::vector<float> actual =
+        to_vector(rope_inverse_frequencies(test_case.head_dim, float(test_case.theta), test_case.scaling, Device::cpu));
+    int kept = 0, divided = 0, smoothed = 0;
+    for (size_t i = 0; i < expected.size(); ++i) {
+      EXPECT_NEAR(actual[i], expected[i], 1e-6 * expected[i]) << "pair " << i;
+      double ratio = expected[i] / unscaled[i];
+      if (std::abs(ratio - 1) < 1e-9) ++kept;
+      else if (std::abs(ratio * test_case.scaling.factor - 1) < 1e-9) ++divided;
+      else ++smoothed;
+    }
+    if (test_case.scaling.type == RopeScalingType::llama3) {
+      EXPECT_GT(kept, 0);
+      EXPECT_GT(divided, 0);
+      EXPECT_GT(smoothed, 0);
+    } else {
+      EXPECT_EQ(divided, int(expected.size()));
+    }
+  }
+}
+
+TEST(OpsRope, RefusesMismatchedArguments) {
   OwnedTensor one_position = i32_tensor({1}, {0});
-  EXPECT_THROW(rope_forward(odd, one_position, theta), Error);
+  OwnedTensor odd = f32_tensor({1, 1, 3}, {1, 2, 3});
+  OwnedTensor one_pair = f32_tensor({1}, {1.0f});
+  EXPECT_THROW(rope_forward(odd, one_position, one_pair), Error);
+  EXPECT_THROW(rope_inverse_frequencies(3, 10000.0f, RopeScaling{}, Device::cpu), Error);
+  OwnedTensor x = f32_tensor({1, 1, 4}, {1, 2, 3, 4});
+  EXPECT_THROW(rope_forward(x, one_position, one_pair), Error);  // 2 pairs, 1 frequency
+  OwnedTensor integer_pairs = i32_tensor({2}, {1, 1});
+  EXPECT_THROW(rope_backward(x, one_position, integer_pairs), Error);
+  OwnedTensor two_pairs = rope_inverse_frequencies(4, 10000.0f, RopeScaling{}, Device::cpu);
+  rope_forward(x, one_position, two_pairs);  // position 0: the identity
+  EXPECT_EQ(to_vector(x), (std::vector<float>{1, 2, 3, 4}));
 }
 
 // ---------------------------------------------------------------- swiglu

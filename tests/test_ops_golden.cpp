@@ -47,7 +47,7 @@ TEST(OpsGolden, RopeAnglesAreTransformersF32CosSin) {
       for (int64_t i = 0; i < half; ++i) unit[size_t(n * head_dim + i)] = 1.0f;
     OwnedTensor x = f32_tensor({tokens, 1, head_dim}, unit);
     OwnedTensor position_tensor = test::i32_tensor({tokens}, positions);
-    rope_forward(x, position_tensor, theta);
+    rope_forward(x, position_tensor, rope_inverse_frequencies(head_dim, theta, RopeScaling{}, Device::cpu));
     // The angle (f32 position x f32 inv_freq) must be transformers' exactly: an inv_freq one ulp
     // off moves the angle at position 32767 by ~2e-3. cos/sin themselves are torch's vectorised
     // f32 functions, which differ from correctly rounded values by up to 1 ulp (6e-8 below 1).

@@ -150,7 +150,8 @@ void bench_memory_bound(Report& report) {
     std::vector<int32_t> host_positions(kTokens);
     for (int64_t n = 0; n < kTokens; ++n) host_positions[size_t(n)] = int32_t(n % 1024);
     cuda::copy_bytes(positions->data, host_positions.data(), sizeof(int32_t) * kTokens);
-    double ms = median_ms([&] { rope_forward(q, positions, 10000.0f); });
+    OwnedTensor inverse_frequencies = rope_inverse_frequencies(kHeadDim, 10000.0f, RopeScaling{}, Device::cuda);
+    double ms = median_ms([&] { rope_forward(q, positions, inverse_frequencies); });
     report.memory("rope forward q 4096x32x128 bf16", ms, 2 * double(q->nbytes()));
   }
   {

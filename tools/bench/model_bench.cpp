@@ -559,9 +559,11 @@ std::vector<OpTime> time_step_ops(LoadedModel& model, const Batch& batch, Device
                         [&] { rmsnorm_forward(y, rstd, x, norm_weight, 1e-5f); }));
   ops.push_back(time_op("rmsnorm backward", 2 * layers + 1, device,
                         [&] { rmsnorm_backward(y, Tensor{}, x, x, norm_weight, rstd); }));
+  const OwnedTensor inverse_frequencies =
+      rope_inverse_frequencies(config.head_dim, config.rope_theta, config.rope_scaling, device);
   ops.push_back(time_op("rope q+k (forward and backward)", (forwards + 1) * layers, device, [&] {
-    rope_forward(q, positions, config.rope_theta);
-    rope_forward(k, positions, config.rope_theta);
+    rope_forward(q, positions, inverse_frequencies);
+    rope_forward(k, positions, inverse_frequencies);
   }));
   ops.push_back(time_op("swiglu forward", forwards * layers, device, [&] { swiglu_forward(act, gate, up); }));
   ops.push_back(time_op("swiglu backward", layers, device, [&] {
