@@ -5,11 +5,16 @@
 
 namespace cst {
 
-std::vector<int32_t> chat_stop_tokens(const Tokenizer& tokenizer, const ChatTemplate& chat_template) {
-  std::vector<int32_t> stops = {tokenizer.eos_id()};
+std::vector<int32_t> chat_stop_tokens(const Tokenizer& tokenizer, const ChatTemplate& chat_template,
+                                      const std::vector<int>& config_eos_ids) {
+  std::vector<int32_t> stops;
+  auto add = [&](int32_t id) {
+    if (std::find(stops.begin(), stops.end(), id) == stops.end()) stops.push_back(id);
+  };
+  add(tokenizer.eos_id());
+  for (int id : config_eos_ids) add(id);
   for (const std::string& marker : chat_template.end_of_turn())
-    if (auto id = tokenizer.token_id(marker); id && std::find(stops.begin(), stops.end(), *id) == stops.end())
-      stops.push_back(*id);
+    if (auto id = tokenizer.token_id(marker)) add(*id);
   return stops;
 }
 
@@ -39,7 +44,8 @@ Response response_of(const std::vector<int32_t>& answer, const Tokenizer& tokeni
 Response respond(Transformer& transformer, const Tokenizer& tokenizer, const ChatTemplate& chat_template,
                  const GenerationRequest& request, GenerationOptions options,
                  const std::function<void(const std::string&)>& on_text) {
-  if (options.stop_tokens.empty()) options.stop_tokens = chat_stop_tokens(tokenizer, chat_template);
+  if (options.stop_tokens.empty())
+    options.stop_tokens = chat_stop_tokens(tokenizer, chat_template, transformer.config().eos_token_ids);
   StreamingDecoder decoder(tokenizer, true);
   const auto start = std::chrono::steady_clock::now();
   std::vector<int32_t> answer =
@@ -57,7 +63,8 @@ Response respond(Transformer& transformer, const Tokenizer& tokenizer, const Cha
 std::vector<Response> respond_batch(Transformer& transformer, const Tokenizer& tokenizer,
                                     const ChatTemplate& chat_template, const std::vector<GenerationRequest>& requests,
                                     GenerationOptions options) {
-  if (options.stop_tokens.empty()) options.stop_tokens = chat_stop_tokens(tokenizer, chat_template);
+  if (options.stop_tokens.empty())
+    options.stop_tokens = chat_stop_tokens(tokenizer, chat_template, transformer.config().eos_token_ids);
   std::vector<std::vector<int32_t>> prompts;
   for (const GenerationRequest& request : requests) prompts.push_back(prompt_ids(tokenizer, chat_template, request));
   const auto start = std::chrono::steady_clock::now();

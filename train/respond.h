@@ -19,8 +19,11 @@ struct Response {
   double seconds = 0;  // respond_batch: the whole batch's time
 };
 
-// The stop tokens of a chat model: EOS and every end-of-turn marker that is a single token.
-std::vector<int32_t> chat_stop_tokens(const Tokenizer& tokenizer, const ChatTemplate& chat_template);
+// The stop tokens of a chat model: the tokenizer's EOS, every EOS id of the model's config.json
+// (Llama 3.1 lists several, and transformers' generate() stops at each) and every end-of-turn
+// marker that is a single token; each once.
+std::vector<int32_t> chat_stop_tokens(const Tokenizer& tokenizer, const ChatTemplate& chat_template,
+                                      const std::vector<int>& config_eos_ids);
 
 // One request; on_text receives the answer's text as it is decoded (streaming); it may be empty.
 Response respond(Transformer& transformer, const Tokenizer& tokenizer, const ChatTemplate& chat_template,
