@@ -1,5 +1,6 @@
 // The CPU reference model against transformers + PEFT (golden data from
-// tools/python/make_model_fixtures.py): logits, per-token log-probs and LoRA gradients.
+// tools/python/make_model_fixtures.py): logits, per-token log-probs and LoRA gradients; and RoPE's
+// inverse frequencies against transformers' for scaled RoPE (Llama 3.1 / 3.2).
 //
 // Tolerances: the fixtures are float32 computations of the same math in a different order (BLAS
 // blocking, softmax order), so values of order 1-10 agree to a few 1e-6; 1e-4 absolute for logits
@@ -10,9 +11,13 @@
 
 #include <cmath>
 #include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "kernels/rope.h"
+#include "model/config.h"
 #include "model/lora.h"
 #include "model/model_file.h"
 #include "model/safetensors.h"
@@ -110,7 +115,52 @@ TEST_P(TransformerGolden, RecomputedActivationsGiveIdenticalGradients) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, TransformerGolden,
-                         ::testing::Values("mistral_gqa_window", "llama_tied", "mistral_lora_subset"));
+                         ::testing::Values("mistral_gqa_window", "llama_tied", "mistral_lora_subset",
+                                           "llama3_rope_scaled"));
+
+// The f32 inverse frequencies must be transformers' bit for bit: one ulp off moves the angle at
+// position 100000 by ~1e-3 rad.
+void expect_transformers_frequencies(const std::vector<float>& actual, const std::vector<float>& expected) {
+  ASSERT_EQ(actual.size(), expected.size());
+  for (size_t i = 0; i < expected.size(); ++i) EXPECT_EQ(actual[i], expected[i]) << "pair " << i;
+}
+
+// The golden Llama 3.1-style model: config.json as transformers 4.57.6 wrote it, read into the
+// llama3 scaling, and the frequencies its rotary embedding used.
+TEST(RopeScalingGolden, Llama3ModelFrequenciesAreTransformers) {
+  const std::string dir = fixture_dir("llama3_rope_scaled");
+  ModelConfig config = load_model_config(dir + "/hf/config.json");
+  EXPECT_EQ(config.rope_scaling.type, RopeScalingType::llama3);
+  EXPECT_TRUE(config.tie_word_embeddings);
+  EXPECT_EQ(config.eos_token_ids, (std::vector<int>{2, 3, 4}));
+  OwnedTensor frequencies =
+      rope_inverse_frequencies(config.head_dim, config.rope_theta, config.rope_scaling, Device::cpu);
+  expect_transformers_frequencies(to_host(frequencies),
+                                  read_vector<float>(SafetensorsFile(dir + "/golden.safetensors"), "rope_inv_freq"));
+}
+
+// Published RoPE settings of Llama 3.1 8B and 3.2 1B / 3B (and linear scaling), through the same
+// config reader a model's config.json goes through.
+TEST(RopeScalingGolden, PublishedSettingsGiveTransformersFrequencies) {
+  std::ifstream file(fixture_dir("rope_inverse_frequencies.json"));
+  ASSERT_TRUE(file) << "missing fixture; run tools/python/make_model_fixtures.py --llama3";
+  const nlohmann::json fixture = nlohmann::json::parse(file);
+  ASSERT_GE(fixture["cases"].size(), 4u);
+  for (const nlohmann::json& test_case : fixture["cases"]) {
+    SCOPED_TRACE(test_case["name"].get<std::string>());
+    const int head_dim = test_case["head_dim"];
+    nlohmann::json config_json = {
+        {"model_type", "llama"}, {"vocab_size", 16}, {"hidden_size", head_dim * 8},
+        {"intermediate_size", 16}, {"num_hidden_layers", 1}, {"num_attention_heads", 8},
+        {"max_position_embeddings", 131072}, {"rms_norm_eps", 1e-5},
+        {"rope_theta", test_case["rope_theta"]}, {"rope_scaling", test_case["rope_scaling"]}};
+    ModelConfig config = parse_model_config(config_json, "rope_inverse_frequencies.json");
+    EXPECT_NE(config.rope_scaling.type, RopeScalingType::none);
+    OwnedTensor frequencies =
+        rope_inverse_frequencies(config.head_dim, config.rope_theta, config.rope_scaling, Device::cpu);
+    expect_transformers_frequencies(to_host(frequencies), test_case["inverse_frequencies"].get<std::vector<float>>());
+  }
+}
 
 }  // namespace
 }  // namespace cst

@@ -14,16 +14,25 @@ Writes tests/fixtures/model/<case>/:
         base_logits    f32 (N, V)   adapter disabled
         logps          f32 (N,)     log softmax(logits)[next token]; 0 at each sequence's last token
         grad.<peft tensor name>     d(loss)/d(LoRA A or B), loss = sum(logps * loss_mask)
+        rope_inv_freq  f32 (D/2,)   the rotary embedding's inverse frequencies (llama3 case only)
 Each sequence runs through transformers separately (batch of one), so cst's packed batch is checked
 against the plain per-sequence model.
+
+The Llama 3.1-style case (RoPE type llama3) needs a transformers that knows that type (4.43 or
+later; made with 4.57.6 and peft 0.11.1), so it is made apart, with that transformers installed:
+    python3 tools/python/make_model_fixtures.py --llama3
+which writes tests/fixtures/model/llama3_rope_scaled/ and tests/fixtures/model/rope_inverse_frequencies.json:
+the inverse frequencies transformers computes for published Llama 3.1 / 3.2 RoPE settings.
 """
 import json
 import os
 import shutil
+import sys
 
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
+import transformers
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
@@ -65,6 +74,65 @@ CASES = {
 }
 
 
+# Llama 3.1/3.2 style: RoPE scaling of type llama3, tied embeddings (as the 3.2 1B and 3B models),
+# a list of EOS ids, explicit head_dim (16, not hidden / heads = 24). With theta 500000 and
+# head_dim 16 the wavelengths 2 pi / inv_freq are 6.3, 32, 167, 864, 4459, ...; an original context
+# of 1024 with low_freq_factor 1 and high_freq_factor 16 puts the band edges at 1024 and 64, so the
+# pairs fall in all three bands (kept, smoothed, divided by the factor). q and k weights 16 times
+# HF's initialisation sharpen the attention so that positions matter: unscaled RoPE would move the
+# logits by ~7e-2 (at HF's initialisation by 1.5e-4, too close to the tests' 1e-4 tolerance).
+def llama3_cases():
+    rope_scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 16.0,
+                    "original_max_position_embeddings": 1024}
+    return {
+        "llama3_rope_scaled": dict(
+            model=LlamaForCausalLM,
+            config=LlamaConfig(vocab_size=83, hidden_size=48, intermediate_size=40, num_hidden_layers=2,
+                               num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                               rope_theta=500000.0, rope_scaling=rope_scaling, rms_norm_eps=1e-5,
+                               max_position_embeddings=2048, tie_word_embeddings=True, bos_token_id=1,
+                               eos_token_id=[2, 3, 4]),
+            lora=dict(r=4, lora_alpha=8, use_rslora=False),
+            lengths=[13, 9, 5],
+            qk_scale=16.0,
+            save_rope_frequencies=True,
+        ),
+    }
+
+
+# Published RoPE settings (config.json of each model) for rope_inverse_frequencies.json.
+PUBLISHED_ROPE = {
+    "Llama-3.1-8B": dict(head_dim=128, rope_theta=500000.0, max_position_embeddings=131072,
+                         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+    "Llama-3.2-1B": dict(head_dim=64, rope_theta=500000.0, max_position_embeddings=131072,
+                         rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+    "Llama-3.2-3B": dict(head_dim=128, rope_theta=500000.0, max_position_embeddings=131072,
+                         rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+    "linear-factor-4": dict(head_dim=128, rope_theta=10000.0, max_position_embeddings=16384,
+                            rope_scaling={"rope_type": "linear", "factor": 4.0}),
+}
+
+
+def rope_frequencies_fixture():
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    cases = []
+    for name, settings in PUBLISHED_ROPE.items():
+        config = LlamaConfig(hidden_size=settings["head_dim"] * 8, num_attention_heads=8, **settings)
+        inverse_frequencies, attention_factor = ROPE_INIT_FUNCTIONS[settings["rope_scaling"]["rope_type"]](
+            config, "cpu")
+        assert attention_factor == 1.0, (name, attention_factor)  # cst leaves cos/sin unscaled
+        cases.append(dict(name=name, head_dim=settings["head_dim"], rope_theta=settings["rope_theta"],
+                          rope_scaling=settings["rope_scaling"],
+                          inverse_frequencies=[float(v) for v in inverse_frequencies.tolist()]))
+    with open(os.path.join(OUT, "rope_inverse_frequencies.json"), "w") as f:
+        json.dump({"transformers_version": transformers.__version__, "cases": cases}, f, indent=1)
+        f.write("\n")
+
+
 def make_case(name, case, seed):
     torch.manual_seed(seed)
     config = case["config"]
@@ -75,6 +143,8 @@ def make_case(name, case, seed):
         for module_name, parameter in model.named_parameters():
             if "norm" in module_name:
                 parameter.copy_(1.0 + 0.2 * torch.randn_like(parameter))
+            if "q_proj" in module_name or "k_proj" in module_name:
+                parameter.mul_(case.get("qk_scale", 1.0))
 
     directory = os.path.join(OUT, name)
     shutil.rmtree(directory, ignore_errors=True)
@@ -122,6 +192,10 @@ def make_case(name, case, seed):
         "base_logits": torch.cat(base_logits).contiguous(),
         "logps": torch.cat(logps).contiguous(),
     }
+    if case.get("save_rope_frequencies"):
+        rotary = model.model.rotary_emb
+        assert rotary.attention_scaling == 1.0, rotary.attention_scaling  # cst leaves cos/sin unscaled
+        tensors["rope_inv_freq"] = rotary.inv_freq.detach().float().contiguous()
     for module_name, parameter in peft_model.named_parameters():
         if "lora_" in module_name:
             # PEFT's saved names drop the adapter name: ...lora_A.default.weight -> ...lora_A.weight
@@ -133,6 +207,11 @@ def make_case(name, case, seed):
 
 
 def main():
+    if sys.argv[1:] == ["--llama3"]:
+        for seed, (name, case) in enumerate(llama3_cases().items()):
+            make_case(name, case, 4321 + seed)
+        rope_frequencies_fixture()
+        return
     for seed, (name, case) in enumerate(CASES.items()):
         make_case(name, case, 1234 + seed)
 
