@@ -35,6 +35,13 @@ const KnownTemplate kKnownTemplates[] = {
      "'\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}{% if "
      "message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif "
      "message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}"},
+    // Meta-Llama-3-8B-Instruct's tokenizer_config.json since May 2024 (the first release added the
+    // generation prompt unconditionally). The "\n\n" are newline characters in the source.
+    {ChatTemplateKind::llama3, "llama3",
+     "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+     "message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 "
+     "%}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ "
+     "'<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"},
     {ChatTemplateKind::mistral, "mistral",
      "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ "
      "raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if "
@@ -207,6 +214,12 @@ std::string chatml_turn(const std::string& role, const std::string& content) {
   return "<|im_start|>" + role + "\n" + content + "<|im_end|>\n";
 }
 
+std::string llama3_turn(const std::string& role, const std::string& content) {
+  return "<|start_header_id|>" + role + "<|end_header_id|>\n\n" + python_strip(content) + "<|eot_id|>";
+}
+
+const char* const kLlama3AssistantHeader = "<|start_header_id|>assistant<|end_header_id|>\n\n";
+
 // Turns must alternate user/assistant from a user turn and end with a user turn.
 void check_prompt_turns(const std::vector<ChatTurn>& turns) {
   if (turns.empty()) fail("chat template: no turns; a prompt needs a user turn");
@@ -231,6 +244,7 @@ std::string conversation_start(ChatTemplateKind kind, const std::string& system)
     case ChatTemplateKind::chatml: return chatml_turn("system", system);
     case ChatTemplateKind::solar: return system.empty() ? "" : "### System:\n" + system + "\n\n";
     case ChatTemplateKind::zephyr: return "<|system|>\n" + system + "</s>\n";
+    case ChatTemplateKind::llama3: return "<|begin_of_text|>" + llama3_turn("system", system);
     case ChatTemplateKind::mistral:
     case ChatTemplateKind::mistral_v2:
     case ChatTemplateKind::mistral_v3: return "<s>";
@@ -248,6 +262,7 @@ std::string user_turn(ChatTemplateKind kind, const std::string& system, const st
     case ChatTemplateKind::chatml: return chatml_turn("user", content);
     case ChatTemplateKind::solar: return "### User:\n" + content + "\n\n";
     case ChatTemplateKind::zephyr: return "<|user|>\n" + content + "</s>\n";
+    case ChatTemplateKind::llama3: return llama3_turn("user", content);
     case ChatTemplateKind::llama2:
       return "<s>[INST] " +
              python_strip(first ? "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + content : content) +
@@ -299,6 +314,7 @@ std::string ChatTemplate::answer(const std::string& text) const {
     case ChatTemplateKind::chatml: return chatml_turn("assistant", text);
     case ChatTemplateKind::solar: return "### Assistant:\n" + text;
     case ChatTemplateKind::llama2: return " " + python_strip(text) + " </s>";
+    case ChatTemplateKind::llama3: return llama3_turn("assistant", text);
     case ChatTemplateKind::mistral: return text + "</s> ";
     case ChatTemplateKind::mistral_v2: return " " + text + "</s>";
     case ChatTemplateKind::mistral_v3: return " " + python_strip(text) + "</s>";
@@ -316,6 +332,7 @@ std::string ChatTemplate::generation_prompt(const std::string& system,
     case ChatTemplateKind::chatml: return prompt(system, turns) + "<|im_start|>assistant\n";
     case ChatTemplateKind::solar: return prompt(system, turns) + "### Assistant:\n";
     case ChatTemplateKind::zephyr: return prompt(system, turns) + "<|assistant|>\n";
+    case ChatTemplateKind::llama3: return prompt(system, turns) + kLlama3AssistantHeader;
     case ChatTemplateKind::llama2:
     case ChatTemplateKind::mistral:
     case ChatTemplateKind::mistral_v2:
@@ -331,11 +348,12 @@ std::string ChatTemplate::generation_prompt(const std::string& system,
 }
 
 // What a model writes when its turn is over, for stopping generation when the tokenizer's EOS is
-// a different token: ChatML's <|im_end|>, the </s> text of the Llama-family templates, or the
-// next turn's header for SOLAR (which has no end-of-turn marker of its own).
+// a different token: ChatML's <|im_end|>, Llama 3's <|eot_id|>, the </s> text of the Llama-family
+// templates, or the next turn's header for SOLAR (which has no end-of-turn marker of its own).
 std::vector<std::string> ChatTemplate::end_of_turn() const {
   switch (kind) {
     case ChatTemplateKind::chatml: return {"<|im_end|>"};
+    case ChatTemplateKind::llama3: return {"<|eot_id|>"};
     case ChatTemplateKind::solar: return {"### User:"};
     case ChatTemplateKind::llama2:
     case ChatTemplateKind::mistral:
@@ -371,8 +389,14 @@ ChatTemplate detect_chat_template(const std::string& jinja_source) {
       return ChatTemplate{known_template.kind};
     }
   }
+  // Llama 3.1 and later templates share Llama 3's turn markers but add a date header and tools.
+  const bool llama3_family = source.find("<|start_header_id|>") != std::string::npos;
   fail("the tokenizer's chat_template is not one cst knows (built-in templates: ", joined_names(),
-       "); pass --chat_template NAME to choose one");
+       "); pass --chat_template NAME to choose one",
+       llama3_family ? " (it has Llama 3's turn markers: Llama 3.1 and later templates add a date header "
+                       "to the system turn, which cst does not reproduce; --chat_template llama3 renders the "
+                       "Llama 3 format)"
+                     : "");
 }
 
 }  // namespace cst

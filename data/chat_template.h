@@ -19,12 +19,19 @@
 //            ends with the last user turn (system prompt included) and answer() the text the assistant
 //            turn adds after it.
 //   zephyr   HuggingFaceH4/zephyr-7b-beta         <|system|>\n...</s>\n<|user|>\n...</s>\n<|assistant|>\n
+//   llama3   meta-llama/Meta-Llama-3-8B-Instruct  <|begin_of_text|> then per turn
+//            <|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|>, every turn's content stripped
+//            of surrounding whitespace; generation prompt <|start_header_id|>assistant<|end_header_id|>\n\n.
+//            Llama 3.1 and later publish another template (a "Cutting Knowledge Date" / "Today Date"
+//            header in the system turn, tools); cst does not reproduce it and detect_chat_template
+//            does not take it for this one: --chat_template llama3 renders the Llama 3 format.
 //   plain    no template: the system prompt (when not empty) and every turn's text joined by "\n\n"
 //            (one turn: system + "\n\n" + user), the answer appended as is.
 // llama2, the mistral family and zephyr write the Llama special tokens <s> and </s> as text, as
-// their templates do with those models' bos/eos. llama2 and the mistral family cannot render a lone
-// assistant turn (their templates require a user turn first); their answer() is the text that an
-// assistant turn adds after the prompt. For every kind but mistral_v3 (and plain, which has no
+// their templates do with those models' bos/eos; llama3 writes its bos_token <|begin_of_text|>.
+// llama2 and the mistral family cannot render a lone assistant turn (their templates require a
+// user turn first), and llama3's puts BOS before whichever turn comes first; their answer() is the
+// text that an assistant turn adds after the prompt. For every kind but mistral_v3 (and plain, which has no
 // template), prompt(system, turns) + answer(text) is the rendering of the whole conversation.
 #pragma once
 #include <cstddef>
@@ -43,7 +50,7 @@ struct ChatTurn {
 // a user turn, the one the answer replies to.
 const char* expected_turn_role(size_t turn_index);
 
-enum class ChatTemplateKind { chatml, solar, llama2, mistral, mistral_v2, mistral_v3, zephyr, plain };
+enum class ChatTemplateKind { chatml, solar, llama2, llama3, mistral, mistral_v2, mistral_v3, zephyr, plain };
 
 struct ChatTemplate {
   ChatTemplateKind kind = ChatTemplateKind::chatml;
@@ -65,7 +72,7 @@ struct ChatTemplate {
 
 ChatTemplate chat_template_by_name(const std::string& name);  // error lists the names
 // Recognises a tokenizer_config.json chat_template; an unrecognised one is an error that lists the
-// built-in names and suggests --chat_template NAME.
+// built-in names and suggests --chat_template NAME (for a Llama 3.1-style template, llama3).
 ChatTemplate detect_chat_template(const std::string& jinja_source);
 std::vector<std::string> chat_template_names();
 

@@ -128,12 +128,25 @@ TEST(ChatTemplate, UnknownTemplatesListTheNames) {
 
   const std::string name_error = error_message([] { chat_template_by_name("vicuna"); });
   EXPECT_NE(name_error.find("'vicuna'"), std::string::npos) << name_error;
-  EXPECT_NE(name_error.find("chatml, solar, llama2, mistral, mistral_v2, mistral_v3, zephyr, plain"), std::string::npos)
+  EXPECT_NE(name_error.find("chatml, solar, llama2, llama3, mistral, mistral_v2, mistral_v3, zephyr, plain"),
+            std::string::npos)
       << name_error;
+  EXPECT_EQ(detect_error.find("Llama 3"), std::string::npos) << detect_error;
+}
+
+// Llama 3.1 and later templates keep Llama 3's turn markers but write a date header into the system
+// turn; the error for such a template (here Llama 3's with a header added) points to llama3.
+TEST(ChatTemplate, Llama3FamilyTemplatesPointToLlama3) {
+  std::string dated = read_file(kFixtures + "chat_templates/llama3.jinja");
+  dated.insert(0, "{{- 'Cutting Knowledge Date: December 2023\\n' }}");
+  const std::string error = error_message([&] { detect_chat_template(dated); });
+  EXPECT_NE(error.find("--chat_template llama3 renders the Llama 3 format"), std::string::npos) << error;
+  EXPECT_NE(error.find("Llama 3.1 and later templates add a date header"), std::string::npos) << error;
 }
 
 TEST(ChatTemplate, EndOfTurnMarkers) {
   EXPECT_EQ(chat_template_by_name("chatml").end_of_turn(), std::vector<std::string>{"<|im_end|>"});
+  EXPECT_EQ(chat_template_by_name("llama3").end_of_turn(), std::vector<std::string>{"<|eot_id|>"});
   EXPECT_TRUE(chat_template_by_name("plain").end_of_turn().empty());
   // Each marker is what the template itself writes at the end of an assistant turn or the start of
   // the next user turn.
