@@ -22,8 +22,9 @@
 # does have the -dev libraries, the check builds there itself (not counted in the budget below).
 #
 # Every step has a time limit and the check goes on past a failing or skipped step; the limits
-# add up to 420 s (7 minutes): tests 70, training 20, generation 10, the DPO step benchmark with
-# cst's op breakdown 50 and PyTorch's 45, kernel and attention benchmarks 20 + 25, ncu over the
+# add up to 450 s (7.5 minutes): tests 70, training 20, generation 10, the DPO step benchmark with
+# cst's op breakdown 50 and PyTorch's 45, the generation benchmark 30, kernel and attention
+# benchmarks 20 + 25, ncu over the
 # attention kernels 30, torch SDPA and the attention check 20 + 20, and the sanitizers, last,
 # 55 + 55. The summary is rewritten after every step, so a check cut short still leaves one. The
 # report is at most 8 files in one folder: summary.md, tests.log, tests.xml, e2e.log, bench.log
@@ -160,6 +161,12 @@ write_summary() {
     echo "## One LoRA DPO step, 1.1B model (reference forward + policy forward + loss + backward + AdamW)"
     echo
     benchmark_table
+    echo
+    echo "## Greedy generation, 1.1B model: 128 prompt tokens, 64 new tokens each"
+    echo
+    echo '```'
+    grep -E '^RESULT .* step=generate ' "$OUT/bench.log" 2>/dev/null | sed 's/^RESULT //'
+    echo '```'
     echo
     echo "## End to end: cst_train and cst_generate on CUDA"
     echo
@@ -394,6 +401,11 @@ else
       "$REPO/tools/python/bench_gpu_torch.py" --shape 1b --sequences 4 --sequence_length 512 --warmup 3 --iterations 10
   else
     skip_step "DPO step benchmark: PyTorch + PEFT" "no python3 with torch (CUDA), transformers and peft"
+  fi
+  if [[ -x "$BIN/model_bench" ]]; then
+    run_step "generation benchmark: 1 and 16 prompts" 30 "$OUT/bench.log" "${WITH_CST_LIBRARIES[@]}" \
+      "$BIN/model_bench" --device cuda --shape 1b --step generate --sequences 16 --sequence_length 128 \
+      --new_tokens 64 --warmup 1 --iterations 3
   fi
 fi
 

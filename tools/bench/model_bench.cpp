@@ -3,7 +3,7 @@
 // tools/python/bench_cpu_torch.py and tools/python/bench_gpu_torch.py time the same steps in
 // PyTorch + PEFT.
 //
-// Two steps (--step):
+// Three steps (--step):
 //   logps  forward over the batch with activations saved, every token labelled, loss = sum of
 //          the tokens' log-probs, then backward producing only the LoRA gradients. The CPU
 //          benchmark of docs/benchmarks.md.
@@ -11,13 +11,17 @@
 //          nothing saved), policy forward, sigmoid DPO loss over the pairs (sequences 2i and
 //          2i+1 are pair i's chosen and rejected), backward, gradient-norm clipping at 1 and
 //          AdamW on the LoRA matrices. The GPU benchmark of docs/benchmarks.md.
+//   generate  greedy generation with the adapter, as cst_generate runs it: --sequence_length
+//          random prompt tokens and --new_tokens new ones (no stop token), first for one prompt
+//          alone, then for --sequences prompts in one batch (generate_batch): two RESULT lines,
+//          whose tokens_per_s count the new tokens.
 // LoRA r = 16 on all seven projections; the base weights are frozen. The model is written as an
 // HF directory (config.json + model.safetensors) in a temporary folder, then loaded the way
 // cst_train loads a model.
 //
-//   model_bench [--device cpu|cuda] [--shape v32k|v8k|1b|all] [--step logps|dpo]
-//               [--sequences 4] [--sequence_length 256] [--lora_alpha 32] [--threads N]
-//               [--warmup 2] [--iterations 7] [--breakdown]
+//   model_bench [--device cpu|cuda] [--shape v32k|v8k|1b|all] [--step logps|dpo|generate]
+//               [--sequences 4] [--sequence_length 256] [--new_tokens 64] [--lora_alpha 32]
+//               [--threads N] [--warmup 2] [--iterations 7] [--breakdown]
 //
 // --shape all runs the two small shapes (v32k, v8k). Prints one "RESULT ..." line per shape
 // (tools/bench/run_bench.sh and tools/gpu_check.sh collect them). --breakdown also times every op
@@ -55,6 +59,7 @@
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
+#include "model/generation.h"
 #include "model/lora_linear.h"
 #include "model/model_file.h"
 #include "model/safetensors.h"
@@ -101,6 +106,7 @@ struct Options {
   std::string step = "logps";
   int sequences = 4;
   int sequence_length = 256;
+  int new_tokens = 64;  // --step generate
   float lora_alpha = 32.0f;
   int threads = 0;  // 0: all processors
   int warmup = 2;
@@ -670,6 +676,40 @@ StepTimes time_dpo_steps(Transformer& transformer, LoadedModel& model, const Bat
   return times;
 }
 
+// --step generate: one generate_batch over the first `prompts` sequences of the batch; the whole
+// generation is "forward", and there is no backward.
+StepTimes time_generate_steps(Transformer& transformer, const Batch& batch, size_t prompt_count, Device device,
+                              const Options& options) {
+  std::vector<std::vector<int32_t>> prompts;
+  for (size_t s = 0; s < prompt_count; ++s)
+    prompts.emplace_back(batch.tokens.begin() + batch.cu_seqlens[s], batch.tokens.begin() + batch.cu_seqlens[s + 1]);
+  GenerationOptions greedy;
+  greedy.max_new_tokens = options.new_tokens;
+  StepTimes times;
+  for (int i = 0; i < options.warmup + options.iterations; ++i) {
+    Timing generation = time_once([&] { generate_batch(transformer, prompts, greedy); }, device);
+    if (i >= options.warmup) times.add(generation, Timing{});
+  }
+  return times;
+}
+
+// The RESULT line of a timed step: `tokens` is what tokens_per_s counts per step.
+void print_result(const BenchShape& s, const Options& options, const StepTimes& times, int sequences,
+                  size_t tokens, Device device) {
+  const double step_ms = median(times.step_ms);
+  std::printf(
+      "RESULT impl=cst shape=%s params=%.1fM device=%s step=%s batch=%dx%d threads=%d "
+      "step_ms=%.1f min_ms=%.1f cpu_ms=%.1f forward_ms=%.1f backward_ms=%.1f tokens_per_s=%.0f",
+      s.name, double(parameter_count(s)) / 1e6, options.device.c_str(), options.step.c_str(), sequences,
+      options.sequence_length, options.threads, step_ms,
+      *std::min_element(times.step_ms.begin(), times.step_ms.end()), median(times.step_cpu_ms),
+      median(times.forward_ms), median(times.backward_ms), double(tokens) / (step_ms * 1e-3));
+  if (options.step == "generate") std::printf(" new_tokens=%d", options.new_tokens);
+  if (device == Device::cuda) std::printf(" memory_gib=%.2f", device_memory_used_gib());
+  std::printf("\n");
+  std::fflush(stdout);
+}
+
 void run_shape(const BenchShape& s, const Options& options) {
   const Device device = options.device == "cuda" ? Device::cuda : Device::cpu;
   std::string directory;
@@ -684,22 +724,18 @@ void run_shape(const BenchShape& s, const Options& options) {
               load.wall_ms * 1e-3);
   Batch batch = random_batch(s.vocab, options.sequences, options.sequence_length);
   Transformer transformer(model.file.config(), model.weights, &model.lora);
-  StepTimes times = options.step == "dpo" ? time_dpo_steps(transformer, model, batch, device, options)
-                                          : time_logps_steps(transformer, model, batch, device, options);
-  const double step_ms = median(times.step_ms);
-  std::printf(
-      "RESULT impl=cst shape=%s params=%.1fM device=%s step=%s batch=%dx%d threads=%d "
-      "step_ms=%.1f min_ms=%.1f cpu_ms=%.1f forward_ms=%.1f backward_ms=%.1f tokens_per_s=%.0f",
-      s.name, double(parameter_count(s)) / 1e6, options.device.c_str(), options.step.c_str(),
-      options.sequences, options.sequence_length, options.threads, step_ms,
-      *std::min_element(times.step_ms.begin(), times.step_ms.end()), median(times.step_cpu_ms),
-      median(times.forward_ms), median(times.backward_ms),
-      double(batch.tokens.size()) / (step_ms * 1e-3));
-  if (device == Device::cuda) std::printf(" memory_gib=%.2f", device_memory_used_gib());
-  std::printf("\n");
-  std::fflush(stdout);
+  if (options.step == "generate") {
+    for (int prompts : {1, options.sequences}) {
+      const StepTimes times = time_generate_steps(transformer, batch, size_t(prompts), device, options);
+      print_result(s, options, times, prompts, size_t(prompts) * size_t(options.new_tokens), device);
+    }
+    return;
+  }
+  const StepTimes times = options.step == "dpo" ? time_dpo_steps(transformer, model, batch, device, options)
+                                                : time_logps_steps(transformer, model, batch, device, options);
+  print_result(s, options, times, options.sequences, batch.tokens.size(), device);
   if (options.breakdown)
-    print_breakdown(s, options, time_step_ops(model, batch, device, options.step), step_ms);
+    print_breakdown(s, options, time_step_ops(model, batch, device, options.step), median(times.step_ms));
 }
 
 int parse_count(const char* flag, const char* text, int minimum) {
@@ -731,13 +767,15 @@ Options parse_options(int argc, char** argv) {
     else if (flag == "--step") options.step = value();
     else if (flag == "--sequences") options.sequences = parse_count("--sequences", value(), 1);
     else if (flag == "--sequence_length") options.sequence_length = parse_count("--sequence_length", value(), 2);
+    else if (flag == "--new_tokens") options.new_tokens = parse_count("--new_tokens", value(), 1);
     else if (flag == "--lora_alpha") options.lora_alpha = parse_positive("--lora_alpha", value());
     else if (flag == "--threads") options.threads = parse_count("--threads", value(), 1);
     else if (flag == "--warmup") options.warmup = parse_count("--warmup", value(), 0);
     else if (flag == "--iterations") options.iterations = parse_count("--iterations", value(), 1);
     else if (flag == "--breakdown") options.breakdown = true;
     else fail("unknown flag ", flag, " (flags: --device cpu|cuda, --shape v32k|v8k|1b|all, ",
-              "--step logps|dpo, --sequences N, --sequence_length N, --lora_alpha A, --threads N, ",
+              "--step logps|dpo|generate, --sequences N, --sequence_length N, --new_tokens N, --lora_alpha A, ",
+              "--threads N, ",
               "--warmup N, --iterations N, --breakdown)");
   }
   const bool known_shape = options.shape == "all" || std::any_of(std::begin(kShapes), std::end(kShapes),
@@ -745,8 +783,9 @@ Options parse_options(int argc, char** argv) {
   if (!known_shape) fail("--shape: unknown shape '", options.shape, "' (v32k, v8k, 1b or all)");
   if (options.device != "cpu" && options.device != "cuda")
     fail("--device: expected cpu or cuda, got '", options.device, "'");
-  if (options.step != "logps" && options.step != "dpo")
-    fail("--step: expected logps or dpo, got '", options.step, "'");
+  if (options.step != "logps" && options.step != "dpo" && options.step != "generate")
+    fail("--step: expected logps, dpo or generate, got '", options.step, "'");
+  if (options.step == "generate" && options.breakdown) fail("--breakdown times training steps, not --step generate");
   if (options.step == "dpo" && options.sequences % 2 != 0)
     fail("--step dpo: --sequences must be even (a chosen and a rejected sequence per pair), got ",
          options.sequences);
