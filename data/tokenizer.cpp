@@ -13,6 +13,7 @@
 #include <sstream>
 #include <tuple>
 
+#include "data/unicode_categories.h"
 #include "kernels/error.h"
 
 namespace cst {
@@ -23,6 +24,9 @@ using nlohmann::json;
 
 const std::string kMetaspace = "\xE2\x96\x81";  // "▁", sentencepiece's visible space
 const std::string kReplacementCharacter = "\xEF\xBF\xBD";  // U+FFFD
+// Llama 3's pre-tokenizer Split pattern, as its tokenizer.json spells it.
+const std::string kLlama3Pattern =
+    R"re((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)re";
 
 // ---- UTF-8 helpers ---------------------------------------------------------------------------
 
@@ -48,10 +52,24 @@ uint32_t code_point_at(std::string_view text, size_t pos, size_t length) {
 }
 
 // Unicode White_Space, the set Rust's char::is_whitespace uses for lstrip/rstrip.
-bool is_unicode_whitespace(uint32_t c) {
-  return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F ||
-         c == 0x3000;
+bool is_unicode_whitespace(uint32_t c) { return char_class(c) == CharClass::whitespace; }
+
+void append_utf8(std::string& text, uint32_t code_point) {
+  if (code_point < 0x80) {
+    text.push_back(static_cast<char>(code_point));
+  } else if (code_point < 0x800) {
+    text.push_back(static_cast<char>(0xC0 | (code_point >> 6)));
+    text.push_back(static_cast<char>(0x80 | (code_point & 0x3F)));
+  } else if (code_point < 0x10000) {
+    text.push_back(static_cast<char>(0xE0 | (code_point >> 12)));
+    text.push_back(static_cast<char>(0x80 | ((code_point >> 6) & 0x3F)));
+    text.push_back(static_cast<char>(0x80 | (code_point & 0x3F)));
+  } else {
+    text.push_back(static_cast<char>(0xF0 | (code_point >> 18)));
+    text.push_back(static_cast<char>(0x80 | ((code_point >> 12) & 0x3F)));
+    text.push_back(static_cast<char>(0x80 | ((code_point >> 6) & 0x3F)));
+    text.push_back(static_cast<char>(0x80 | (code_point & 0x3F)));
+  }
 }
 
 // Start of the run of whitespace that ends text[..end] (end itself when there is none).
@@ -81,20 +99,68 @@ size_t whitespace_run_end_after(std::string_view text, size_t begin) {
   return end;
 }
 
-// Strict UTF-8 validation (no overlongs, surrogates or code points past U+10FFFF), as Rust's
-// String::from_utf8 applies it to runs of byte-fallback pieces.
+// The UTF-8 sequence at bytes[pos], checked strictly (no overlongs, surrogates or code points past
+// U+10FFFF), the way Rust's UTF-8 decoding reads it: `length` bytes form either one whole character
+// or, when the sequence breaks off, its "maximal subpart" (the longest start of some valid character,
+// at least one byte), which String::from_utf8_lossy replaces with a single U+FFFD.
+struct Utf8Sequence {
+  size_t length;
+  bool complete;    // a whole, valid character
+  bool cut_by_end;  // not complete only because the bytes ended: more bytes may complete it
+};
+
+Utf8Sequence scan_utf8_sequence(std::string_view bytes, size_t pos) {
+  const unsigned char lead = static_cast<unsigned char>(bytes[pos]);
+  if (lead < 0x80) return {1, true, false};
+  size_t length;
+  unsigned char second_low = 0x80, second_high = 0xBF;  // the second byte's range depends on the lead
+  if (lead >= 0xC2 && lead <= 0xDF) {
+    length = 2;
+  } else if (lead >= 0xE0 && lead <= 0xEF) {
+    length = 3;
+    if (lead == 0xE0) second_low = 0xA0;   // no overlongs
+    if (lead == 0xED) second_high = 0x9F;  // no surrogates
+  } else if (lead >= 0xF0 && lead <= 0xF4) {
+    length = 4;
+    if (lead == 0xF0) second_low = 0x90;   // no overlongs
+    if (lead == 0xF4) second_high = 0x8F;  // nothing past U+10FFFF
+  } else {
+    return {1, false, false};  // a continuation byte, or a lead byte no valid character has
+  }
+  for (size_t i = 1; i < length; i++) {
+    if (pos + i == bytes.size()) return {i, false, true};
+    const unsigned char byte = static_cast<unsigned char>(bytes[pos + i]);
+    const bool fits = i == 1 ? byte >= second_low && byte <= second_high : (byte & 0xC0) == 0x80;
+    if (!fits) return {i, false, false};
+  }
+  return {length, true, false};
+}
+
+// String::from_utf8 accepts it (how the ByteFallback decoder judges a run of byte pieces).
 bool is_valid_utf8(std::string_view bytes) {
-  size_t pos = 0;
-  while (pos < bytes.size()) {
-    const size_t length = utf8_length_at(bytes, pos);
-    const unsigned char lead = static_cast<unsigned char>(bytes[pos]);
-    if (length == 1 && lead >= 0x80) return false;
-    const uint32_t c = code_point_at(bytes, pos, length);
-    const uint32_t smallest[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (c < smallest[length] || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) return false;
-    pos += length;
+  for (size_t pos = 0; pos < bytes.size();) {
+    const Utf8Sequence sequence = scan_utf8_sequence(bytes, pos);
+    if (!sequence.complete) return false;
+    pos += sequence.length;
   }
   return true;
+}
+
+// String::from_utf8_lossy. With stop_at_cut_character, a character cut off by the end is left out
+// instead of becoming U+FFFD: the bytes still to come may complete it.
+std::string utf8_lossy(std::string_view bytes, bool stop_at_cut_character) {
+  std::string text;
+  for (size_t pos = 0; pos < bytes.size();) {
+    const Utf8Sequence sequence = scan_utf8_sequence(bytes, pos);
+    if (sequence.cut_by_end && stop_at_cut_character) break;
+    if (sequence.complete) {
+      text.append(bytes.substr(pos, sequence.length));
+    } else {
+      text += kReplacementCharacter;
+    }
+    pos += sequence.length;
+  }
+  return text;
 }
 
 std::string replace_all(std::string_view text, std::string_view from, std::string_view to) {
@@ -124,6 +190,205 @@ int byte_of_piece(std::string_view piece) {
 
 uint64_t pair_key(int32_t left, int32_t right) {
   return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
+}
+
+// ---- Byte-level alphabet ------------------------------------------------------------------------
+
+// GPT-2's bytes_to_unicode: a byte-level piece spells each byte as one printable character. The
+// bytes '!'..'~', 0xA1..0xAC and 0xAE..0xFF stand for themselves (as code points); the other 68
+// (controls, space, 0x7F..0xA0, the soft hyphen 0xAD) become U+0100, U+0101, ... in byte order.
+struct ByteLevelAlphabet {
+  static constexpr uint32_t kCodePoints = 0x100 + 68;  // every stand-in is below this
+  std::string char_of_byte[256];                       // UTF-8
+  int byte_of_code_point[kCodePoints];                 // -1: not a stand-in
+};
+
+const ByteLevelAlphabet& byte_level_alphabet() {
+  static const ByteLevelAlphabet alphabet = [] {
+    ByteLevelAlphabet built;
+    std::fill(std::begin(built.byte_of_code_point), std::end(built.byte_of_code_point), -1);
+    uint32_t next_moved = 0x100;
+    for (int byte = 0; byte < 256; byte++) {
+      const bool printable = (byte >= 0x21 && byte <= 0x7E) || (byte >= 0xA1 && byte <= 0xAC) || byte >= 0xAE;
+      const uint32_t code_point = printable ? byte : next_moved++;
+      append_utf8(built.char_of_byte[byte], code_point);
+      built.byte_of_code_point[code_point] = byte;
+    }
+    return built;
+  }();
+  return alphabet;
+}
+
+std::string to_byte_level(std::string_view text) {
+  std::string spelled;
+  for (char byte : text) spelled += byte_level_alphabet().char_of_byte[static_cast<unsigned char>(byte)];
+  return spelled;
+}
+
+constexpr uint32_t kNotACharacter = ~0u;
+
+// The ByteLevel decoder's bytes for one token: the byte of each character, or the token's own UTF-8
+// when one of its characters is not a stand-in (an added token such as "<|tool call|>" with a space).
+void append_token_bytes(std::string_view token, std::string& bytes) {
+  const ByteLevelAlphabet& alphabet = byte_level_alphabet();
+  std::string spelled;
+  for (size_t pos = 0; pos < token.size();) {
+    const Utf8Sequence sequence = scan_utf8_sequence(token, pos);
+    const uint32_t code_point = sequence.complete ? code_point_at(token, pos, sequence.length) : kNotACharacter;
+    if (code_point >= ByteLevelAlphabet::kCodePoints || alphabet.byte_of_code_point[code_point] < 0) {
+      bytes.append(token);
+      return;
+    }
+    spelled.push_back(static_cast<char>(alphabet.byte_of_code_point[code_point]));
+    pos += sequence.length;
+  }
+  bytes += spelled;
+}
+
+// ---- Byte-level pre-tokenization ---------------------------------------------------------------
+//
+// The two regexes of tokenizer.h, matched by hand. The regex engine (Oniguruma) finds the leftmost
+// match and, at a position, takes the first alternative that matches; every character is a letter,
+// a number, whitespace or none of these, and some alternative matches each, so the matches tile the
+// text. The functions below return where the match that starts at character i ends.
+
+struct TextChar {
+  uint32_t code_point;  // kNotACharacter for a byte that is not part of valid UTF-8
+  CharClass char_class;
+  size_t begin;  // byte offset in the text
+};
+using TextChars = std::vector<TextChar>;
+
+TextChars text_chars(std::string_view text) {
+  TextChars chars;
+  for (size_t pos = 0; pos < text.size();) {
+    const Utf8Sequence sequence = scan_utf8_sequence(text, pos);
+    if (sequence.complete) {
+      const uint32_t code_point = code_point_at(text, pos, sequence.length);
+      chars.push_back({code_point, char_class(code_point), pos});
+      pos += sequence.length;
+    } else {
+      chars.push_back({kNotACharacter, CharClass::other, pos});
+      pos += 1;
+    }
+  }
+  return chars;
+}
+
+bool has_class(const TextChars& chars, size_t i, CharClass wanted) {
+  return i < chars.size() && chars[i].char_class == wanted;
+}
+bool is_char(const TextChars& chars, size_t i, uint32_t code_point) {
+  return i < chars.size() && chars[i].code_point == code_point;
+}
+bool is_line_break(const TextChars& chars, size_t i) { return is_char(chars, i, '\r') || is_char(chars, i, '\n'); }
+
+// End of the run of characters of one class that starts at i, at most `limit` long.
+size_t class_run_end(const TextChars& chars, size_t i, CharClass run_class, size_t limit = SIZE_MAX) {
+  size_t end = i;
+  while (end - i < limit && has_class(chars, end, run_class)) end++;
+  return end;
+}
+
+// 's|'t|'re|'ve|'m|'ll|'d, or with (?i:...) (Llama 3) in any case: Oniguruma's case folding also
+// matches U+017F LATIN SMALL LETTER LONG S to s (no other character folds to one of these letters).
+size_t contraction_length(const TextChars& chars, size_t i, bool ignore_case) {
+  if (!is_char(chars, i, '\'')) return 0;
+  const auto letter = [&](size_t k, char lower) {
+    if (is_char(chars, k, lower)) return true;
+    if (!ignore_case) return false;
+    return is_char(chars, k, lower - 'a' + 'A') || (lower == 's' && is_char(chars, k, 0x17F));
+  };
+  if (letter(i + 1, 's') || letter(i + 1, 't') || letter(i + 1, 'm') || letter(i + 1, 'd')) return 2;
+  if ((letter(i + 1, 'r') || letter(i + 1, 'v')) && letter(i + 2, 'e')) return 3;
+  if (letter(i + 1, 'l') && letter(i + 2, 'l')) return 3;
+  return 0;
+}
+
+// \s+(?!\S) then \s+ at a whitespace character: the run of whitespace, less its last character when
+// a non-space follows (that one goes with the next word, as in " word"), unless it is the only one.
+size_t whitespace_match_end(const TextChars& chars, size_t i) {
+  const size_t end = class_run_end(chars, i, CharClass::whitespace);
+  return end < chars.size() && end - i >= 2 ? end - 1 : end;
+}
+
+// (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|
+// \s*[\r\n]+|\s+(?!\S)|\s+
+size_t llama3_match_end(const TextChars& chars, size_t i) {
+  if (const size_t length = contraction_length(chars, i, /*ignore_case=*/true)) return i + length;
+  // [^\r\n\p{L}\p{N}]?\p{L}+ : letters, with one character in front that is no letter, number or
+  // line break (a space, a mark, punctuation) when letters follow it.
+  size_t start = i;
+  if (!has_class(chars, i, CharClass::letter) && !has_class(chars, i, CharClass::number) &&
+      !is_line_break(chars, i) && has_class(chars, i + 1, CharClass::letter)) {
+    start = i + 1;
+  }
+  if (has_class(chars, start, CharClass::letter)) return class_run_end(chars, start, CharClass::letter);
+  if (has_class(chars, i, CharClass::number)) return class_run_end(chars, i, CharClass::number, 3);
+  // ' ?[^\s\p{L}\p{N}]+[\r\n]*' : symbols with an optional space in front and line breaks after.
+  start = is_char(chars, i, ' ') && has_class(chars, i + 1, CharClass::other) ? i + 1 : i;
+  if (has_class(chars, start, CharClass::other)) {
+    size_t end = class_run_end(chars, start, CharClass::other);
+    while (is_line_break(chars, end)) end++;
+    return end;
+  }
+  // Whitespace is all that is left. \s*[\r\n]+ : the run up to and including its last line break.
+  for (size_t end = class_run_end(chars, i, CharClass::whitespace); end > i; end--) {
+    if (is_line_break(chars, end - 1)) return end;
+  }
+  return whitespace_match_end(chars, i);
+}
+
+// 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+size_t gpt2_match_end(const TextChars& chars, size_t i) {
+  if (const size_t length = contraction_length(chars, i, /*ignore_case=*/false)) return i + length;
+  for (const CharClass run_class : {CharClass::letter, CharClass::number, CharClass::other}) {
+    const size_t start = is_char(chars, i, ' ') && has_class(chars, i + 1, run_class) ? i + 1 : i;
+    if (has_class(chars, start, run_class)) return class_run_end(chars, start, run_class);
+  }
+  return whitespace_match_end(chars, i);
+}
+
+// ---- Decode clean-up ------------------------------------------------------------------------------
+
+// transformers' clean_up_tokenization: these str.replace calls, in this order.
+constexpr std::pair<std::string_view, std::string_view> kCleanUpReplacements[] = {
+    {" .", "."},   {" ?", "?"},     {" !", "!"},     {" ,", ","},     {" ' ", "'"},
+    {" n't", "n't"}, {" 'm", "'m"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"}};
+
+// One str.replace (leftmost occurrences, not overlapping) on a text of which only text[0, settled)
+// is final (more may be appended). Returns how much of the result is final: everything before the
+// first place where an occurrence could still start once more text comes, that is, a position
+// within the last from.size() - 1 settled bytes where the rest of the settled text begins `from`.
+size_t replace_settled(std::string& text, size_t settled, std::string_view from, std::string_view to) {
+  size_t pos = 0, removed = 0;
+  for (size_t found; (found = text.find(from, pos)) != std::string::npos && found + from.size() <= settled;) {
+    removed += from.size() - to.size();  // an occurrence that more text cannot undo
+    pos = found + from.size();
+  }
+  size_t open_from = settled;
+  for (size_t p = std::max(pos, settled + 1 > from.size() ? settled + 1 - from.size() : 0); p < settled; p++) {
+    if (from.compare(0, settled - p, text, p, settled - p) == 0) {
+      open_from = p;
+      break;
+    }
+  }
+  text = replace_all(text, from, to);
+  return open_from - removed;
+}
+
+// Applies the clean-up to text; returns the length of the result that no appended text can change
+// (all of it when nothing more follows).
+size_t clean_up_tokenization(std::string& text, bool more_may_follow) {
+  size_t settled = text.size();
+  for (const auto& [from, to] : kCleanUpReplacements) {
+    if (more_may_follow) {
+      settled = replace_settled(text, settled, from, to);
+    } else {
+      text = replace_all(text, from, to);
+    }
+  }
+  return more_may_follow ? settled : text.size();
 }
 
 // ---- Tokenizer files ------------------------------------------------------------------------------
@@ -209,6 +474,52 @@ bool uses_byte_level(const json& tokenizer_json) {
   return false;
 }
 
+std::string tokenizer_class(const json& config) {
+  const json name = config.value("tokenizer_class", json());
+  return name.is_string() ? name.get<std::string>() : "";
+}
+
+// The special tokens a tokenizer class names when tokenizer_config.json does not: LlamaTokenizer's
+// <s> </s> <unk> (the Llama/Mistral pipeline is read as LlamaTokenizerFast), GPT2Tokenizer's
+// <|endoftext|>; PreTrainedTokenizerFast (a byte-level file without a class) names none.
+std::map<std::string, std::string> default_special_tokens(const json& config, bool byte_level) {
+  if (!byte_level) return {{"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}};
+  const std::string name = tokenizer_class(config);
+  if (name == "GPT2Tokenizer" || name == "GPT2TokenizerFast") {
+    return {{"bos_token", "<|endoftext|>"}, {"eos_token", "<|endoftext|>"}, {"unk_token", "<|endoftext|>"}};
+  }
+  return {};
+}
+
+// A TemplateProcessing "single" template: the ids of the special tokens before and after $A.
+void read_single_template(const json& processor, std::vector<int32_t>& prefix, std::vector<int32_t>& suffix) {
+  const json single = processor.value("single", json());
+  const json special_tokens = processor.value("special_tokens", json());
+  if (!single.is_array() || !special_tokens.is_object()) {
+    fail("tokenizer.json: TemplateProcessing needs a \"single\" list and a \"special_tokens\" object");
+  }
+  const auto id_in = [](const json& piece, const char* kind) {
+    return piece.is_object() && piece.contains(kind) ? piece[kind].value("id", json()) : json();
+  };
+  bool seen_sequence = false;
+  for (const json& piece : single) {
+    if (id_in(piece, "Sequence") == "A" && !seen_sequence) {
+      seen_sequence = true;
+      continue;
+    }
+    const json name = id_in(piece, "SpecialToken");
+    const json entry = name.is_string() ? special_tokens.value(name.get<std::string>(), json()) : json();
+    if (!entry.is_object() || !entry.value("ids", json()).is_array()) {
+      fail("tokenizer.json: TemplateProcessing single piece ", piece.dump(),
+           " is neither the sequence $A (once) nor a special token listed with its ids");
+    }
+    for (const json& id : entry["ids"]) {
+      (seen_sequence ? suffix : prefix).push_back(parse_token_id(id, "tokenizer.json"));
+    }
+  }
+  if (!seen_sequence) fail("tokenizer.json: TemplateProcessing single template has no sequence $A");
+}
+
 }  // namespace
 
 // ---- Loading --------------------------------------------------------------------------------------
@@ -218,10 +529,18 @@ Tokenizer::Tokenizer(const std::map<std::string, std::string>& files) {
   const std::optional<json> tokenizer_json = parse_json_file(files, "tokenizer.json");
   const auto sentencepiece_model = files.find("tokenizer.model");
   const bool has_sentencepiece = sentencepiece_model != files.end();
-  const bool model_from_json = tokenizer_json && !rebuilds_from_sentencepiece(config, has_sentencepiece);
+  // A byte-level tokenizer.json is read as PreTrainedTokenizerFast reads it; the rebuild from
+  // tokenizer.model is LlamaTokenizerFast's.
+  const bool byte_level = tokenizer_json && uses_byte_level(*tokenizer_json);
+  const bool model_from_json =
+      tokenizer_json && (byte_level || !rebuilds_from_sentencepiece(config, has_sentencepiece));
   if (model_from_json) {
-    load_bpe_model(*tokenizer_json);
-    read_pipeline(*tokenizer_json);
+    load_bpe_model(*tokenizer_json, byte_level);
+    if (byte_level) {
+      read_byte_level_pipeline(*tokenizer_json, config);
+    } else {
+      read_pipeline(*tokenizer_json);
+    }
   } else {
     if (!has_sentencepiece) fail("tokenizer: needs tokenizer.json or tokenizer.model, and neither is present");
     load_sentencepiece(sentencepiece_model->second);
@@ -236,8 +555,12 @@ Tokenizer::Tokenizer(const std::map<std::string, std::string>& files) {
   if (config.contains("chat_template") && config["chat_template"].is_string()) {
     chat_template_source_ = config["chat_template"].get<std::string>();
   }
+  // PreTrainedTokenizerFast and GPT2TokenizerFast clean up by default, LlamaTokenizerFast does not.
+  clean_up_tokenization_spaces_ =
+      json_flag(config, "clean_up_tokenization_spaces", byte_level, "tokenizer_config.json");
   load_added_tokens(files, config, tokenizer_json, model_from_json);
   resolve_special_ids(files);
+  if (!byte_level) rebuild_llama_post_processor(config);
 }
 
 Tokenizer Tokenizer::from_directory(const std::string& directory) {
@@ -344,20 +667,16 @@ const Tokenizer::Merge* Tokenizer::MergeTable::find(uint64_t key) const {
 
 // ---- tokenizer.json -------------------------------------------------------------------------------
 
-// The BPE model of a Llama/Mistral tokenizer.json: the vocabulary with dense ids, merges ranked by
-// their line in the "merges" list (first line = applied first), byte fallback and fused unknowns.
-// Other model types, and the byte-level BPE of GPT-2 and Llama 3, are refused by name.
-void Tokenizer::load_bpe_model(const json& tokenizer_json) {
+// The BPE model of a tokenizer.json: the vocabulary with dense ids, merges ranked by their line in
+// the "merges" list (first line = applied first); byte fallback and fused unknowns (Llama/Mistral)
+// or ignore_merges (byte-level). Other model types are refused by name.
+void Tokenizer::load_bpe_model(const json& tokenizer_json, bool byte_level) {
   const auto model_entry = tokenizer_json.find("model");
   if (model_entry == tokenizer_json.end() || !model_entry->is_object()) fail("tokenizer.json: no \"model\" object");
   const json& model = *model_entry;
   const std::string type = type_of(model);
   if (type != "BPE") {
     fail("tokenizer.json: model type '", type, "' is not supported (cst reads the Llama/Mistral BPE with byte fallback)");
-  }
-  if (uses_byte_level(tokenizer_json)) {
-    fail("tokenizer.json: model type 'BPE' with ByteLevel pre-tokenization (GPT-2 / Llama 3 style) is not supported "
-         "(cst reads the Llama/Mistral BPE with byte fallback)");
   }
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
     const json value = model.value(key, json());
@@ -367,12 +686,19 @@ void Tokenizer::load_bpe_model(const json& tokenizer_json) {
   if (!dropout.is_null() && !(dropout.is_number() && dropout.get<double>() == 0.0)) {
     fail("tokenizer.json: BPE dropout is not supported (it makes encoding random)");
   }
-  if (json_flag(model, "ignore_merges", false, "tokenizer.json model")) {
-    fail("tokenizer.json: BPE \"ignore_merges\" is not supported");
+  ignore_merges_ = json_flag(model, "ignore_merges", false, "tokenizer.json model");
+  if (ignore_merges_ && !byte_level) {
+    fail("tokenizer.json: BPE \"ignore_merges\" is supported with byte-level BPE only (Llama 3), not with this "
+         "pipeline");
+  }
+  const bool byte_fallback = json_flag(model, "byte_fallback", false, "tokenizer.json model");
+  if (byte_fallback && byte_level) {
+    fail("tokenizer.json: BPE \"byte_fallback\" with a ByteLevel pipeline is not supported (byte-level BPE has a "
+         "piece for every byte)");
   }
   fuse_unknown_ = json_flag(model, "fuse_unk", false, "tokenizer.json model");
   load_vocabulary(model.value("vocab", json()));
-  find_byte_pieces(json_flag(model, "byte_fallback", false, "tokenizer.json model"));
+  find_byte_pieces(byte_fallback);
   const json unk_token = model.value("unk_token", json());
   if (unk_token.is_null()) {
     unk_id_ = -1;  // characters outside the vocabulary are dropped, as the tokenizers library does
@@ -477,6 +803,70 @@ void Tokenizer::read_pipeline(const json& tokenizer_json) {
   }
 }
 
+// Byte-level BPE as Llama 3 and GPT-2 ship it (tokenizer.h): no normalizer, one of the two
+// pre-tokenizers, a ByteLevel decoder (its flags do not change decoding), and a post-processor made of
+// ByteLevel (offsets only) and TemplateProcessing steps. Anything else is refused rather than
+// encoded differently.
+void Tokenizer::read_byte_level_pipeline(const json& tokenizer_json, const json& config) {
+  const std::string class_name = tokenizer_class(config);
+  if (!class_name.empty() && class_name != "PreTrainedTokenizerFast" && class_name != "GPT2Tokenizer" &&
+      class_name != "GPT2TokenizerFast") {
+    fail("tokenizer_config.json: tokenizer_class '", class_name, "' with a byte-level tokenizer.json is not supported ",
+         "(cst reads byte-level tokenizers as PreTrainedTokenizerFast and GPT2TokenizerFast do)");
+  }
+  if (json_flag(config, "add_prefix_space", false, "tokenizer_config.json")) {
+    fail("tokenizer_config.json: add_prefix_space true with a byte-level tokenizer is not supported");
+  }
+  const json normalizer = tokenizer_json.value("normalizer", json());
+  if (!normalizer.is_null()) {
+    fail("tokenizer.json: byte-level BPE with normalizer ", normalizer.dump(),
+         " is not supported (Llama 3 and GPT-2 have none)");
+  }
+  legacy_ = add_prefix_space_ = false;  // the Llama normalizer's flags: nothing is prepended or replaced
+  const auto byte_level_step = [](const json& step, bool use_regex) {
+    return type_of(step) == "ByteLevel" && step.value("add_prefix_space", json()) == false &&
+           step.value("use_regex", json(true)) == use_regex;
+  };
+  const json llama3_split = {{"type", "Split"}, {"pattern", {{"Regex", kLlama3Pattern}}}, {"behavior", "Isolated"},
+                             {"invert", false}};
+  const json pre_tokenizer = tokenizer_json.value("pre_tokenizer", json());
+  const json steps = type_of(pre_tokenizer) == "Sequence" ? pre_tokenizer.value("pretokenizers", json()) : json();
+  if (steps.is_array() && steps.size() == 2 && steps[0] == llama3_split && byte_level_step(steps[1], false)) {
+    byte_level_split_ = ByteLevelSplit::llama3;
+  } else if (byte_level_step(pre_tokenizer, true)) {
+    byte_level_split_ = ByteLevelSplit::gpt2;
+  } else {
+    fail("tokenizer.json: byte-level pre_tokenizer ", pre_tokenizer.dump(), " is not supported (cst reads Llama 3's "
+         "Sequence[Split(its regex, Isolated), ByteLevel(add_prefix_space false, use_regex false)] and GPT-2's "
+         "ByteLevel(add_prefix_space false, use_regex true))");
+  }
+  const json decoder = tokenizer_json.value("decoder", json());
+  if (type_of(decoder) != "ByteLevel") {
+    fail("tokenizer.json: decoder ", decoder.dump(), " is not supported with byte-level BPE (expected ByteLevel)");
+  }
+  read_post_processor(tokenizer_json.value("post_processor", json()));
+}
+
+// The special tokens AutoTokenizer(text) puts around a text: null or ByteLevel add none;
+// TemplateProcessing adds those of its "single" template; a Sequence runs its steps in order.
+void Tokenizer::read_post_processor(const json& post_processor) {
+  const std::string type = type_of(post_processor);
+  if (post_processor.is_null() || type == "ByteLevel") return;
+  if (type == "TemplateProcessing") {
+    std::vector<int32_t> prefix, suffix;
+    read_single_template(post_processor, prefix, suffix);
+    special_prefix_ids_.insert(special_prefix_ids_.begin(), prefix.begin(), prefix.end());
+    special_suffix_ids_.insert(special_suffix_ids_.end(), suffix.begin(), suffix.end());
+    return;
+  }
+  if (type == "Sequence" && post_processor.value("processors", json()).is_array()) {
+    for (const json& step : post_processor["processors"]) read_post_processor(step);
+    return;
+  }
+  fail("tokenizer.json: post_processor ", post_processor.dump(),
+       " is not supported (expected ByteLevel, TemplateProcessing, or a Sequence of them)");
+}
+
 void Tokenizer::add_tokenizer_json_added_tokens(const json& tokenizer_json) {
   const json list = tokenizer_json.value("added_tokens", json::array());
   if (!list.is_array()) fail("tokenizer.json: \"added_tokens\" must be a list");
@@ -552,8 +942,8 @@ void Tokenizer::resolve_special_ids(const std::map<std::string, std::string>& fi
       for (const auto& [key, value] : map->items()) settings[key] = value;
     }
   }
-  // LlamaTokenizer's defaults when a key is absent; null means "none".
-  const std::map<std::string, std::string> defaults = {{"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}};
+  // The tokenizer class's defaults when a key is absent; null means "none".
+  const std::map<std::string, std::string> defaults = default_special_tokens(settings, byte_level());
   std::map<std::string, std::optional<std::string>> names;
   for (const char* key : {"bos_token", "eos_token", "unk_token", "pad_token"}) {
     if (settings.contains(key)) {
@@ -636,6 +1026,22 @@ std::string Tokenizer::normalize(std::string_view text) const {
   return (add_prefix_space_ ? kMetaspace : "") + replace_all(text, " ", kMetaspace);
 }
 
+// LlamaTokenizerFast replaces tokenizer.json's post-processor with its own: BOS in front when
+// add_bos_token (default true), EOS behind when add_eos_token (default false).
+void Tokenizer::rebuild_llama_post_processor(const json& config) {
+  const char* const where = "tokenizer_config.json";
+  if (json_flag(config, "add_bos_token", true, where) && bos_id_ >= 0) special_prefix_ids_ = {bos_id_};
+  if (json_flag(config, "add_eos_token", false, where) && eos_id_ >= 0) special_suffix_ids_ = {eos_id_};
+}
+
+std::vector<int32_t> Tokenizer::encode_with_special_tokens(std::string_view text) const {
+  std::vector<int32_t> ids = special_prefix_ids_;
+  const std::vector<int32_t> text_ids = encode(text);
+  ids.insert(ids.end(), text_ids.begin(), text_ids.end());
+  ids.insert(ids.end(), special_suffix_ids_.begin(), special_suffix_ids_.end());
+  return ids;
+}
+
 std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
   std::vector<int32_t> ids;
   for (const Span& span : split_on_added_tokens(text, /*normalized_pass=*/false)) {
@@ -649,12 +1055,17 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
 }
 
 // Text between raw-matched added tokens: normalize, match normalized added tokens, pre-tokenize
-// (legacy = false: Metaspace, "▁" prepended only at the very start of the text), then BPE.
+// (legacy = false: Metaspace, "▁" prepended only at the very start of the text; byte-level: the
+// pattern's pre-tokens), then BPE.
 void Tokenizer::encode_ordinary(std::string_view text, size_t offset_in_text, std::vector<int32_t>& ids) const {
   const std::string normalized = normalize(text);
   for (const Span& span : split_on_added_tokens(normalized, /*normalized_pass=*/true)) {
     if (span.added_token_index >= 0) {
       ids.push_back(added_tokens_[span.added_token_index].id);
+      continue;
+    }
+    if (byte_level()) {
+      encode_byte_level(std::string_view(normalized).substr(span.begin, span.end - span.begin), ids);
       continue;
     }
     std::string word = normalized.substr(span.begin, span.end - span.begin);
@@ -666,6 +1077,33 @@ void Tokenizer::encode_ordinary(std::string_view text, size_t offset_in_text, st
       }
     }
     encode_word(word, ids);
+  }
+}
+
+std::vector<std::string> Tokenizer::pre_tokenize(std::string_view text) const {
+  if (!byte_level()) fail("pre_tokenize: only byte-level tokenizers have a regex pre-tokenizer");
+  const TextChars chars = text_chars(text);
+  std::vector<std::string> words;
+  for (size_t i = 0; i < chars.size();) {
+    const size_t end =
+        byte_level_split_ == ByteLevelSplit::llama3 ? llama3_match_end(chars, i) : gpt2_match_end(chars, i);
+    const size_t end_byte = end < chars.size() ? chars[end].begin : text.size();
+    words.push_back(to_byte_level(text.substr(chars[i].begin, end_byte - chars[i].begin)));
+    i = end;
+  }
+  return words;
+}
+
+// Byte-level: each pre-token taken whole when ignore_merges finds it in the vocabulary, merged
+// from its characters otherwise.
+void Tokenizer::encode_byte_level(std::string_view text, std::vector<int32_t>& ids) const {
+  for (const std::string& word : pre_tokenize(text)) {
+    const auto whole = ignore_merges_ ? piece_ids_.find(word) : piece_ids_.end();
+    if (whole != piece_ids_.end()) {
+      ids.push_back(whole->second);
+    } else {
+      encode_word(word, ids);
+    }
   }
 }
 
@@ -744,9 +1182,39 @@ const std::string& Tokenizer::token_text(int32_t id) const {
   return pieces_[id];
 }
 
-// The fast tokenizer's decoder: "▁" -> " ", runs of <0xXX> pieces -> their bytes (one U+FFFD per
-// byte when the run is not valid UTF-8), everything joined, then one leading space stripped.
 std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const {
+  return decode_text(ids, skip_special_tokens, /*settled_only=*/false);
+}
+
+std::string Tokenizer::decode_settled(const std::vector<int32_t>& ids, bool skip_special_tokens) const {
+  return decode_text(ids, skip_special_tokens, /*settled_only=*/true);
+}
+
+// The decoder of the pipeline, then transformers' clean-up when it is on.
+std::string Tokenizer::decode_text(const std::vector<int32_t>& ids, bool skip_special_tokens, bool settled_only) const {
+  std::string text = byte_level() ? decode_byte_level(ids, skip_special_tokens, settled_only)
+                                  : decode_metaspace(ids, skip_special_tokens, settled_only);
+  if (!clean_up_tokenization_spaces_) return text;
+  text.resize(clean_up_tokenization(text, /*more_may_follow=*/settled_only));
+  return text;
+}
+
+// The ByteLevel decoder: every token's bytes joined, read as UTF-8 (String::from_utf8_lossy).
+std::string Tokenizer::decode_byte_level(const std::vector<int32_t>& ids, bool skip_special_tokens,
+                                         bool settled_only) const {
+  std::string bytes;
+  for (int32_t id : ids) {
+    if (skip_special_tokens && is_special(id)) continue;
+    append_token_bytes(token_text(id), bytes);
+  }
+  return utf8_lossy(bytes, /*stop_at_cut_character=*/settled_only);
+}
+
+// The Llama/Mistral decoder: "▁" -> " ", runs of <0xXX> pieces -> their bytes (one U+FFFD per
+// byte when the run is not valid UTF-8), everything joined, then one leading space stripped. A run
+// of byte pieces at the end is not settled: the next byte can change its text.
+std::string Tokenizer::decode_metaspace(const std::vector<int32_t>& ids, bool skip_special_tokens,
+                                       bool settled_only) const {
   std::string text, pending_bytes;
   const auto flush_bytes = [&] {
     if (is_valid_utf8(pending_bytes)) {
@@ -767,7 +1235,7 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special
     flush_bytes();
     text += piece;
   }
-  flush_bytes();
+  if (!settled_only) flush_bytes();
   if (decode_strips_leading_space_ && !text.empty() && text[0] == ' ') text.erase(0, 1);
   return text;
 }
@@ -794,13 +1262,10 @@ bool Tokenizer::is_byte(int32_t id) const {
 
 // ---- Streaming ------------------------------------------------------------------------------------
 
-// Decodes the whole sequence each time, which is cheap next to a model step. A run of byte pieces
-// can still change its text when the next byte arrives (an incomplete UTF-8 character, or one
-// that a later byte turns invalid), so nothing is emitted while the newest token is a byte piece.
+// Decodes the whole sequence each time, which is cheap next to a model step.
 std::string StreamingDecoder::push(int32_t id) {
   ids_.push_back(id);
-  if (tokenizer_.is_byte(id)) return "";
-  const std::string text = tokenizer_.decode(ids_, skip_special_tokens_);
+  const std::string text = tokenizer_.decode_settled(ids_, skip_special_tokens_);
   if (text.size() <= emitted_bytes_) return "";
   std::string fresh = text.substr(emitted_bytes_);
   emitted_bytes_ = text.size();

@@ -1,4 +1,5 @@
-// Tokenizer parity with transformers' AutoTokenizer (LlamaTokenizerFast, transformers 4.42.4).
+// Tokenizer parity with transformers' AutoTokenizer (LlamaTokenizerFast, and for byte-level BPE
+// PreTrainedTokenizerFast and GPT2TokenizerFast; transformers 4.42.4).
 // Golden data: tools/python/make_tokenizer_fixtures.py -> tests/fixtures/tokenizer/. Ids must be
 // equal (no tolerance: one different id is a different training example).
 //
@@ -70,16 +71,17 @@ std::string fnv1a64_hex(const std::vector<int32_t>& ids) {
   return text;
 }
 
-// Encodes every corpus text and compares with the golden ids; returns the number of mismatches,
-// reporting the first few.
-int count_encode_mismatches(const Tokenizer& tokenizer, const json& expected_ids, const std::string& label) {
-  const json& texts = golden()["texts"];
+// Encodes every text (with the post-processor's special tokens or without) and compares with the
+// golden ids; returns the number of mismatches, reporting the first few.
+int count_encode_mismatches(const Tokenizer& tokenizer, const json& texts, const json& expected_ids,
+                            const std::string& label, bool with_special_tokens = false) {
   EXPECT_EQ(expected_ids.size(), texts.size());
   int mismatches = 0;
   for (size_t i = 0; i < texts.size() && i < expected_ids.size(); i++) {
     const std::string text = texts[i].get<std::string>();
     const std::vector<int32_t> expected = expected_ids[i].get<std::vector<int32_t>>();
-    const std::vector<int32_t> actual = tokenizer.encode(text);
+    const std::vector<int32_t> actual =
+        with_special_tokens ? tokenizer.encode_with_special_tokens(text) : tokenizer.encode(text);
     if (actual != expected && mismatches++ < 5) {
       ADD_FAILURE() << label << " text " << i << " " << json(text).dump() << "\n  expected " << ids_text(expected)
                     << "\n  actual   " << ids_text(actual);
@@ -127,7 +129,7 @@ TEST_P(TokenizerGolden, EncodeMatchesAutoTokenizer) {
   const json& variant = golden()["variants"][GetParam()];
   ASSERT_EQ(variant["class"], "LlamaTokenizerFast");
   ASSERT_GE(golden()["texts"].size(), 500u);
-  EXPECT_EQ(count_encode_mismatches(tokenizer, variant["ids"], GetParam()), 0)
+  EXPECT_EQ(count_encode_mismatches(tokenizer, golden()["texts"], variant["ids"], GetParam()), 0)
       << "of " << golden()["texts"].size() << " texts";
 }
 
@@ -316,7 +318,7 @@ TEST_P(TokenizerJsonGolden, EncodeMatchesTransformers) {
   const Tokenizer tokenizer(json_variant_files(GetParam()));
   const json& variant = json_golden()["variants"][GetParam()];
   ASSERT_GE(golden()["texts"].size(), 500u);
-  EXPECT_EQ(count_encode_mismatches(tokenizer, variant["ids"], GetParam()), 0);
+  EXPECT_EQ(count_encode_mismatches(tokenizer, golden()["texts"], variant["ids"], GetParam()), 0);
 }
 
 TEST_P(TokenizerJsonGolden, DecodeMatchesTransformers) {
@@ -361,7 +363,8 @@ TEST(TokenizerJson, MergesAsPairsEncodeTheSame) {
   ASSERT_GT(pairs.size(), 100u);
   tokenizer_json["model"]["merges"] = pairs;
   files["tokenizer.json"] = tokenizer_json.dump();
-  EXPECT_EQ(count_encode_mismatches(Tokenizer(files), json_golden()["variants"]["legacy"]["ids"], "pairs"), 0);
+  const json& legacy_ids = json_golden()["variants"]["legacy"]["ids"];
+  EXPECT_EQ(count_encode_mismatches(Tokenizer(files), golden()["texts"], legacy_ids, "pairs"), 0);
 }
 
 // tokenizer.model alone with the Hub's "add_prefix_space": null: no "▁" prefix, the same ids as the
@@ -369,7 +372,8 @@ TEST(TokenizerJson, MergesAsPairsEncodeTheSame) {
 TEST(TokenizerJson, NullAddPrefixSpaceWithSentencepieceOnly) {
   const Tokenizer tokenizer({{"tokenizer.model", read_file(kJsonFixtures + "tokenizer.model")},
                              {"tokenizer_config.json", read_file(kJsonFixtures + "legacy/tokenizer_config.json")}});
-  EXPECT_EQ(count_encode_mismatches(tokenizer, json_golden()["variants"]["rebuilt"]["ids"], "null prefix"), 0);
+  const json& rebuilt_ids = json_golden()["variants"]["rebuilt"]["ids"];
+  EXPECT_EQ(count_encode_mismatches(tokenizer, golden()["texts"], rebuilt_ids, "null prefix"), 0);
 }
 
 TEST(TokenizerJson, RejectsWhatItDoesNotRead) {
@@ -392,8 +396,11 @@ TEST(TokenizerJson, RejectsWhatItDoesNotRead) {
   };
   expect_message([](json& j) { j["model"]["type"] = "Unigram"; }, "tokenizer.json: model type 'Unigram' is not supported");
   expect_message([](json& j) { j["model"]["type"] = "WordPiece"; }, "tokenizer.json: model type 'WordPiece' is not supported");
+  // A ByteLevel step makes it a byte-level tokenizer, which has a piece for every byte.
   expect_message([](json& j) { j["pre_tokenizer"] = {{"type", "ByteLevel"}, {"add_prefix_space", false}}; },
-                 "ByteLevel pre-tokenization (GPT-2 / Llama 3 style) is not supported");
+                 "\"byte_fallback\" with a ByteLevel pipeline is not supported");
+  expect_message([](json& j) { j["model"]["ignore_merges"] = true; },
+                 "\"ignore_merges\" is supported with byte-level BPE only");
   expect_message([](json& j) { j["model"]["merges"][3] = "no_such_piece x"; }, "merge 3 \"no_such_piece x\" names a piece");
   expect_message([](json& j) { j["model"]["merges"][0] = "a b c"; }, "merge 0 \"a b c\" must be two pieces");
   expect_message([](json& j) { j["model"]["merges"][0] = 7; }, "merge 0 must be \"left right\" or [left, right]");
@@ -423,6 +430,268 @@ TEST(TokenizerJson, RejectsWhatItDoesNotRead) {
     EXPECT_NE(std::string(error.what()).find("there is no tokenizer.model"), std::string::npos) << error.what();
   }
   EXPECT_NO_THROW(Tokenizer::from_directory(kJsonFixtures + "legacy"));
+}
+
+}  // namespace
+}  // namespace cst
+
+// ---- Byte-level BPE (Llama 3, GPT-2) -----------------------------------------------------------------
+// Golden data: tests/fixtures/tokenizer/byte_level/ (tools/python/make_byte_level_tokenizer_fixtures.py):
+// small tokenizers of Llama 3's and GPT-2's form trained with the tokenizers library, and per variant
+// transformers' ids (without and with special tokens) for the texts of texts.json, and decodes of
+// those ids and of random id sequences. Exact equality, as above.
+
+namespace cst {
+namespace {
+
+const std::string kByteLevelFixtures = kFixtures + "byte_level/";
+const char* const kByteLevelVariants[] = {"llama3", "llama3_no_cleanup", "llama3_json_only", "gpt2"};
+
+const json& byte_level_texts() {
+  static const json parsed = json::parse(read_file(kByteLevelFixtures + "texts.json"))["texts"];
+  return parsed;
+}
+
+const json& byte_level_golden(const std::string& variant) {
+  static std::map<std::string, json> parsed;
+  if (!parsed.count(variant)) {
+    parsed[variant] = json::parse(read_file(kByteLevelFixtures + "golden_" + variant + ".json"));
+  }
+  return parsed.at(variant);
+}
+
+std::map<std::string, std::string> byte_level_files(const std::string& variant) {
+  std::map<std::string, std::string> files;
+  for (const auto& [name, path] : byte_level_golden(variant)["files"].items()) {
+    files[name] = read_file(kByteLevelFixtures + path.get<std::string>());
+  }
+  return files;
+}
+
+// The golden ids of every text, then the random id sequences: what the decodes were made of.
+json decode_sequences(const json& variant) {
+  json sequences = variant["ids"];
+  for (const json& ids : variant["random_ids"]) sequences.push_back(ids);
+  return sequences;
+}
+
+// Whole UTF-8 characters only: no chunk starts inside a character or stops before its end.
+bool is_whole_utf8(const std::string& chunk) {
+  for (size_t pos = 0; pos < chunk.size();) {
+    const unsigned char lead = static_cast<unsigned char>(chunk[pos]);
+    const size_t length = lead < 0x80           ? 1
+                          : (lead >> 5) == 0x6  ? 2
+                          : (lead >> 4) == 0xE  ? 3
+                          : (lead >> 3) == 0x1E ? 4
+                                                : 0;
+    if (length == 0 || pos + length > chunk.size()) return false;
+    for (size_t i = 1; i < length; i++) {
+      if ((static_cast<unsigned char>(chunk[pos + i]) & 0xC0) != 0x80) return false;
+    }
+    pos += length;
+  }
+  return true;
+}
+
+class TokenizerByteLevelGolden : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(TokenizerByteLevelGolden, EncodeMatchesTransformers) {
+  const Tokenizer tokenizer(byte_level_files(GetParam()));
+  const json& variant = byte_level_golden(GetParam());
+  ASSERT_GE(byte_level_texts().size(), 600u);
+  EXPECT_TRUE(tokenizer.byte_level());
+  EXPECT_EQ(count_encode_mismatches(tokenizer, byte_level_texts(), variant["ids"], GetParam()), 0)
+      << "of " << byte_level_texts().size() << " texts";
+}
+
+TEST_P(TokenizerByteLevelGolden, EncodeWithSpecialTokensMatchesTransformers) {
+  const Tokenizer tokenizer(byte_level_files(GetParam()));
+  const json& variant = byte_level_golden(GetParam());
+  EXPECT_EQ(count_encode_mismatches(tokenizer, byte_level_texts(), variant["ids_with_special_tokens"], GetParam(),
+                                    /*with_special_tokens=*/true),
+            0);
+}
+
+TEST_P(TokenizerByteLevelGolden, DecodeMatchesTransformers) {
+  const Tokenizer tokenizer(byte_level_files(GetParam()));
+  const json& variant = byte_level_golden(GetParam());
+  const json sequences = decode_sequences(variant);
+  ASSERT_EQ(sequences.size(), variant["decoded"].size());
+  EXPECT_EQ(count_decode_mismatches(tokenizer, sequences, variant, GetParam()), 0)
+      << "of " << 2 * sequences.size() << " decodes";
+}
+
+TEST_P(TokenizerByteLevelGolden, SpecialTokensMatchTransformers) {
+  const Tokenizer tokenizer(byte_level_files(GetParam()));
+  expect_special_tokens_match(tokenizer, byte_level_golden(GetParam()));
+}
+
+// Streamed chunks are whole characters and concatenate to decode(); the sequences do make the
+// decoder hold text back (cut characters, clean-up patterns waiting for their next character).
+TEST_P(TokenizerByteLevelGolden, StreamingConcatenatesToDecode) {
+  const Tokenizer tokenizer(byte_level_files(GetParam()));
+  const json& variant = byte_level_golden(GetParam());
+  const json sequences = decode_sequences(variant);
+  int held_back = 0;
+  for (size_t i = 0; i < sequences.size(); i++) {
+    const std::vector<int32_t> ids = sequences[i].get<std::vector<int32_t>>();
+    for (bool skip : {false, true}) {
+      StreamingDecoder stream(tokenizer, skip);
+      std::string streamed;
+      for (size_t n = 0; n < ids.size(); n++) {
+        const std::string chunk = stream.push(ids[n]);
+        ASSERT_TRUE(is_whole_utf8(chunk)) << "sequence " << i << " chunk " << json(chunk).dump();
+        streamed += chunk;
+        held_back += streamed != tokenizer.decode(std::vector<int32_t>(ids.begin(), ids.begin() + n + 1), skip);
+      }
+      streamed += stream.finish();
+      EXPECT_EQ(streamed, variant[skip ? "decoded_skip_special" : "decoded"][i].get<std::string>())
+          << "sequence " << i << " " << ids_text(ids) << " skip_special=" << skip;
+    }
+  }
+  EXPECT_GT(held_back, 50);
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, TokenizerByteLevelGolden, ::testing::ValuesIn(kByteLevelVariants));
+
+// The regex pre-tokenizers alone, for every text: a difference the merges happen to hide shows here.
+TEST(TokenizerByteLevel, PreTokensMatchTokenizersLibrary) {
+  const json golden_pre_tokens = json::parse(read_file(kByteLevelFixtures + "pre_tokens.json"));
+  for (const char* variant : {"llama3", "gpt2"}) {
+    const Tokenizer tokenizer(byte_level_files(variant));
+    int mismatches = 0;
+    for (size_t i = 0; i < byte_level_texts().size(); i++) {
+      const std::string text = byte_level_texts()[i].get<std::string>();
+      const std::vector<std::string> expected = golden_pre_tokens[variant][i].get<std::vector<std::string>>();
+      const std::vector<std::string> actual = tokenizer.pre_tokenize(text);
+      if (actual != expected && mismatches++ < 5) {
+        ADD_FAILURE() << variant << " text " << i << " " << json(text).dump() << "\n  expected " << json(expected).dump()
+                      << "\n  actual   " << json(actual).dump();
+      }
+    }
+    EXPECT_EQ(mismatches, 0) << variant << ", of " << byte_level_texts().size() << " texts";
+  }
+  EXPECT_THROW(Tokenizer(variant_files("chatml")).pre_tokenize("x"), Error);
+}
+
+// The fixtures exercise what they are for: Llama 3's ignore_merges changes ids (turned off, cst must
+// differ from the golden ids on exactly the texts where the tokenizers library does), clean-up on and
+// off decode differently, and the file alone has no BOS token yet its post-processor adds one.
+TEST(TokenizerByteLevel, FixturesCoverIgnoreMergesCleanUpAndTemplate) {
+  const json& llama3 = byte_level_golden("llama3");
+  std::map<std::string, std::string> files = byte_level_files("llama3");
+  json tokenizer_json = json::parse(files["tokenizer.json"]);
+  ASSERT_EQ(tokenizer_json["model"]["ignore_merges"], true);
+  tokenizer_json["model"]["ignore_merges"] = false;
+  files["tokenizer.json"] = tokenizer_json.dump();
+  const int matters = llama3["texts_where_ignore_merges_matters"].get<int>();
+  EXPECT_GT(matters, 5);
+  int differing = 0;
+  const Tokenizer without_flag(files);
+  for (size_t i = 0; i < byte_level_texts().size(); i++) {
+    const std::vector<int32_t> golden_ids = llama3["ids"][i].get<std::vector<int32_t>>();
+    differing += without_flag.encode(byte_level_texts()[i].get<std::string>()) != golden_ids;
+  }
+  EXPECT_EQ(differing, matters);
+  EXPECT_NE(llama3["decoded"], byte_level_golden("llama3_no_cleanup")["decoded"]);
+  EXPECT_EQ(byte_level_golden("llama3_json_only")["bos_id"], -1);
+  EXPECT_EQ(byte_level_golden("llama3_json_only")["ids_with_special_tokens"][0][0], llama3["bos_id"]);
+}
+
+// trl prepends bos_id() to encode(prompt); for Llama 3 that is exactly what AutoTokenizer(text) gives.
+TEST(TokenizerByteLevel, BosMatchesThePostProcessor) {
+  const Tokenizer tokenizer(byte_level_files("llama3"));
+  ASSERT_EQ(tokenizer.token_id("<|begin_of_text|>"), tokenizer.bos_id());
+  for (const char* text : {"Hello", "", "<|begin_of_text|>x"}) {
+    std::vector<int32_t> expected = {tokenizer.bos_id()};
+    for (int32_t id : tokenizer.encode(text)) expected.push_back(id);
+    EXPECT_EQ(tokenizer.encode_with_special_tokens(text), expected) << text;
+  }
+}
+
+// LlamaTokenizerFast's own post-processor (BOS when add_bos_token) on the Llama/Mistral fixtures.
+TEST(TokenizerByteLevel, SentencepieceSpecialTokensMatchTransformers) {
+  const json golden_ids = json::parse(read_file(kFixtures + "sentencepiece_special_tokens.json"));
+  const json& texts = golden_ids["texts"];
+  EXPECT_EQ(count_encode_mismatches(Tokenizer(variant_files("chatml")), texts, golden_ids["variants"]["chatml"], "chatml",
+                                    /*with_special_tokens=*/true),
+            0);
+  EXPECT_EQ(count_encode_mismatches(Tokenizer(json_variant_files("legacy")), texts, golden_ids["variants"]["json/legacy"],
+                                    "json/legacy", /*with_special_tokens=*/true),
+            0);
+}
+
+// Every row of the real dataset, with the Llama 3 style tokenizer.
+TEST(TokenizerByteLevel, DatasetMatchesTransformersHashes) {
+  if (!std::filesystem::exists(kDataset)) GTEST_SKIP() << "dataset not found at " << kDataset;
+  const Tokenizer tokenizer(byte_level_files("llama3"));
+  const json rows = json::parse(read_file(kDataset));
+  std::ifstream hashes(kByteLevelFixtures + "dataset_hashes.txt");
+  std::string line;
+  std::getline(hashes, line);  // header
+  const auto start = std::chrono::steady_clock::now();
+  for (size_t row = 0; row < rows.size(); row++) {
+    ASSERT_TRUE(std::getline(hashes, line)) << "dataset_hashes.txt has fewer lines than the dataset has rows";
+    std::istringstream expected_hashes(line);
+    for (const char* field : {"system", "prompt", "chosen", "rejected"}) {
+      std::string expected;
+      expected_hashes >> expected;
+      const std::string text = rows[row][field];
+      ASSERT_EQ(fnv1a64_hex(tokenizer.encode(text)), expected)
+          << "first mismatch: row " << row << " field " << field << " " << json(text).dump().substr(0, 200);
+    }
+  }
+  EXPECT_EQ(rows.size(), 1952u);
+  std::printf("[ timing   ] byte-level: encoded %zu dataset texts in %.3f s\n", 4 * rows.size(),
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+}
+
+TEST(TokenizerByteLevel, RejectsWhatItDoesNotRead) {
+  const std::map<std::string, std::string> good = byte_level_files("llama3");
+  const auto message_with = [&](const std::function<void(json&, json&)>& change) -> std::string {
+    json tokenizer_json = json::parse(good.at("tokenizer.json"));
+    json config = json::parse(good.at("tokenizer_config.json"));
+    change(tokenizer_json, config);
+    std::map<std::string, std::string> files = {{"tokenizer.json", tokenizer_json.dump()},
+                                                {"tokenizer_config.json", config.dump()}};
+    try {
+      Tokenizer tokenizer(files);
+    } catch (const Error& error) {
+      return error.what();
+    }
+    return "no error";
+  };
+  const auto expect_message = [&](const std::function<void(json&, json&)>& change, const std::string& part) {
+    const std::string message = message_with(change);
+    EXPECT_NE(message.find(part), std::string::npos) << "expected '" << part << "' in: " << message;
+  };
+  EXPECT_EQ(message_with([](json&, json&) {}), "no error");
+  const auto split = [](json& j) -> json& { return j["pre_tokenizer"]["pretokenizers"][0]; };
+  const auto byte_level_step = [](json& j) -> json& { return j["pre_tokenizer"]["pretokenizers"][1]; };
+  expect_message([&](json& j, json&) { split(j)["pattern"]["Regex"] = "\\s+"; }, "byte-level pre_tokenizer");
+  expect_message([&](json& j, json&) { split(j)["behavior"] = "Removed"; }, "byte-level pre_tokenizer");
+  expect_message([&](json& j, json&) { split(j)["invert"] = true; }, "byte-level pre_tokenizer");
+  expect_message([&](json& j, json&) { byte_level_step(j)["add_prefix_space"] = true; }, "byte-level pre_tokenizer");
+  expect_message([&](json& j, json&) { byte_level_step(j)["use_regex"] = true; }, "byte-level pre_tokenizer");
+  expect_message(
+      [&](json& j, json&) {
+        const json alone = byte_level_step(j);  // use_regex false: neither Llama 3's nor GPT-2's form
+        j["pre_tokenizer"] = alone;
+      },
+      "byte-level pre_tokenizer");
+  expect_message([](json& j, json&) { j["normalizer"] = {{"type", "NFC"}}; },
+                 "byte-level BPE with normalizer {\"type\":\"NFC\"}");
+  expect_message([](json& j, json&) { j["decoder"] = {{"type", "Fuse"}}; }, "decoder {\"type\":\"Fuse\"} is not supported");
+  expect_message([](json& j, json&) { j["post_processor"] = {{"type", "BertProcessing"}}; }, "post_processor");
+  const auto template_single = [](json& j) -> json& { return j["post_processor"]["processors"][1]["single"]; };
+  expect_message([&](json& j, json&) { template_single(j)[0]["SpecialToken"]["id"] = "<|x|>"; },
+                 "TemplateProcessing single piece");
+  expect_message([&](json& j, json&) { template_single(j).erase(1); }, "has no sequence $A");
+  expect_message([](json& j, json&) { j["model"]["byte_fallback"] = true; }, "\"byte_fallback\" with a ByteLevel pipeline");
+  expect_message([](json&, json& c) { c["tokenizer_class"] = "LlamaTokenizerFast"; }, "tokenizer_class 'LlamaTokenizerFast'");
+  expect_message([](json&, json& c) { c["add_prefix_space"] = true; }, "add_prefix_space true with a byte-level tokenizer");
+  expect_message([](json&, json& c) { c["bos_token"] = "<s>"; }, "special token '<s>' is not in the vocabulary");
+  EXPECT_NO_THROW(Tokenizer::from_directory(kByteLevelFixtures + "gpt2"));
 }
 
 }  // namespace

@@ -22,6 +22,7 @@
 #                                tokenizer/tokenizer.model, copied to json/tokenizer.model), and
 #                                json/golden.json: per variant its files, AutoTokenizer ids on the
 #                                corpus of encode_golden.json, and decodes (see json_variants()).
+#   byte_level/, sentencepiece_special_tokens.json   make_byte_level_tokenizer_fixtures.py, run last
 #
 # Hash of an id sequence (must match tests/test_tokenizer.cpp): 64-bit FNV-1a over the ids, each
 # id fed as 4 little-endian bytes of its int32 value; offset basis 0xcbf29ce484222325,
@@ -588,3 +589,5 @@ if __name__ == "__main__":
     dataset_hashes()
     chat_template_golden()
     json_golden()
+    import make_byte_level_tokenizer_fixtures  # here: it imports this module's corpus itself
+    make_byte_level_tokenizer_fixtures.main()
