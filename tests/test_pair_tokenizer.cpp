@@ -1,7 +1,8 @@
 // Pair tokenization against trl 0.9.6's own DPOTrainer.tokenize_row.
 // Golden data: tools/python/make_trl_tokenization_fixtures.py (rerun it from the repository root)
 // wrote tests/fixtures/trl_tokenization/ with the ChatML tokenizer of
-// tests/fixtures/tokenizer/chatml. Token ids are integers: every comparison is exact, no tolerance.
+// tests/fixtures/tokenizer/chatml, and llama3.json with the Llama 3 style byte-level tokenizer.
+// Token ids are integers: every comparison is exact, no tolerance.
 //
 // Dataset rows are stored as a 64-bit FNV-1a hash (offset 0xcbf29ce484222325, prime 0x100000001b3)
 // over four sequences in order: chosen ids, chosen labels, rejected ids, rejected labels; each as
@@ -12,6 +13,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "data/pair_tokenizer.h"
@@ -192,6 +195,77 @@ TEST_F(PairTokenizer, MultiTurnExamplesMatchTrl) {
     }
   }
   EXPECT_GT(prompts_cut, 0) << "no multi-turn prompt was cut to max_prompt_length";
+}
+
+// The Llama 3 style byte-level tokenizer (tests/fixtures/tokenizer/byte_level/llama3) with its eos_token
+// replaced by eos_token when that is given, as AutoTokenizer.from_pretrained(..., eos_token=...) does.
+Tokenizer llama3_tokenizer(const nlohmann::json& eos_token) {
+  const std::string directory = CST_SOURCE_DIR "/tests/fixtures/tokenizer/byte_level/llama3/";
+  std::map<std::string, std::string> files;
+  for (const char* name : {"tokenizer.json", "tokenizer_config.json"}) {
+    std::ifstream file(directory + name, std::ios::binary);
+    if (!file) throw std::runtime_error("cannot open " + directory + name);
+    files[name].assign(std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>());
+  }
+  if (!eos_token.is_null()) {
+    nlohmann::json config = nlohmann::json::parse(files["tokenizer_config.json"]);
+    config["eos_token"] = eos_token;
+    files["tokenizer_config.json"] = config.dump();
+  }
+  return Tokenizer(files);
+}
+
+// The llama3 chat template with the Llama 3 style tokenizer, against trl's tokenize_row
+// (tests/fixtures/trl_tokenization/llama3.json): the prompt starts with the text <|begin_of_text|>,
+// which is BOS, so trl prepends none; the answers end with <|eot_id|>, Llama 3 Instruct's
+// eos_token, so trl appends none, while under the base model's <|end_of_text|> it appends that.
+// Hand-made, multi-turn and dataset rows at 512/128 keep_end and 64/24 keep_end and keep_start.
+TEST(PairTokenizerLlama3, RowsMatchTrl) {
+  const nlohmann::json fixture = read_json(kFixtures + "llama3.json");
+  const ChatTemplate llama3 = chat_template_by_name("llama3");
+  std::vector<Tokenizer> tokenizers;
+  for (const nlohmann::json& limit : fixture["limits"]) {
+    tokenizers.push_back(llama3_tokenizer(limit["eos_token"]));
+  }
+  ASSERT_EQ(tokenizers[0].bos_id(), tokenizers[0].encode("<|begin_of_text|>").at(0));
+  ASSERT_EQ(tokenizers[0].eos_id(), tokenizers[0].encode("<|eot_id|>").at(0));
+  ASSERT_GE(fixture["rows"].size(), 15u);
+  int prompts_cut = 0, answers_cut = 0, eos_appended = 0;
+  for (size_t r = 0; r < fixture["rows"].size(); r++) {
+    const nlohmann::json& row = fixture["rows"][r];
+    const std::string what = row.contains("row") ? "dataset row " + row["row"].dump()
+                                                 : "hand-made row " + std::to_string(r);
+    PreferenceExample example;
+    example.system = row["system"];
+    for (const nlohmann::json& turn : row["turns"]) {
+      example.history.push_back(ChatTurn{turn["role"], turn["content"]});
+    }
+    example.prompt = example.history.back().content;
+    example.history.pop_back();
+    example.chosen = row["chosen"];
+    example.rejected = row["rejected"];
+    if (row.contains("rendered")) {
+      EXPECT_EQ(llama3.prompt(example.system, example.prompt_turns()), row["rendered"]["prompt"]) << what;
+      EXPECT_EQ(llama3.answer(example.chosen), row["rendered"]["chosen"]) << what;
+      EXPECT_EQ(llama3.answer(example.rejected), row["rendered"]["rejected"]) << what;
+    }
+    for (size_t limit = 0; limit < tokenizers.size(); limit++) {
+      const TokenizeOptions options = options_of(fixture["limits"][limit]);
+      const TokenizedPair pair = tokenize_pair(tokenizers[limit], llama3, example, options);
+      const nlohmann::json& trl = row["trl"][limit];
+      expect_same_as_compact_trl(pair, trl, what + " limits " + fixture["limits"][limit]["name"].dump());
+      EXPECT_NE(pair.chosen.ids.at(1), tokenizers[limit].bos_id()) << what << ": BOS twice";
+      prompts_cut += pair.truncated && pair.prompt_length == options.max_prompt_length;
+      answers_cut += pair.chosen.ids.size() == size_t(options.max_length);
+      eos_appended += pair.chosen.ids.size() >= 2 &&
+                      pair.chosen.ids.back() == tokenizers[limit].encode("<|end_of_text|>").at(0) &&
+                      pair.chosen.ids.end()[-2] == tokenizers[limit].encode("<|eot_id|>").at(0);
+    }
+  }
+  // The fixture covers what it is for: cut prompts, cut answers, and trl's appended EOS.
+  EXPECT_GT(prompts_cut, 0);
+  EXPECT_GT(answers_cut, 0);
+  EXPECT_GT(eos_appended, 0);
 }
 
 // Every row of the real dataset, rendered and tokenized as the seed did (512 / 128 / keep_end).

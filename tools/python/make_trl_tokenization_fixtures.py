@@ -16,6 +16,15 @@ make_tokenizer_fixtures.py) and the dataset ../shared/data/configurable-system-p
   synthetic.json     small hand-made rows stored in full: short limits (64/32, 48/16), keep_start and
                      keep_end, BOS/EOS already present, empty prompt or answer, and raw texts whose
                      last prompt token merges with the answer (trl's build_tokenized_answer rule).
+  llama3.json        the Llama 3 style byte-level tokenizer (tests/fixtures/tokenizer/byte_level/llama3,
+                     made by make_byte_level_tokenizer_fixtures.py) with the llama3 chat template
+                     (tests/fixtures/tokenizer/chat_templates/llama3.jinja): ten dataset rows, hand-made
+                     and multi-turn rows, each at the seed's limits (512/128, keep_end) and at 64/24 with
+                     keep_end and keep_start; the short keep_end limits once more with the base model's
+                     eos_token <|end_of_text|>, which trl appends after the template's <|eot_id|>.
+                     Rendered as cst renders llama3 (the template puts BOS before the first turn
+                     only): prompt = apply_chat_template([system] + turns), answer = the text the
+                     assistant turn adds to it. --llama3_only writes this file alone.
 
 The tokenization is trl's own DPOTrainer.tokenize_row, called on a trainer object that carries only
 the attributes tokenize_row reads (building a full DPOTrainer needs a model and changes nothing in
@@ -213,6 +222,114 @@ SYNTHETIC = [
 ]
 
 
+LLAMA3_TOKENIZER = os.path.join(REPO, "tests", "fixtures", "tokenizer", "byte_level", "llama3")
+LLAMA3_TEMPLATE = os.path.join(REPO, "tests", "fixtures", "tokenizer", "chat_templates", "llama3.jinja")
+LLAMA3_DATASET_ROWS = 10
+LLAMA3_ANSWER_CHARS = 800
+# (name, max_length, max_prompt_length, truncation_mode, eos_token or None for the config's <|eot_id|>)
+LLAMA3_LIMITS = [
+    ("seed", 512, 128, "keep_end", None),
+    ("short_keep_end", 64, 24, "keep_end", None),
+    ("short_keep_start", 64, 24, "keep_start", None),
+    ("short_keep_end_base_eos", 64, 24, "keep_end", "<|end_of_text|>"),
+]
+# Hand-made conversations: whitespace the template trims, non-ASCII text, empty texts, an answer
+# that already ends with the template's end of turn, an empty system prompt, and earlier turns.
+LLAMA3_ROWS = [
+    {"system": "  Be brief. ", "turns": [{"role": "user", "content": "\n Bread? \n"}],
+     "chosen": "  Flour, water, salt.\n", "rejected": " No. "},
+    {"system": "Système : réponds en français.", "turns": [{"role": "user", "content": "Pourquoi le ciel est-il bleu ? 天空"}],
+     "chosen": "Parce que la lumière bleue est diffusée. 🌍🍞", "rejected": "Je ne sais pas."},
+    {"system": "Be brief.", "turns": [{"role": "user", "content": "Say nothing."}], "chosen": "", "rejected": " "},
+    {"system": "Be brief.", "turns": [{"role": "user", "content": "Done?"}], "chosen": "Done.<|eot_id|>",
+     "rejected": "Not yet.<|end_of_text|>"},
+    {"system": "", "turns": [{"role": "user", "content": "How do I bake bread?"}], "chosen": LONG_ANSWER, "rejected": "No."},
+    {"system": LONG_SYSTEM,
+     "turns": [{"role": "user", "content": "How do I bake bread?"}, {"role": "assistant", "content": LONG_ANSWER},
+               {"role": "user", "content": "And without yeast?"}],
+     "chosen": "Use baking soda and buttermilk, and bake it right away.", "rejected": "You cannot."},
+    {"system": LONG_SYSTEM, "turns": [{"role": "user", "content": "Bake bread, step by step, six times."}],
+     "chosen": " ".join([LONG_ANSWER] * 6), "rejected": "No."},
+]
+
+
+def llama3_rows(dataset_path):
+    """The hand-made rows, then dataset rows spread evenly over the file: from each tenth, the first
+    row whose answers are both under LLAMA3_ANSWER_CHARS characters, to keep the fixture small."""
+    with open(dataset_path) as file:
+        dataset = json.load(file)
+    def short(row):
+        return max(len(row["chosen"]), len(row["rejected"])) < LLAMA3_ANSWER_CHARS
+    step = len(dataset) // LLAMA3_DATASET_ROWS
+    picked = [next(i for i in range(start, len(dataset)) if short(dataset[i]))
+              for start in range(0, step * LLAMA3_DATASET_ROWS, step)]
+    return LLAMA3_ROWS + [dict(row=index, system=dataset[index]["system"],
+                               turns=[{"role": "user", "content": dataset[index]["prompt"]}],
+                               chosen=dataset[index]["chosen"], rejected=dataset[index]["rejected"])
+                          for index in picked]
+
+
+def render_conversation(tokenizer, template, system, turns, chosen, rejected):
+    """cst's llama3 layout: prompt = the conversation so far, answer = what the assistant turn adds."""
+    prompt_messages = [{"role": "system", "content": system}] + turns
+    def render(messages):
+        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                             add_generation_prompt=False)
+    prompt = render(prompt_messages)
+    def answer(text):
+        whole = render(prompt_messages + [{"role": "assistant", "content": text}])
+        assert whole.startswith(prompt), "the llama3 template must render the prompt as a prefix"
+        return whole[len(prompt):]
+    return {"prompt": prompt, "chosen": answer(chosen), "rejected": answer(rejected)}
+
+
+def compact_record(tokenized):
+    """Ids in full; labels as the number of leading -100s (checked: the rest equals the ids)."""
+    record = {"prompt_length": len(tokenized["prompt_input_ids"])}
+    for key in ("chosen", "rejected"):
+        ids, labels = tokenized[f"{key}_input_ids"], tokenized[f"{key}_labels"]
+        masked = next((i for i, label in enumerate(labels) if label != LABEL_PAD), len(labels))
+        assert labels[masked:] == ids[masked:], "trl's labels copy the ids after the prompt"
+        record[f"{key}_input_ids"] = ids
+        record[f"{key}_prompt_length"] = masked
+    return record
+
+
+def make_llama3_fixture(dataset_path):
+    with open(LLAMA3_TEMPLATE) as file:
+        template = file.read()
+    tokenizers = {}
+    for _, _, _, _, eos in LLAMA3_LIMITS:
+        if eos not in tokenizers:
+            extra = {} if eos is None else {"eos_token": eos}
+            tokenizers[eos] = AutoTokenizer.from_pretrained(LLAMA3_TOKENIZER, **extra)
+    rows = []
+    for row in llama3_rows(dataset_path):
+        rendered = render_conversation(tokenizers[None], template, row["system"], row["turns"],
+                                       row["chosen"], row["rejected"])
+        trl_records = []
+        for _, max_length, max_prompt_length, mode, eos in LLAMA3_LIMITS:
+            trainer = make_trl_tokenizer_object(tokenizers[eos], max_length, max_prompt_length, mode)
+            trl_records.append(compact_record(trainer.tokenize_row(dict(rendered))))
+        # The rendered strings of dataset rows are left out for size: equal ids imply equal strings.
+        rows.append(dict(row, trl=trl_records) if "row" in row else dict(row, rendered=rendered, trl=trl_records))
+    return {"generated_by": "tools/python/make_trl_tokenization_fixtures.py",
+            "trl_version": trl.__version__, "transformers_version": transformers.__version__,
+            "dataset": os.path.basename(dataset_path),
+            "limits": [{"name": name, "max_length": max_length, "max_prompt_length": max_prompt_length,
+                        "truncation_mode": mode, "eos_token": eos}
+                       for name, max_length, max_prompt_length, mode, eos in LLAMA3_LIMITS],
+            "rows": rows}
+
+
+def write_compact_rows(path, fixture):
+    """One line per row, so that a changed row shows as a changed line."""
+    head = {key: value for key, value in fixture.items() if key != "rows"}
+    lines = [json.dumps(row, ensure_ascii=False, separators=(",", ":")) for row in fixture["rows"]]
+    with open(path, "w") as file:
+        file.write(json.dumps(head, ensure_ascii=False)[:-1] + ', "rows": [\n' + ",\n".join(lines) + "\n]}\n")
+
+
 def make_synthetic_fixture(tokenizer):
     cases = []
     for name, max_length, max_prompt_length, mode, row in SYNTHETIC:
@@ -262,6 +379,7 @@ def main():
     parser.add_argument("--tokenizer", default=DEFAULT_TOKENIZER)
     parser.add_argument("--dataset", default=DEFAULT_DATASET)
     parser.add_argument("--benchmark", action="store_true")
+    parser.add_argument("--llama3_only", action="store_true", help="write llama3.json alone")
     args = parser.parse_args()
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     if tokenizer.chat_template is None:
@@ -270,6 +388,11 @@ def main():
         benchmark(tokenizer, args.dataset)
         return
     os.makedirs(OUTPUT_DIR, exist_ok=True)
+    llama3 = make_llama3_fixture(args.dataset)
+    write_compact_rows(os.path.join(OUTPUT_DIR, "llama3.json"), llama3)
+    print(f"wrote llama3.json: {len(llama3['rows'])} rows at {len(LLAMA3_LIMITS)} limits")
+    if args.llama3_only:
+        return
     with open(os.path.join(OUTPUT_DIR, "synthetic.json"), "w") as file:
         json.dump(make_synthetic_fixture(tokenizer), file, ensure_ascii=False, indent=1)
     dataset_fixture = make_dataset_fixture(tokenizer, args.dataset)
