@@ -37,7 +37,20 @@ struct Sgemm {
   int64_t a_stride = 0, b_stride = 0, out_stride = 0;
 };
 
+// One output row (a decoding step's one token) is a matrix-vector product. sgemm would pack the
+// whole of op(b) into its tile layout first, which for one row costs more than the product.
 void run_on_this_thread(const Sgemm& g) {
+  if (g.rows == 1) {
+    // out row = alpha * (row of op(a)) op(b) + beta * out row, i.e. op(b)^T times that row.
+    const int a_increment = g.transpose_a ? int(g.a_stride) : 1;  // op(a)'s row: a column of a^T
+    if (g.transpose_b)  // op(b) = B^T with B (cols, inner): out = B x
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, int(g.cols), int(g.inner), g.alpha, g.b, int(g.b_stride), g.a,
+                  a_increment, g.beta, g.out, 1);
+    else  // op(b) = B (inner, cols): out = B^T x
+      cblas_sgemv(CblasRowMajor, CblasTrans, int(g.inner), int(g.cols), g.alpha, g.b, int(g.b_stride), g.a,
+                  a_increment, g.beta, g.out, 1);
+    return;
+  }
   cblas_sgemm(CblasRowMajor, g.transpose_a ? CblasTrans : CblasNoTrans,
               g.transpose_b ? CblasTrans : CblasNoTrans, int(g.rows), int(g.cols), int(g.inner),
               g.alpha, g.a, int(g.a_stride), g.b, int(g.b_stride), g.beta, g.out,

@@ -53,8 +53,9 @@ inline PackedBatch packed_batch(std::vector<int32_t> tokens, std::vector<int32_t
   for (size_t s = 0; s + 1 < batch.cu_seqlens.size(); ++s)
     for (int32_t t = batch.cu_seqlens[s]; t < batch.cu_seqlens[s + 1]; ++t) {
       batch.positions[size_t(t)] = t - batch.cu_seqlens[s];
-      const bool scored = completion_mask.empty() || completion_mask[size_t(t) + 1];
-      if (t + 1 < batch.cu_seqlens[s + 1] && scored) batch.labels[size_t(t)] = batch.tokens[size_t(t) + 1];
+      // The mask is read only inside the sequence: past the last token there is nothing to score.
+      if (t + 1 < batch.cu_seqlens[s + 1] && (completion_mask.empty() || completion_mask[size_t(t) + 1]))
+        batch.labels[size_t(t)] = batch.tokens[size_t(t) + 1];
     }
   return batch;
 }
