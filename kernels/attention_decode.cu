@@ -23,13 +23,12 @@ __global__ void attention_decode_kernel(T* out, const T* q, const T* k_cache, co
   const int64_t i = warp / heads;
   const int h = int(warp % heads);
   const int kv_head = h / (heads / kv_heads);
-  const int64_t position = positions[i];
-  const int64_t base = cache_rows[i] - position;  // the cache row of the sequence's position 0
+  const int64_t position = positions[i], own_row = cache_rows[i];
+  const int64_t base = own_row - position;  // the cache row of the sequence's position 0
   const int per_lane = head_dim / 32;
   T* out_row = out + (i * heads + h) * head_dim;
-  if (position < 0 || base < 0 || base + position >= rows) {
-    const int64_t bad_row = position < 0 || base < 0 ? base : base + position;
-    if (h == 0 && lane == 0) record_bad_index(note, label, i, int32_t(bad_row), rows);
+  if (position < 0 || base < 0 || own_row >= rows) {
+    if (h == 0 && lane == 0) record_bad_index(note, label, i, int32_t(base < 0 ? base : own_row), rows);
     for (int d = 0; d < per_lane; ++d) out_row[lane + 32 * d] = from_float<T>(0.0f);
     return;
   }

@@ -9,7 +9,7 @@
 
 namespace cst {
 
-int32_t sample_token(const std::vector<float>& logits, const GenerationOptions& options, double draw) {
+int32_t sample_token(std::span<const float> logits, const GenerationOptions& options, double draw) {
   if (options.temperature <= 0.0f)
     return int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
   // Candidates in order of decreasing logit; softmax over them at the temperature.
@@ -76,8 +76,8 @@ std::vector<std::vector<int32_t>> generate_batch(Transformer& transformer,
     std::vector<DecodePiece> unfinished;
     for (size_t row = 0; row < pieces.size(); ++row) {
       const size_t sequence = size_t(pieces[row].sequence);
-      const std::vector<float> row_logits(logits.begin() + int64_t(row) * vocab, logits.begin() + int64_t(row + 1) * vocab);
-      const int32_t token = sample_token(row_logits, options, draw);
+      const int32_t token = sample_token(std::span<const float>(logits).subspan(row * size_t(vocab), size_t(vocab)),
+                                         options, draw);
       generated[sequence].push_back(token);
       if (on_token) on_token(sequence, token);
       const bool stopped = std::find(options.stop_tokens.begin(), options.stop_tokens.end(), token) != options.stop_tokens.end();

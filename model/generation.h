@@ -9,6 +9,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <vector>
 
 #include "model/transformer.h"
@@ -26,7 +27,7 @@ struct GenerationOptions {
 };
 
 // Picks the next token from logits as the options say; `draw` is a uniform number in [0, 1).
-int32_t sample_token(const std::vector<float>& logits, const GenerationOptions& options, double draw);
+int32_t sample_token(std::span<const float> logits, const GenerationOptions& options, double draw);
 
 // Returns the new tokens (a stop token, when reached, is included). on_token is called with each
 // new token as soon as it exists (streaming); it may be empty.
