@@ -203,6 +203,13 @@ Tensor Arena::zeros(std::initializer_list<int64_t> shape, DType dtype) {
 }
 
 void Arena::reset() {
+  // Steps of growing size (batches of longer sequences) would otherwise keep adding blocks that
+  // a larger allocation cannot use, with every block's unused tail wasted.
+  if (blocks_.size() > 1) {
+    const size_t step_bytes = std::max(used_total_, block_bytes_);
+    blocks_.clear();  // before the new block, so the old and new memory are never held together
+    blocks_.emplace_back(device_, step_bytes);
+  }
   current_block_ = 0;
   offset_ = 0;
   used_total_ = 0;

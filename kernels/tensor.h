@@ -86,8 +86,9 @@ struct OwnedTensor {
   const Tensor* operator->() const { return &view; }
 };
 
-// Bump allocator for a step's activations. Blocks are kept across reset(), so after the first
-// step no new memory is requested from the device.
+// Bump allocator for a step's activations. Memory is kept across reset(), and a reset() after a
+// step that needed more than one block replaces them by one block of that step's size: a step no
+// larger than the largest before it then runs in that block and asks the device for nothing.
 class Arena {
  public:
   explicit Arena(Device device, size_t block_bytes = size_t(64) << 20);
