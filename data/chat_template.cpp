@@ -2,6 +2,9 @@
 // prompt and the assistant turn (see chat_template.h).
 #include "data/chat_template.h"
 
+#include <algorithm>
+#include <array>
+#include <ctime>
 #include <string_view>
 
 #include "kernels/error.h"
@@ -13,7 +16,7 @@ namespace {
 struct KnownTemplate {
   ChatTemplateKind kind;
   const char* name;
-  const char* jinja_source;  // the published template, recognised by detect_chat_template
+  const char* jinja_source;  // the published template, recognised by detect_chat_template (exactly)
 };
 
 const KnownTemplate kKnownTemplates[] = {
@@ -42,6 +45,9 @@ const KnownTemplate kKnownTemplates[] = {
      "message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 "
      "%}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ "
      "'<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"},
+    // Meta's Llama 3.1 / 3.2 / 3.3 Instruct templates: recognised by the fragments that render a
+    // conversation without tools (kLlama31Fragments below).
+    {ChatTemplateKind::llama3_1, "llama3.1", nullptr},
     {ChatTemplateKind::mistral, "mistral",
      "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ "
      "raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if "
@@ -170,6 +176,31 @@ const KnownTemplate kKnownTemplates[] = {
     {ChatTemplateKind::plain, "plain", nullptr},
 };
 
+// The Llama 3.1 family's templates were revised several times (tool calls, the date: a fixed
+// "26 Jul 2024" in 3.1, strftime_now in 3.2), but each writes a conversation without tools with
+// these statements, tools aside: BOS, the system turn with the date header and the trimmed system
+// prompt (always, even when empty), every turn trimmed, and the generation prompt. A template
+// holding all of them renders such conversations as llama3.1 does. "\n" is a backslash and n in
+// the source.
+const char* const kLlama31Fragments[] = {
+    R"({{- bos_token }})",
+    R"({%- set system_message = messages[0]['content']|trim %})",
+    R"({%- set system_message = "" %})",
+    R"({{- "<|start_header_id|>system<|end_header_id|>\n\n" }})",
+    R"({{- "Cutting Knowledge Date: December 2023\n" }})",
+    R"({{- "Today Date: " + date_string + "\n\n" }})",
+    R"({{- system_message }})",
+    R"({{- "<|eot_id|>" }})",
+    R"({{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' }})",
+    R"({{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }})",
+};
+
+bool is_llama3_1_family(const std::string& source) {
+  for (const char* fragment : kLlama31Fragments)
+    if (source.find(fragment) == std::string::npos) return false;
+  return true;
+}
+
 const KnownTemplate& known(ChatTemplateKind kind) {
   for (const KnownTemplate& known_template : kKnownTemplates) {
     if (known_template.kind == kind) return known_template;
@@ -220,6 +251,12 @@ std::string llama3_turn(const std::string& role, const std::string& content) {
 
 const char* const kLlama3AssistantHeader = "<|start_header_id|>assistant<|end_header_id|>\n\n";
 
+// Llama 3.1's system turn: a date header before the system prompt, written even when it is empty.
+std::string llama3_1_system_turn(const std::string& system, const std::string& today_date) {
+  return "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: " +
+         today_date + "\n\n" + python_strip(system) + "<|eot_id|>";
+}
+
 // Turns must alternate user/assistant from a user turn and end with a user turn.
 void check_prompt_turns(const std::vector<ChatTurn>& turns) {
   if (turns.empty()) fail("chat template: no turns; a prompt needs a user turn");
@@ -239,19 +276,21 @@ void check_prompt_turns(const std::vector<ChatTurn>& turns) {
 
 // What the template writes before the first turn: the system prompt where it has a turn of its
 // own, and BOS where the template writes it once.
-std::string conversation_start(ChatTemplateKind kind, const std::string& system) {
-  switch (kind) {
+std::string conversation_start(const ChatTemplate& chat_template, const std::string& system) {
+  switch (chat_template.kind) {
     case ChatTemplateKind::chatml: return chatml_turn("system", system);
     case ChatTemplateKind::solar: return system.empty() ? "" : "### System:\n" + system + "\n\n";
     case ChatTemplateKind::zephyr: return "<|system|>\n" + system + "</s>\n";
     case ChatTemplateKind::llama3: return "<|begin_of_text|>" + llama3_turn("system", system);
+    case ChatTemplateKind::llama3_1:
+      return "<|begin_of_text|>" + llama3_1_system_turn(system, chat_template.today_date);
     case ChatTemplateKind::mistral:
     case ChatTemplateKind::mistral_v2:
     case ChatTemplateKind::mistral_v3: return "<s>";
     case ChatTemplateKind::llama2:
     case ChatTemplateKind::plain: return "";
   }
-  fail("chat template: unknown kind ", static_cast<int>(kind));
+  fail("chat template: unknown kind ", static_cast<int>(chat_template.kind));
 }
 
 // A user turn; the templates without a system turn of their own write the system prompt into the
@@ -262,7 +301,8 @@ std::string user_turn(ChatTemplateKind kind, const std::string& system, const st
     case ChatTemplateKind::chatml: return chatml_turn("user", content);
     case ChatTemplateKind::solar: return "### User:\n" + content + "\n\n";
     case ChatTemplateKind::zephyr: return "<|user|>\n" + content + "</s>\n";
-    case ChatTemplateKind::llama3: return llama3_turn("user", content);
+    case ChatTemplateKind::llama3:
+    case ChatTemplateKind::llama3_1: return llama3_turn("user", content);
     case ChatTemplateKind::llama2:
       return "<s>[INST] " +
              python_strip(first ? "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + content : content) +
@@ -295,7 +335,7 @@ std::string ChatTemplate::prompt(const std::string& system,
                                  const std::vector<ChatTurn>& turns) const {
   check_prompt_turns(turns);
   if (kind == ChatTemplateKind::plain) return plain_conversation(system, turns);
-  std::string text = conversation_start(kind, system);
+  std::string text = conversation_start(*this, system);
   for (size_t i = 0; i < turns.size(); i++) {
     // An earlier assistant turn is written exactly as an answer is.
     text += turns[i].role == "user"
@@ -314,7 +354,8 @@ std::string ChatTemplate::answer(const std::string& text) const {
     case ChatTemplateKind::chatml: return chatml_turn("assistant", text);
     case ChatTemplateKind::solar: return "### Assistant:\n" + text;
     case ChatTemplateKind::llama2: return " " + python_strip(text) + " </s>";
-    case ChatTemplateKind::llama3: return llama3_turn("assistant", text);
+    case ChatTemplateKind::llama3:
+    case ChatTemplateKind::llama3_1: return llama3_turn("assistant", text);
     case ChatTemplateKind::mistral: return text + "</s> ";
     case ChatTemplateKind::mistral_v2: return " " + text + "</s>";
     case ChatTemplateKind::mistral_v3: return " " + python_strip(text) + "</s>";
@@ -332,7 +373,8 @@ std::string ChatTemplate::generation_prompt(const std::string& system,
     case ChatTemplateKind::chatml: return prompt(system, turns) + "<|im_start|>assistant\n";
     case ChatTemplateKind::solar: return prompt(system, turns) + "### Assistant:\n";
     case ChatTemplateKind::zephyr: return prompt(system, turns) + "<|assistant|>\n";
-    case ChatTemplateKind::llama3: return prompt(system, turns) + kLlama3AssistantHeader;
+    case ChatTemplateKind::llama3:
+    case ChatTemplateKind::llama3_1: return prompt(system, turns) + kLlama3AssistantHeader;
     case ChatTemplateKind::llama2:
     case ChatTemplateKind::mistral:
     case ChatTemplateKind::mistral_v2:
@@ -353,7 +395,8 @@ std::string ChatTemplate::generation_prompt(const std::string& system,
 std::vector<std::string> ChatTemplate::end_of_turn() const {
   switch (kind) {
     case ChatTemplateKind::chatml: return {"<|im_end|>"};
-    case ChatTemplateKind::llama3: return {"<|eot_id|>"};
+    case ChatTemplateKind::llama3:
+    case ChatTemplateKind::llama3_1: return {"<|eot_id|>"};
     case ChatTemplateKind::solar: return {"### User:"};
     case ChatTemplateKind::llama2:
     case ChatTemplateKind::mistral:
@@ -389,14 +432,38 @@ ChatTemplate detect_chat_template(const std::string& jinja_source) {
       return ChatTemplate{known_template.kind};
     }
   }
-  // Llama 3.1 and later templates share Llama 3's turn markers but add a date header and tools.
-  const bool llama3_family = source.find("<|start_header_id|>") != std::string::npos;
+  if (is_llama3_1_family(source)) return ChatTemplate{ChatTemplateKind::llama3_1};
+  const bool llama3_markers = source.find("<|start_header_id|>") != std::string::npos;
   fail("the tokenizer's chat_template is not one cst knows (built-in templates: ", joined_names(),
        "); pass --chat_template NAME to choose one",
-       llama3_family ? " (it has Llama 3's turn markers: Llama 3.1 and later templates add a date header "
-                       "to the system turn, which cst does not reproduce; --chat_template llama3 renders the "
-                       "Llama 3 format)"
-                     : "");
+       llama3_markers ? " (it has Llama 3's turn markers: llama3 renders Meta-Llama-3-8B-Instruct's format, "
+                        "llama3.1 that of Llama 3.1 and later, with the date header in the system turn)"
+                      : "");
+}
+
+std::string parse_chat_template_date(const std::string& text) {
+  if (text == "today") {
+    const std::time_t now = std::time(nullptr);
+    std::tm local{};
+    localtime_r(&now, &local);
+    std::array<char, 32> date{};
+    std::strftime(date.data(), date.size(), "%d %b %Y", &local);  // the C locale's English months
+    return date.data();
+  }
+  static const char* const kMonths[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                        "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  auto digits = [&](size_t from, size_t count) {
+    for (size_t i = from; i < from + count; i++)
+      if (text[i] < '0' || text[i] > '9') return false;
+    return true;
+  };
+  bool valid = text.size() == 11 && digits(0, 2) && text[2] == ' ' && text[6] == ' ' && digits(7, 4) &&
+               text.substr(0, 2) != "00" && text.substr(0, 2) <= "31";
+  valid = valid && std::find(std::begin(kMonths), std::end(kMonths), text.substr(3, 3)) != std::end(kMonths);
+  if (!valid)
+    fail("--chat_template_date: '", text, "' is not a date like \"", kLlama31DefaultDate,
+         "\" (two-digit day, English month abbreviation, four-digit year) or today");
+  return text;
 }
 
 }  // namespace cst

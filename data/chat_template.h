@@ -22,9 +22,13 @@
 //   llama3   meta-llama/Meta-Llama-3-8B-Instruct  <|begin_of_text|> then per turn
 //            <|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|>, every turn's content stripped
 //            of surrounding whitespace; generation prompt <|start_header_id|>assistant<|end_header_id|>\n\n.
-//            Llama 3.1 and later publish another template (a "Cutting Knowledge Date" / "Today Date"
-//            header in the system turn, tools); cst does not reproduce it and detect_chat_template
-//            does not take it for this one: --chat_template llama3 renders the Llama 3 format.
+//   llama3.1 meta-llama/Llama-3.1-8B-Instruct, Llama-3.2-*-Instruct, Llama-3.3-70B-Instruct (without
+//            tools): llama3's turns, with a date header opening the system turn:
+//            <|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date:
+//            December 2023\nToday Date: 26 Jul 2024\n\n{system, stripped}<|eot_id|>...
+//            The date is today_date. "26 Jul 2024" is what the 3.1 templates always write, and what
+//            the 3.2 ones write under a transformers without strftime_now (4.42.4, the seed's);
+//            with it they write the day of rendering (today_date "today").
 //   plain    no template: the system prompt (when not empty) and every turn's text joined by "\n\n"
 //            (one turn: system + "\n\n" + user), the answer appended as is.
 // llama2, the mistral family and zephyr write the Llama special tokens <s> and </s> as text, as
@@ -50,10 +54,15 @@ struct ChatTurn {
 // a user turn, the one the answer replies to.
 const char* expected_turn_role(size_t turn_index);
 
-enum class ChatTemplateKind { chatml, solar, llama2, llama3, mistral, mistral_v2, mistral_v3, zephyr, plain };
+enum class ChatTemplateKind { chatml, solar, llama2, llama3, llama3_1, mistral, mistral_v2, mistral_v3, zephyr, plain };
+
+// The date the Llama 3.1 templates fall back to when the renderer gives them none.
+inline constexpr const char* kLlama31DefaultDate = "26 Jul 2024";
 
 struct ChatTemplate {
   ChatTemplateKind kind = ChatTemplateKind::chatml;
+  // llama3.1's "Today Date" header, as strftime "%d %b %Y" writes it ("03 Dec 2026").
+  std::string today_date = kLlama31DefaultDate;
   // The prompt text as trl's recipe builds it: apply_chat_template([system] + turns,
   // add_generation_prompt=False, tokenize=False). turns must alternate user/assistant, starting
   // and ending with a user turn; anything else is an error naming the turn.
@@ -72,8 +81,11 @@ struct ChatTemplate {
 
 ChatTemplate chat_template_by_name(const std::string& name);  // error lists the names
 // Recognises a tokenizer_config.json chat_template; an unrecognised one is an error that lists the
-// built-in names and suggests --chat_template NAME (for a Llama 3.1-style template, llama3).
+// built-in names and suggests --chat_template NAME.
 ChatTemplate detect_chat_template(const std::string& jinja_source);
+// A --chat_template_date value as today_date: "DD Mon YYYY" (English month abbreviation, as
+// strftime "%d %b %Y" writes it) is checked and kept; "today" is the local date in that form.
+std::string parse_chat_template_date(const std::string& text);
 std::vector<std::string> chat_template_names();
 
 }  // namespace cst

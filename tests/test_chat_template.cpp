@@ -128,20 +128,59 @@ TEST(ChatTemplate, UnknownTemplatesListTheNames) {
 
   const std::string name_error = error_message([] { chat_template_by_name("vicuna"); });
   EXPECT_NE(name_error.find("'vicuna'"), std::string::npos) << name_error;
-  EXPECT_NE(name_error.find("chatml, solar, llama2, llama3, mistral, mistral_v2, mistral_v3, zephyr, plain"),
+  EXPECT_NE(name_error.find("chatml, solar, llama2, llama3, llama3.1, mistral, mistral_v2, mistral_v3, zephyr, plain"),
             std::string::npos)
       << name_error;
   EXPECT_EQ(detect_error.find("Llama 3"), std::string::npos) << detect_error;
 }
 
-// Llama 3.1 and later templates keep Llama 3's turn markers but write a date header into the system
-// turn; the error for such a template (here Llama 3's with a header added) points to llama3.
-TEST(ChatTemplate, Llama3FamilyTemplatesPointToLlama3) {
-  std::string dated = read_file(kFixtures + "chat_templates/llama3.jinja");
-  dated.insert(0, "{{- 'Cutting Knowledge Date: December 2023\\n' }}");
-  const std::string error = error_message([&] { detect_chat_template(dated); });
-  EXPECT_NE(error.find("--chat_template llama3 renders the Llama 3 format"), std::string::npos) << error;
-  EXPECT_NE(error.find("Llama 3.1 and later templates add a date header"), std::string::npos) << error;
+// The Llama 3.1 family is recognised by the statements that render a conversation without tools:
+// Llama 3.2's source (a strftime_now date, no built-in tools) is taken for llama3.1 too.
+TEST(ChatTemplate, DetectsTheLlama31Family) {
+  const std::string llama3_2 = read_file(kFixtures + "chat_templates/llama3.2.jinja");
+  EXPECT_EQ(detect_chat_template(llama3_2).name(), "llama3.1");
+  // A statement that changes the rendering (here the date header's) makes it another template.
+  std::string altered = read_file(kFixtures + "chat_templates/llama3.1.jinja");
+  const std::string date_line = R"({{- "Today Date: " + date_string + "\n\n" }})";
+  ASSERT_NE(altered.find(date_line), std::string::npos);
+  altered.replace(altered.find(date_line), date_line.size(), R"({{- "Today: " + date_string + "\n\n" }})");
+  const std::string error = error_message([&] { detect_chat_template(altered); });
+  EXPECT_NE(error.find("it has Llama 3's turn markers: llama3 renders Meta-Llama-3-8B-Instruct's format, "
+                       "llama3.1 that of Llama 3.1 and later"),
+            std::string::npos)
+      << error;
+}
+
+// The date header holds today_date: the golden renders the prompts with date_string set.
+TEST(ChatTemplate, Llama31DateMatchesApplyChatTemplate) {
+  const json golden = json::parse(read_file(kFixtures + "chat_templates.json"));
+  const json& dated = golden["llama3.1_dated"];
+  ChatTemplate chat_template = chat_template_by_name("llama3.1");
+  EXPECT_EQ(chat_template.today_date, kLlama31DefaultDate);
+  chat_template.today_date = parse_chat_template_date(dated["date"]);
+  const json& triples = golden["triples"];
+  ASSERT_EQ(dated["rendered"].size(), triples.size());
+  for (size_t i = 0; i < triples.size(); i++) {
+    const std::string system = triples[i][0], user = triples[i][1];
+    EXPECT_EQ(chat_template.prompt(system, user), dated["rendered"][i]["prompt"]) << "triple " << i;
+    EXPECT_EQ(chat_template.generation_prompt(system, user), dated["rendered"][i]["generation_prompt"])
+        << "triple " << i;
+  }
+}
+
+TEST(ChatTemplate, ChatTemplateDateIsDayMonthYearOrToday) {
+  EXPECT_EQ(parse_chat_template_date("26 Jul 2024"), "26 Jul 2024");
+  EXPECT_EQ(parse_chat_template_date("01 Feb 1999"), "01 Feb 1999");
+  // "today" is the local date in the same form: the day's digits, a known month, the year's.
+  const std::string today = parse_chat_template_date("today");
+  EXPECT_EQ(parse_chat_template_date(today), today);
+  for (const std::string bad : {"3 Dec 2026", "03 dec 2026", "03 December 2026", "00 Jan 2020", "32 Jan 2020",
+                                "2026-12-03", "03 Dec 26", "", "Today"}) {
+    const std::string error = error_message([&] { parse_chat_template_date(bad); });
+    EXPECT_NE(error.find("--chat_template_date: '" + bad + "' is not a date like \"26 Jul 2024\""),
+              std::string::npos)
+        << error;
+  }
 }
 
 TEST(ChatTemplate, EndOfTurnMarkers) {

@@ -118,7 +118,8 @@ int run(int argc, char** argv) {
   if (generate) prompts = read_prompts(flags.generate_prompts);
   const cst::RefusalGrader grader(flags.refusal_markers.empty() ? cst::default_refusal_markers()
                                                                 : cst::read_refusal_markers(flags.refusal_markers));
-  cst::ModelSession session = cst::open_model_session(options.model_path, options.device, options.chat_template, true);
+  cst::ModelSession session = cst::open_model_session(options.model_path, options.device, options.chat_template,
+                                                      options.chat_template_date, true);
   std::unique_ptr<cst::LoraAdapter> adapter;
   if (!flags.adapter_dir.empty()) {
     adapter = std::make_unique<cst::LoraAdapter>(session.config(), cst::LoraAdapter::read_peft_config(flags.adapter_dir),

@@ -34,12 +34,14 @@ const char* kUsage =
     "  --max_new_tokens N     [256]     --temperature T  [0 = greedy]\n"
     "  --top_k K              [0 = off] --top_p P        [1 = off]     --seed S [0]\n"
     "  --chat_template NAME   [recognised from the tokenizer]          --device auto|cpu|cuda\n"
+    "  --chat_template_date D [26 Jul 2024] llama3.1's \"Today Date\" header (DD Mon YYYY, or today)\n"
     "  --batch_size N         [16] requests of a prompts file generated together (1: streamed;\n"
     "                         answers equal up to rounding, which may tip near-equal logits)\n"
     "  --quiet                no text on the terminal\n";
 
 struct GenerateFlags {
   std::string model, adapter, system, prompt, prompts_file, output, chat_template, device = "auto";
+  std::string chat_template_date = cst::kLlama31DefaultDate;
   cst::GenerationOptions generation;
   int batch_size = 16;
   bool quiet = false;
@@ -73,6 +75,7 @@ GenerateFlags parse_flags(int argc, char** argv, bool& help) {
     else if (word == "--prompts") flags.prompts_file = value();
     else if (word == "--output") flags.output = value();
     else if (word == "--chat_template") flags.chat_template = value();
+    else if (word == "--chat_template_date") flags.chat_template_date = value();
     else if (word == "--device") flags.device = value();
     else if (word == "--max_new_tokens") flags.generation.max_new_tokens = number(to_int);
     else if (word == "--temperature") flags.generation.temperature = number(to_float);
@@ -130,7 +133,8 @@ int generate_all(int argc, char** argv) {
     return 0;
   }
   std::vector<cst::GenerationRequest> requests = read_requests(flags);
-  cst::ModelSession session = cst::open_model_session(flags.model, flags.device, flags.chat_template, true);
+  cst::ModelSession session = cst::open_model_session(flags.model, flags.device, flags.chat_template,
+                                                      flags.chat_template_date, true);
   std::unique_ptr<cst::LoraAdapter> adapter;
   if (!flags.adapter.empty()) {
     adapter = std::make_unique<cst::LoraAdapter>(session.config(), cst::LoraAdapter::read_peft_config(flags.adapter),

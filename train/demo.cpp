@@ -41,7 +41,7 @@ struct AdapterEvaluation {
 AdapterEvaluation evaluate_adapter(const std::string& model_path, const std::string& adapter_dir,
                                    const std::string& heldout, const DemoSettings& settings) {
   const int heldout_limit = settings.heldout_limit;
-  ModelSession session = open_model_session(model_path, "cpu", "", true);
+  ModelSession session = open_model_session(model_path, "cpu", "", kLlama31DefaultDate, true);
   TrainOptions data_options;
   data_options.system_prompts = {demo::kHarmlessSystem, demo::kUncensoredSystem};
   data_options.max_length = 192;

@@ -16,7 +16,8 @@ Device resolve_device(const std::string& name) {
 DType backend_dtype(Device device) { return device == Device::cpu ? DType::f32 : DType::bf16; }
 
 ModelSession open_model_session(const std::string& model_path, const std::string& device_name,
-                                const std::string& chat_template_name, bool load_weights) {
+                                const std::string& chat_template_name, const std::string& chat_template_date,
+                                bool load_weights) {
   ModelSession session;
   session.file = std::make_unique<ModelFile>(model_path);
   const auto& tokenizer_files = session.file->tokenizer_files();
@@ -40,6 +41,7 @@ ModelSession open_model_session(const std::string& model_path, const std::string
          }(),
          ")");
   }
+  session.chat_template.today_date = parse_chat_template_date(chat_template_date);
   session.device = resolve_device(device_name);
   if (load_weights)
     session.weights = std::make_unique<ModelWeights>(*session.file, session.device, backend_dtype(session.device));

@@ -26,9 +26,11 @@ struct ModelSession {
   const ModelConfig& config() const { return file->config(); }
 };
 
-// chat_template_name empty: recognise the tokenizer's template. Checks that the tokenizer fits the
-// model's vocabulary. load_weights false: only the tokenizer side (dry runs).
+// chat_template_name empty: recognise the tokenizer's template; chat_template_date as
+// parse_chat_template_date reads it. Checks that the tokenizer fits the model's vocabulary.
+// load_weights false: only the tokenizer side (dry runs).
 ModelSession open_model_session(const std::string& model_path, const std::string& device_name,
-                                const std::string& chat_template_name, bool load_weights);
+                                const std::string& chat_template_name, const std::string& chat_template_date,
+                                bool load_weights);
 
 }  // namespace cst

@@ -46,7 +46,8 @@ const std::vector<OptionSpec>& option_table() {
       {"chosen_column", &T::chosen_column, "name of the chosen answer column"},
       {"rejected_column", &T::rejected_column, "name of the rejected answer column"},
       {"skip_bad_rows", &T::skip_bad_rows, "skip rows with null or missing cells instead of failing"},
-      {"chat_template", &T::chat_template, "chatml, solar, llama2, llama3, mistral, mistral_v2, mistral_v3, zephyr or plain (default: recognise)"},
+      {"chat_template", &T::chat_template, "chatml, solar, llama2, llama3, llama3.1, mistral, mistral_v2, mistral_v3, zephyr or plain (default: recognise)"},
+      {"chat_template_date", &T::chat_template_date, "llama3.1's \"Today Date\" header: DD Mon YYYY, or today"},
       {"max_length", &T::max_length, "maximum tokens of prompt + answer"},
       {"max_prompt_length", &T::max_prompt_length, "maximum prompt tokens when truncating"},
       {"truncation_mode", &T::truncation_mode, "keep_end or keep_start (which end of the prompt to keep)"},
@@ -293,6 +294,7 @@ void validate_train_options(const TrainOptions& o) {
     if (!ok) fail(message...);
   };
   require(o.device == "auto" || o.device == "cpu" || o.device == "cuda", "--device must be auto, cpu or cuda, got '", o.device, "'");
+  parse_chat_template_date(o.chat_template_date);
   if (o.loss_type != "sft") {
     try {
       parse_loss_type(o.loss_type);

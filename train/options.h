@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "data/chat_template.h"
 #include "data/pair_tokenizer.h"
 #include "data/preference.h"
 
@@ -45,6 +46,7 @@ struct TrainOptions {
   std::string rejected_column = "rejected";
   bool skip_bad_rows = false;
   std::string chat_template;                // empty: recognise the tokenizer's template
+  std::string chat_template_date = kLlama31DefaultDate;  // llama3.1's "Today Date" header, or "today"
   int max_length = 512;
   int max_prompt_length = 128;
   std::string truncation_mode = "keep_end";

@@ -391,7 +391,8 @@ TrainingOutcome Trainer::run() {
   if (options_.threads > 0) omp_set_num_threads(options_.threads);
   if (group_.is_main()) prepare_output_dir(options_);
   if (group_.size() > 1 && options_.device == "cuda") CST_ON_CUDA(cuda::select_device(group_.rank()));
-  session_ = open_model_session(options_.model_path, options_.device, options_.chat_template, !options_.dry_run);
+  session_ = open_model_session(options_.model_path, options_.device, options_.chat_template,
+                                options_.chat_template_date, !options_.dry_run);
   objective_ = objective_config_from_names(options_.loss_type, options_.beta, options_.label_smoothing,
                                            options_.rpo_alpha, options_.reference_free);
   load_data();

@@ -13,7 +13,8 @@
 #                                "normalized" token that is matched after the legacy normalizer)
 #   encode_golden.json           per variant: corpus texts, AutoTokenizer ids, decode() strings
 #   dataset_hashes.txt           FNV-1a hashes of the ids of every real dataset text (see below)
-#   chat_templates/<name>.jinja  the real jinja sources of the built-in chat templates
+#   chat_templates/<name>.jinja  the real jinja sources of the built-in chat templates, and of the
+#                                other llama3.1 family members (LLAMA31_FAMILY)
 #   chat_templates.json          strings rendered by transformers' apply_chat_template: single-turn
 #                                [system, user] triples and conversations of several user turns
 #                                (--chat_templates_only rewrites this and chat_templates/ alone)
@@ -65,8 +66,219 @@ CHAT_TEMPLATES = {
     # meta-llama/Meta-Llama-3-8B-Instruct (the template its tokenizer_config.json has carried since
     # May 2024; the first one added the generation prompt unconditionally)
     "llama3": "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}",
+    # meta-llama/Llama-3.1-8B-Instruct (Llama-3.3-70B-Instruct publishes the same source)
+    "llama3.1": r'''{{- bos_token }}
+{%- if custom_tools is defined %}
+    {%- set tools = custom_tools %}
+{%- endif %}
+{%- if not tools_in_user_message is defined %}
+    {%- set tools_in_user_message = true %}
+{%- endif %}
+{%- if not date_string is defined %}
+    {%- set date_string = "26 Jul 2024" %}
+{%- endif %}
+{%- if not tools is defined %}
+    {%- set tools = none %}
+{%- endif %}
+
+{#- This block extracts the system message, so we can slot it into the right place. #}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content']|trim %}
+    {%- set messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = "" %}
+{%- endif %}
+
+{#- System message + builtin tools #}
+{{- "<|start_header_id|>system<|end_header_id|>\n\n" }}
+{%- if builtin_tools is defined or tools is not none %}
+    {{- "Environment: ipython\n" }}
+{%- endif %}
+{%- if builtin_tools is defined %}
+    {{- "Tools: " + builtin_tools | reject('equalto', 'code_interpreter') | join(", ") + "\n\n"}}
+{%- endif %}
+{{- "Cutting Knowledge Date: December 2023\n" }}
+{{- "Today Date: " + date_string + "\n\n" }}
+{%- if tools is not none and not tools_in_user_message %}
+    {{- "You have access to the following functions. To call a function, please respond with JSON for a function call." }}
+    {{- 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.' }}
+    {{- "Do not use variables.\n\n" }}
+    {%- for t in tools %}
+        {{- t | tojson(indent=4) }}
+        {{- "\n\n" }}
+    {%- endfor %}
+{%- endif %}
+{{- system_message }}
+{{- "<|eot_id|>" }}
+
+{#- Custom tools are passed in a user message with some extra guidance #}
+{%- if tools_in_user_message and not tools is none %}
+    {#- Extract the first user message so we can plug it in here #}
+    {%- if messages | length != 0 %}
+        {%- set first_user_message = messages[0]['content']|trim %}
+        {%- set messages = messages[1:] %}
+    {%- else %}
+        {{- raise_exception("Cannot put tools in the first user message when there's no first user message!") }}
+{%- endif %}
+    {{- '<|start_header_id|>user<|end_header_id|>\n\n' -}}
+    {{- "Given the following functions, please respond with a JSON for a function call " }}
+    {{- "with its proper arguments that best answers the given prompt.\n\n" }}
+    {{- 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.' }}
+    {{- "Do not use variables.\n\n" }}
+    {%- for t in tools %}
+        {{- t | tojson(indent=4) }}
+        {{- "\n\n" }}
+    {%- endfor %}
+    {{- first_user_message + "<|eot_id|>"}}
+{%- endif %}
+
+{%- for message in messages %}
+    {%- if not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in message) %}
+        {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' }}
+    {%- elif 'tool_calls' in message %}
+        {%- if not message.tool_calls|length == 1 %}
+            {{- raise_exception("This model only supports single tool-calls at once!") }}
+        {%- endif %}
+        {%- set tool_call = message.tool_calls[0].function %}
+        {%- if builtin_tools is defined and tool_call.name in builtin_tools %}
+            {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}
+            {{- "<|python_tag|>" + tool_call.name + ".call(" }}
+            {%- for arg_name, arg_val in tool_call.arguments | items %}
+                {{- arg_name + '="' + arg_val + '"' }}
+                {%- if not loop.last %}
+                    {{- ", " }}
+                {%- endif %}
+                {%- endfor %}
+            {{- ")" }}
+        {%- else  %}
+            {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}
+            {{- '{"name": "' + tool_call.name + '", ' }}
+            {{- '"parameters": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- "}" }}
+        {%- endif %}
+        {%- if builtin_tools is defined %}
+            {#- This means we're in ipython mode #}
+            {{- "<|eom_id|>" }}
+        {%- else %}
+            {{- "<|eot_id|>" }}
+        {%- endif %}
+    {%- elif message.role == "tool" or message.role == "ipython" %}
+        {{- "<|start_header_id|>ipython<|end_header_id|>\n\n" }}
+        {%- if message.content is mapping or message.content is iterable %}
+            {{- message.content | tojson }}
+        {%- else %}
+            {{- message.content }}
+        {%- endif %}
+        {{- "<|eot_id|>" }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
+{%- endif %}
+''',
     # HuggingFaceH4/zephyr-7b-beta
     "zephyr": "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}",
+}
+
+# Other members of the llama3.1 family (rendered like "llama3.1" when no tools are given):
+LLAMA31_FAMILY = {
+    # meta-llama/Llama-3.2-3B-Instruct (and the other 3.2 Instruct models): the date from
+    # strftime_now when the renderer has it (not in transformers 4.42.4), else "26 Jul 2024"
+    "llama3.2": r'''{{- bos_token }}
+{%- if custom_tools is defined %}
+    {%- set tools = custom_tools %}
+{%- endif %}
+{%- if not tools_in_user_message is defined %}
+    {%- set tools_in_user_message = true %}
+{%- endif %}
+{%- if not date_string is defined %}
+    {%- if strftime_now is defined %}
+        {%- set date_string = strftime_now("%d %b %Y") %}
+    {%- else %}
+        {%- set date_string = "26 Jul 2024" %}
+    {%- endif %}
+{%- endif %}
+{%- if not tools is defined %}
+    {%- set tools = none %}
+{%- endif %}
+
+{#- This block extracts the system message, so we can slot it into the right place. #}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content']|trim %}
+    {%- set messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = "" %}
+{%- endif %}
+
+{#- System message #}
+{{- "<|start_header_id|>system<|end_header_id|>\n\n" }}
+{%- if tools is not none %}
+    {{- "Environment: ipython\n" }}
+{%- endif %}
+{{- "Cutting Knowledge Date: December 2023\n" }}
+{{- "Today Date: " + date_string + "\n\n" }}
+{%- if tools is not none and not tools_in_user_message %}
+    {{- "You have access to the following functions. To call a function, please respond with JSON for a function call." }}
+    {{- 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.' }}
+    {{- "Do not use variables.\n\n" }}
+    {%- for t in tools %}
+        {{- t | tojson(indent=4) }}
+        {{- "\n\n" }}
+    {%- endfor %}
+{%- endif %}
+{{- system_message }}
+{{- "<|eot_id|>" }}
+
+{#- Custom tools are passed in a user message with some extra guidance #}
+{%- if tools_in_user_message and not tools is none %}
+    {#- Extract the first user message so we can plug it in here #}
+    {%- if messages | length != 0 %}
+        {%- set first_user_message = messages[0]['content']|trim %}
+        {%- set messages = messages[1:] %}
+    {%- else %}
+        {{- raise_exception("Cannot put tools in the first user message when there's no first user message!") }}
+{%- endif %}
+    {{- '<|start_header_id|>user<|end_header_id|>\n\n' -}}
+    {{- "Given the following functions, please respond with a JSON for a function call " }}
+    {{- "with its proper arguments that best answers the given prompt.\n\n" }}
+    {{- 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.' }}
+    {{- "Do not use variables.\n\n" }}
+    {%- for t in tools %}
+        {{- t | tojson(indent=4) }}
+        {{- "\n\n" }}
+    {%- endfor %}
+    {{- first_user_message + "<|eot_id|>"}}
+{%- endif %}
+
+{%- for message in messages %}
+    {%- if not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in message) %}
+        {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' }}
+    {%- elif 'tool_calls' in message %}
+        {%- if not message.tool_calls|length == 1 %}
+            {{- raise_exception("This model only supports single tool-calls at once!") }}
+        {%- endif %}
+        {%- set tool_call = message.tool_calls[0].function %}
+        {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}
+        {{- '{"name": "' + tool_call.name + '", ' }}
+        {{- '"parameters": ' }}
+        {{- tool_call.arguments | tojson }}
+        {{- "}" }}
+        {{- "<|eot_id|>" }}
+    {%- elif message.role == "tool" or message.role == "ipython" %}
+        {{- "<|start_header_id|>ipython<|end_header_id|>\n\n" }}
+        {%- if message.content is mapping or message.content is iterable %}
+            {{- message.content | tojson }}
+        {%- else %}
+            {{- message.content }}
+        {%- endif %}
+        {{- "<|eot_id|>" }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
+{%- endif %}
+''',
 }
 
 # --- Tokenizer directories. ------------------------------------------------------------------------
@@ -459,9 +671,9 @@ TRIPLES = [
 ]
 
 
-def render(tokenizer, template, messages, generation):
+def render(tokenizer, template, messages, generation, **template_variables):
     return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                         add_generation_prompt=generation)
+                                         add_generation_prompt=generation, **template_variables)
 
 
 def fold_system(system, user):
@@ -560,8 +772,8 @@ def chat_template_golden():
             f.write(source)
     # Templates other than ChatML and Llama 3 are rendered with the Llama/Mistral special tokens <s>
     # and </s>; Llama 3's with its own BOS and end-of-turn token.
-    tokenizers = {"chatml": load_variant("chatml"),
-                  "llama3": load_variant("chatml", bos_token="<|begin_of_text|>", eos_token="<|eot_id|>")}
+    llama3_tokens = load_variant("chatml", bos_token="<|begin_of_text|>", eos_token="<|eot_id|>")
+    tokenizers = {"chatml": load_variant("chatml"), "llama3": llama3_tokens, "llama3.1": llama3_tokens}
     llama_tokens = load_variant("chatml", eos_token="</s>")
     golden = {"triples": [list(t) for t in TRIPLES], "rendered": {},
               "conversations": [{"system": system, "turns": [list(turn) for turn in turns], "answer": answer}
@@ -577,7 +789,35 @@ def chat_template_golden():
             assert conversation["answer"] == last_user_alone["answer"], (name, conversation, last_user_alone)
             rendered.append(conversation)
         golden["conversations_rendered"][name] = rendered
+    golden["llama3.1_dated"] = llama31_family_golden(llama3_tokens, directory)
     write_json(os.path.join(OUT, "chat_templates.json"), golden)
+
+
+def llama31_family_golden(tokenizer, directory):
+    """Writes the other llama3.1 family sources next to the built-in ones after checking that they
+    render every triple and conversation as "llama3.1" does; returns the triples' prompts rendered with
+    another date_string (the template variable behind --chat_template_date)."""
+    conversations = [(system, [{"role": "user", "content": user}], answer) for system, user, answer in TRIPLES]
+    conversations += [(system, turn_messages(turns), answer) for system, turns, answer in CONVERSATIONS]
+    for member, source in LLAMA31_FAMILY.items():
+        with open(os.path.join(directory, member + ".jinja"), "w", encoding="utf-8") as f:
+            f.write(source)
+        for system, turns, answer in conversations:
+            messages = [{"role": "system", "content": system}] + turns
+            for generation in (False, True):
+                expected = render(tokenizer, CHAT_TEMPLATES["llama3.1"], messages, generation)
+                assert render(tokenizer, source, messages, generation) == expected, (member, messages)
+    date = "03 Dec 2026"
+    rendered = []
+    for system, user, _ in TRIPLES:
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        prompts = {"prompt": render(tokenizer, CHAT_TEMPLATES["llama3.1"], messages, False, date_string=date),
+                   "generation_prompt": render(tokenizer, CHAT_TEMPLATES["llama3.1"], messages, True,
+                                               date_string=date)}
+        for source in LLAMA31_FAMILY.values():
+            assert render(tokenizer, source, messages, False, date_string=date) == prompts["prompt"]
+        rendered.append(prompts)
+    return {"date": date, "rendered": rendered}
 
 
 if __name__ == "__main__":
