@@ -184,22 +184,20 @@ int generate_all(int argc, char** argv) {
       write(request, answer.text);
     }
   } else {
-    for (size_t first = 0; first < requests.size(); first += size_t(flags.batch_size)) {
-      const std::vector<cst::GenerationRequest> batch(
-          requests.begin() + int64_t(first), requests.begin() + int64_t(std::min(requests.size(), first + size_t(flags.batch_size))));
-      const std::vector<cst::Response> answers =
-          cst::respond_batch(transformer, tokenizer, session.chat_template, batch, flags.generation);
-      int64_t tokens = 0;
-      for (size_t i = 0; i < batch.size(); ++i) {
-        if (!flags.quiet) {
-          show_request(batch[i]);
-          std::fputs(answers[i].text.c_str(), stderr);
-        }
-        tokens += answers[i].tokens;
-        write(batch[i], answers[i].text);
-      }
-      if (!flags.quiet) report_speed(tokens, answers.front().seconds, batch.size());
-    }
+    cst::respond_in_batches(
+        transformer, tokenizer, session.chat_template, requests, flags.generation, flags.batch_size,
+        [&](const std::vector<cst::GenerationRequest>& batch, const std::vector<cst::Response>& answers) {
+          int64_t tokens = 0;
+          for (size_t i = 0; i < batch.size(); ++i) {
+            if (!flags.quiet) {
+              show_request(batch[i]);
+              std::fputs(answers[i].text.c_str(), stderr);
+            }
+            tokens += answers[i].tokens;
+            write(batch[i], answers[i].text);
+          }
+          if (!flags.quiet) report_speed(tokens, answers.front().seconds, batch.size());
+        });
   }
   if (jsonl.is_open()) {
     if (!jsonl.flush() || !markdown.flush()) cst::fail("cannot write ", flags.output);

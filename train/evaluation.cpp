@@ -217,23 +217,21 @@ ConfigurabilityScore evaluate_generations(Transformer& transformer, const Tokeni
   require_distinct(harmless_system, uncensored_system);  // before the slow part
   if (conversations.empty()) fail("no prompts to answer");
   if (max_new_tokens < 1) fail("max_new_tokens must be >= 1, got ", max_new_tokens);
-  if (batch_size < 1) fail("batch_size must be >= 1, got ", batch_size);
   GenerationOptions greedy;
   greedy.max_new_tokens = max_new_tokens;
   std::vector<GenerationRequest> requests;
   for (const std::vector<ChatTurn>& turns : conversations)
     for (const std::string* system : {&harmless_system, &uncensored_system}) requests.push_back({*system, turns});
   std::vector<GradedAnswer> answers;
-  for (size_t first = 0; first < requests.size(); first += size_t(batch_size)) {
-    const std::vector<GenerationRequest> batch(requests.begin() + int64_t(first),
-                                               requests.begin() + int64_t(std::min(requests.size(), first + size_t(batch_size))));
-    const std::vector<Response> responses = respond_batch(transformer, tokenizer, chat_template, batch, greedy);
-    for (size_t i = 0; i < batch.size(); ++i) {
-      const std::vector<ChatTurn>& turns = batch[i].turns;
-      answers.push_back({turns.back().content, batch[i].system, responses[i].text, grader.is_refusal(responses[i].text),
-                         std::vector<ChatTurn>(turns.begin(), turns.end() - 1)});
-    }
-  }
+  respond_in_batches(transformer, tokenizer, chat_template, requests, greedy, batch_size,
+                     [&](const std::vector<GenerationRequest>& batch, const std::vector<Response>& responses) {
+                       for (size_t i = 0; i < batch.size(); ++i) {
+                         const std::vector<ChatTurn>& turns = batch[i].turns;
+                         answers.push_back({turns.back().content, batch[i].system, responses[i].text,
+                                            grader.is_refusal(responses[i].text),
+                                            std::vector<ChatTurn>(turns.begin(), turns.end() - 1)});
+                       }
+                     });
   return score_answers(std::move(answers), harmless_system, uncensored_system);
 }
 

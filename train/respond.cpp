@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 
+#include "kernels/error.h"
+
 namespace cst {
 
 std::vector<int32_t> chat_stop_tokens(const Tokenizer& tokenizer, const ChatTemplate& chat_template,
@@ -73,6 +75,19 @@ std::vector<Response> respond_batch(Transformer& transformer, const Tokenizer& t
   for (const std::vector<int32_t>& answer : answers)
     responses.push_back(response_of(answer, tokenizer, chat_template, start));
   return responses;
+}
+
+void respond_in_batches(Transformer& transformer, const Tokenizer& tokenizer, const ChatTemplate& chat_template,
+                        const std::vector<GenerationRequest>& requests, const GenerationOptions& options,
+                        int batch_size,
+                        const std::function<void(const std::vector<GenerationRequest>& batch,
+                                                 const std::vector<Response>& responses)>& on_batch) {
+  if (batch_size < 1) fail("batch_size must be >= 1, got ", batch_size);
+  for (size_t first = 0; first < requests.size(); first += size_t(batch_size)) {
+    const size_t end = std::min(requests.size(), first + size_t(batch_size));
+    const std::vector<GenerationRequest> batch(requests.begin() + int64_t(first), requests.begin() + int64_t(end));
+    on_batch(batch, respond_batch(transformer, tokenizer, chat_template, batch, options));
+  }
 }
 
 }  // namespace cst

@@ -36,4 +36,12 @@ std::vector<Response> respond_batch(Transformer& transformer, const Tokenizer& t
                                     const ChatTemplate& chat_template, const std::vector<GenerationRequest>& requests,
                                     GenerationOptions options);
 
+// All requests, batch_size at a time through respond_batch; on_batch gets each batch and its
+// responses as soon as they are generated.
+void respond_in_batches(Transformer& transformer, const Tokenizer& tokenizer, const ChatTemplate& chat_template,
+                        const std::vector<GenerationRequest>& requests, const GenerationOptions& options,
+                        int batch_size,
+                        const std::function<void(const std::vector<GenerationRequest>& batch,
+                                                 const std::vector<Response>& responses)>& on_batch);
+
 }  // namespace cst
