@@ -1,5 +1,5 @@
 // Cached-decoding attention on the GPU: one warp per (new token, query head). Each lane holds
-// D / 32 dimensions of q and of the output; the warp walks the visible cached keys of the token's
+// up to 8 dimensions of q and of the output; the warp walks the visible cached keys of the token's
 // sequence once with an online softmax (running max m and sum l, rescaling the accumulator when m
 // grows), so nothing proportional to the sequence is stored. Decoding is memory-bound on the cache
 // reads; this simple form reads each key and value row once per query head.
@@ -10,6 +10,10 @@
 namespace cst::cuda {
 namespace {
 
+// Lane l holds the head dimensions l, l + 32, l + 64, ... below head_dim: slot s of its arrays is
+// dimension l + 32 s. Every slot loop runs over all kMaxDimsPerLane slots, unrolled, and skips the
+// slots past head_dim, so the arrays stay in registers and any head_dim up to 256 works (the test
+// and demo models have 12, 16 and 24; Llama and Mistral 64 and 128).
 constexpr int kMaxDimsPerLane = 8;  // head_dim <= 256
 
 template <class T>
@@ -25,36 +29,44 @@ __global__ void attention_decode_kernel(T* out, const T* q, const T* k_cache, co
   const int kv_head = h / (heads / kv_heads);
   const int64_t position = positions[i], own_row = cache_rows[i];
   const int64_t base = own_row - position;  // the cache row of the sequence's position 0
-  const int per_lane = head_dim / 32;
+  const int slots = (head_dim - lane + 31) / 32;  // the slots this lane holds (0 past head_dim)
   T* out_row = out + (i * heads + h) * head_dim;
   if (position < 0 || base < 0 || own_row >= rows) {
     if (h == 0 && lane == 0) record_bad_index(note, label, i, int32_t(base < 0 ? base : own_row), rows);
-    for (int d = 0; d < per_lane; ++d) out_row[lane + 32 * d] = from_float<T>(0.0f);
+#pragma unroll
+    for (int s = 0; s < kMaxDimsPerLane; ++s)
+      if (s < slots) out_row[lane + 32 * s] = from_float<T>(0.0f);
     return;
   }
   const int64_t first = window > 0 ? max(int64_t(0), position - window + 1) : 0;
 
   float q_part[kMaxDimsPerLane], acc[kMaxDimsPerLane];
   const T* q_row = q + (i * heads + h) * head_dim;
-  for (int d = 0; d < per_lane; ++d) {
-    q_part[d] = to_float(q_row[lane + 32 * d]);
-    acc[d] = 0.0f;
+#pragma unroll
+  for (int s = 0; s < kMaxDimsPerLane; ++s) {
+    q_part[s] = s < slots ? to_float(q_row[lane + 32 * s]) : 0.0f;
+    acc[s] = 0.0f;
   }
   float running_max = -INFINITY, running_sum = 0.0f;
   for (int64_t j = first; j <= position; ++j) {
     const int64_t row = ((base + j) * kv_heads + kv_head) * head_dim;
     float partial = 0.0f;
-    for (int d = 0; d < per_lane; ++d) partial += q_part[d] * to_float(k_cache[row + lane + 32 * d]);
+#pragma unroll
+    for (int s = 0; s < kMaxDimsPerLane; ++s)
+      if (s < slots) partial += q_part[s] * to_float(k_cache[row + lane + 32 * s]);
     const float score = warp_sum(partial) * scale;
     const float new_max = fmaxf(running_max, score);
     const float rescale = __expf(running_max - new_max);  // 0 on the first key
     const float weight = __expf(score - new_max);
     running_sum = running_sum * rescale + weight;
-    for (int d = 0; d < per_lane; ++d)
-      acc[d] = acc[d] * rescale + weight * to_float(v_cache[row + lane + 32 * d]);
+#pragma unroll
+    for (int s = 0; s < kMaxDimsPerLane; ++s)
+      if (s < slots) acc[s] = acc[s] * rescale + weight * to_float(v_cache[row + lane + 32 * s]);
     running_max = new_max;
   }
-  for (int d = 0; d < per_lane; ++d) out_row[lane + 32 * d] = from_float<T>(acc[d] / running_sum);
+#pragma unroll
+  for (int s = 0; s < kMaxDimsPerLane; ++s)
+    if (s < slots) out_row[lane + 32 * s] = from_float<T>(acc[s] / running_sum);
 }
 
 }  // namespace
@@ -63,8 +75,8 @@ void attention_decode(const Tensor& out, const Tensor& q, const Tensor& k_cache,
                       const Tensor& cache_rows, const Tensor& positions, const AttentionShape& shape) {
   const char* op = "attention_decode";
   for (const Tensor* t : {&out, &q, &k_cache, &v_cache, &cache_rows, &positions}) check_on_gpu(*t, op, "every argument");
-  if (shape.head_dim % 32 != 0 || shape.head_dim > 32 * kMaxDimsPerLane)
-    fail("attention_decode on CUDA: head_dim ", shape.head_dim, " must be a multiple of 32 up to 256");
+  if (shape.head_dim < 1 || shape.head_dim > 32 * kMaxDimsPerLane)
+    fail("attention_decode on CUDA: head_dim ", shape.head_dim, " must be 1 to ", 32 * kMaxDimsPerLane);
   if (q.dtype != k_cache.dtype || q.dtype != v_cache.dtype || q.dtype != out.dtype)
     fail("attention_decode on CUDA: q, caches and out must share a dtype");
   const int64_t n = q.shape[0], rows = k_cache.shape[0];

@@ -143,6 +143,20 @@ TEST(CudaKernelsHost, MatmulRejectsMixedDtypes) {
   }
 }
 
+// A lane holds at most 8 dimensions of a head: a wider head is refused before any launch.
+TEST(CudaKernelsHost, AttentionDecodeRejectsHeadDimPast256) {
+  const AttentionShape shape{2, 1, 264, 0};
+  Tensor q = make_view(nullptr, {3, 2, 264}, DType::bf16, Device::cuda);
+  Tensor cache = make_view(nullptr, {10, 1, 264}, DType::bf16, Device::cuda);
+  Tensor indices = make_view(nullptr, {3}, DType::i32, Device::cuda);
+  try {
+    cuda::attention_decode(q, q, cache, cache, indices, indices, shape);
+    FAIL() << "head_dim 264 was accepted";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("head_dim 264 must be 1 to 256"), std::string::npos) << error.what();
+  }
+}
+
 // ---- GEMM ----
 
 TEST_F(CudaKernels, MatmulMatchesCpuForEveryTransposeAndDtype) {
@@ -260,11 +274,14 @@ TEST_F(CudaKernels, ScatterWritesExactRowsAndOnlyThose) {
 }
 
 // Three sequences of lengths 6, 1 and 40 in a cache of 48 rows each, new tokens from all three
-// (the last four of the longest), GQA 4:1 and 1:1, with and without a window, D 64 and 128.
+// (the last four of the longest), GQA 4:1 and 1:1, with and without a window, D 64 and 128 as in
+// Llama and Mistral, 12, 16 and 24 as in the test and demo models (lanes without a dimension), and
+// 100 (a lane holds 3 or 4 dimensions).
 TEST_F(CudaKernels, AttentionDecodeMatchesCpu) {
   const int64_t capacity = 48;
   const std::vector<int64_t> lengths = {6, 1, 40};
-  for (AttentionShape shape : {AttentionShape{8, 2, 64, 0}, AttentionShape{4, 4, 128, 16}}) {
+  for (AttentionShape shape : {AttentionShape{8, 2, 64, 0}, AttentionShape{4, 4, 128, 16}, AttentionShape{4, 1, 12, 0},
+                               AttentionShape{4, 2, 16, 5}, AttentionShape{4, 2, 24, 0}, AttentionShape{2, 1, 100, 0}}) {
     const int64_t rows = capacity * int64_t(lengths.size());
     OwnedTensor keys = random_cpu({rows, shape.kv_heads, shape.head_dim}, 17);
     OwnedTensor values = random_cpu({rows, shape.kv_heads, shape.head_dim}, 18);
