@@ -120,12 +120,7 @@ int run(int argc, char** argv) {
                                                                 : cst::read_refusal_markers(flags.refusal_markers));
   cst::ModelSession session = cst::open_model_session(options.model_path, options.device, options.chat_template,
                                                       options.chat_template_date, true);
-  std::unique_ptr<cst::LoraAdapter> adapter;
-  if (!flags.adapter_dir.empty()) {
-    adapter = std::make_unique<cst::LoraAdapter>(session.config(), cst::LoraAdapter::read_peft_config(flags.adapter_dir),
-                                                 session.device, cst::backend_dtype(session.device));
-    adapter->load_peft_weights(flags.adapter_dir);
-  }
+  const std::unique_ptr<cst::LoraAdapter> adapter = session.load_adapter(flags.adapter_dir);
   cst::Transformer transformer(session.config(), *session.weights, adapter.get());
   nlohmann::json json = nlohmann::json::object();
   if (!options.data_path.empty()) {

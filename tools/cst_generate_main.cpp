@@ -135,12 +135,7 @@ int generate_all(int argc, char** argv) {
   std::vector<cst::GenerationRequest> requests = read_requests(flags);
   cst::ModelSession session = cst::open_model_session(flags.model, flags.device, flags.chat_template,
                                                       flags.chat_template_date, true);
-  std::unique_ptr<cst::LoraAdapter> adapter;
-  if (!flags.adapter.empty()) {
-    adapter = std::make_unique<cst::LoraAdapter>(session.config(), cst::LoraAdapter::read_peft_config(flags.adapter),
-                                                 session.device, cst::backend_dtype(session.device));
-    adapter->load_peft_weights(flags.adapter);
-  }
+  const std::unique_ptr<cst::LoraAdapter> adapter = session.load_adapter(flags.adapter);
   cst::Transformer transformer(session.config(), *session.weights, adapter.get());
   const cst::Tokenizer& tokenizer = *session.tokenizer;
 

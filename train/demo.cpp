@@ -49,9 +49,8 @@ AdapterEvaluation evaluate_adapter(const std::string& model_path, const std::str
                                              preference_options_from(data_options),
                                              tokenize_options_from(data_options));
   if (heldout_limit > 0 && int(data.pairs.size()) > 2 * heldout_limit) data.pairs.resize(size_t(2 * heldout_limit));
-  LoraAdapter adapter(session.config(), LoraAdapter::read_peft_config(adapter_dir), Device::cpu);
-  adapter.load_peft_weights(adapter_dir);
-  Transformer transformer(session.config(), *session.weights, &adapter);
+  const std::unique_ptr<LoraAdapter> adapter = session.load_adapter(adapter_dir);
+  Transformer transformer(session.config(), *session.weights, adapter.get());
   AdapterEvaluation evaluation;
   evaluation.preferences = evaluate_preferences(transformer, data.pairs, 0.1, 8, session.tokenizer->pad_id(), "");
   // Every held-out request appears twice in examples (once per system prompt); answer each once.

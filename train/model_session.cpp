@@ -48,4 +48,12 @@ ModelSession open_model_session(const std::string& model_path, const std::string
   return session;
 }
 
+std::unique_ptr<LoraAdapter> ModelSession::load_adapter(const std::string& adapter_dir) const {
+  if (adapter_dir.empty()) return nullptr;
+  auto adapter = std::make_unique<LoraAdapter>(config(), LoraAdapter::read_peft_config(adapter_dir), device,
+                                               backend_dtype(device));
+  adapter->load_peft_weights(adapter_dir);
+  return adapter;
+}
+
 }  // namespace cst

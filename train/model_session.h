@@ -6,6 +6,7 @@
 
 #include "data/chat_template.h"
 #include "data/tokenizer.h"
+#include "model/lora.h"
 #include "model/model_file.h"
 #include "model/weights.h"
 
@@ -24,6 +25,9 @@ struct ModelSession {
   std::unique_ptr<ModelWeights> weights;
 
   const ModelConfig& config() const { return file->config(); }
+  // A trained PEFT adapter directory's LoRA weights on this session's device and dtype; an empty
+  // directory name gives none (the base model alone).
+  std::unique_ptr<LoraAdapter> load_adapter(const std::string& adapter_dir) const;
 };
 
 // chat_template_name empty: recognise the tokenizer's template; chat_template_date as
