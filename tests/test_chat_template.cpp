@@ -4,39 +4,20 @@
 // and chat_templates/<name>.jinja. Strings must be identical.
 #include <gtest/gtest.h>
 
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "data/chat_template.h"
-#include "kernels/error.h"
+#include "tests/test_support.h"
 
 namespace cst {
 namespace {
-
+using namespace testing_support;
 using nlohmann::json;
 
 const std::string kFixtures = CST_SOURCE_DIR "/tests/fixtures/tokenizer/";
 
-std::string read_file(const std::string& path) {
-  std::ifstream stream(path, std::ios::binary);
-  if (!stream) throw std::runtime_error("cannot open " + path);
-  std::ostringstream bytes;
-  bytes << stream.rdbuf();
-  return bytes.str();
-}
-
-std::string error_message(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const Error& error) {
-    return error.what();
-  }
-  return "no error";
-}
-
 TEST(ChatTemplate, MatchesApplyChatTemplate) {
-  const json golden = json::parse(read_file(kFixtures + "chat_templates.json"));
+  const json golden = json::parse(read_bytes(kFixtures + "chat_templates.json"));
   const json& triples = golden["triples"];
   ASSERT_EQ(golden["rendered"].size(), chat_template_names().size());
   for (const auto& [name, rendered] : golden["rendered"].items()) {
@@ -61,7 +42,7 @@ std::vector<ChatTurn> golden_turns(const json& turns) {
 // [system] + turns ending with a user turn, and the answer after them; the generator also checks
 // that prompt + answer is the whole conversation (except for mistral_v3, see chat_template.h).
 TEST(ChatTemplate, ConversationsMatchApplyChatTemplate) {
-  const json golden = json::parse(read_file(kFixtures + "chat_templates.json"));
+  const json golden = json::parse(read_bytes(kFixtures + "chat_templates.json"));
   const json& conversations = golden["conversations"];
   ASSERT_GE(conversations.size(), 5u);
   ASSERT_EQ(golden["conversations_rendered"].size(), chat_template_names().size());
@@ -82,7 +63,7 @@ TEST(ChatTemplate, ConversationsMatchApplyChatTemplate) {
 TEST(ChatTemplate, TurnsMustAlternateFromAUserTurnToAUserTurn) {
   const ChatTemplate chatml = chat_template_by_name("chatml");
   auto error_for = [&](std::vector<ChatTurn> turns) {
-    return error_message([&] { chatml.prompt("s", turns); });
+    return error_of([&] { chatml.prompt("s", turns); });
   };
   EXPECT_EQ(error_for({}), "chat template: no turns; a prompt needs a user turn");
   const std::string alternate =
@@ -99,7 +80,7 @@ TEST(ChatTemplate, TurnsMustAlternateFromAUserTurnToAUserTurn) {
   EXPECT_EQ(error_for({{"user", "u"}, {"assistant", "a"}}), ends_with_assistant);
   // Every template and the generation prompt check alike, plain included.
   for (const std::string& name : chat_template_names()) {
-    EXPECT_EQ(error_message([&] {
+    EXPECT_EQ(error_of([&] {
                 chat_template_by_name(name).generation_prompt("s", {{"user", "u"}, {"assistant", "a"}});
               }),
               ends_with_assistant)
@@ -110,7 +91,7 @@ TEST(ChatTemplate, TurnsMustAlternateFromAUserTurnToAUserTurn) {
 TEST(ChatTemplate, DetectsPublishedSources) {
   for (const std::string& name : chat_template_names()) {
     if (name == "plain") continue;  // no jinja source: chosen by name only
-    const std::string source = read_file(kFixtures + "chat_templates/" + name + ".jinja");
+    const std::string source = read_bytes(kFixtures + "chat_templates/" + name + ".jinja");
     EXPECT_EQ(detect_chat_template(source).name(), name);
     EXPECT_EQ(detect_chat_template("\n" + source + "\n").name(), name);  // surrounding whitespace is fine
   }
@@ -118,15 +99,15 @@ TEST(ChatTemplate, DetectsPublishedSources) {
 
 TEST(ChatTemplate, UnknownTemplatesListTheNames) {
   // ChatML with a changed literal renders differently, so it must not be taken for ChatML.
-  std::string altered = read_file(kFixtures + "chat_templates/chatml.jinja");
+  std::string altered = read_bytes(kFixtures + "chat_templates/chatml.jinja");
   altered.replace(altered.find("'<|im_end|>'"), 12, "'<|im_end|> '");
-  const std::string detect_error = error_message([&] { detect_chat_template(altered); });
+  const std::string detect_error = error_of([&] { detect_chat_template(altered); });
   for (const std::string& name : chat_template_names()) {
     EXPECT_NE(detect_error.find(name), std::string::npos) << detect_error;
   }
   EXPECT_NE(detect_error.find("--chat_template NAME"), std::string::npos) << detect_error;
 
-  const std::string name_error = error_message([] { chat_template_by_name("vicuna"); });
+  const std::string name_error = error_of([] { chat_template_by_name("vicuna"); });
   EXPECT_NE(name_error.find("'vicuna'"), std::string::npos) << name_error;
   EXPECT_NE(name_error.find("chatml, solar, llama2, llama3, llama3.1, mistral, mistral_v2, mistral_v3, zephyr, plain"),
             std::string::npos)
@@ -137,14 +118,14 @@ TEST(ChatTemplate, UnknownTemplatesListTheNames) {
 // The Llama 3.1 family is recognised by the statements that render a conversation without tools:
 // Llama 3.2's source (a strftime_now date, no built-in tools) is taken for llama3.1 too.
 TEST(ChatTemplate, DetectsTheLlama31Family) {
-  const std::string llama3_2 = read_file(kFixtures + "chat_templates/llama3.2.jinja");
+  const std::string llama3_2 = read_bytes(kFixtures + "chat_templates/llama3.2.jinja");
   EXPECT_EQ(detect_chat_template(llama3_2).name(), "llama3.1");
   // A statement that changes the rendering (here the date header's) makes it another template.
-  std::string altered = read_file(kFixtures + "chat_templates/llama3.1.jinja");
+  std::string altered = read_bytes(kFixtures + "chat_templates/llama3.1.jinja");
   const std::string date_line = R"({{- "Today Date: " + date_string + "\n\n" }})";
   ASSERT_NE(altered.find(date_line), std::string::npos);
   altered.replace(altered.find(date_line), date_line.size(), R"({{- "Today: " + date_string + "\n\n" }})");
-  const std::string error = error_message([&] { detect_chat_template(altered); });
+  const std::string error = error_of([&] { detect_chat_template(altered); });
   EXPECT_NE(error.find("it has Llama 3's turn markers: llama3 renders Meta-Llama-3-8B-Instruct's format, "
                        "llama3.1 that of Llama 3.1 and later"),
             std::string::npos)
@@ -153,7 +134,7 @@ TEST(ChatTemplate, DetectsTheLlama31Family) {
 
 // The date header holds today_date: the golden renders the prompts with date_string set.
 TEST(ChatTemplate, Llama31DateMatchesApplyChatTemplate) {
-  const json golden = json::parse(read_file(kFixtures + "chat_templates.json"));
+  const json golden = json::parse(read_bytes(kFixtures + "chat_templates.json"));
   const json& dated = golden["llama3.1_dated"];
   ChatTemplate chat_template = chat_template_by_name("llama3.1");
   EXPECT_EQ(chat_template.today_date, kLlama31DefaultDate);
@@ -176,7 +157,7 @@ TEST(ChatTemplate, ChatTemplateDateIsDayMonthYearOrToday) {
   EXPECT_EQ(parse_chat_template_date(today), today);
   for (const std::string bad : {"3 Dec 2026", "03 dec 2026", "03 December 2026", "00 Jan 2020", "32 Jan 2020",
                                 "2026-12-03", "03 Dec 26", "", "Today"}) {
-    const std::string error = error_message([&] { parse_chat_template_date(bad); });
+    const std::string error = error_of([&] { parse_chat_template_date(bad); });
     EXPECT_NE(error.find("--chat_template_date: '" + bad + "' is not a date like \"26 Jul 2024\""),
               std::string::npos)
         << error;

@@ -23,15 +23,6 @@ using nlohmann::json;
 
 const std::string kTinyHf = std::string(CST_SOURCE_DIR) + "/tests/fixtures/safetensors/tiny_hf";
 
-std::string scratch_directory() {
-  const auto* test = testing::UnitTest::GetInstance()->current_test_info();
-  fs::path directory = fs::path(testing::TempDir()) /
-                       ("cst_model_file." + std::to_string(::getpid())) / test->name();
-  fs::remove_all(directory);
-  fs::create_directories(directory);
-  return directory.string();
-}
-
 void expect_error_mentions(const std::function<void()>& action, const std::string& fragment) {
   try {
     action();
@@ -70,7 +61,7 @@ TEST(ModelFile, OpensHfDirectory) {
 }
 
 TEST(ModelFile, RoundTripThroughModelBin) {
-  std::string directory = scratch_directory();
+  std::string directory = current_test_dir();
   std::string model_bin = directory + "/model.bin";
   convert_hf_directory(kTinyHf, model_bin);
 
@@ -103,7 +94,7 @@ TEST(ModelFile, RoundTripThroughModelBin) {
 }
 
 TEST(ModelFile, MissingConfigOrWeightsIsAClearError) {
-  std::string directory = scratch_directory();
+  std::string directory = current_test_dir();
   fs::copy(kTinyHf, directory + "/no_config", fs::copy_options::recursive);
   fs::remove(directory + "/no_config/config.json");
   expect_error_mentions(
@@ -126,7 +117,7 @@ TEST(ModelFile, RefusesSafetensorsThatIsNotModelBin) {
 }
 
 TEST(ModelFile, RefusesWeightsThatDisagreeWithConfig) {
-  std::string directory = scratch_directory();
+  std::string directory = current_test_dir();
   fs::copy(kTinyHf, directory, fs::copy_options::recursive);
   json config = json::parse(read_bytes(directory + "/config.json"));
   config["intermediate_size"] = 96;

@@ -29,17 +29,6 @@ void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary).write(bytes.data(), std::streamsize(bytes.size()));
 }
 
-// A fresh directory per test, so tests never see each other's files.
-std::string scratch_directory() {
-  const auto* test = testing::UnitTest::GetInstance()->current_test_info();
-  fs::path directory = fs::path(testing::TempDir()) /
-                       ("cst_safetensors." + std::to_string(::getpid())) /
-                       (std::string(test->test_suite_name()) + "." + test->name());
-  fs::remove_all(directory);
-  fs::create_directories(directory);
-  return directory.string();
-}
-
 // A safetensors file from its parts: the 8-byte length, the header text and the data bytes.
 std::string safetensors_bytes(const std::string& header, const std::string& data,
                               uint64_t header_length) {
@@ -49,7 +38,7 @@ std::string safetensors_bytes(const std::string& header, const std::string& data
 }
 
 std::string make_file(const std::string& header, const std::string& data) {
-  std::string path = scratch_directory() + "/case.safetensors";
+  std::string path = current_test_dir() + "/case.safetensors";
   write_bytes(path, safetensors_bytes(header, data, header.size()));
   return path;
 }
@@ -151,7 +140,7 @@ TEST(Safetensors, ReadsShardedCheckpointOfTransformers) {
 }
 
 TEST(Safetensors, RefusesIndexNamingMissingShardOrTensor) {
-  std::string directory = scratch_directory();
+  std::string directory = current_test_dir();
   fs::copy(kFixtures + "tiny_hf", directory, fs::copy_options::recursive);
   json index = json::parse(read_bytes(directory + "/model.safetensors.index.json"));
   index["weight_map"]["lm_head.weight"] = "model-00001-of-00002.safetensors";  // it is in 2
@@ -188,19 +177,19 @@ TEST(SafetensorsMalformed, ValidBaselineLoads) {
 }
 
 TEST(SafetensorsMalformed, FileShorterThanLengthField) {
-  std::string path = scratch_directory() + "/short.safetensors";
+  std::string path = current_test_dir() + "/short.safetensors";
   write_bytes(path, "abc");
   expect_rejected(path, "8-byte header length");
 }
 
 TEST(SafetensorsMalformed, HeaderLengthOverLimit) {
-  std::string path = scratch_directory() + "/huge.safetensors";
+  std::string path = current_test_dir() + "/huge.safetensors";
   write_bytes(path, safetensors_bytes(kOneTensor, std::string(8, '\0'), 200'000'000));
   expect_rejected(path, "100 MB");
 }
 
 TEST(SafetensorsMalformed, HeaderLengthPastEndOfFile) {
-  std::string path = scratch_directory() + "/past.safetensors";
+  std::string path = current_test_dir() + "/past.safetensors";
   write_bytes(path, safetensors_bytes(kOneTensor, "", 4096));
   expect_rejected(path, "past the end of the file");
 }
@@ -268,7 +257,7 @@ TEST(SafetensorsMalformed, DuplicateNames) {
 
 TEST(SafetensorsMalformed, TruncatedFile) {
   std::string bytes = read_bytes(kFixtures + "dtypes.safetensors");
-  std::string path = scratch_directory() + "/truncated.safetensors";
+  std::string path = current_test_dir() + "/truncated.safetensors";
   write_bytes(path, bytes.substr(0, bytes.size() - 1));
   expect_rejected(path, "truncated file?");
 }
@@ -300,7 +289,7 @@ TEST(SafetensorsMalformed, MetadataNotStringToString) {
 }
 
 TEST(SafetensorsMalformed, NotARegularFile) {
-  std::string directory = scratch_directory();
+  std::string directory = current_test_dir();
   expect_rejected(directory, "not a regular file");
   expect_rejected(directory + "/missing.safetensors", "cannot open");
 }
@@ -309,7 +298,7 @@ TEST(SafetensorsMalformed, NotARegularFile) {
 // crash or read outside the file. Run once under -fsanitize=address as well.
 TEST(SafetensorsMalformed, FuzzedFilesLoadOrThrow) {
   std::string valid = read_bytes(kFixtures + "dtypes.safetensors");
-  std::string path = scratch_directory() + "/fuzz.safetensors";
+  std::string path = current_test_dir() + "/fuzz.safetensors";
   std::mt19937 random(20240601);
   int loaded = 0, rejected = 0;
   for (int round = 0; round < 400; ++round) {
@@ -351,14 +340,14 @@ TEST(SafetensorsWriter, ByteIdenticalToPythonSafetensors) {
   SafetensorsFile python(kFixtures + "python_written.safetensors");
   std::vector<TensorToWrite> tensors = tensors_of(python);
   std::reverse(tensors.begin(), tensors.end());  // the writer picks the order, as Python's does
-  std::string path = scratch_directory() + "/cpp_written.safetensors";
+  std::string path = current_test_dir() + "/cpp_written.safetensors";
   write_safetensors(path, tensors);
   EXPECT_EQ(read_bytes(path), read_bytes(kFixtures + "python_written.safetensors"));
 }
 
 TEST(SafetensorsWriter, RoundTripKeepsEverything) {
   SafetensorsFile original(kFixtures + "dtypes.safetensors");
-  std::string path = scratch_directory() + "/round_trip.safetensors";
+  std::string path = current_test_dir() + "/round_trip.safetensors";
   write_safetensors(path, tensors_of(original),
                     {{"note", "golden fixture"}, {"z", "\"quoted\"\n"}});
   SafetensorsFile written(path);
@@ -377,7 +366,7 @@ TEST(SafetensorsWriter, RoundTripKeepsEverything) {
 }
 
 TEST(SafetensorsWriter, HeaderIsPaddedToEightBytes) {
-  std::string directory = scratch_directory();
+  std::string directory = current_test_dir();
   uint8_t byte = 7;
   for (std::string name : {"a", "ab", "abc", "abcd", "abcde", "abcdef", "abcdefg", "abcdefgh"}) {
     std::string path = directory + "/" + name + ".safetensors";
@@ -393,7 +382,7 @@ TEST(SafetensorsWriter, HeaderIsPaddedToEightBytes) {
 
 // On failure nothing is left behind: no target file and no temporary file.
 TEST(SafetensorsWriter, FailureLeavesNoFile) {
-  std::string directory = scratch_directory();
+  std::string directory = current_test_dir();
   float value = 1.0f;
   EXPECT_THROW(
       write_safetensors(directory + "/missing_dir/x.safetensors", {{"a", DType::f32, {1}, &value}}),
@@ -418,7 +407,7 @@ TEST(SafetensorsWriter, FailureLeavesNoFile) {
 }
 
 TEST(SafetensorsWriter, ShardsWithIndexAndRemovesStaleShards) {
-  std::string directory = scratch_directory();
+  std::string directory = current_test_dir();
   std::vector<float> values(40);
   for (size_t i = 0; i < values.size(); ++i) values[i] = float(i) * 0.5f;
   std::vector<TensorToWrite> tensors;

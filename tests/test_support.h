@@ -50,6 +50,13 @@ inline std::filesystem::path fresh_test_dir(const std::string& name) {
   return dir;
 }
 
+// A fresh folder for the running test (suite and name in its name), so tests never see each
+// other's files.
+inline std::string current_test_dir() {
+  const auto* test = ::testing::UnitTest::GetInstance()->current_test_info();
+  return fresh_test_dir(std::string(test->test_suite_name()) + "." + test->name()).string();
+}
+
 // The demo's tiny model and synthetic CST data, written once per test process.
 inline const demo::DemoFiles& tiny_demo_files() {
   static const demo::DemoFiles files = demo::write_demo_assets(fresh_test_dir("tiny_demo").string(), 42);

@@ -19,9 +19,11 @@
 #include "data/chat_template.h"
 #include "data/tokenizer.h"
 #include "kernels/error.h"
+#include "tests/test_support.h"
 
 namespace cst {
 namespace {
+using testing_support::read_bytes;
 
 using nlohmann::json;
 
@@ -29,25 +31,17 @@ const std::string kFixtures = CST_SOURCE_DIR "/tests/fixtures/tokenizer/";
 const std::string kDataset = CST_SOURCE_DIR "/../shared/data/configurable-system-prompt-multitask.json";
 const char* const kVariants[] = {"chatml", "chatml_legacy_false", "chatml_added_tokens_json"};
 
-std::string read_file(const std::string& path) {
-  std::ifstream stream(path, std::ios::binary);
-  if (!stream) throw std::runtime_error("cannot open " + path);
-  std::ostringstream bytes;
-  bytes << stream.rdbuf();
-  return bytes.str();
-}
-
 // A variant's files: its JSON files plus the shared chatml/tokenizer.model (kept once in the repo).
 std::map<std::string, std::string> variant_files(const std::string& variant) {
-  std::map<std::string, std::string> files = {{"tokenizer.model", read_file(kFixtures + "chatml/tokenizer.model")}};
+  std::map<std::string, std::string> files = {{"tokenizer.model", read_bytes(kFixtures + "chatml/tokenizer.model")}};
   for (const char* name : {"tokenizer_config.json", "added_tokens.json", "special_tokens_map.json"}) {
-    files[name] = read_file(kFixtures + variant + "/" + name);
+    files[name] = read_bytes(kFixtures + variant + "/" + name);
   }
   return files;
 }
 
 const json& golden() {
-  static const json parsed = json::parse(read_file(kFixtures + "encode_golden.json"));
+  static const json parsed = json::parse(read_bytes(kFixtures + "encode_golden.json"));
   return parsed;
 }
 
@@ -159,7 +153,7 @@ TEST(Tokenizer, OpenHermesStyleDirectory) {
   EXPECT_EQ(tokenizer.token_id("<0x0A>"), 13);  // the newline byte piece
   EXPECT_FALSE(tokenizer.token_id("<|not a token|>").has_value());
   EXPECT_TRUE(tokenizer.legacy());
-  EXPECT_EQ(tokenizer.chat_template_source(), read_file(kFixtures + "chat_templates/chatml.jinja"));
+  EXPECT_EQ(tokenizer.chat_template_source(), read_bytes(kFixtures + "chat_templates/chatml.jinja"));
   EXPECT_EQ(detect_chat_template(tokenizer.chat_template_source()).kind, ChatTemplateKind::chatml);
 }
 
@@ -219,7 +213,7 @@ TEST(Tokenizer, DatasetMatchesAutoTokenizerHashes) {
   if (!std::filesystem::exists(kDataset)) GTEST_SKIP() << "dataset not found at " << kDataset;
   const Tokenizer tokenizer(variant_files("chatml"));
   const ChatTemplate chatml = chat_template_by_name("chatml");
-  const json rows = json::parse(read_file(kDataset));
+  const json rows = json::parse(read_bytes(kDataset));
   std::ifstream hashes(kFixtures + "dataset_hashes.txt");
   std::string line;
   std::getline(hashes, line);  // header
@@ -300,14 +294,14 @@ const std::string kJsonFixtures = kFixtures + "json/";
 const char* const kJsonVariants[] = {"legacy", "metaspace", "json_only", "disagrees", "rebuilt"};
 
 const json& json_golden() {
-  static const json parsed = json::parse(read_file(kJsonFixtures + "golden.json"));
+  static const json parsed = json::parse(read_bytes(kJsonFixtures + "golden.json"));
   return parsed;
 }
 
 std::map<std::string, std::string> json_variant_files(const std::string& variant) {
   std::map<std::string, std::string> files;
   for (const auto& [name, path] : json_golden()["variants"][variant]["files"].items()) {
-    files[name] = read_file(kJsonFixtures + path.get<std::string>());
+    files[name] = read_bytes(kJsonFixtures + path.get<std::string>());
   }
   return files;
 }
@@ -370,8 +364,8 @@ TEST(TokenizerJson, MergesAsPairsEncodeTheSame) {
 // tokenizer.model alone with the Hub's "add_prefix_space": null: no "▁" prefix, the same ids as the
 // explicit false of "rebuilt" (the generator asserts this equivalence against transformers).
 TEST(TokenizerJson, NullAddPrefixSpaceWithSentencepieceOnly) {
-  const Tokenizer tokenizer({{"tokenizer.model", read_file(kJsonFixtures + "tokenizer.model")},
-                             {"tokenizer_config.json", read_file(kJsonFixtures + "legacy/tokenizer_config.json")}});
+  const Tokenizer tokenizer({{"tokenizer.model", read_bytes(kJsonFixtures + "tokenizer.model")},
+                             {"tokenizer_config.json", read_bytes(kJsonFixtures + "legacy/tokenizer_config.json")}});
   const json& rebuilt_ids = json_golden()["variants"]["rebuilt"]["ids"];
   EXPECT_EQ(count_encode_mismatches(tokenizer, golden()["texts"], rebuilt_ids, "null prefix"), 0);
 }
@@ -448,14 +442,14 @@ const std::string kByteLevelFixtures = kFixtures + "byte_level/";
 const char* const kByteLevelVariants[] = {"llama3", "llama3_no_cleanup", "llama3_json_only", "gpt2"};
 
 const json& byte_level_texts() {
-  static const json parsed = json::parse(read_file(kByteLevelFixtures + "texts.json"))["texts"];
+  static const json parsed = json::parse(read_bytes(kByteLevelFixtures + "texts.json"))["texts"];
   return parsed;
 }
 
 const json& byte_level_golden(const std::string& variant) {
   static std::map<std::string, json> parsed;
   if (!parsed.count(variant)) {
-    parsed[variant] = json::parse(read_file(kByteLevelFixtures + "golden_" + variant + ".json"));
+    parsed[variant] = json::parse(read_bytes(kByteLevelFixtures + "golden_" + variant + ".json"));
   }
   return parsed.at(variant);
 }
@@ -463,7 +457,7 @@ const json& byte_level_golden(const std::string& variant) {
 std::map<std::string, std::string> byte_level_files(const std::string& variant) {
   std::map<std::string, std::string> files;
   for (const auto& [name, path] : byte_level_golden(variant)["files"].items()) {
-    files[name] = read_file(kByteLevelFixtures + path.get<std::string>());
+    files[name] = read_bytes(kByteLevelFixtures + path.get<std::string>());
   }
   return files;
 }
@@ -556,7 +550,7 @@ INSTANTIATE_TEST_SUITE_P(Variants, TokenizerByteLevelGolden, ::testing::ValuesIn
 
 // The regex pre-tokenizers alone, for every text: a difference the merges happen to hide shows here.
 TEST(TokenizerByteLevel, PreTokensMatchTokenizersLibrary) {
-  const json golden_pre_tokens = json::parse(read_file(kByteLevelFixtures + "pre_tokens.json"));
+  const json golden_pre_tokens = json::parse(read_bytes(kByteLevelFixtures + "pre_tokens.json"));
   for (const char* variant : {"llama3", "gpt2"}) {
     const Tokenizer tokenizer(byte_level_files(variant));
     int mismatches = 0;
@@ -611,7 +605,7 @@ TEST(TokenizerByteLevel, BosMatchesThePostProcessor) {
 
 // LlamaTokenizerFast's own post-processor (BOS when add_bos_token) on the Llama/Mistral fixtures.
 TEST(TokenizerByteLevel, SentencepieceSpecialTokensMatchTransformers) {
-  const json golden_ids = json::parse(read_file(kFixtures + "sentencepiece_special_tokens.json"));
+  const json golden_ids = json::parse(read_bytes(kFixtures + "sentencepiece_special_tokens.json"));
   const json& texts = golden_ids["texts"];
   EXPECT_EQ(count_encode_mismatches(Tokenizer(variant_files("chatml")), texts, golden_ids["variants"]["chatml"], "chatml",
                                     /*with_special_tokens=*/true),
@@ -625,7 +619,7 @@ TEST(TokenizerByteLevel, SentencepieceSpecialTokensMatchTransformers) {
 TEST(TokenizerByteLevel, DatasetMatchesTransformersHashes) {
   if (!std::filesystem::exists(kDataset)) GTEST_SKIP() << "dataset not found at " << kDataset;
   const Tokenizer tokenizer(byte_level_files("llama3"));
-  const json rows = json::parse(read_file(kDataset));
+  const json rows = json::parse(read_bytes(kDataset));
   std::ifstream hashes(kByteLevelFixtures + "dataset_hashes.txt");
   std::string line;
   std::getline(hashes, line);  // header
