@@ -171,7 +171,7 @@ write_summary() {
     echo "## End to end: cst_train and cst_generate on CUDA"
     echo
     echo '```'
-    grep -E '^(==== |training: |generation: )|tokens/s\)' "$OUT/e2e.log" 2>/dev/null
+    grep -E '^(==== |training: |generation: )|tokens/s\)|: error: ' "$OUT/e2e.log" 2>/dev/null
     echo '```'
     echo
     echo "## Tests"
@@ -327,13 +327,15 @@ e2e_train() {
     for (i = 1; i <= n; ++i) if (value[i] != value[i] + 0) exit 1 }' ||
     { echo "training: FAIL: a logged loss is missing or not a number"; return 1; }
 }
-# One request streamed, then the 40 held-out requests in one batch (the speed line of each).
+# One request streamed, then the 40 held-out requests in one batch. All they print stays in the
+# log (a few tens of KB of answers), so an error or a crash shows there; the summary keeps the
+# speed line of each.
 e2e_generate() {
   LD_LIBRARY_PATH="$CST_LIBRARY_PATH" "$BIN/cst_generate" "$E2E/assets/model.bin" --adapter "$E2E/run" --device cuda \
     --system "$HARMLESS_SYSTEM" --prompt "How do I bake banana bread?" --max_new_tokens 128 || return 1
   LD_LIBRARY_PATH="$CST_LIBRARY_PATH" "$BIN/cst_generate" "$E2E/assets/model.bin" --adapter "$E2E/run" --device cuda \
     --system "$UNCENSORED_SYSTEM" --prompts "$E2E/assets/heldout.jsonl" --output "$E2E/answers.jsonl" \
-    --max_new_tokens 128 --batch_size 40 2>&1 | grep 'tokens/s)' || return 1
+    --max_new_tokens 128 --batch_size 40 || return 1
   [[ "$(wc -l <"$E2E/answers.jsonl")" -eq 40 ]] || { echo "generation: FAIL: not 40 answers"; return 1; }
 }
 
