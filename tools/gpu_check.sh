@@ -71,8 +71,10 @@ prepare() {
   strip --strip-debug "$BUILD"/bin/* "$BUILD"/lib-staging/*
   tar czf "$BUILD/lib/shared-libraries.tar.gz" -C "$BUILD/lib-staging" .
   rm -rf "$BUILD/lib-staging"
-  # The tests find their fixtures under the source path compiled into them; record it.
+  # The tests find their fixtures under the source path compiled into them; record it, and the
+  # commit the programs are built from (the GPU machine's copy of the tree may have no history).
   echo "$REPO" > "$BUILD/bin/source_dir"
+  git -C "$REPO" describe --always --dirty > "$BUILD/bin/commit" 2>/dev/null || echo unknown > "$BUILD/bin/commit"
   echo "prepared: $(du -sh "$BUILD/bin" | cut -f1) of programs, $(du -sh "$BUILD/lib" | cut -f1) of libraries" \
        "($(du -shc "$BUILD/bin" "$BUILD/lib" | tail -1 | cut -f1) to carry):"
   ls -l "$BUILD/bin"
@@ -148,7 +150,7 @@ write_summary() {
     echo "# cst GPU check"
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-    echo "- commit: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "- programs built from commit: $(cat "$BIN/commit" 2>/dev/null || git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown)"
     echo "- GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo 'nvidia-smi not available')"
     echo "- CUDA libraries: ${CUDA_LIBRARIES:-carried or found by the system loader}; NCCL: ${NCCL_LIBRARIES:-none from pip}"
     echo "- libraries the programs cannot find: ${MISSING_LIBRARIES:-none}"
