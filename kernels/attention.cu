@@ -7,13 +7,15 @@
 //   dK, dV       grid (key tiles, KVH, S): loops over the group's query heads and query tiles
 //   dQ           grid (query tiles, H, S): loops over key tiles
 // Every output element is written by exactly one thread, after a fixed sequence of additions,
-// so the results are bitwise reproducible from run to run.
+// so the results are bitwise reproducible from run to run. Head dims other than 64 and 128 (the
+// small test and demo models) go to the plain kernels of kernels/attention_rowwise.cuh.
 #include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdint>
 
 #include "kernels/attention.h"
+#include "kernels/attention_rowwise.cuh"
 #include "kernels/attention_tiles.cuh"
 #include "kernels/cuda_common.cuh"
 #include "kernels/device.h"
@@ -98,26 +100,31 @@ DeviceOffsets upload_offsets(const std::vector<int32_t>& cu_seqlens) {
   return offsets;
 }
 
-// What only the CUDA kernels need beyond the public op's checks.
-void check_operand(const Tensor& t, DType dtype, const char* what) {
+// The head dims the flash kernels are built for; others run the row-wise kernels.
+bool has_flash_kernels(int head_dim) { return head_dim == 64 || head_dim == 128; }
+
+// What only the CUDA kernels need beyond the public op's checks (the flash kernels' 16-byte
+// vector loads need aligned rows).
+void check_operand(const Tensor& t, DType dtype, const char* what, int head_dim) {
   if (t.dtype != dtype)
     fail("attention on cuda: ", what, " must be ", dtype_name(dtype), ", got ", t.describe());
-  if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0)
+  if (has_flash_kernels(head_dim) && reinterpret_cast<uintptr_t>(t.data) % 16 != 0)
     fail("attention on cuda: ", what, " must be 16-byte aligned for vector loads");
 }
 
 AttentionParams make_params(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                             const Tensor& lse, const AttentionShape& shape) {
-  if (shape.head_dim != 64 && shape.head_dim != 128)
-    fail("attention on cuda: head_dim ", shape.head_dim, " is not supported (64 or 128)");
+  if (shape.head_dim < 1 || shape.head_dim > rowwise::kMaxHeadDim)
+    fail("attention on cuda: head_dim ", shape.head_dim, " is not supported (1 to ", rowwise::kMaxHeadDim,
+         "; 64 and 128 run the flash kernels)");
   if (q.shape[0] > INT32_MAX / 2) fail("attention on cuda: ", q.shape[0], " tokens is too many");
   if (shape.heads > 65535)  // grid y of the forward and dQ launches
     fail("attention on cuda: ", shape.heads, " heads (the CUDA grid allows 65535)");
-  check_operand(q, DType::bf16, "q");
-  check_operand(k, DType::bf16, "k");
-  check_operand(v, DType::bf16, "v");
-  check_operand(out, DType::bf16, "out");
-  check_operand(lse, DType::f32, "lse");
+  check_operand(q, DType::bf16, "q", shape.head_dim);
+  check_operand(k, DType::bf16, "k", shape.head_dim);
+  check_operand(v, DType::bf16, "v", shape.head_dim);
+  check_operand(out, DType::bf16, "out", shape.head_dim);
+  check_operand(lse, DType::f32, "lse", shape.head_dim);
 
   AttentionParams params;
   params.q = static_cast<const __nv_bfloat16*>(q.data);
@@ -175,7 +182,8 @@ void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, co
   DeviceOffsets offsets = upload_offsets(cu_seqlens);
   params.cu_seqlens = offsets.data;
   if (shape.head_dim == 64) forward_for_head_dim<64>(params, offsets);
-  else forward_for_head_dim<128>(params, offsets);
+  else if (shape.head_dim == 128) forward_for_head_dim<128>(params, offsets);
+  else rowwise::forward(params, offsets.sequences, shape.head_dim);
 }
 
 void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
@@ -183,10 +191,10 @@ void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, co
                         const Tensor& lse, const std::vector<int32_t>& cu_seqlens,
                         const AttentionShape& shape) {
   AttentionParams params = make_params(q, k, v, out, lse, shape);
-  check_operand(dout, DType::bf16, "dout");
-  check_operand(dq, DType::bf16, "dq");
-  check_operand(dk, DType::bf16, "dk");
-  check_operand(dv, DType::bf16, "dv");
+  check_operand(dout, DType::bf16, "dout", shape.head_dim);
+  check_operand(dq, DType::bf16, "dq", shape.head_dim);
+  check_operand(dk, DType::bf16, "dk", shape.head_dim);
+  check_operand(dv, DType::bf16, "dv", shape.head_dim);
   if (params.tokens == 0) return;
   DeviceOffsets offsets = upload_offsets(cu_seqlens);
   params.cu_seqlens = offsets.data;
@@ -198,7 +206,8 @@ void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, co
   params.dout_dot_out =
       static_cast<float*>(dout_dot_out.reserve(size_t(params.tokens) * shape.heads * sizeof(float)));
   if (shape.head_dim == 64) backward_for_head_dim<64>(params, offsets);
-  else backward_for_head_dim<128>(params, offsets);
+  else if (shape.head_dim == 128) backward_for_head_dim<128>(params, offsets);
+  else rowwise::backward(params, offsets.sequences, shape.head_dim);
 }
 
 }  // namespace cst::cuda

@@ -21,7 +21,10 @@
 // CUDA (kernels/attention.cu, docs/attention.md): the forward runs the online softmax per 64-query
 // tile in registers; the backward first computes D, then dk/dv per 64-key tile (looping over the
 // group's query heads and the query tiles that see it) and dq per 64-query tile in a separate
-// pass, so every sum has a fixed order and results are bitwise reproducible.
+// pass, so every sum has a fixed order and results are bitwise reproducible. Those kernels are
+// built for D = 64 and 128; other head dims (up to 256: the small test and demo models) run plain
+// one-warp-per-row kernels with the same math and the same determinism
+// (kernels/attention_rowwise.cuh).
 #pragma once
 #include <vector>
 
