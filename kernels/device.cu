@@ -25,7 +25,8 @@ void* allocate(size_t bytes) {
     cudaMemGetInfo(&free_bytes, &total_bytes);
     fail("out of GPU memory: requested ", bytes / (1 << 20), " MiB with ", free_bytes / (1 << 20),
          " MiB free of ", total_bytes / (1 << 20),
-         " MiB (reduce --per_device_train_batch_size or --max_length)");
+         " MiB (fewer tokens at once: --per_device_train_batch_size or --max_length in training, "
+         "--batch_size or --max_new_tokens in generation)");
   }
   // Any other failure (no device, a sticky error of an earlier kernel) is not a memory shortage.
   CUDA_CHECK(status);
