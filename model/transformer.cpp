@@ -211,12 +211,15 @@ Tensor Transformer::run_layers(const ForwardOptions& options, const CacheUpdate*
 
   Tensor x = arena.alloc({n, C}, dtype);
   embedding_forward(x, saved.tokens, weights_.embed_tokens);
+  // Without a backward to come, only a layer's input and output are live: two buffers take turns.
+  Tensor spare = options.save_for_backward ? Tensor{} : arena.alloc({n, C}, dtype);
   for (int layer = 0; layer < config_.num_layers; ++layer) {
-    Tensor out = arena.alloc({n, C}, dtype);
+    Tensor out = options.save_for_backward ? arena.alloc({n, C}, dtype) : spare;
     if (!keep_all) saved.layer_scratch.reset();
     LayerActivations a = layer_forward(layer, x, out, options, update, keep_all ? arena : saved.layer_scratch);
     if (keep_all) saved.layers[layer] = a;
     else if (options.save_for_backward) saved.layers[layer].x = x;
+    else spare = x;
     x = out;
   }
   saved.final_input = x;
