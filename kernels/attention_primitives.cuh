@@ -7,7 +7,7 @@
 //   copy_async_16                           a 16-byte global -> shared copy that does not block
 //                                           (zero-filled when the source row does not exist)
 //   copy_async_commit / copy_async_wait     close a group of copies / wait for groups
-//   block_barrier, shuffle_xor, pack_bf16x2, store_bf16x2, fast_exp2
+//   block_barrier, shuffle_xor, pack_bf16x2, store_bf16x2, store_bf16, fast_exp2
 //
 // Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type"),
 // with group = lane / 4 and pair = lane % 4; each 32-bit register holds two bf16, the lower
@@ -22,7 +22,8 @@
 // from shared memory to mma operands, and from an mma result (C layout) straight to the next
 // mma's A operand.
 //
-// The tile code (kernels/attention_tiles.cuh) uses nothing of CUDA but this file, so it also
+// The tile code (kernels/attention_tiles.cuh, and the row-wise kernels of
+// kernels/attention_rowwise.cuh) uses nothing of CUDA but this file, so it also
 // compiles for the host: tests/test_attention_emulated.cpp defines its own model of every
 // function here (and CST_FLASH_DEVICE, bf16) and runs the tiles against the CPU reference. A
 // classic include guard (not #pragma once) lets that model stand in for this file.
@@ -106,6 +107,9 @@ CST_FLASH_DEVICE uint32_t pack_bf16x2(float low, float high) {
 CST_FLASH_DEVICE void store_bf16x2(bf16* destination, uint32_t packed) {
   *reinterpret_cast<uint32_t*>(destination) = packed;
 }
+
+// One bf16 element, rounded to nearest even, stored to global memory.
+CST_FLASH_DEVICE void store_bf16(bf16* destination, float value) { *destination = __float2bfloat16_rn(value); }
 
 CST_FLASH_DEVICE float fast_exp2(float x) { return exp2f(x); }
 

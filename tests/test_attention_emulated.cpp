@@ -1,6 +1,7 @@
-// The flash attention tile code (kernels/attention_tiles.cuh) run on the CPU and compared with
-// the CPU reference op (kernels/attention.cpp), so the kernels' indexing, masks, online softmax
-// and backward are checked on every build, without a GPU or nvcc.
+// The flash attention tile code (kernels/attention_tiles.cuh) and the row-wise kernels for other
+// head dims (kernels/attention_rowwise.cuh) run on the CPU and compared with the CPU reference op
+// (kernels/attention.cpp), so the kernels' indexing, masks, online softmax and backward are
+// checked on every build, without a GPU or nvcc.
 //
 // The tiles use nothing of CUDA but the functions of kernels/attention_primitives.cuh, one PTX
 // instruction each. This file models each of them from the PTX ISA (NVIDIA, "Parallel Thread
@@ -28,8 +29,9 @@
 //   shuffle_xor  "shfl.sync" .bfly with a full member mask: lane l gets the value of lane l ^ mask.
 //   pack_bf16x2  "cvt" .rn.bf16x2.f32: round to nearest even; __floats2bfloat162_rn puts its
 //       first argument in the low half.
-//   store_bf16x2  a 32-bit global store; fast_exp2  exp2f (the device's ex2.approx is within
-//       2 ulp of it, far inside the tolerances below).
+//   store_bf16x2  a 32-bit global store; store_bf16  "cvt" .rn.bf16.f32 and a 16-bit global store;
+//       fast_exp2  exp2f (the device's ex2.approx is within 2 ulp of it, far inside the
+//       tolerances below).
 //
 // A copy is modelled as landing in shared memory when its thread waits for its group, the
 // latest moment the ISA allows, so a kernel that reads a tile before waiting sees stale data.
@@ -459,10 +461,13 @@ inline void store_bf16x2(bf16* destination, uint32_t packed) {
   std::memcpy(destination, &packed, 4);
 }
 
+inline void store_bf16(bf16* destination, float value) { destination->bits = f32_to_bf16(value); }
+
 inline float fast_exp2(float x) { return std::exp2(x); }
 
 }  // namespace cst::cuda::flash
 
+#include "kernels/attention_rowwise.cuh"
 #include "kernels/attention_tiles.cuh"
 
 namespace cst {
@@ -541,22 +546,48 @@ std::string launch_tiles(
   return "";
 }
 
-// D = rowsum(dO * O): one warp per (token, head) in blocks of 256 threads, for the blocks that
-// hold rows [first_row, tokens * heads).
-template <int kHeadDim>
-std::string launch_dout_dot_out(const flash::AttentionParams& params, int64_t first_row) {
+// One warp per row in blocks of 256 threads (the D kernel of kernels/attention.cu and every
+// row-wise kernel), for the blocks that hold rows [first_row, rows).
+std::string launch_rows(const char* kernel, int64_t first_row, int64_t rows,
+                        const std::function<void(int64_t row, int lane)>& warp_body) {
   constexpr int kThreads = 256, kWarpsPerBlock = kThreads / emulation::kWarpSize;
-  const int64_t rows = int64_t(params.tokens) * params.heads;
   for (int64_t block_row = first_row / kWarpsPerBlock * kWarpsPerBlock; block_row < rows;
        block_row += kWarpsPerBlock) {
     std::string error = block().run(kThreads, 0, [&](std::byte*, int thread) {
-      flash::dout_dot_out_warp<kHeadDim>(params, block_row + thread / emulation::kWarpSize,
-                                         thread % emulation::kWarpSize);
+      warp_body(block_row + thread / emulation::kWarpSize, thread % emulation::kWarpSize);
     });
     if (!error.empty())
-      return "dout . out block at row " + std::to_string(block_row) + ": " + error;
+      return std::string(kernel) + " block at row " + std::to_string(block_row) + ": " + error;
   }
   return "";
+}
+
+// D = rowsum(dO * O): one warp per (token, head), for rows [first_row, tokens * heads).
+template <int kHeadDim>
+std::string launch_dout_dot_out(const flash::AttentionParams& params, int64_t first_row) {
+  return launch_rows("dout . out", first_row, int64_t(params.tokens) * params.heads,
+                     [&](int64_t row, int lane) { flash::dout_dot_out_warp<kHeadDim>(params, row, lane); });
+}
+
+// The row-wise kernels (kernels/attention_rowwise.cu) in their launch order, for the tokens from
+// first_token on.
+std::string run_rowwise_kernels(const flash::AttentionParams& p, int sequences, int head_dim,
+                                int64_t first_token) {
+  namespace rowwise = cuda::rowwise;
+  const int64_t query_rows = int64_t(p.tokens) * p.heads, key_rows = int64_t(p.tokens) * p.kv_heads;
+  std::string error = launch_rows("row-wise forward", first_token * p.heads, query_rows, [&](int64_t row, int lane) {
+    rowwise::forward_warp(p, sequences, head_dim, row, lane);
+  });
+  if (error.empty())
+    error = launch_rows("row-wise dout . out", first_token * p.heads, query_rows,
+                        [&](int64_t row, int lane) { rowwise::dout_dot_out_warp(p, head_dim, row, lane); });
+  if (error.empty())
+    error = launch_rows("row-wise dq", first_token * p.heads, query_rows,
+                        [&](int64_t row, int lane) { rowwise::dq_warp(p, sequences, head_dim, row, lane); });
+  if (error.empty())
+    error = launch_rows("row-wise dk/dv", first_token * p.kv_heads, key_rows,
+                        [&](int64_t row, int lane) { rowwise::dkdv_warp(p, sequences, head_dim, row, lane); });
+  return error;
 }
 
 // The forward and the three backward kernels, in the order kernels/attention.cu launches them,
@@ -707,8 +738,9 @@ TEST_P(AttentionEmulated, MatchesCpuReference) {
   const int sequences = int(cu_seqlens.size()) - 1;
   const int longest = *std::max_element(c.lengths.begin(), c.lengths.end());
   const int tiles = (longest + flash::kTileRows - 1) / flash::kTileRows;
-  ASSERT_EQ(dim == 64 ? run_kernels<64>(params, tiles, first_sequence, sequences, first_token)
-                      : run_kernels<128>(params, tiles, first_sequence, sequences, first_token),
+  ASSERT_EQ(dim == 64    ? run_kernels<64>(params, tiles, first_sequence, sequences, first_token)
+            : dim == 128 ? run_kernels<128>(params, tiles, first_sequence, sequences, first_token)
+                         : run_rowwise_kernels(params, sequences, int(dim), first_token),
             "");
 
   // The reference: the checked sequences alone, on the CPU.
@@ -756,8 +788,8 @@ TEST_P(AttentionEmulated, MatchesCpuReference) {
 }
 
 // Lengths 1, odd, exact tiles (64) and tails (65, 70, 130); empty sequences; windows below, at
-// and above the 64-row tile; GQA group sizes 1 and 4; head dims 64 and 128; rows past 2^31
-// elements. A length-1 sequence alone has dq = dk = 0 exactly (no relative error to measure),
+// and above the 64-row tile; GQA group sizes 1, 2, 4 and 8; head dims 64 and 128 (the flash
+// kernels) and 12 to 256 (the row-wise ones); rows past 2^31 elements. A length-1 sequence alone has dq = dk = 0 exactly (no relative error to measure),
 // so it is packed with others.
 INSTANTIATE_TEST_SUITE_P(
     Shapes, AttentionEmulated,
@@ -769,7 +801,15 @@ INSTANTIATE_TEST_SUITE_P(
         EmulatedCase{"window100_gqa4_d64", {3, 190, 65}, {4, 1, 64, 100}},
         EmulatedCase{"window2_mha_d128", {70, 1, 2}, {2, 2, 128, 2}},
         // (2.2M + 101) tokens x 8 heads x 128 = 2.25e9 elements of q: 4.5 GB never touched.
-        EmulatedCase{"past_2g_elements_gqa4_d128", {64, 37}, {8, 2, 128, 0}, 2200000}),
+        EmulatedCase{"past_2g_elements_gqa4_d128", {64, 37}, {8, 2, 128, 0}, 2200000},
+        // Other head dims: the row-wise kernels (the test and demo models' 12, 16 and 24, one
+        // that is not a multiple of 32, the largest).
+        EmulatedCase{"rowwise_causal_gqa2_d12", {1, 17, 70, 5}, {4, 2, 12, 0}},
+        EmulatedCase{"rowwise_window8_gqa4_d16", {0, 40, 3}, {8, 2, 16, 8}},
+        EmulatedCase{"rowwise_causal_mha_d24", {33, 1, 64}, {3, 3, 24, 0}},
+        EmulatedCase{"rowwise_window2_gqa8_d100", {45, 1, 2}, {8, 1, 100, 2}},
+        EmulatedCase{"rowwise_causal_gqa2_d256", {20, 9}, {2, 1, 256, 0}},
+        EmulatedCase{"rowwise_past_2g_elements_gqa4_d24", {40, 7}, {8, 2, 24, 0}, 12000000}),
     [](const ::testing::TestParamInfo<EmulatedCase>& info) {
       return std::string(info.param.name);
     });
