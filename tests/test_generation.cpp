@@ -1,9 +1,11 @@
 // Greedy generation with the KV cache against transformers' generate() (golden data from
 // tools/python/make_generate_fixtures.py), with and without the PEFT adapter. Token ids must be
 // identical: greedy decoding is exact as long as no two top logits are within rounding of each
-// other, which the fixture's random models do not produce.
+// other, which the fixture's random models do not produce. The Llama 3.1-style model has a list of
+// EOS ids; its prompts were chosen so that generations end at each of them.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 #include <set>
 
@@ -53,7 +55,8 @@ struct GoldenGeneration {
   GenerationOptions greedy(bool adapters) const {
     GenerationOptions options;
     options.max_new_tokens = golden["max_new_tokens"].get<int>();
-    options.stop_tokens = {model.config().eos_token_id};  // generate() stops at the config's EOS too
+    // generate() stops at every EOS id of the config too
+    options.stop_tokens.assign(model.config().eos_token_ids.begin(), model.config().eos_token_ids.end());
     options.adapters_enabled = adapters;
     return options;
   }
@@ -105,7 +108,52 @@ TEST_P(GenerationGolden, BatchedSamplingMatchesOnePromptAtATime) {
   EXPECT_GT(distinct.size(), 3u) << "the draws should not all give the same few tokens";
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, GenerationGolden, ::testing::Values("mistral_gqa_window", "llama_tied"));
+INSTANTIATE_TEST_SUITE_P(Fixtures, GenerationGolden,
+                         ::testing::Values("mistral_gqa_window", "llama_tied", "llama3_rope_scaled"));
+
+// A generation ends right after the EOS id transformers stopped at (null: it ran to max_new_tokens),
+// with no EOS id before it.
+void expect_stopped_as_recorded(const std::vector<int32_t>& generated, const nlohmann::json& stopped_by,
+                                const std::vector<int>& eos_ids, size_t max_new_tokens, const std::string& what) {
+  ASSERT_FALSE(generated.empty()) << what;
+  const auto is_eos = [&](int32_t token) { return std::find(eos_ids.begin(), eos_ids.end(), token) != eos_ids.end(); };
+  EXPECT_TRUE(std::none_of(generated.begin(), generated.end() - 1, is_eos)) << what << ": an EOS id before the end";
+  if (stopped_by.is_null()) {
+    EXPECT_EQ(generated.size(), max_new_tokens) << what;
+    EXPECT_FALSE(is_eos(generated.back())) << what;
+  } else {
+    EXPECT_EQ(generated.back(), stopped_by.get<int32_t>()) << what;
+    EXPECT_LT(generated.size(), max_new_tokens) << what;
+  }
+}
+
+// The model's config lists EOS ids [2, 3, 4]: single and batched generation stop at each of them,
+// not only at the first, and an EOS id inside a prompt (as <|eot_id|> after an earlier turn of a
+// Llama 3 conversation) stops nothing.
+TEST(GenerationGoldenEosList, StopsRightAfterEachEosIdOfTheList) {
+  GoldenGeneration fixture("llama3_rope_scaled");
+  const std::vector<int>& eos_ids = fixture.model.config().eos_token_ids;
+  ASSERT_EQ(fixture.golden["eos_token_id"].get<std::vector<int>>(), eos_ids);
+  const auto prompts = fixture.prompts();
+  const size_t max_new_tokens = fixture.golden["max_new_tokens"].get<size_t>();
+  std::set<int> stops_seen;
+  bool ran_to_max_new_tokens = false;
+  for (bool adapters : {false, true}) {
+    const nlohmann::json& stopped_by = fixture.golden["stopped_by"][adapters ? "adapter" : "base"];
+    ASSERT_EQ(stopped_by.size(), prompts.size());
+    const auto batched = generate_batch(fixture.transformer, prompts, fixture.greedy(adapters));
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      const std::string what = "prompt " + std::to_string(i) + (adapters ? " with" : " without") + " the adapter";
+      expect_stopped_as_recorded(generate(fixture.transformer, prompts[i], fixture.greedy(adapters)), stopped_by[i],
+                                 eos_ids, max_new_tokens, what);
+      expect_stopped_as_recorded(batched[i], stopped_by[i], eos_ids, max_new_tokens, what + ", batched");
+      if (stopped_by[i].is_null()) ran_to_max_new_tokens = true;
+      else stops_seen.insert(stopped_by[i].get<int>());
+    }
+  }
+  EXPECT_EQ(stops_seen, std::set<int>(eos_ids.begin(), eos_ids.end())) << "the fixture should stop at every EOS id";
+  EXPECT_TRUE(ran_to_max_new_tokens) << "the fixture should have a generation that runs to max_new_tokens";
+}
 
 TEST(Sampling, GreedyTopKTopPAndDeterminism) {
   const std::vector<float> logits = {0.0f, 3.0f, 1.0f, 2.9f, -5.0f};
