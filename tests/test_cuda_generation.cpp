@@ -53,7 +53,11 @@ constexpr double kDecodeTolerance = 0.02;           // cached decode vs full for
 constexpr int kMinimumDecisiveSteps = 60;           // over both models' 8 generations
 constexpr int kMinimumGuaranteedTokens = 40;
 
-const char* const kModels[] = {"mistral_gqa_window", "llama_tied"};
+// The models whose bf16 logit error b was measured (above). The Llama 3.1-style model (RoPE
+// scaling, an EOS list) moves by up to 0.038 in torch's bf16, too close to b for the near-tie
+// rule; it takes part in the decode comparisons, GPU against GPU.
+const char* const kGreedyModels[] = {"mistral_gqa_window", "llama_tied"};
+const char* const kModels[] = {"mistral_gqa_window", "llama_tied", "llama3_rope_scaled"};
 
 // A fixture model with its adapter on one backend (f32 on the CPU, bf16 on CUDA).
 struct FixtureModel {
@@ -149,10 +153,12 @@ TEST(CudaGeneration, GreedyMatchesTransformersUpToNearTies) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU: CUDA generation is checked by tools/gpu_check.sh";
   int decisive_steps = 0, guaranteed_tokens = 0, equal_tokens = 0, total_tokens = 0;
   double worst_logit_error = 0;
-  for (const char* model : kModels) {
+  for (const char* model : kGreedyModels) {
     FixtureModel cpu(model_directory(model), Device::cpu), gpu(model_directory(model), Device::cuda);
     GenerationOptions options;
-    options.stop_tokens = {cpu.file.config().eos_token_id};  // generate() stops at the config's EOS too
+    // generate() stops at every EOS id of the config too
+    const std::vector<int>& eos_ids = cpu.file.config().eos_token_ids;
+    options.stop_tokens.assign(eos_ids.begin(), eos_ids.end());
     for (const GoldenGeneration& generation : golden_generations(model)) {
       SCOPED_TRACE(generation.label());
       const auto cpu_rows = teacher_forced_logits(cpu.transformer, generation.prompt, generation.expected, generation.adapters);
