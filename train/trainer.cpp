@@ -388,6 +388,8 @@ Metrics Trainer::evaluate() {
 
 TrainingOutcome Trainer::run() {
   validate_train_options(options_);
+  // "today" becomes the date itself, so args.json records the prompts' exact text.
+  options_.chat_template_date = parse_chat_template_date(options_.chat_template_date);
   if (options_.threads > 0) omp_set_num_threads(options_.threads);
   if (group_.is_main()) prepare_output_dir(options_);
   if (group_.size() > 1 && options_.device == "cuda") CST_ON_CUDA(cuda::select_device(group_.rank()));
@@ -562,6 +564,7 @@ TrainingOutcome run_with_workers(const TrainOptions& options) {
   TrainOptions worker_options = options;
   const Device device = resolve_device(options.device);
   worker_options.device = device_name(device);
+  worker_options.chat_template_date = parse_chat_template_date(options.chat_template_date);  // one day for all
   if (device == Device::cuda) {
     int visible = 0;
     CST_ON_CUDA(visible = cuda::device_count());
