@@ -23,6 +23,10 @@ namespace {
 
 // Below this many multiply-adds a second thread costs more to wake than it saves.
 constexpr int64_t kMinParallelMultiplyAdds = int64_t(1) << 18;
+// A one-row product (sgemv) reads each weight once: its time is the matrix's memory traffic, and
+// one core's share of the memory bandwidth is the limit. From a 128 KiB matrix (about 10 us on one
+// core) up, splitting it over the threads pays.
+constexpr int64_t kMinParallelMatrixVectorMultiplyAdds = int64_t(1) << 15;
 // Blocks start at multiples of this, so each thread's sgemm runs whole register tiles.
 constexpr int64_t kBlockAlignment = 16;
 
@@ -76,7 +80,8 @@ void run_parallel(const Sgemm& g) {
   bool split_rows = g.rows >= g.cols;
   int64_t extent = split_rows ? g.rows : g.cols;
   int64_t blocks = std::min<int64_t>(threads, (extent + kBlockAlignment - 1) / kBlockAlignment);
-  if (blocks <= 1 || g.rows * g.cols * g.inner < kMinParallelMultiplyAdds)
+  const int64_t min_multiply_adds = g.rows == 1 ? kMinParallelMatrixVectorMultiplyAdds : kMinParallelMultiplyAdds;
+  if (blocks <= 1 || g.rows * g.cols * g.inner < min_multiply_adds)
     return run_on_this_thread(g);
   auto boundary = [&](int64_t block) {
     if (block == blocks) return extent;

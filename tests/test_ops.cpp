@@ -2,6 +2,7 @@
 // dropout, AdamW, and the argument checks shared by every op.
 // Pattern and tolerances: tests/op_reference.h.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <cmath>
 #include <numbers>
@@ -48,6 +49,33 @@ std::vector<double> reference_matmul(const std::vector<double>& a, const std::ve
       out[size_t(i * N + j)] = alpha * sum + beta * out_before[size_t(i * N + j)];
     }
   return out;
+}
+
+// A one-row product (a decoding step) runs as sgemv, split over the threads by output columns once
+// the matrix is large enough: every transpose, a column count that leaves a short last block.
+TEST(OpsGemm, OneRowProductsSplitOverThreadsMatchFloat64) {
+  const int64_t M = 1, N = 300, K = 130;  // 39000 multiply-adds: past the split threshold
+  const float alpha = 0.7f, beta = 0.3f;
+  const int threads_before = omp_get_max_threads();
+  omp_set_num_threads(2);
+  for (bool transpose_a : {false, true}) {
+    for (bool transpose_b : {false, true}) {
+      SCOPED_TRACE(testing::Message() << "transpose_a " << transpose_a << " transpose_b " << transpose_b);
+      Rng rng(30 + 2 * transpose_a + transpose_b);
+      std::vector<float> a_values = rng.floats(M * K), b_values = rng.floats(K * N), out_before = rng.floats(M * N);
+      OwnedTensor a = transpose_a ? f32_tensor({K, M}, a_values) : f32_tensor({M, K}, a_values);
+      OwnedTensor b = transpose_b ? f32_tensor({N, K}, b_values) : f32_tensor({K, N}, b_values);
+      OwnedTensor out = f32_tensor({M, N}, out_before);
+      matmul(out, a, b, transpose_a, transpose_b, alpha, beta);
+      // K = 130 f32 products per output: rounding near 1e-6 relative, so 1e-5 still catches a
+      // block that is misplaced or left out.
+      EXPECT_LT(relative_error(to_vector(out), reference_matmul(to_double(a_values), to_double(b_values),
+                                                                 to_double(out_before), M, N, K, transpose_a,
+                                                                 transpose_b, alpha, beta)),
+                1e-5);
+    }
+  }
+  omp_set_num_threads(threads_before);
 }
 
 TEST(OpsGemm, AllTransposesWithAlphaBetaMatchFloat64AndTheirGradients) {
