@@ -60,17 +60,23 @@ void attention_decode(const Tensor& out, const Tensor& q, const Tensor& k_cache,
         for (int64_t j = first; j <= position; ++j) {
           const float* k_row = k_cache.f32() + (base + j) * KVH * D + kv_offset;
           float dot = 0;
+#pragma omp simd reduction(+ : dot)
           for (int64_t d = 0; d < D; ++d) dot += q_row[d] * k_row[d];
           scores[size_t(j)] = scale * dot;
           max_score = std::max(max_score, scores[size_t(j)]);
         }
+        // scores become the unnormalised weights exp(s_j - max), each exponential taken once.
         double normaliser = 0;
-        for (int64_t j = first; j <= position; ++j) normaliser += std::exp(double(scores[size_t(j)] - max_score));
+        for (int64_t j = first; j <= position; ++j) {
+          scores[size_t(j)] = float(std::exp(double(scores[size_t(j)] - max_score)));
+          normaliser += double(scores[size_t(j)]);
+        }
         float* out_row = out.f32() + (i * H + h) * D;
         std::fill(out_row, out_row + D, 0.0f);
         for (int64_t j = first; j <= position; ++j) {
-          const float p = float(std::exp(double(scores[size_t(j)] - max_score)) / normaliser);
+          const float p = float(double(scores[size_t(j)]) / normaliser);
           const float* v_row = v_cache.f32() + (base + j) * KVH * D + kv_offset;
+#pragma omp simd
           for (int64_t d = 0; d < D; ++d) out_row[d] += p * v_row[d];
         }
       }
