@@ -1,20 +1,18 @@
-// Cached-decoding attention on the GPU: one warp per (new token, query head). Each lane holds
-// up to 8 dimensions of q and of the output; the warp walks the visible cached keys of the token's
-// sequence once with an online softmax (running max m and sum l, rescaling the accumulator when m
-// grows), so nothing proportional to the sequence is stored. Decoding is memory-bound on the cache
-// reads; this simple form reads each key and value row once per query head.
+// Cached-decoding attention on the GPU: one warp per (new token, query head). The warp walks the
+// visible cached keys of the token's sequence once with the online softmax of the row-wise
+// attention kernels (kernels/attention_rowwise.cuh: each lane holds up to 8 dimensions, so any
+// head_dim up to 256 works), so nothing proportional to the sequence is stored. Decoding is
+// memory-bound on the cache reads; this simple form reads each key and value row once per query
+// head.
 #include "kernels/attention_decode.h"
+#include "kernels/attention_rowwise.cuh"
 #include "kernels/cuda_common.cuh"
 #include "kernels/cuda_utils.cuh"
 
 namespace cst::cuda {
 namespace {
 
-// Lane l holds the head dimensions l, l + 32, l + 64, ... below head_dim: slot s of its arrays is
-// dimension l + 32 s. Every slot loop runs over all kMaxDimsPerLane slots, unrolled, and skips the
-// slots past head_dim, so the arrays stay in registers and any head_dim up to 256 works (the test
-// and demo models have 12, 16 and 24; Llama and Mistral 64 and 128).
-constexpr int kMaxDimsPerLane = 8;  // head_dim <= 256
+using rowwise::kMaxDimsPerLane;
 
 template <class T>
 __global__ void attention_decode_kernel(T* out, const T* q, const T* k_cache, const T* v_cache,
@@ -40,33 +38,16 @@ __global__ void attention_decode_kernel(T* out, const T* q, const T* k_cache, co
   }
   const int64_t first = window > 0 ? max(int64_t(0), position - window + 1) : 0;
 
-  float q_part[kMaxDimsPerLane], acc[kMaxDimsPerLane];
-  const T* q_row = q + (i * heads + h) * head_dim;
-#pragma unroll
-  for (int s = 0; s < kMaxDimsPerLane; ++s) {
-    q_part[s] = s < slots ? to_float(q_row[lane + 32 * s]) : 0.0f;
-    acc[s] = 0.0f;
-  }
-  float running_max = -INFINITY, running_sum = 0.0f;
+  rowwise::Slots q_part;
+  rowwise::load_row(q_part, q + (i * heads + h) * head_dim, lane, head_dim);
+  rowwise::OnlineSoftmax softmax;
   for (int64_t j = first; j <= position; ++j) {
     const int64_t row = ((base + j) * kv_heads + kv_head) * head_dim;
-    float partial = 0.0f;
-#pragma unroll
-    for (int s = 0; s < kMaxDimsPerLane; ++s)
-      if (s < slots) partial += q_part[s] * to_float(k_cache[row + lane + 32 * s]);
-    const float score = warp_sum(partial) * scale;
-    const float new_max = fmaxf(running_max, score);
-    const float rescale = __expf(running_max - new_max);  // 0 on the first key
-    const float weight = __expf(score - new_max);
-    running_sum = running_sum * rescale + weight;
-#pragma unroll
-    for (int s = 0; s < kMaxDimsPerLane; ++s)
-      if (s < slots) acc[s] = acc[s] * rescale + weight * to_float(v_cache[row + lane + 32 * s]);
-    running_max = new_max;
+    softmax.add(scale * rowwise::dot(q_part, k_cache + row, lane, head_dim), v_cache + row, lane, head_dim);
   }
 #pragma unroll
   for (int s = 0; s < kMaxDimsPerLane; ++s)
-    if (s < slots) out_row[lane + 32 * s] = from_float<T>(acc[s] / running_sum);
+    if (s < slots) out_row[lane + 32 * s] = from_float<T>(softmax.acc[s] * softmax.normaliser());
 }
 
 }  // namespace

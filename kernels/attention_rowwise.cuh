@@ -64,8 +64,12 @@ CST_FLASH_DEVICE int first_visible_key(int position, int window) {
   return window > 0 && position - window + 1 > 0 ? position - window + 1 : 0;
 }
 
+// The row helpers take bf16 or f32 rows (Element): the cached-decoding kernel
+// (kernels/attention_decode.cu) decodes with either.
+
 // A row of D values into this lane's slots, as float (0 past D).
-CST_FLASH_DEVICE void load_row(Slots& values, const bf16* row, int lane, int head_dim) {
+template <class Element>
+CST_FLASH_DEVICE void load_row(Slots& values, const Element* row, int lane, int head_dim) {
   for (int s = 0; s < kMaxDimsPerLane; ++s) {
     const int d = lane + 32 * s;
     values[s] = d < head_dim ? float(row[d]) : 0.0f;
@@ -80,7 +84,8 @@ CST_FLASH_DEVICE void store_row(bf16* row, const Slots& values, float factor, in
 }
 
 // a . row over the warp (every lane gets the sum).
-CST_FLASH_DEVICE float dot(const Slots& a, const bf16* row, int lane, int head_dim) {
+template <class Element>
+CST_FLASH_DEVICE float dot(const Slots& a, const Element* row, int lane, int head_dim) {
   float partial = 0.0f;
   for (int s = 0; s < kMaxDimsPerLane; ++s) {
     const int d = lane + 32 * s;
@@ -90,12 +95,34 @@ CST_FLASH_DEVICE float dot(const Slots& a, const bf16* row, int lane, int head_d
 }
 
 // acc += weight * row
-CST_FLASH_DEVICE void add_scaled(Slots& acc, float weight, const bf16* row, int lane, int head_dim) {
+template <class Element>
+CST_FLASH_DEVICE void add_scaled(Slots& acc, float weight, const Element* row, int lane, int head_dim) {
   for (int s = 0; s < kMaxDimsPerLane; ++s) {
     const int d = lane + 32 * s;
     if (d < head_dim) acc[s] += weight * float(row[d]);
   }
 }
+
+// The online softmax over one query's keys, one key at a time: the running max of the scores, the
+// running sum of exp(score - max) and the unnormalised output, rescaled whenever the max grows.
+struct OnlineSoftmax {
+  float running_max = -INFINITY, running_sum = 0.0f;
+  Slots acc = {};
+
+  template <class Element>
+  CST_FLASH_DEVICE void add(float score, const Element* value_row, int lane, int head_dim) {
+    const float new_max = fmaxf(running_max, score);
+    const float rescale = expf(running_max - new_max);  // 0 on the first key
+    const float weight = expf(score - new_max);
+    running_sum = running_sum * rescale + weight;
+    for (int s = 0; s < kMaxDimsPerLane; ++s) acc[s] *= rescale;
+    add_scaled(acc, weight, value_row, lane, head_dim);
+    running_max = new_max;
+  }
+  // Slot s of the output is acc[s] * normaliser().
+  CST_FLASH_DEVICE float normaliser() const { return 1.0f / running_sum; }
+  CST_FLASH_DEVICE float lse() const { return running_max + logf(running_sum); }
+};
 
 // Forward for row = token * H + head (the whole warp returns past the last row).
 CST_FLASH_DEVICE void forward_warp(const AttentionParams& p, int sequences, int head_dim, int64_t row, int lane) {
@@ -103,22 +130,15 @@ CST_FLASH_DEVICE void forward_warp(const AttentionParams& p, int sequences, int 
   const int64_t i = row / p.heads;
   const int h = int(row % p.heads), kv_head = h / (p.heads / p.kv_heads);
   const TokenPlace place = place_of(p.cu_seqlens, sequences, i);
-  Slots q, acc = {};
+  Slots q;
   load_row(q, p.q + row * head_dim, lane, head_dim);
-  float running_max = -INFINITY, running_sum = 0.0f;
+  OnlineSoftmax softmax;
   for (int j = first_visible_key(place.position, p.window); j <= place.position; ++j) {
     const int64_t key_row = ((place.start + j) * p.kv_heads + kv_head) * head_dim;
-    const float score = p.scale * dot(q, p.k + key_row, lane, head_dim);
-    const float new_max = fmaxf(running_max, score);
-    const float rescale = expf(running_max - new_max);  // 0 on the first key
-    const float weight = expf(score - new_max);
-    running_sum = running_sum * rescale + weight;
-    for (int s = 0; s < kMaxDimsPerLane; ++s) acc[s] *= rescale;
-    add_scaled(acc, weight, p.v + key_row, lane, head_dim);
-    running_max = new_max;
+    softmax.add(p.scale * dot(q, p.k + key_row, lane, head_dim), p.v + key_row, lane, head_dim);
   }
-  store_row(p.out + row * head_dim, acc, 1.0f / running_sum, lane, head_dim);
-  if (lane == 0) p.lse[int64_t(h) * p.tokens + i] = running_max + logf(running_sum);
+  store_row(p.out + row * head_dim, softmax.acc, softmax.normaliser(), lane, head_dim);
+  if (lane == 0) p.lse[int64_t(h) * p.tokens + i] = softmax.lse();
 }
 
 // D for row = token * H + head.
