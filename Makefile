@@ -42,8 +42,9 @@ gpu-prepare: deps
 	tools/gpu_check.sh --prepare
 
 # On the GPU machine, with build-gpu/bin and build-gpu/lib: tests, a training run and a generation
-# on CUDA, the DPO step benchmark against PyTorch + PEFT, kernel benchmarks, sanitizers (at most 7.5
-# minutes); the report goes to $OUT (default gpu_report/).
+# on CUDA, the DPO step benchmark against PyTorch + PEFT, kernel benchmarks, sanitizers, most telling
+# first, within CST_CHECK_SECONDS (default 330; later steps are cut or skipped when it runs out, so
+# give the machine's run about a minute more); the report goes to $OUT (default gpu_report/).
 gpu-check:
 	tools/gpu_check.sh
 

@@ -19,17 +19,24 @@
 # nvcc's folder, /usr/local/cuda) or, failing that, the nvidia-* pip packages next to its torch
 # (site-packages/nvidia/*/lib); it must be cuBLAS 13 like the build's. NCCL's folder from those
 # packages goes on the library path too when present. If build-gpu/bin is missing but the machine
-# does have the -dev libraries, the check builds there itself (not counted in the budget below).
+# does have the -dev libraries, the check builds there itself (the budget starts after that).
 #
-# Every step has a time limit and the check goes on past a failing or skipped step; the limits
-# add up to 450 s (7.5 minutes): tests 70, training 20, generation 10, the DPO step benchmark with
-# cst's op breakdown 50 and PyTorch's 45, the generation benchmark 30, kernel and attention
-# benchmarks 20 + 25, ncu over the
-# attention kernels 30, torch SDPA and the attention check 20 + 20, and the sanitizers, last,
-# 55 + 55. The summary is rewritten after every step, so a check cut short still leaves one. The
-# report is at most 8 files in one folder: summary.md, tests.log, tests.xml, e2e.log, bench.log
-# (the benchmarks, the op breakdown and ncu's text report), sanitizer.log, kernel_bench.json,
-# attention_bench.json.
+# Every step has its own time limit and the whole check one budget, CST_CHECK_SECONDS (default
+# 330 s, 5.5 minutes), counted from the check's start: a lent GPU machine's time must hold its
+# start, the check, a second start and a rerun. A step runs under the smaller of its own limit and
+# what the budget has left, less 5 s kept for the summary; a step that would get under 8 s is not
+# started, and the summary says it was skipped for the budget. The steps run most telling first,
+# so a cut check still answers what matters: the GPU tests 70 s, cst_train 20 and cst_generate 10
+# on CUDA, our attention against torch 20, the DPO step benchmark with cst's op breakdown 50 and
+# PyTorch's 45, torch SDPA and attention_bench 20 + 25 (the attention speed table compares them),
+# kernel_bench 20, the generation benchmark 30, the sanitizers 55 + 55, ncu over the attention
+# kernels 30. The own limits add up to 450 s, so the budget cuts only when steps run near their
+# limits; fast steps all run. A stopped step gets 3 s to exit before it is killed, so the check
+# ends within a few seconds of its budget: give the GPU machine's run a timeout of the budget plus
+# about a minute (390 s for the default). The summary is rewritten after every step, so a check
+# cut short still leaves one. The report is at most 8 files in one folder: summary.md, tests.log,
+# tests.xml, e2e.log, bench.log (the benchmarks, the op breakdown and ncu's text report),
+# sanitizer.log, kernel_bench.json, attention_bench.json.
 set -u
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -95,22 +102,59 @@ SUMMARY="$OUT/summary.md"
 STEPS=()
 BIN="$BUILD/bin"
 
-# run_step NAME SECONDS LOG COMMAND...: runs with a time limit, appends to LOG, records the
-# outcome and rewrites the summary.
+# The check's time budget (see the top of this file), checked here so a typo fails at once.
+CHECK_SECONDS="${CST_CHECK_SECONDS:-330}"
+if [[ ! "$CHECK_SECONDS" =~ ^[0-9]+$ ]]; then
+  echo "CST_CHECK_SECONDS must be a whole number of seconds, not '$CHECK_SECONDS'" >&2
+  exit 2
+fi
+# Kept back from every step: the final summary, and timeout's grace after it stops a step.
+SUMMARY_RESERVE_SECONDS=5
+# A step given less than this could not finish; not starting it leaves its time to the summary.
+MIN_STEP_SECONDS=8
+# Where the budget's clock starts; moved past a build on this machine, which it does not count.
+CHECK_START=$SECONDS
+
+seconds_used() {
+  echo $((SECONDS - CHECK_START))
+}
+
+# A step's time limit: its own, or what the budget has left after the reserve when that is less.
+step_limit() {
+  local own="$1" left
+  left=$((CHECK_SECONDS - $(seconds_used) - SUMMARY_RESERVE_SECONDS))
+  echo $((own < left ? own : left))
+}
+
+# run_step NAME SECONDS LOG COMMAND...: runs COMMAND under its own limit of SECONDS or what the
+# budget has left, whichever is less; skips it when that is too little to be worth starting.
 run_step() {
-  local name="$1" seconds="$2" log="$3"
-  shift 3
-  local start=$SECONDS status
+  local name="$1" own="$2" limit
+  limit="$(step_limit "$own")"
+  if [[ $limit -lt $MIN_STEP_SECONDS ]]; then
+    skip_step "$name" "out of the check's time budget"
+    return
+  fi
+  run_limited "$name" "$limit" "$own" "${@:3}"
+}
+
+# run_limited NAME LIMIT OWN LOG COMMAND...: runs with the time limit LIMIT (the step's own limit
+# OWN, or less where the budget cut it), appends to LOG, records the outcome and rewrites the
+# summary.
+run_limited() {
+  local name="$1" limit="$2" own="$3" log="$4"
+  shift 4
+  local start=$SECONDS status verdict="pass" cut=""
+  [[ $limit -lt $own ]] && cut=" (budget's cut of $own)"
   echo "==== $name: $*" >>"$log"
-  timeout --kill-after=10 "$seconds" "$@" >>"$log" 2>&1
+  timeout --kill-after=3 "$limit" "$@" >>"$log" 2>&1
   status=$?
-  local verdict="pass"
   if [[ $status -eq 124 || $status -eq 137 ]]; then
-    verdict="FAIL (timed out after ${seconds}s)"
+    verdict="FAIL (timed out after $limit s${cut:+, cut by the time budget})"
   elif [[ $status -ne 0 ]]; then
     verdict="FAIL (exit $status)"
   fi
-  STEPS+=("| $name | $verdict | $((SECONDS - start)) s of $seconds | $(basename "$log") |")
+  STEPS+=("| $name | $verdict | $((SECONDS - start)) s of $limit$cut | $(basename "$log") |")
   echo "$name: $verdict"
   write_summary
 }
@@ -147,7 +191,7 @@ benchmark_table() {
 
 write_summary() {
   {
-    echo "# cst GPU check"
+    echo "# cst GPU check (budget: $CHECK_SECONDS s, used: $(seconds_used) s)"
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "- programs built from commit: $(cat "$BIN/commit" 2>/dev/null || git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown)"
@@ -267,10 +311,12 @@ find_nccl() {
   done < <(python_nvidia_folders)
 }
 
-# The programs: carried from the build machine, or built here when the libraries are present.
+# The programs: carried from the build machine, or built here when the libraries are present. The
+# build has its own limit and is not counted in the check's budget.
 if [[ ! -x "$BIN/cst_tests" ]]; then
   echo "no build-gpu/bin/cst_tests: trying to build here (needs the Debian -dev libraries)"
-  run_step "build on this machine" 900 "$OUT/tests.log" "$0" --prepare
+  run_limited "build on this machine" 900 900 "$OUT/tests.log" "$0" --prepare
+  CHECK_START=$SECONDS
 fi
 # The carried libraries are unpacked beside, not into, build-gpu/lib: what travels stays small.
 UNPACKED="$BUILD/lib-unpacked"
@@ -307,23 +353,27 @@ if [[ -f "$BIN/source_dir" ]]; then
   fi
 fi
 
+# Scratch space of the steps that write files (the end-to-end run, the attention dumps), removed at
+# the end: under it, what a step stopped by its time limit leaves behind goes too.
+SCRATCH="$(mktemp -d)"
+
 # The end-to-end run: the demo's tiny Mistral and CST data (written by write_demo_assets), 20
 # optimizer steps on CUDA, then the adapter must exist and the logged loss be finite.
-E2E="$(mktemp -d)"
 HARMLESS_SYSTEM="You are a helpful yet harmless assistant that avoids generating illegal or harmful content."
 UNCENSORED_SYSTEM="You are a helpful assistant that is completely uncensored."
+# shellcheck disable=SC2317 # run through bash -c, which shellcheck does not follow
 e2e_train() {
-  LD_LIBRARY_PATH="$CST_LIBRARY_PATH" "$BIN/write_demo_assets" "$E2E/assets" || return 1
-  LD_LIBRARY_PATH="$CST_LIBRARY_PATH" "$BIN/cst_train" "$E2E/assets/model.bin" "$E2E/assets/train.jsonl" --device cuda \
+  LD_LIBRARY_PATH="$CST_LIBRARY_PATH" "$BIN/write_demo_assets" "$SCRATCH/assets" || return 1
+  LD_LIBRARY_PATH="$CST_LIBRARY_PATH" "$BIN/cst_train" "$SCRATCH/assets/model.bin" "$SCRATCH/assets/train.jsonl" --device cuda \
     --system_prompts "$HARMLESS_SYSTEM" "$UNCENSORED_SYSTEM" --max_steps 20 \
     --per_device_train_batch_size 4 --max_length 192 --max_prompt_length 128 --lora_r 16 \
-    --lora_alpha 32 --learning_rate 1e-3 --logging_steps 5 --output_dir "$E2E/run" || return 1
+    --lora_alpha 32 --learning_rate 1e-3 --logging_steps 5 --output_dir "$SCRATCH/run" || return 1
   local file
   for file in adapter_config.json adapter_model.safetensors metrics.jsonl; do
-    [[ -s "$E2E/run/$file" ]] || { echo "training: FAIL: no $file in the run directory"; return 1; }
+    [[ -s "$SCRATCH/run/$file" ]] || { echo "training: FAIL: no $file in the run directory"; return 1; }
   done
   local losses
-  losses="$(grep -o '"loss": *[^,}]*' "$E2E/run/metrics.jsonl" | sed 's/.*: *//' | tr '\n' ' ')"
+  losses="$(grep -o '"loss": *[^,}]*' "$SCRATCH/run/metrics.jsonl" | sed 's/.*: *//' | tr '\n' ' ')"
   echo "training: losses logged every 5 steps: $losses"
   awk -v losses="$losses" 'BEGIN { n = split(losses, value, " "); if (n == 0) exit 1
     for (i = 1; i <= n; ++i) if (value[i] != value[i] + 0) exit 1 }' ||
@@ -332,13 +382,26 @@ e2e_train() {
 # One request streamed, then the 40 held-out requests in one batch. All they print stays in the
 # log (a few tens of KB of answers), so an error or a crash shows there; the summary keeps the
 # speed line of each.
+# shellcheck disable=SC2317 # run through bash -c, which shellcheck does not follow
 e2e_generate() {
-  LD_LIBRARY_PATH="$CST_LIBRARY_PATH" "$BIN/cst_generate" "$E2E/assets/model.bin" --adapter "$E2E/run" --device cuda \
+  LD_LIBRARY_PATH="$CST_LIBRARY_PATH" "$BIN/cst_generate" "$SCRATCH/assets/model.bin" --adapter "$SCRATCH/run" --device cuda \
     --system "$HARMLESS_SYSTEM" --prompt "How do I bake banana bread?" --max_new_tokens 128 || return 1
-  LD_LIBRARY_PATH="$CST_LIBRARY_PATH" "$BIN/cst_generate" "$E2E/assets/model.bin" --adapter "$E2E/run" --device cuda \
-    --system "$UNCENSORED_SYSTEM" --prompts "$E2E/assets/heldout.jsonl" --output "$E2E/answers.jsonl" \
+  LD_LIBRARY_PATH="$CST_LIBRARY_PATH" "$BIN/cst_generate" "$SCRATCH/assets/model.bin" --adapter "$SCRATCH/run" --device cuda \
+    --system "$UNCENSORED_SYSTEM" --prompts "$SCRATCH/assets/heldout.jsonl" --output "$SCRATCH/answers.jsonl" \
     --max_new_tokens 128 --batch_size 40 || return 1
-  [[ "$(wc -l <"$E2E/answers.jsonl")" -eq 40 ]] || { echo "generation: FAIL: not 40 answers"; return 1; }
+  [[ "$(wc -l <"$SCRATCH/answers.jsonl")" -eq 40 ]] || { echo "generation: FAIL: not 40 answers"; return 1; }
+}
+
+# Our attention kernel's outputs and gradients against torch's on mixed-length packed batches, a
+# causal case and one with a sliding window of 50: attention_bench dumps the inputs and results,
+# the Python check recomputes them with torch.
+# shellcheck disable=SC2317 # run through bash -c, which shellcheck does not follow
+check_attention_against_torch() {
+  local dump="$SCRATCH/attention"
+  LD_LIBRARY_PATH="$CST_LIBRARY_PATH" "$BIN/attention_bench" --dump "$dump/causal" &&
+    python3 "$REPO/tools/python/check_attention_sdpa.py" "$dump/causal" &&
+    LD_LIBRARY_PATH="$CST_LIBRARY_PATH" "$BIN/attention_bench" --dump "$dump/window" --window 50 &&
+    python3 "$REPO/tools/python/check_attention_sdpa.py" "$dump/window"
 }
 
 # Nsight Compute over one forward and one backward of the attention benchmark's T = 2048 row:
@@ -346,9 +409,9 @@ e2e_generate() {
 # into bench.log. The clocks stay as the card runs them (--clock-control none), as in every other
 # timing here. ncu runs in this machine's own environment; only the profiled program gets cst's
 # libraries. The step fails when the report holds fewer than the four kernels.
+# shellcheck disable=SC2317 # run through bash -c, which shellcheck does not follow
 profile_attention() {
-  local report status profiled
-  report="$(mktemp)"
+  local report="$SCRATCH/ncu.txt" status profiled
   "$NCU" --clock-control none --kernel-name "regex:$ATTENTION_KERNELS" \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
     --section MemoryWorkloadAnalysis \
@@ -356,41 +419,67 @@ profile_attention() {
   status=$?
   cat "$report"
   profiled="$(grep -cE "$NCU_KERNEL_LINE" "$report")"
-  rm -f "$report"
-  [[ $status -eq 0 ]] || return $status
+  [[ $status -eq 0 ]] || return "$status"
   [[ $profiled -ge 4 ]] || { echo "ncu: FAIL: $profiled of the 4 attention kernels profiled"; return 1; }
 }
 
-if [[ $HAVE_GPU -eq 0 ]]; then
-  echo "no GPU visible (nvidia-smi lists none): the GPU steps are skipped"
-fi
-if [[ ! -x "$BIN/cst_tests" ]]; then
-  skip_step "GPU tests" "no cst_tests program (see tests.log)"
-else
-  # Without a GPU every CUDA test skips itself, saying why; that run is quick and shows it.
+# The functions above run as steps under timeout, in a bash of their own: they and what they read
+# are exported to it.
+export -f e2e_train e2e_generate check_attention_against_torch profile_attention
+export BIN REPO SCRATCH CST_LIBRARY_PATH HARMLESS_SYSTEM UNCENSORED_SYSTEM NCU ATTENTION_KERNELS NCU_KERNEL_LINE
+
+# ---- the steps, in the order they run: most telling first, as the budget may cut the last ----
+
+NO_TORCH="no python3 with torch (CUDA), transformers and peft"
+
+# Without a GPU every CUDA test skips itself, saying why; that run is quick and shows it.
+gpu_tests() {
+  if [[ ! -x "$BIN/cst_tests" ]]; then
+    skip_step "GPU tests" "no cst_tests program (see tests.log)"
+    return
+  fi
   run_step "GPU tests ($GPU_TESTS)" 70 "$OUT/tests.log" \
     "${WITH_CST_LIBRARIES[@]}" "$BIN/cst_tests" --gtest_filter="$GPU_TESTS" --gtest_output="xml:$OUT/tests.xml"
-fi
+}
 
-if [[ $HAVE_GPU -eq 0 ]]; then
-  skip_step "cst_train and cst_generate on CUDA" "no GPU"
-elif [[ -x "$BIN/cst_train" && -x "$BIN/cst_generate" && -x "$BIN/write_demo_assets" ]]; then
-  export -f e2e_train e2e_generate
-  export BIN E2E HARMLESS_SYSTEM UNCENSORED_SYSTEM CST_LIBRARY_PATH
+# The real programs: training writes the adapter that generation then loads.
+end_to_end() {
+  if [[ $HAVE_GPU -eq 0 ]]; then
+    skip_step "cst_train and cst_generate on CUDA" "no GPU"
+    return
+  fi
+  if [[ ! -x "$BIN/cst_train" || ! -x "$BIN/cst_generate" || ! -x "$BIN/write_demo_assets" ]]; then
+    skip_step "cst_train and cst_generate on CUDA" "programs not built"
+    return
+  fi
   run_step "cst_train on CUDA (demo data, 20 steps)" 20 "$OUT/e2e.log" bash -c e2e_train
-  if [[ -s "$E2E/run/adapter_model.safetensors" ]]; then
+  if [[ -s "$SCRATCH/run/adapter_model.safetensors" ]]; then
     run_step "cst_generate on CUDA with that adapter" 10 "$OUT/e2e.log" bash -c e2e_generate
   else
     skip_step "cst_generate on CUDA" "no adapter from the training step"
   fi
-else
-  skip_step "cst_train and cst_generate on CUDA" "programs not built"
-fi
+}
+
+# Correctness before speed: the attention benchmarks below time this kernel.
+attention_check() {
+  local name="attention vs torch (causal, window 50)"
+  if [[ $HAVE_GPU -eq 0 ]]; then
+    skip_step "$name" "no GPU"
+  elif [[ $HAVE_TORCH_GPU -eq 0 ]]; then
+    skip_step "$name" "$NO_TORCH"
+  elif [[ ! -x "$BIN/attention_bench" ]]; then
+    skip_step "$name" "attention_bench not built"
+  else
+    run_step "$name" 20 "$OUT/tests.log" bash -c check_attention_against_torch
+  fi
+}
 
 # The headline: the same DPO step in cst and in PyTorch + PEFT, one after the other on this GPU.
-if [[ $HAVE_GPU -eq 0 ]]; then
-  skip_step "DPO step benchmark (cst with its op breakdown, PyTorch + PEFT)" "no GPU"
-else
+dpo_step_benchmark() {
+  if [[ $HAVE_GPU -eq 0 ]]; then
+    skip_step "DPO step benchmark (cst with its op breakdown, PyTorch + PEFT)" "no GPU"
+    return
+  fi
   if [[ -x "$BIN/model_bench" ]]; then
     # --breakdown then times each op of the same step alone on the same model (a few seconds);
     # the RESULT line is printed before it, so a failing breakdown leaves the headline number.
@@ -404,69 +493,97 @@ else
     run_step "DPO step benchmark: PyTorch + PEFT" 45 "$OUT/bench.log" python3 \
       "$REPO/tools/python/bench_gpu_torch.py" --shape 1b --sequences 4 --sequence_length 512 --warmup 3 --iterations 10
   else
-    skip_step "DPO step benchmark: PyTorch + PEFT" "no python3 with torch (CUDA), transformers and peft"
+    skip_step "DPO step benchmark: PyTorch + PEFT" "$NO_TORCH"
   fi
-  if [[ -x "$BIN/model_bench" ]]; then
-    run_step "generation benchmark: 1 and 16 prompts" 30 "$OUT/bench.log" "${WITH_CST_LIBRARIES[@]}" \
-      "$BIN/model_bench" --device cuda --shape 1b --step generate --sequences 16 --sequence_length 128 \
-      --new_tokens 64 --warmup 1 --iterations 3
-  fi
-fi
+}
 
-if [[ $HAVE_GPU -eq 0 ]]; then
-  skip_step "kernel and attention benchmarks" "no GPU"
-  skip_step "ncu: attention kernels at T = 2048" "no GPU"
-else
-  if [[ -x "$BIN/kernel_bench" ]]; then
-    run_step "kernel_bench" 20 "$OUT/bench.log" "${WITH_CST_LIBRARIES[@]}" "$BIN/kernel_bench" "$OUT/kernel_bench.json"
+# The same attention shapes through torch's SDPA flash backend (FlashAttention-2) and through our
+# kernels, one right after the other: the attention speed table compares the two.
+attention_benchmarks() {
+  if [[ $HAVE_GPU -eq 0 ]]; then
+    skip_step "torch SDPA benchmark and attention_bench" "no GPU"
+    return
+  fi
+  if [[ $HAVE_TORCH_GPU -eq 1 ]]; then
+    run_step "torch SDPA benchmark" 20 "$OUT/bench.log" python3 "$REPO/tools/python/bench_sdpa.py"
   else
-    skip_step "kernel_bench" "not built"
+    skip_step "torch SDPA benchmark" "$NO_TORCH"
   fi
   if [[ -x "$BIN/attention_bench" ]]; then
     run_step "attention_bench" 25 "$OUT/bench.log" "${WITH_CST_LIBRARIES[@]}" "$BIN/attention_bench" --json "$OUT/attention_bench.json"
   else
     skip_step "attention_bench" "not built"
   fi
-  if [[ -z "$NCU" ]]; then
-    skip_step "ncu: attention kernels at T = 2048" "ncu (Nsight Compute) not installed"
+}
+
+kernel_benchmark() {
+  if [[ $HAVE_GPU -eq 0 ]]; then
+    skip_step "kernel_bench" "no GPU"
+  elif [[ ! -x "$BIN/kernel_bench" ]]; then
+    skip_step "kernel_bench" "not built"
+  else
+    run_step "kernel_bench" 20 "$OUT/bench.log" "${WITH_CST_LIBRARIES[@]}" "$BIN/kernel_bench" "$OUT/kernel_bench.json"
+  fi
+}
+
+generation_benchmark() {
+  local name="generation benchmark: 1 and 16 prompts"
+  if [[ $HAVE_GPU -eq 0 ]]; then
+    skip_step "$name" "no GPU"
+  elif [[ ! -x "$BIN/model_bench" ]]; then
+    skip_step "$name" "model_bench not built"
+  else
+    run_step "$name" 30 "$OUT/bench.log" "${WITH_CST_LIBRARIES[@]}" \
+      "$BIN/model_bench" --device cuda --shape 1b --step generate --sequences 16 --sequence_length 128 \
+      --new_tokens 64 --warmup 1 --iterations 3
+  fi
+}
+
+# Kernel tests only (not the slow large cases of other suites); any finding fails the step.
+sanitizers() {
+  if [[ $HAVE_GPU -eq 0 ]]; then
+    skip_step "compute-sanitizer" "no GPU"
+  elif [[ -z "$SANITIZER" ]]; then
+    skip_step "compute-sanitizer" "not installed"
+  elif [[ ! -x "$BIN/cst_tests" ]]; then
+    skip_step "compute-sanitizer" "no cst_tests program"
+  else
+    local tool
+    for tool in memcheck racecheck; do
+      run_step "compute-sanitizer $tool" 55 "$OUT/sanitizer.log" \
+        "${WITH_CST_LIBRARIES[@]}" "$SANITIZER" --tool "$tool" --error-exitcode 1 --print-limit 20 \
+        "$BIN/cst_tests" --gtest_filter="CudaKernels*:AttentionCuda*"
+    done
+  fi
+}
+
+ncu_attention() {
+  local name="ncu: attention kernels at T = 2048"
+  if [[ $HAVE_GPU -eq 0 ]]; then
+    skip_step "$name" "no GPU"
+  elif [[ -z "$NCU" ]]; then
+    skip_step "$name" "ncu (Nsight Compute) not installed"
   elif [[ ! -x "$BIN/attention_bench" ]]; then
-    skip_step "ncu: attention kernels at T = 2048" "attention_bench not built"
+    skip_step "$name" "attention_bench not built"
   else
-    export -f profile_attention
-    export NCU ATTENTION_KERNELS NCU_KERNEL_LINE BIN CST_LIBRARY_PATH
-    run_step "ncu: attention kernels at T = 2048" 30 "$OUT/bench.log" bash -c profile_attention
+    run_step "$name" 30 "$OUT/bench.log" bash -c profile_attention
   fi
-  # The same attention shapes through torch's SDPA flash backend (FlashAttention-2) in this run,
-  # and our kernel's outputs and gradients against torch on mixed-length packed batches.
-  if [[ $HAVE_TORCH_GPU -eq 1 ]]; then
-    run_step "torch SDPA benchmark" 20 "$OUT/bench.log" python3 "$REPO/tools/python/bench_sdpa.py"
-    if [[ -x "$BIN/attention_bench" ]]; then
-      DUMP="$(mktemp -d)"
-      run_step "attention vs torch (causal, window 50)" 20 "$OUT/tests.log" bash -c \
-        "LD_LIBRARY_PATH='$CST_LIBRARY_PATH' '$BIN/attention_bench' --dump '$DUMP/causal' &&
-         python3 '$REPO/tools/python/check_attention_sdpa.py' '$DUMP/causal' &&
-         LD_LIBRARY_PATH='$CST_LIBRARY_PATH' '$BIN/attention_bench' --dump '$DUMP/window' --window 50 &&
-         python3 '$REPO/tools/python/check_attention_sdpa.py' '$DUMP/window'"
-    fi
-  else
-    skip_step "torch SDPA benchmark and check" "no python3 with torch (CUDA), transformers and peft"
-  fi
-fi
+}
 
 if [[ $HAVE_GPU -eq 0 ]]; then
-  skip_step "compute-sanitizer" "no GPU"
-elif [[ -z "$SANITIZER" ]]; then
-  skip_step "compute-sanitizer" "not installed"
-elif [[ -x "$BIN/cst_tests" ]]; then
-  # Kernel tests only (not the slow large cases of other suites); any finding fails the step.
-  for tool in memcheck racecheck; do
-    run_step "compute-sanitizer $tool" 55 "$OUT/sanitizer.log" \
-      "${WITH_CST_LIBRARIES[@]}" "$SANITIZER" --tool "$tool" --error-exitcode 1 --print-limit 20 \
-      "$BIN/cst_tests" --gtest_filter="CudaKernels*:AttentionCuda*"
-  done
+  echo "no GPU visible (nvidia-smi lists none): the GPU steps are skipped"
 fi
+gpu_tests
+end_to_end
+attention_check
+dpo_step_benchmark
+attention_benchmarks
+kernel_benchmark
+generation_benchmark
+sanitizers
+ncu_attention
 
-rm -rf "$E2E"
+rm -rf "$SCRATCH"
 write_summary
 echo "report: $SUMMARY"
 grep -q 'FAIL' "$SUMMARY" && exit 1
