@@ -51,6 +51,7 @@
 // the stream argument is ignored).
 #include <cublasLt.h>
 
+#include <atomic>
 #include <bit>
 #include <climits>
 #include <cmath>
@@ -75,9 +76,11 @@ struct LiveObjects {
   std::set<const void*> handles, matmul_descs, layouts, preferences;
 };
 
+// Never destroyed: callers destroy their objects from static destructors too (kernels/gemm.cu's
+// plan cache at exit), which may run after this function's statics would have been destroyed.
 LiveObjects& live_objects() {
-  static LiveObjects objects;
-  return objects;
+  static LiveObjects* objects = new LiveObjects;
+  return *objects;
 }
 
 using ObjectKind = std::set<const void*> LiveObjects::*;
@@ -100,6 +103,9 @@ bool remove_live(ObjectKind kind, const void* object) {
   std::lock_guard<std::mutex> lock(live.mutex);
   return (live.*kind).erase(object) == 1;
 }
+
+// Heuristic queries made: a test tells a caller's cached plan from a new one by them.
+std::atomic<int64_t> heuristic_queries{0};
 
 // ---- Descriptor state ----
 // The header defines each descriptor as a fixed-size struct of uint64_t words that the library
@@ -456,6 +462,7 @@ cublasStatus_t CUBLASWINAPI cublasLtMatmulAlgoGetHeuristic(
     cublasLtMatrixLayout_t Bdesc, cublasLtMatrixLayout_t Cdesc, cublasLtMatrixLayout_t Ddesc,
     cublasLtMatmulPreference_t preference, int requestedAlgoCount,
     cublasLtMatmulHeuristicResult_t heuristicResultsArray[], int* returnAlgoCount) {
+  ++heuristic_queries;
   Problem problem;
   cublasStatus_t status =
       describe_problem(lightHandle, operationDesc, {Adesc, Bdesc, Cdesc, Ddesc}, &problem);
@@ -534,5 +541,7 @@ CublasLtObjectCounts live_cublaslt_objects() {
   return {int(live.handles.size()), int(live.matmul_descs.size()), int(live.layouts.size()),
           int(live.preferences.size())};
 }
+
+int64_t cublaslt_heuristic_queries() { return heuristic_queries; }
 
 }  // namespace cst::emulation

@@ -1,7 +1,9 @@
 // What the host model of cuBLASLt (tests/emulation/cublaslt.cpp) exposes beyond the cuBLASLt API
 // itself: how many of its objects are alive, so a test can check that code using cuBLASLt
-// destroys everything it creates, also when it fails half-way.
+// destroys everything it creates, also when it fails half-way; and how many heuristic queries
+// were made, so a test can tell a cached plan from a new one.
 #pragma once
+#include <cstdint>
 
 namespace cst::emulation {
 
@@ -15,5 +17,8 @@ struct CublasLtObjectCounts {
 };
 
 CublasLtObjectCounts live_cublaslt_objects();
+
+// cublasLtMatmulAlgoGetHeuristic calls since the process started.
+int64_t cublaslt_heuristic_queries();
 
 }  // namespace cst::emulation
