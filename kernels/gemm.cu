@@ -6,10 +6,12 @@
 //   out = op(a) @ op(b)   (row-major)   <=>   out^T = op(b)^T @ op(a)^T   (column-major)
 // and we ask cuBLASLt for the right-hand side: its "A" is our b, its "B" is our a, and each
 // operand's transpose flag stays attached to it.
+#include <list>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <tuple>
+#include <utility>
 
 #include "kernels/cuda_blas.cuh"
 #include "kernels/cuda_utils.cuh"
@@ -69,67 +71,90 @@ struct MatmulKey {
   bool operator<(const MatmulKey& other) const { return tied() < other.tied(); }
 };
 
+// Owners of cuBLASLt objects: each destroys its object, also when a plan's construction throws
+// half-way (a constructor that throws runs the destructors of the members already made).
+template <auto destroy>
+struct DestroyWith {
+  template <class Object>
+  void operator()(Object* object) const {
+    destroy(object);
+  }
+};
+using MatmulDesc =
+    std::unique_ptr<cublasLtMatmulDescOpaque_t, DestroyWith<cublasLtMatmulDescDestroy>>;
+using MatrixLayout =
+    std::unique_ptr<cublasLtMatrixLayoutOpaque_t, DestroyWith<cublasLtMatrixLayoutDestroy>>;
+using MatmulPreference = std::unique_ptr<cublasLtMatmulPreferenceOpaque_t,
+                                         DestroyWith<cublasLtMatmulPreferenceDestroy>>;
+
 // Descriptors and the heuristic's algorithm for one key, made once and reused: creating them and
 // querying the heuristic costs more than a small GEMM.
 struct MatmulPlan {
-  cublasLtMatmulDesc_t operation = nullptr;
-  cublasLtMatrixLayout_t layout_a = nullptr, layout_b = nullptr, layout_out = nullptr;
+  MatmulDesc operation;
+  MatrixLayout layout_a, layout_b, layout_out;
   cublasLtMatmulAlgo_t algorithm{};
 
   explicit MatmulPlan(const MatmulKey& key);
-  ~MatmulPlan() {
-    cublasLtMatrixLayoutDestroy(layout_out);
-    cublasLtMatrixLayoutDestroy(layout_b);
-    cublasLtMatrixLayoutDestroy(layout_a);
-    cublasLtMatmulDescDestroy(operation);
-  }
-  MatmulPlan(const MatmulPlan&) = delete;
-  MatmulPlan& operator=(const MatmulPlan&) = delete;
 };
 
 // Column-major layout of a row-major (rows, cols) matrix: (cols, rows) with leading dim cols.
-cublasLtMatrixLayout_t row_major_layout(DType dtype, int64_t rows, int64_t cols) {
+MatrixLayout row_major_layout(DType dtype, int64_t rows, int64_t cols) {
   cublasLtMatrixLayout_t layout = nullptr;
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout, blas_type(dtype), uint64_t(cols), uint64_t(rows),
                                           cols));
-  return layout;
+  return MatrixLayout(layout);
+}
+
+// f32 accumulation and f32 alpha, beta; the transposes of cuBLASLt's A and B.
+MatmulDesc matmul_desc(cublasOperation_t transpose_lt_a, cublasOperation_t transpose_lt_b) {
+  cublasLtMatmulDesc_t made = nullptr;
+  CUBLAS_CHECK(cublasLtMatmulDescCreate(&made, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  MatmulDesc operation(made);
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(made, CUBLASLT_MATMUL_DESC_TRANSA, &transpose_lt_a,
+                                              sizeof(transpose_lt_a)));
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(made, CUBLASLT_MATMUL_DESC_TRANSB, &transpose_lt_b,
+                                              sizeof(transpose_lt_b)));
+  return operation;
+}
+
+// What the heuristic may assume: the workspace we pass and the operands' alignments.
+MatmulPreference matmul_preference(uint32_t align_lt_a, uint32_t align_lt_b, uint32_t align_out) {
+  cublasLtMatmulPreference_t made = nullptr;
+  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&made));
+  MatmulPreference preference(made);
+  auto set = [&](cublasLtMatmulPreferenceAttributes_t attribute, const auto& value) {
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(made, attribute, &value, sizeof(value)));
+  };
+  set(CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, uint64_t(kWorkspaceBytes));
+  set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align_lt_a);
+  set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align_lt_b);
+  set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align_out);
+  set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align_out);
+  return preference;
 }
 
 MatmulPlan::MatmulPlan(const MatmulKey& key) {
   // cuBLASLt's A is our b and its B is our a (see the top of the file).
-  CUBLAS_CHECK(cublasLtMatmulDescCreate(&operation, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  cublasOperation_t transpose_lt_a = key.transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-  cublasOperation_t transpose_lt_b = key.transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(operation, CUBLASLT_MATMUL_DESC_TRANSA,
-                                              &transpose_lt_a, sizeof(transpose_lt_a)));
-  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(operation, CUBLASLT_MATMUL_DESC_TRANSB,
-                                              &transpose_lt_b, sizeof(transpose_lt_b)));
+  operation = matmul_desc(key.transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                          key.transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N);
   // Stored shapes (row-major) of b (K, N) or (N, K), of a (M, K) or (K, M), and of out (M, N).
-  int64_t b_rows = key.transpose_b ? key.cols : key.inner, b_cols = key.transpose_b ? key.inner : key.cols;
-  int64_t a_rows = key.transpose_a ? key.inner : key.rows, a_cols = key.transpose_a ? key.rows : key.inner;
+  int64_t b_rows = key.transpose_b ? key.cols : key.inner;
+  int64_t b_cols = key.transpose_b ? key.inner : key.cols;
+  int64_t a_rows = key.transpose_a ? key.inner : key.rows;
+  int64_t a_cols = key.transpose_a ? key.rows : key.inner;
   layout_a = row_major_layout(key.input_dtype, b_rows, b_cols);
   layout_b = row_major_layout(key.input_dtype, a_rows, a_cols);
   layout_out = row_major_layout(key.output_dtype, key.rows, key.cols);
 
-  cublasLtMatmulPreference_t preference = nullptr;
-  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&preference));
-  auto set_preference = [&](cublasLtMatmulPreferenceAttributes_t attribute, const auto& value) {
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference, attribute, &value, sizeof(value)));
-  };
-  set_preference(CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, uint64_t(kWorkspaceBytes));
-  set_preference(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.align_b);
-  set_preference(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.align_a);
-  set_preference(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.align_out);
-  set_preference(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align_out);
+  MatmulPreference preference = matmul_preference(key.align_b, key.align_a, key.align_out);
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
-  cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(library().handle, operation, layout_a,
-                                                         layout_b, layout_out, layout_out,
-                                                         preference, 1, &result, &found);
-  cublasLtMatmulPreferenceDestroy(preference);
+  cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
+      library().handle, operation.get(), layout_a.get(), layout_b.get(), layout_out.get(),
+      layout_out.get(), preference.get(), 1, &result, &found);
   // No algorithm fitting the shapes, types and alignments is answered with "not supported".
   if (status == CUBLAS_STATUS_NOT_SUPPORTED) found = 0;
-  else CUBLAS_CHECK(status);
+  else check_cublas(status, "cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__);
   if (found == 0)
     fail("matmul: cuBLASLt has no algorithm for out (", key.rows, ", ", key.cols, ") ",
          dtype_name(key.output_dtype), " = ", key.transpose_a ? "a^T" : "a", " @ ",
@@ -138,13 +163,45 @@ MatmulPlan::MatmulPlan(const MatmulKey& key) {
   algorithm = result.algo;
 }
 
-const MatmulPlan& plan_for(const MatmulKey& key) {
-  static std::mutex plans_mutex;
-  static std::map<MatmulKey, std::unique_ptr<MatmulPlan>> plans;
-  std::lock_guard<std::mutex> lock(plans_mutex);
-  std::unique_ptr<MatmulPlan>& plan = plans[key];
-  if (!plan) plan = std::make_unique<MatmulPlan>(key);
-  return *plan;
+// The plans of the most recently used keys. Each token count gets its own plans, a few dozen
+// (every projection's base and LoRA products, forward and backward, and the LM head's chunks),
+// and packed training batches and shrinking generation batches bring many token counts, so an
+// unbounded cache would grow for the whole run. 1024 plans hold a step's working set many times
+// over, for some twenty token counts, in about a megabyte of host memory (a plan is four small
+// descriptors); a miss costs one heuristic query, far less than the step that needed it.
+class PlanCache {
+ public:
+  static constexpr size_t kCapacity = 1024;
+
+  // Shared, so that a plan evicted by another thread's call stays alive while it is used.
+  std::shared_ptr<const MatmulPlan> plan_for(const MatmulKey& key) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto found = index_.find(key);
+    if (found != index_.end()) {
+      recent_.splice(recent_.begin(), recent_, found->second);
+      return found->second->second;
+    }
+    // A plan that throws (no algorithm) leaves the cache as it was.
+    auto plan = std::make_shared<const MatmulPlan>(key);
+    recent_.emplace_front(key, plan);
+    index_.emplace(key, recent_.begin());
+    if (recent_.size() > kCapacity) {
+      index_.erase(recent_.back().first);
+      recent_.pop_back();
+    }
+    return plan;
+  }
+
+ private:
+  using Entry = std::pair<MatmulKey, std::shared_ptr<const MatmulPlan>>;
+  std::mutex mutex_;
+  std::list<Entry> recent_;  // most recently used first
+  std::map<MatmulKey, std::list<Entry>::iterator> index_;
+};
+
+std::shared_ptr<const MatmulPlan> plan_for(const MatmulKey& key) {
+  static PlanCache cache;
+  return cache.plan_for(key);
 }
 
 void check_matmul_dtypes(const Tensor& out, const Tensor& a, const Tensor& b) {
@@ -186,12 +243,12 @@ void matmul(const Tensor& out, const Tensor& a, const Tensor& b, bool transpose_
   MatmulKey key{rows,    cols,      inner,    transpose_a,          transpose_b,
                 a.dtype, out.dtype, alignment_bytes(a.data), alignment_bytes(b.data),
                 alignment_bytes(out.data)};
-  const MatmulPlan& plan = plan_for(key);
+  std::shared_ptr<const MatmulPlan> plan = plan_for(key);
   const Library& blas = library();
-  CUBLAS_CHECK(cublasLtMatmul(blas.handle, plan.operation, &alpha, b.data, plan.layout_a, a.data,
-                              plan.layout_b, &beta, out.data, plan.layout_out, out.data,
-                              plan.layout_out, &plan.algorithm, blas.workspace, kWorkspaceBytes,
-                              stream()));
+  CUBLAS_CHECK(cublasLtMatmul(blas.handle, plan->operation.get(), &alpha, b.data,
+                              plan->layout_a.get(), a.data, plan->layout_b.get(), &beta, out.data,
+                              plan->layout_out.get(), out.data, plan->layout_out.get(),
+                              &plan->algorithm, blas.workspace, kWorkspaceBytes, stream()));
 }
 
 }  // namespace cst::cuda
