@@ -1,10 +1,12 @@
 // The host model of cuBLASLt (tests/emulation/cublaslt.cpp) against a plain loop over the
 // column-major definition D = alpha * op(A) op(B) + beta * C, and its refusals of what the real
-// library refuses (or leaves undefined).
+// library refuses (or leaves undefined). Then kernels/gemm.cu running on the model: its mapping
+// of row-major tensors onto cuBLASLt's operands, and its plans' cleanup when no algorithm exists.
 //
 // Tolerances: the reference sums in k order in f32, as the model does, so f32 outputs must be
 // equal. bf16 outputs are the f32 value rounded once, so they are within half a bf16 ulp of the
-// reference, at most 2^-8 of its magnitude (bf16 keeps 8 significant bits).
+// reference, at most 2^-8 of its magnitude (bf16 keeps 8 significant bits); through gemm.cu they
+// are compared with the reference rounded to nearest even, which must be equal.
 #include <cublasLt.h>
 #include <gtest/gtest.h>
 
@@ -16,8 +18,11 @@
 #include <limits>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "kernels/gemm.h"
+#include "kernels/tensor.h"
 #include "tests/emulation/cublaslt_model.h"
 
 namespace {
@@ -537,4 +542,187 @@ TEST(CublasLtModel, CountsLiveObjectsAndRefusesDestroyedOnes) {
   EXPECT_EQ(live_cublaslt_objects(), before);
 }
 
+// ---- kernels/gemm.cu on the model ----
+
+// A tensor on the (emulated) device whose data starts offset_elements past a 256-byte boundary,
+// holding the given values converted to dtype.
+struct DeviceTensor {
+  cst::OwnedTensor memory;
+  cst::Tensor view;
+};
+
+DeviceTensor device_copy(const cst::Tensor& values, cst::DType dtype, int64_t offset_elements) {
+  DeviceTensor made{cst::OwnedTensor({values.numel() + offset_elements}, dtype, cst::Device::cuda),
+                    {}};
+  made.view = made.memory.view;
+  made.view.data = static_cast<char*>(made.memory->data) + offset_elements * cst::dtype_size(dtype);
+  made.view.rank = values.rank;
+  made.view.shape = values.shape;
+  cst::copy_tensor(made.view, values);
+  return made;
+}
+
+// Row-major values in [-1, 1) that bf16 holds exactly, so both input dtypes see the same numbers.
+cst::OwnedTensor random_values(int64_t rows, int64_t cols, uint32_t seed) {
+  cst::OwnedTensor values({rows, cols}, cst::DType::f32, cst::Device::cpu);
+  std::mt19937 random(seed);
+  std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
+  for (int64_t i = 0; i < values->numel(); ++i)
+    values->f32()[i] = cst::bf16_to_f32(cst::f32_to_bf16(uniform(random)));
+  return values;
+}
+
+// out = alpha * op(a) @ op(b) + beta * out, row-major, summed over the inner dimension in order
+// in f32: what the model must give through gemm.cu's column-major mapping.
+std::vector<float> row_major_reference(const cst::Tensor& a, const cst::Tensor& b,
+                                       const cst::Tensor& out, bool transpose_a,
+                                       bool transpose_b, float alpha, float beta) {
+  int64_t rows = out.shape[0], cols = out.shape[1];
+  int64_t inner = transpose_a ? a.shape[0] : a.shape[1];
+  auto op_a = [&](int64_t i, int64_t p) {
+    return transpose_a ? a.f32()[p * rows + i] : a.f32()[i * inner + p];
+  };
+  auto op_b = [&](int64_t p, int64_t j) {
+    return transpose_b ? b.f32()[j * inner + p] : b.f32()[p * cols + j];
+  };
+  std::vector<float> expected(rows * cols);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) {
+      float sum = 0.0f;
+      for (int64_t p = 0; p < inner; ++p) sum += op_a(i, p) * op_b(p, j);
+      float value = alpha * sum;
+      if (beta != 0.0f) value += beta * out.f32()[i * cols + j];
+      expected[i * cols + j] = value;
+    }
+  return expected;
+}
+
+// Every transpose and dtype combination, with a, b and out at three different alignments (256,
+// one element, two elements), so a swapped layout, transpose, ld or alignment in gemm.cu shows.
+TEST(GemmOnCublasLtModel, MatmulMapsRowMajorOperandsExactly) {
+  const cst::DType dtype_pairs[][2] = {{cst::DType::bf16, cst::DType::bf16},
+                                       {cst::DType::bf16, cst::DType::f32},
+                                       {cst::DType::f32, cst::DType::f32}};
+  const int64_t rows = 5, cols = 3, inner = 7;
+  uint32_t seed = 100;
+  for (bool transpose_a : {false, true})
+    for (bool transpose_b : {false, true})
+      for (const auto& dtypes : dtype_pairs) {
+        SCOPED_TRACE(testing::Message() << "a" << (transpose_a ? "^T" : "") << " @ b"
+                                        << (transpose_b ? "^T" : "") << " "
+                                        << cst::dtype_name(dtypes[0]) << " -> "
+                                        << cst::dtype_name(dtypes[1]));
+        cst::OwnedTensor a = transpose_a ? random_values(inner, rows, ++seed)
+                                         : random_values(rows, inner, ++seed);
+        cst::OwnedTensor b = transpose_b ? random_values(cols, inner, ++seed)
+                                         : random_values(inner, cols, ++seed);
+        cst::OwnedTensor out = random_values(rows, cols, ++seed);
+        const float alpha = 0.75f, beta = -0.5f;
+        std::vector<float> expected =
+            row_major_reference(a, b, out, transpose_a, transpose_b, alpha, beta);
+        DeviceTensor a_device = device_copy(a, dtypes[0], 0);
+        DeviceTensor b_device = device_copy(b, dtypes[0], 1);
+        DeviceTensor out_device = device_copy(out, dtypes[1], 2);
+        cst::cuda::matmul(out_device.view, a_device.view, b_device.view, transpose_a, transpose_b,
+                          alpha, beta);
+        std::vector<float> actual = cst::to_host_f32(out_device.view);
+        for (size_t i = 0; i < expected.size(); ++i) {
+          float want = expected[i];
+          if (dtypes[1] == cst::DType::bf16) want = cst::bf16_to_f32(cst::f32_to_bf16(want));
+          EXPECT_EQ(actual[i], want) << "out element " << i;
+        }
+      }
+}
+
+// A plan whose heuristic finds no algorithm throws from its constructor; the descriptors it had
+// made must be destroyed all the same, and nothing half-made stays in the cache. A bf16 operand
+// one byte off its element boundary has no algorithm (below an element's alignment).
+TEST(GemmOnCublasLtModel, PlanWithoutAlgorithmLeavesNoObjects) {
+  cst::OwnedTensor a = random_values(4, 6, 1), b = random_values(3, 6, 2);
+  DeviceTensor a_device = device_copy(a, cst::DType::bf16, 1);
+  DeviceTensor b_device = device_copy(b, cst::DType::bf16, 0);
+  cst::OwnedTensor out({4, 3}, cst::DType::f32, cst::Device::cuda);
+  // The process-wide handle and workspace are made by the first product.
+  cst::cuda::matmul(out, a_device.view, b_device.view, false, true, 1.0f, 0.0f);
+  const cst::emulation::CublasLtObjectCounts before = cst::emulation::live_cublaslt_objects();
+
+  cst::Tensor odd_a = a_device.view;
+  odd_a.data = static_cast<char*>(a_device.view.data) - 1;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    try {
+      cst::cuda::matmul(out, odd_a, b_device.view, false, true, 1.0f, 0.0f);
+      ADD_FAILURE() << "a bf16 operand at an odd address found an algorithm";
+    } catch (const cst::Error& error) {
+      EXPECT_NE(std::string(error.what()).find("cuBLASLt has no algorithm"), std::string::npos)
+          << error.what();
+    }
+    EXPECT_EQ(cst::emulation::live_cublaslt_objects(), before) << "attempt " << attempt;
+  }
+}
+
+// out (rows, cols) = a (rows, 3) @ b (3, cols) in f32: each rows value is a key of its own for
+// gemm.cu's plan cache, and cols keeps one test's keys apart from another's.
+class KeyedProducts {
+ public:
+  KeyedProducts(int64_t max_rows, int64_t cols)
+      : a_({max_rows, 3}, cst::DType::f32, cst::Device::cuda),
+        b_({3, cols}, cst::DType::f32, cst::Device::cuda),
+        out_({max_rows, cols}, cst::DType::f32, cst::Device::cuda) {
+    for (const cst::Tensor& tensor : {*a_, *b_}) cst::fill_zero(tensor);
+  }
+  void run(int64_t rows) {
+    cst::cuda::matmul(out_->rows(0, rows), a_->rows(0, rows), b_, false, false, 1.0f, 0.0f);
+  }
+
+ private:
+  cst::OwnedTensor a_, b_, out_;
+};
+
+// A key used again finds its plan; past the cache's capacity (whatever it is, below 4000 plans)
+// the number of plans stops growing, and the oldest key has to be planned again.
+TEST(GemmOnCublasLtModel, PlanCacheReusesPlansAndStaysBounded) {
+  using cst::emulation::cublaslt_heuristic_queries;
+  using cst::emulation::live_cublaslt_objects;
+  const int64_t keys = 4000;
+  KeyedProducts products(2 * keys, 5);
+  int64_t queries = cublaslt_heuristic_queries();
+  products.run(1);
+  products.run(1);
+  EXPECT_EQ(cublaslt_heuristic_queries(), queries + 1) << "the second product reuses the plan";
+
+  for (int64_t rows = 2; rows <= keys; ++rows) products.run(rows);
+  cst::emulation::CublasLtObjectCounts after_first = live_cublaslt_objects();
+  for (int64_t rows = keys + 1; rows <= 2 * keys; ++rows) products.run(rows);
+  cst::emulation::CublasLtObjectCounts after_second = live_cublaslt_objects();
+  EXPECT_EQ(after_second, after_first) << "4000 more keys, no more plans";
+  EXPECT_LT(after_first.matmul_descs, keys);
+
+  queries = cublaslt_heuristic_queries();
+  products.run(1);
+  EXPECT_EQ(cublaslt_heuristic_queries(), queries + 1) << "the oldest plan was evicted";
+}
+
+// Least recently used goes first: a key used every hundred new keys is never planned again.
+TEST(GemmOnCublasLtModel, PlanCacheKeepsRecentlyUsedPlans) {
+  const int64_t keys = 4000;
+  KeyedProducts products(keys + 1, 6);
+  products.run(1);
+  int64_t queries = cst::emulation::cublaslt_heuristic_queries();
+  for (int64_t rows = 2; rows <= keys + 1; ++rows) {
+    products.run(rows);
+    if (rows % 100 == 0) products.run(1);
+  }
+  EXPECT_EQ(cst::emulation::cublaslt_heuristic_queries(), queries + keys);
+}
+
 }  // namespace
+
+namespace cst::emulation {
+
+// gtest prints the counts in failure messages through this.
+void PrintTo(const CublasLtObjectCounts& counts, std::ostream* out) {
+  *out << "{handles " << counts.handles << ", matmul descs " << counts.matmul_descs
+       << ", layouts " << counts.layouts << ", preferences " << counts.preferences << "}";
+}
+
+}  // namespace cst::emulation
