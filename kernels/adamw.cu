@@ -118,7 +118,7 @@ void adamw_launch(const AdamWTensor* tensors, size_t count, const AdamWStep& ste
     largest_chunks = std::max(largest_chunks, aligned ? elements / kChunk : elements);
   }
   const dim3 grid(blocks_per_tensor(largest_chunks, count), unsigned(count));
-  adamw_kernel<<<grid, kThreads, 0, stream()>>>(list, step);
+  CST_LAUNCH(grid, kThreads, 0, adamw_kernel)(list, step);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -195,7 +195,8 @@ double sum_of_squares_all(const std::vector<Tensor>& tensors) {
     SquareSlices list{};
     for (size_t k = 0; k < count; ++k) list.slices[k] = {tensors[begin + k].f32(), tensors[begin + k].numel()};
     const dim3 grid(kSquareBlocksPerTensor, unsigned(count));
-    sum_of_squares_kernel<<<grid, kThreads, 0, stream()>>>(partials + begin * kSquareBlocksPerTensor, list);
+    CST_LAUNCH(grid, kThreads, 0, sum_of_squares_kernel)(
+        partials + begin * kSquareBlocksPerTensor, list);
     CUDA_CHECK_LAUNCH();
   }
   std::vector<double> host_partials(partial_count);

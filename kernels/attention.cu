@@ -38,19 +38,19 @@ __device__ __forceinline__ TileCoordinates key_tile_coordinates() {
 
 template <int kHeadDim>
 __global__ void __launch_bounds__(flash::kThreads) forward_kernel(AttentionParams params) {
-  extern __shared__ __align__(16) char shared[];
+  char* shared = reinterpret_cast<char*>(dynamic_shared_memory());
   flash::forward_block<kHeadDim>(params, shared, query_tile_coordinates(), int(threadIdx.x));
 }
 
 template <int kHeadDim>
 __global__ void __launch_bounds__(flash::kThreads) dkdv_kernel(AttentionParams params) {
-  extern __shared__ __align__(16) char shared[];
+  char* shared = reinterpret_cast<char*>(dynamic_shared_memory());
   flash::backward_dkdv_block<kHeadDim>(params, shared, key_tile_coordinates(), int(threadIdx.x));
 }
 
 template <int kHeadDim>
 __global__ void __launch_bounds__(flash::kThreads) dq_kernel(AttentionParams params) {
-  extern __shared__ __align__(16) char shared[];
+  char* shared = reinterpret_cast<char*>(dynamic_shared_memory());
   flash::backward_dq_block<kHeadDim>(params, shared, query_tile_coordinates(), int(threadIdx.x));
 }
 
@@ -148,7 +148,7 @@ void launch_tiles(Kernel kernel, int shared_bytes, int tiles, int heads,
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   shared_bytes));
   dim3 grid(tiles, heads, offsets.sequences);
-  kernel<<<grid, flash::kThreads, shared_bytes, stream()>>>(params);
+  CST_LAUNCH(grid, flash::kThreads, shared_bytes, kernel)(params);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -163,7 +163,7 @@ template <int kHeadDim>
 void backward_for_head_dim(const AttentionParams& params, const DeviceOffsets& offsets) {
   int64_t warps = int64_t(params.tokens) * params.heads;
   int blocks = ceil_div(warps * 32, 256);
-  dout_dot_out_kernel<kHeadDim><<<blocks, 256, 0, stream()>>>(params);
+  CST_LAUNCH(blocks, 256, 0, dout_dot_out_kernel<kHeadDim>)(params);
   CUDA_CHECK_LAUNCH();
   int tiles = ceil_div(offsets.max_seqlen, flash::kTileRows);
   launch_tiles(dkdv_kernel<kHeadDim>, flash::dkdv_shared_bytes<kHeadDim>(), tiles,

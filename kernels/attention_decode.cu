@@ -69,7 +69,7 @@ void attention_decode(const Tensor& out, const Tensor& q, const Tensor& k_cache,
   const BadIndexLabel rows_name{"attention_decode: the first or last cache row of token", "the cache's rows"};
   with_float_type(q, op, "q", [&](auto tag) {
     using T = decltype(tag);
-    attention_decode_kernel<<<blocks, threads, 0, stream()>>>(
+    CST_LAUNCH(blocks, threads, 0, attention_decode_kernel)(
         static_cast<T*>(out.data), static_cast<const T*>(q.data), static_cast<const T*>(k_cache.data),
         static_cast<const T*>(v_cache.data), cache_rows.i32(), positions.i32(), n, rows, shape.heads,
         shape.kv_heads, shape.head_dim, shape.window, scale, bad_index_note(), rows_name);

@@ -32,18 +32,18 @@ int blocks_for_rows(int64_t rows) { return int((rows * 32 + kThreads - 1) / kThr
 
 void forward(const AttentionParams& params, int sequences, int head_dim) {
   const int64_t rows = int64_t(params.tokens) * params.heads;
-  forward_kernel<<<blocks_for_rows(rows), kThreads, 0, stream()>>>(params, sequences, head_dim);
+  CST_LAUNCH(blocks_for_rows(rows), kThreads, 0, forward_kernel)(params, sequences, head_dim);
   CUDA_CHECK_LAUNCH();
 }
 
 void backward(const AttentionParams& params, int sequences, int head_dim) {
   const int64_t query_rows = int64_t(params.tokens) * params.heads;
   const int64_t key_rows = int64_t(params.tokens) * params.kv_heads;
-  dout_dot_out_kernel<<<blocks_for_rows(query_rows), kThreads, 0, stream()>>>(params, head_dim);
+  CST_LAUNCH(blocks_for_rows(query_rows), kThreads, 0, dout_dot_out_kernel)(params, head_dim);
   CUDA_CHECK_LAUNCH();
-  dq_kernel<<<blocks_for_rows(query_rows), kThreads, 0, stream()>>>(params, sequences, head_dim);
+  CST_LAUNCH(blocks_for_rows(query_rows), kThreads, 0, dq_kernel)(params, sequences, head_dim);
   CUDA_CHECK_LAUNCH();
-  dkdv_kernel<<<blocks_for_rows(key_rows), kThreads, 0, stream()>>>(params, sequences, head_dim);
+  CST_LAUNCH(blocks_for_rows(key_rows), kThreads, 0, dkdv_kernel)(params, sequences, head_dim);
   CUDA_CHECK_LAUNCH();
 }
 

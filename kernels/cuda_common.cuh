@@ -67,6 +67,25 @@ __device__ inline void record_bad_index(BadIndexNote* note, BadIndexLabel label,
 
 }  // namespace cst::cuda
 
+// ---- launches and dynamic shared memory ----
+// Every kernel is launched as CST_LAUNCH(grid, block, shared_bytes, kernel)(arguments...) on the
+// backend's stream, and finds its dynamic shared memory with dynamic_shared_memory(). Both are
+// the CUDA constructs under another name so that tests/emulation/ can give them a host meaning:
+// there the kernels compile as C++ and every block runs on the CPU, checked against the CPU
+// backend without a GPU.
+#ifndef CST_CUDA_EMULATION
+#define CST_LAUNCH(grid, block, shared_bytes, ...) \
+  __VA_ARGS__<<<(grid), (block), (shared_bytes), ::cst::cuda::stream()>>>
+
+namespace cst::cuda {
+// One extern array for the whole program: every kernel's dynamic shared memory starts there.
+__device__ inline unsigned char* dynamic_shared_memory() {
+  extern __shared__ __align__(16) unsigned char dynamic_shared_bytes[];
+  return dynamic_shared_bytes;
+}
+}  // namespace cst::cuda
+#endif
+
 #define CUDA_CHECK(call) ::cst::cuda::check((call), #call, __FILE__, __LINE__)
 // After a kernel launch: catches bad launch configurations at the launch site.
 #define CUDA_CHECK_LAUNCH() CUDA_CHECK(cudaGetLastError())

@@ -90,9 +90,9 @@ __global__ void convert_kernel(To* destination, const From* source, int64_t coun
 template <class To>
 static void convert_from(To* destination, const void* source, DType source_dtype, int64_t count, int blocks) {
   if (source_dtype == DType::f32)
-    convert_kernel<<<blocks, 256, 0, stream()>>>(destination, static_cast<const float*>(source), count);
+    CST_LAUNCH(blocks, 256, 0, convert_kernel)(destination, static_cast<const float*>(source), count);
   else if (source_dtype == DType::bf16)
-    convert_kernel<<<blocks, 256, 0, stream()>>>(destination, static_cast<const __nv_bfloat16*>(source), count);
+    CST_LAUNCH(blocks, 256, 0, convert_kernel)(destination, static_cast<const __nv_bfloat16*>(source), count);
   else
     fail("GPU dtype conversion from ", dtype_name(source_dtype), " is not supported");
   CUDA_CHECK_LAUNCH();

@@ -62,9 +62,9 @@ void add_inplace(const Tensor& y, const Tensor& x) {
       TY* y_data = static_cast<TY*>(y.data);
       const TX* x_data = static_cast<const TX*>(x.data);
       if (can_use_chunks(count, y_data, x_data))
-        add_kernel<kChunk><<<grid_blocks(count / kChunk), kThreads, 0, stream()>>>(y_data, x_data, count);
+        CST_LAUNCH(grid_blocks(count / kChunk), kThreads, 0, add_kernel<kChunk>)(y_data, x_data, count);
       else
-        add_kernel<1><<<grid_blocks(count), kThreads, 0, stream()>>>(y_data, x_data, count);
+        CST_LAUNCH(grid_blocks(count), kThreads, 0, add_kernel<1>)(y_data, x_data, count);
       CUDA_CHECK_LAUNCH();
     });
   });
@@ -79,9 +79,9 @@ void scale_inplace(const Tensor& y, float alpha) {
     using T = decltype(tag);
     T* data = static_cast<T*>(y.data);
     if (can_use_chunks(count, data))
-      scale_kernel<kChunk><<<grid_blocks(count / kChunk), kThreads, 0, stream()>>>(data, alpha, count);
+      CST_LAUNCH(grid_blocks(count / kChunk), kThreads, 0, scale_kernel<kChunk>)(data, alpha, count);
     else
-      scale_kernel<1><<<grid_blocks(count), kThreads, 0, stream()>>>(data, alpha, count);
+      CST_LAUNCH(grid_blocks(count), kThreads, 0, scale_kernel<1>)(data, alpha, count);
     CUDA_CHECK_LAUNCH();
   });
 }
@@ -100,10 +100,10 @@ void dropout(const Tensor& out, const Tensor& x, float p, uint64_t seed, uint64_
     T* out_data = static_cast<T*>(out.data);
     const T* x_data = static_cast<const T*>(x.data);
     if (can_use_chunks(count, out_data, x_data))
-      dropout_kernel<kChunk><<<grid_blocks(count / kChunk), kThreads, 0, stream()>>>(
+      CST_LAUNCH(grid_blocks(count / kChunk), kThreads, 0, dropout_kernel<kChunk>)(
           out_data, x_data, p, keep_scale, key, count);
     else
-      dropout_kernel<1><<<grid_blocks(count), kThreads, 0, stream()>>>(out_data, x_data, p,
+      CST_LAUNCH(grid_blocks(count), kThreads, 0, dropout_kernel<1>)(out_data, x_data, p,
                                                                        keep_scale, key, count);
     CUDA_CHECK_LAUNCH();
   });

@@ -48,10 +48,11 @@ static void launch_indexed_rows(const char* op, BadIndexLabel ids_name, const Te
       TO* out_data = static_cast<TO*>(out.data);
       const TI* in_data = static_cast<const TI*>(in.data);
       if (can_use_chunks(channels, out_data, in_data))
-        indexed_rows_kernel<kChunk, Scatter><<<grid_blocks(count * (channels / kChunk)), kThreads, 0, stream()>>>(
+        CST_LAUNCH(grid_blocks(count * (channels / kChunk)), kThreads, 0,
+                   indexed_rows_kernel<kChunk, Scatter>)(
             out_data, in_data, ids.i32(), count, channels, indexed_rows, bad_index_note(), ids_name);
       else
-        indexed_rows_kernel<1, Scatter><<<grid_blocks(count * channels), kThreads, 0, stream()>>>(
+        CST_LAUNCH(grid_blocks(count * channels), kThreads, 0, indexed_rows_kernel<1, Scatter>)(
             out_data, in_data, ids.i32(), count, channels, indexed_rows, bad_index_note(), ids_name);
       CUDA_CHECK_LAUNCH();
     });

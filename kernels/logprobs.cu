@@ -163,7 +163,7 @@ void logprobs_forward(const Tensor& logps, const Tensor& lse, const Tensor& logi
   if (hidden.shape[0] == 0) return;
   const BadIndexLabel labels_name{"logprobs_forward: labels", "the vocabulary"};
   for_each_logit_chunk(hidden, lm_head, scratch, [&](int64_t begin, int64_t rows, const Tensor& logits) {
-    logit_stats_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(
+    CST_LAUNCH(unsigned(rows), kRowThreads, 0, logit_stats_kernel)(
         logps.f32(), lse.f32(), logit_sums.f32(), logits.f32(), vocab, begin, labels.i32(),
         bad_index_note(), labels_name);
     CUDA_CHECK_LAUNCH();
@@ -185,7 +185,7 @@ void logprobs_backward(const Tensor& dhidden, const Tensor& dlogps, const Tensor
     Tensor chunk_dz = dz.rows(0, rows);
     with_float_type(dz, op, "lm_head", [&](auto tag) {
       using TZ = decltype(tag);
-      logit_grad_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(
+      CST_LAUNCH(unsigned(rows), kRowThreads, 0, logit_grad_kernel)(
           static_cast<TZ*>(chunk_dz.data), logits.f32(), vocab, begin, labels.i32(), dlogps.f32(),
           lse.f32(), bad_index_note(), labels_name);
       CUDA_CHECK_LAUNCH();

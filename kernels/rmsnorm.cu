@@ -137,10 +137,10 @@ void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, con
       const T* x_data = static_cast<const T*>(x.data);
       const W* weight_data = static_cast<const W*>(weight.data);
       if (can_use_chunks(channels, out_data, x_data, weight_data))
-        rmsnorm_forward_kernel<kChunk><<<blocks, kThreads, 0, stream()>>>(
+        CST_LAUNCH(blocks, kThreads, 0, rmsnorm_forward_kernel<kChunk>)(
             out_data, rstd.f32(), x_data, weight_data, rows, channels, eps);
       else
-        rmsnorm_forward_kernel<1><<<blocks, kThreads, 0, stream()>>>(
+        CST_LAUNCH(blocks, kThreads, 0, rmsnorm_forward_kernel<1>)(
             out_data, rstd.f32(), x_data, weight_data, rows, channels, eps);
       CUDA_CHECK_LAUNCH();
     });
@@ -167,7 +167,7 @@ void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dou
     // dweight first: dx may alias dout.
     if (!dweight.empty()) {
       dim3 threads(kWeightColumns, kWeightRowLanes);
-      rmsnorm_backward_weight_kernel<<<ceil_div(channels, kWeightColumns), threads, 0, stream()>>>(
+      CST_LAUNCH(ceil_div(channels, kWeightColumns), threads, 0, rmsnorm_backward_weight_kernel)(
           dweight.f32(), dout_data, x_data, rstd.f32(), rows, channels);
       CUDA_CHECK_LAUNCH();
     }
@@ -176,10 +176,10 @@ void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dou
       const W* weight_data = static_cast<const W*>(weight.data);
       int blocks = ceil_div(rows, kRowsPerBlock);
       if (can_use_chunks(channels, dx_data, dout_data, x_data, weight_data))
-        rmsnorm_backward_input_kernel<kChunk><<<blocks, kThreads, 0, stream()>>>(
+        CST_LAUNCH(blocks, kThreads, 0, rmsnorm_backward_input_kernel<kChunk>)(
             dx_data, dout_data, x_data, weight_data, rstd.f32(), rows, channels);
       else
-        rmsnorm_backward_input_kernel<1><<<blocks, kThreads, 0, stream()>>>(
+        CST_LAUNCH(blocks, kThreads, 0, rmsnorm_backward_input_kernel<1>)(
             dx_data, dout_data, x_data, weight_data, rstd.f32(), rows, channels);
       CUDA_CHECK_LAUNCH();
     });

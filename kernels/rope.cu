@@ -23,7 +23,7 @@ __device__ inline void rope_angle(int position, float inverse_frequency, float d
 template <int Width, class T>
 __global__ void rope_kernel(T* x, const int32_t* positions, const float* inverse_frequencies, int heads,
                             int head_dim, float direction) {
-  extern __shared__ float angles[];
+  float* angles = reinterpret_cast<float*>(dynamic_shared_memory());
   const int half = head_dim / 2;
   const int64_t token = blockIdx.x;
   const int position = positions[token];
@@ -81,13 +81,13 @@ void rope_apply(const Tensor& x, const Tensor& positions, const Tensor& inverse_
     T* data = static_cast<T*>(x.data);
     // Chunks need every head's halves 16-byte aligned: a multiple-of-8 half and an aligned base.
     if (can_use_chunks(half, data))
-      rope_kernel<kChunk><<<unsigned(tokens), rope_threads(int64_t(heads) * (half / kChunk)),
-                            shared_bytes, stream()>>>(data, positions.i32(), inverse_frequencies.f32(),
-                                                      heads, head_dim, direction);
+      CST_LAUNCH(unsigned(tokens), rope_threads(int64_t(heads) * (half / kChunk)), shared_bytes,
+                 rope_kernel<kChunk>)(data, positions.i32(), inverse_frequencies.f32(), heads,
+                                      head_dim, direction);
     else
-      rope_kernel<1><<<unsigned(tokens), rope_threads(int64_t(heads) * half), shared_bytes,
-                       stream()>>>(data, positions.i32(), inverse_frequencies.f32(), heads, head_dim,
-                                   direction);
+      CST_LAUNCH(unsigned(tokens), rope_threads(int64_t(heads) * half), shared_bytes,
+                 rope_kernel<1>)(data, positions.i32(), inverse_frequencies.f32(), heads,
+                                 head_dim, direction);
     CUDA_CHECK_LAUNCH();
   });
 }

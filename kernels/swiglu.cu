@@ -58,10 +58,10 @@ void swiglu_forward(const Tensor& out, const Tensor& gate, const Tensor& up) {
     const T* gate_data = static_cast<const T*>(gate.data);
     const T* up_data = static_cast<const T*>(up.data);
     if (can_use_chunks(count, out_data, gate_data, up_data))
-      swiglu_forward_kernel<kChunk><<<grid_blocks(count / kChunk), kThreads, 0, stream()>>>(
+      CST_LAUNCH(grid_blocks(count / kChunk), kThreads, 0, swiglu_forward_kernel<kChunk>)(
           out_data, gate_data, up_data, count);
     else
-      swiglu_forward_kernel<1><<<grid_blocks(count), kThreads, 0, stream()>>>(out_data, gate_data,
+      CST_LAUNCH(grid_blocks(count), kThreads, 0, swiglu_forward_kernel<1>)(out_data, gate_data,
                                                                               up_data, count);
     CUDA_CHECK_LAUNCH();
   });
@@ -81,10 +81,10 @@ void swiglu_backward(const Tensor& dgate, const Tensor& dup, const Tensor& dout,
     const T* gate_data = static_cast<const T*>(gate.data);
     const T* up_data = static_cast<const T*>(up.data);
     if (can_use_chunks(count, dgate_data, dup_data, dout_data, gate_data, up_data))
-      swiglu_backward_kernel<kChunk><<<grid_blocks(count / kChunk), kThreads, 0, stream()>>>(
+      CST_LAUNCH(grid_blocks(count / kChunk), kThreads, 0, swiglu_backward_kernel<kChunk>)(
           dgate_data, dup_data, dout_data, gate_data, up_data, count);
     else
-      swiglu_backward_kernel<1><<<grid_blocks(count), kThreads, 0, stream()>>>(
+      CST_LAUNCH(grid_blocks(count), kThreads, 0, swiglu_backward_kernel<1>)(
           dgate_data, dup_data, dout_data, gate_data, up_data, count);
     CUDA_CHECK_LAUNCH();
   });
