@@ -1,0 +1,377 @@
+// One CUDA thread block run on the CPU: every thread is a fiber, switched cooperatively on one
+// core at barriers and warp collectives, so kernel code written for the GPU runs unchanged and
+// deterministically. Used by tests/test_attention_emulated.cpp (the flash attention tile bodies)
+// and by the emulated CUDA build (tests/emulation/cuda_builtins.h), where every kernel of
+// kernels/*.cu runs here block by block.
+//
+// Beyond running the code, it reports what the GPU would leave undefined or deadlocked:
+//   - a thread that misses a barrier or a warp collective (the block deadlocks; reported, not
+//     hung), the lanes of a warp in different collectives (.sync.aligned);
+//   - for the 16-byte rows of dynamic shared memory that cp.async and ldmatrix touch (tracked per
+//     barrier interval, "epoch"): shared addresses outside the block's dynamic shared memory or
+//     not 16-byte aligned, cp.async sources outside the readable ranges, ldmatrix of a row whose
+//     copy is in flight or landed after the last barrier, cp.async into a row another warp read
+//     since the last barrier or that a copy is still filling, a thread ending with copies nobody
+//     waited for.
+// The fibers take turns only at collectives and barriers, so timing-dependent races between them
+// cannot be provoked here: compute-sanitizer racecheck on the GPU covers those.
+//
+// A switch between fibers is switch_stacks below, a few instructions of x86-64 (the kernels'
+// shuffles switch millions of times per launch; glibc's swapcontext makes a system call for the
+// signal mask each time, which made the emulation several times slower).
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kernels/error.h"
+
+#if !defined(__x86_64__)
+#error "the CUDA emulation switches fibers with x86-64 instructions"
+#endif
+
+namespace cst::emulation {
+
+// Saves the callee-saved registers on the running stack, stores its stack pointer in *save,
+// then continues on the stack `load` (left by an earlier switch, or made by start_stack), whose
+// registers it pops before returning to where that stack left off. The System V ABI lets a call
+// clobber every other register, and the fibers never change the FPU or SSE control words.
+__attribute__((naked, noinline)) static void switch_stacks(void** /*save*/, void* /*load*/) {
+  asm volatile(
+      "pushq %rbp\n pushq %rbx\n pushq %r12\n pushq %r13\n pushq %r14\n pushq %r15\n"
+      "movq %rsp, (%rdi)\n"
+      "movq %rsi, %rsp\n"
+      "popq %r15\n popq %r14\n popq %r13\n popq %r12\n popq %rbx\n popq %rbp\n"
+      "ret\n");
+}
+
+// A new stack whose first switch_stacks "returns" into entry: six zero registers and entry as
+// the return address, placed so that entry starts with the stack aligned as after a call.
+inline void* start_stack(char* stack, size_t bytes, void (*entry)()) {
+  auto top = (reinterpret_cast<uintptr_t>(stack) + bytes) & ~uintptr_t(15);
+  auto* slots = reinterpret_cast<void**>(top - 64);
+  for (int i = 0; i < 6; ++i) slots[i] = nullptr;
+  slots[6] = reinterpret_cast<void*>(entry);
+  slots[7] = nullptr;
+  return slots;
+}
+
+constexpr int kWarpSize = 32;
+constexpr int kChunkBytes = 16;  // one ldmatrix row, one cp.async
+
+// A block's or grid's extent, as dim3 gives it.
+struct Extent {
+  unsigned x = 1, y = 1, z = 1;
+  int64_t count() const { return int64_t(x) * y * z; }
+};
+
+// Fibers that wait here until `expected` of them have arrived.
+struct Barrier {
+  int expected = 0;
+  int arrived = 0;
+  uint64_t releases = 0;
+};
+
+enum class Collective { ldmatrix, ldmatrix_transposed, mma, shuffle };
+
+// What the lanes of a warp hand each other in a collective. Two slots alternate, so one barrier
+// per collective is enough: a lane writes slot c % 2 at its c-th collective and reaches slot
+// c % 2 again only after every lane has passed collective c + 1, i.e. finished reading slot c % 2.
+struct WarpExchange {
+  struct Slot {
+    Collective collective[kWarpSize];
+    const void* address[kWarpSize];
+    uint32_t a[kWarpSize][4];
+    uint32_t b[kWarpSize][2];
+    uint64_t value[kWarpSize];  // a shuffled value's bits
+  } slots[2];
+  Barrier barrier;
+};
+
+struct PendingCopy {
+  std::byte* destination;
+  std::array<std::byte, kChunkBytes> bytes;
+};
+
+// Who touched a 16-byte row of shared memory, and in which barrier interval (epoch).
+struct ChunkHistory {
+  int copies_in_flight = 0;
+  int64_t landed_epoch = -1;
+  int64_t read_epoch = -1;
+  int reader_warp = -1;  // kSeveralWarps when more than one warp read it in read_epoch
+};
+constexpr int kSeveralWarps = -2;
+
+struct Fiber {
+  void* stack_pointer = nullptr;  // where switch_stacks left it
+  std::unique_ptr<char[]> stack;
+  bool finished = false;
+  const char* waiting_in = "";  // the collective or barrier it last waited at, for deadlocks
+  uint64_t collectives = 0;     // selects the exchange slot
+  std::vector<PendingCopy> uncommitted;
+  std::deque<std::vector<PendingCopy>> committed;
+};
+
+// One block at a time: its fibers, shared memory and the bookkeeping of the checks.
+class BlockEmulator {
+ public:
+  static constexpr int kMaxThreads = 1024;
+
+  static BlockEmulator& instance() {
+    static BlockEmulator emulator;
+    return emulator;
+  }
+
+  // Address ranges cp.async may read from (the input tensors).
+  void set_readable(std::vector<std::pair<const void*, size_t>> ranges) {
+    readable_ = std::move(ranges);
+  }
+
+  // Runs body(shared, thread) for threads 0..threads-1 of one block with `shared_bytes` of
+  // dynamic shared memory (filled with NaN bytes). Returns "" or the first problem found.
+  std::string run(int threads, size_t shared_bytes, std::function<void(std::byte*, int)> body) {
+    return run(Extent{unsigned(threads)}, Extent{}, Extent{}, shared_bytes, std::move(body));
+  }
+
+  // The same for block `block_index` of a grid of `grid` blocks of `block` threads each; the
+  // running thread's coordinates are thread_index() and block_index().
+  std::string run(Extent block, Extent block_index, Extent grid, size_t shared_bytes,
+                  std::function<void(std::byte*, int)> body) {
+    reset(block, shared_bytes);
+    block_index_ = block_index;
+    grid_ = grid;
+    body_ = std::move(body);
+    int live = threads_;
+    while (live > 0 && error_.empty()) {
+      uint64_t progress_before = progress_;
+      for (int t = 0; t < threads_ && error_.empty(); ++t) {
+        if (fibers_[t].finished) continue;
+        current_ = t;
+        switch_stacks(&scheduler_stack_pointer_, fibers_[t].stack_pointer);
+        if (fibers_[t].finished) --live;
+      }
+      if (live > 0 && error_.empty() && progress_ == progress_before) error_ = deadlock_report();
+    }
+    if (error_.empty()) check_copies_waited();
+    return error_;
+  }
+
+  // ---- used by the models, from inside a fiber ----
+
+  int thread() const { return current_; }
+  int lane() const { return current_ % kWarpSize; }
+  int warp_index() const { return current_ / kWarpSize; }
+  Fiber& fiber() { return fibers_[current_]; }
+  Extent thread_index() const {
+    return {unsigned(current_) % block_.x, unsigned(current_) / block_.x % block_.y,
+            unsigned(current_) / (block_.x * block_.y)};
+  }
+  Extent block_index() const { return block_index_; }
+  Extent block_extent() const { return block_; }
+  Extent grid_extent() const { return grid_; }
+  std::byte* dynamic_shared() { return shared_.data(); }
+
+  [[noreturn]] void fail(const std::string& message) {
+    if (error_.empty()) error_ = "thread " + std::to_string(current_) + ": " + message;
+    switch_stacks(&fibers_[current_].stack_pointer, scheduler_stack_pointer_);  // never resumed
+    std::abort();
+  }
+
+  void arrive_and_wait(Barrier& barrier, const char* where) {
+    fiber().waiting_in = where;
+    ++progress_;
+    uint64_t releases = barrier.releases;
+    if (++barrier.arrived == barrier.expected) {
+      barrier.arrived = 0;
+      ++barrier.releases;
+      if (&barrier == &block_barrier_) ++epoch_;
+      return;
+    }
+    while (barrier.releases == releases)
+      switch_stacks(&fiber().stack_pointer, scheduler_stack_pointer_);
+  }
+
+  // Posts this lane's part of a collective in the next slot and waits for the whole warp; every
+  // lane must be in the same collective.
+  WarpExchange::Slot& exchange(Collective collective, const char* name,
+                               const std::function<void(WarpExchange::Slot&)>& post) {
+    WarpExchange& warp = warps_[warp_index()];
+    WarpExchange::Slot& slot = warp.slots[fiber().collectives++ % 2];
+    slot.collective[lane()] = collective;
+    post(slot);
+    arrive_and_wait(warp.barrier, name);
+    for (int l = 0; l < warp.barrier.expected; ++l)
+      if (slot.collective[l] != collective)
+        fail(std::string("lanes of warp ") + std::to_string(warp_index()) +
+             " are in different collectives (" + name + " and another)");
+    return slot;
+  }
+
+  // shfl.sync .bfly with a full member mask: lane l gets the bits lane l ^ lane_mask posted.
+  uint64_t shuffle_xor(uint64_t bits, int lane_mask) {
+    WarpExchange::Slot& slot = exchange(Collective::shuffle, "shfl",
+                                        [&](WarpExchange::Slot& s) { s.value[lane()] = bits; });
+    int source = lane() ^ lane_mask;
+    if (source >= warps_[warp_index()].barrier.expected)
+      fail("shfl.sync reads lane " + std::to_string(source) + ", past the end of a partial warp");
+    return slot.value[source];
+  }
+
+  void block_barrier() { arrive_and_wait(block_barrier_, "block_barrier"); }
+
+  // The shared row at `address` as ldmatrix reads it: checked for place and races.
+  const std::byte* shared_row_for_read(const void* address, const char* what) {
+    ChunkHistory& history = chunk(address, what);
+    if (history.copies_in_flight > 0)
+      fail(std::string(what) + " reads a shared row whose cp.async has not been waited for");
+    if (history.landed_epoch == epoch_)
+      fail(std::string(what) + " reads a shared row whose cp.async landed after the last barrier");
+    if (history.read_epoch != epoch_) {
+      history.read_epoch = epoch_;
+      history.reader_warp = warp_index();
+    } else if (history.reader_warp != warp_index()) {
+      history.reader_warp = kSeveralWarps;
+    }
+    return static_cast<const std::byte*>(address);
+  }
+
+  void start_copy(void* destination, const void* source, bool valid) {
+    ChunkHistory& history = chunk(destination, "cp.async");
+    if (history.copies_in_flight > 0)
+      fail("cp.async into a shared row that another copy is still filling");
+    if (history.read_epoch == epoch_ && history.reader_warp != warp_index())
+      fail("cp.async overwrites a shared row another warp read since the last barrier");
+    if (!readable(source, kChunkBytes))
+      fail("cp.async source lies outside every input tensor");
+    PendingCopy copy{static_cast<std::byte*>(destination), {}};
+    if (valid) std::memcpy(copy.bytes.data(), source, kChunkBytes);  // src-size 16
+    else std::fill(copy.bytes.begin(), copy.bytes.end(), std::byte{0});  // src-size 0
+    ++history.copies_in_flight;
+    fiber().uncommitted.push_back(copy);
+  }
+
+  void commit_copies() {
+    fiber().committed.push_back(std::move(fiber().uncommitted));
+    fiber().uncommitted.clear();
+  }
+
+  void wait_copies(size_t pending) {
+    auto& committed = fiber().committed;
+    while (committed.size() > pending) {
+      for (const PendingCopy& copy : committed.front()) {
+        std::memcpy(copy.destination, copy.bytes.data(), kChunkBytes);
+        ChunkHistory& history = chunk(copy.destination, "cp.async");
+        --history.copies_in_flight;
+        history.landed_epoch = epoch_;
+      }
+      committed.pop_front();
+    }
+  }
+
+ private:
+  static constexpr size_t kStackBytes = 256 * 1024;
+
+  BlockEmulator() : fibers_(kMaxThreads), warps_(kMaxThreads / kWarpSize) {}
+
+  // A fiber's whole life: the body, then back to the scheduler for good.
+  static void fiber_main() {
+    BlockEmulator& emulator = instance();
+    emulator.body_(emulator.shared_.data(), emulator.current_);
+    Fiber& fiber = emulator.fibers_[emulator.current_];
+    fiber.finished = true;
+    ++emulator.progress_;
+    switch_stacks(&fiber.stack_pointer, emulator.scheduler_stack_pointer_);
+    std::abort();  // a finished fiber is never resumed
+  }
+
+  void reset(Extent block, size_t shared_bytes) {
+    const int64_t threads = block.count();
+    CST_CHECK(threads > 0 && threads <= kMaxThreads, "emulated block of ", threads, " threads");
+    block_ = block;
+    threads_ = int(threads);
+    error_.clear();
+    epoch_ = 0;
+    progress_ = 0;
+    shared_.assign(shared_bytes, std::byte{0xff});  // every float and bf16 of it is NaN
+    chunks_.assign((shared_bytes + kChunkBytes - 1) / kChunkBytes, ChunkHistory{});
+    block_barrier_ = Barrier{threads_};
+    // The last warp of a block whose size is not a multiple of 32 has fewer lanes.
+    for (int w = 0; w * kWarpSize < threads_; ++w)
+      warps_[w].barrier = Barrier{std::min(kWarpSize, threads_ - w * kWarpSize)};
+    for (int t = 0; t < threads_; ++t) {
+      Fiber& fiber = fibers_[t];
+      if (!fiber.stack) fiber.stack.reset(new char[kStackBytes]);  // first use: stacks cost
+      fiber.finished = false;                                     // only what blocks use
+      fiber.waiting_in = "";
+      fiber.collectives = 0;
+      fiber.uncommitted.clear();
+      fiber.committed.clear();
+      fiber.stack_pointer = start_stack(fiber.stack.get(), kStackBytes, &BlockEmulator::fiber_main);
+    }
+  }
+
+  ChunkHistory& chunk(const void* address, const char* what) {
+    auto offset = static_cast<const std::byte*>(address) - shared_.data();
+    if (offset < 0 || size_t(offset) + kChunkBytes > shared_.size())
+      fail(std::string(what) + " address outside the block's shared memory");
+    if (offset % kChunkBytes != 0) fail(std::string(what) + " address not 16-byte aligned");
+    return chunks_[size_t(offset) / kChunkBytes];
+  }
+
+  bool readable(const void* address, size_t bytes) const {
+    auto begin = reinterpret_cast<uintptr_t>(address);
+    for (const auto& [start, size] : readable_) {
+      auto first = reinterpret_cast<uintptr_t>(start);
+      if (begin >= first && begin + bytes <= first + size) return true;
+    }
+    return false;
+  }
+
+  void check_copies_waited() {
+    for (int t = 0; t < threads_; ++t)
+      if (!fibers_[t].uncommitted.empty() || !fibers_[t].committed.empty()) {
+        error_ = "thread " + std::to_string(t) + " ends with cp.async copies never waited for";
+        return;
+      }
+  }
+
+  std::string deadlock_report() const {
+    std::map<std::string, int> waiting;
+    for (int t = 0; t < threads_; ++t)
+      ++waiting[fibers_[t].finished ? "finished" : fibers_[t].waiting_in];
+    std::string report = "the block deadlocks:";
+    for (const auto& [where, count] : waiting)
+      report += " " + std::to_string(count) + " threads " +
+                (where == "finished" ? "finished" : "wait in " + where) + ";";
+    return report;
+  }
+
+  std::vector<Fiber> fibers_;
+  std::vector<WarpExchange> warps_;
+  void* scheduler_stack_pointer_ = nullptr;
+  std::function<void(std::byte*, int)> body_;
+  std::vector<std::byte> shared_;
+  std::vector<ChunkHistory> chunks_;
+  std::vector<std::pair<const void*, size_t>> readable_;
+  Barrier block_barrier_;
+  std::string error_;
+  Extent block_, block_index_, grid_;
+  int threads_ = 0;
+  int current_ = 0;
+  int64_t epoch_ = 0;       // block barriers passed
+  uint64_t progress_ = 0;   // arrivals and finished fibers, to tell a deadlock from a wait
+};
+
+inline BlockEmulator& block() { return BlockEmulator::instance(); }
+
+}  // namespace cst::emulation
