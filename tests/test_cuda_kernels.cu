@@ -635,8 +635,9 @@ LogprobsInputs logprobs_inputs(int64_t tokens, int64_t channels, int64_t vocab, 
   LogprobsInputs inputs{random_cpu({tokens, channels}, seed), random_cpu({vocab, channels}, seed + 1),
                         random_ints(tokens, 0, int32_t(vocab), seed + 2),
                         random_cpu({tokens}, seed + 3)};
-  // Prompt and padding tokens carry no label.
-  for (int64_t n = 0; n < tokens; n += 3) inputs.labels->i32()[n] = n % 2 ? -1 : -100;
+  // Prompt and padding tokens carry no label: every third token from the second on, so that a
+  // one-token case keeps its label and has something to compare.
+  for (int64_t n = 1; n < tokens; n += 3) inputs.labels->i32()[n] = n % 2 ? -1 : -100;
   return inputs;
 }
 
