@@ -18,15 +18,18 @@
 // steps, and at least kMinimumGuaranteedTokens tokens before the first near-tie of each
 // generation, summed over all of them.
 //
-// b = 0.04: the fixture models' logits are below 0.9 in magnitude; transformers running the same
-// models and adapters in bf16 (torch CPU, f32 accumulation) moves them by at most 0.019 along
-// these prefixes (largest with the adapter, whose rsLoRA scaling is 4.9), so b allows twice that.
-// Any real mistake (a wrong cache position, a missing LoRA term, a wrong window) moves logits by
-// the order of the logits themselves.
+// b = 0.06: the fixture models' logits are below 0.9 in magnitude. tools/python/
+// measure_bf16_logit_drift.py measures how far bf16 moves them along these prefixes: transformers
+// running the same models and adapters in bf16 (torch CPU, f32 accumulation) by at most 0.022;
+// a torch forward that rounds to bf16 exactly where the CUDA backend stores bf16 by at most 0.049
+// (llama_tied's 1-token prompt with the adapter, whose rsLoRA scaling of 4.9 magnifies the
+// rounding of the LoRA product). The emulated CUDA build reproduces those numbers to 1e-4, so b
+// leaves 20% over them for the tensor cores' summation order. Any real mistake (a wrong cache
+// position, a missing LoRA term, a wrong window) moves logits by the order of the logits.
 //
 // Cached decoding against a full forward on the GPU: both paths round the same values to bf16 at
 // the same points and differ only in summation order and GEMM tiling (one row against all rows),
-// so they may differ by single bf16 roundings; 0.02, half of b, bounds that, while a cache bug
+// so they may differ by single bf16 roundings; 0.02 bounds that, while a cache bug
 // gives errors of the order of the logits.
 #include <gtest/gtest.h>
 
@@ -47,15 +50,15 @@
 namespace cst {
 namespace {
 
-constexpr double kLogitBound = 0.04;                // b: |GPU logit - CPU f32 logit|
+constexpr double kLogitBound = 0.06;                // b: |GPU logit - CPU f32 logit|
 constexpr double kNearTieMargin = 2 * kLogitBound;  // below this the argmax may flip in bf16
 constexpr double kDecodeTolerance = 0.02;           // cached decode vs full forward, both on GPU
 constexpr int kMinimumDecisiveSteps = 60;           // over both models' 8 generations
 constexpr int kMinimumGuaranteedTokens = 40;
 
 // The models whose bf16 logit error b was measured (above). The Llama 3.1-style model (RoPE
-// scaling, an EOS list) moves by up to 0.038 in torch's bf16, too close to b for the near-tie
-// rule; it takes part in the decode comparisons, GPU against GPU.
+// scaling, an EOS list) needs transformers 4.43 or later, which the measurement does not use; it
+// takes part in the decode comparisons, GPU against GPU.
 const char* const kGreedyModels[] = {"mistral_gqa_window", "llama_tied"};
 const char* const kModels[] = {"mistral_gqa_window", "llama_tied", "llama3_rope_scaled"};
 
