@@ -18,7 +18,8 @@ template <class T>
 __global__ void attention_decode_kernel(T* out, const T* q, const T* k_cache, const T* v_cache,
                                         const int32_t* cache_rows, const int32_t* positions, int64_t n,
                                         int64_t rows, int heads, int kv_heads, int head_dim, int window,
-                                        float scale, BadIndexNote* note, BadIndexLabel label) {
+                                        float scale, BadIndexNote* note, BadIndexLabel rows_label,
+                                        BadIndexLabel position_label) {
   const int64_t warp = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (warp >= n * heads) return;
@@ -30,7 +31,10 @@ __global__ void attention_decode_kernel(T* out, const T* q, const T* k_cache, co
   const int slots = (head_dim - lane + 31) / 32;  // the slots this lane holds (0 past head_dim)
   T* out_row = out + (i * heads + h) * head_dim;
   if (position < 0 || base < 0 || own_row >= rows) {
-    if (h == 0 && lane == 0) record_bad_index(note, label, i, int32_t(base < 0 ? base : own_row), rows);
+    if (h == 0 && lane == 0) {
+      if (position < 0) record_bad_index(note, position_label, i, int32_t(position), rows);
+      else record_bad_index(note, rows_label, i, int32_t(base < 0 ? base : own_row), rows);
+    }
 #pragma unroll
     for (int s = 0; s < kMaxDimsPerLane; ++s)
       if (s < slots) out_row[lane + 32 * s] = from_float<T>(0.0f);
@@ -67,12 +71,14 @@ void attention_decode(const Tensor& out, const Tensor& q, const Tensor& k_cache,
   const int blocks = ceil_div(warps * 32, threads);
   const float scale = 1.0f / sqrtf(float(shape.head_dim));
   const BadIndexLabel rows_name{"attention_decode: the first or last cache row of token", "the cache's rows"};
+  const BadIndexLabel position_name{"attention_decode: the position of token", "the positions the cache holds"};
   with_float_type(q, op, "q", [&](auto tag) {
     using T = decltype(tag);
     CST_LAUNCH(blocks, threads, 0, attention_decode_kernel)(
         static_cast<T*>(out.data), static_cast<const T*>(q.data), static_cast<const T*>(k_cache.data),
         static_cast<const T*>(v_cache.data), cache_rows.i32(), positions.i32(), n, rows, shape.heads,
-        shape.kv_heads, shape.head_dim, shape.window, scale, bad_index_note(), rows_name);
+        shape.kv_heads, shape.head_dim, shape.window, scale, bad_index_note(), rows_name,
+        position_name);
     CUDA_CHECK_LAUNCH();
   });
 }

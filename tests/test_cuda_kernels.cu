@@ -308,15 +308,16 @@ TEST_F(CudaKernels, AttentionDecodeMatchesCpu) {
 }
 
 // Rows are not read back per call: a token whose rows leave the cache is raised at the next
-// synchronisation, naming the row that lies outside, and its output is zero. head_dim 12 leaves
-// most lanes without a dimension, the bad path included.
+// synchronisation, naming the row that lies outside (or the negative position), and its output is
+// zero. head_dim 12 leaves most lanes without a dimension, the bad path included.
 TEST_F(CudaKernels, AttentionDecodeRejectsRowsOutsideTheCache) {
   const AttentionShape shape{2, 1, 12, 0};
   OwnedTensor cache = upload(random_cpu({10, 1, 12}, 20), DType::bf16);
   OwnedTensor q = upload(random_cpu({2, 2, 12}, 21), DType::bf16);
   struct BadToken { int32_t row, position; const char* message; };
   for (BadToken bad : {BadToken{12, 3, "token[1] = 12 is outside the cache's rows [0, 10)"},
-                       BadToken{2, 5, "token[1] = -3 is outside the cache's rows [0, 10)"}}) {
+                       BadToken{2, 5, "token[1] = -3 is outside the cache's rows [0, 10)"},
+                       BadToken{2, -2, "position of token[1] = -2 is outside the positions the cache holds [0, 10)"}}) {
     OwnedTensor rows({2}, DType::i32, Device::cpu), positions({2}, DType::i32, Device::cpu);
     rows->i32()[0] = 4, positions->i32()[0] = 4;  // a good token first
     rows->i32()[1] = bad.row, positions->i32()[1] = bad.position;
