@@ -208,12 +208,6 @@ const KnownTemplate& known(ChatTemplateKind kind) {
   fail("chat template: unknown kind ", static_cast<int>(kind));
 }
 
-std::string joined_names() {
-  std::string names;
-  for (const std::string& name : chat_template_names()) names += (names.empty() ? "" : ", ") + name;
-  return names;
-}
-
 // Whitespace as Python's str.strip() sees it (what jinja's .strip() calls), as UTF-8.
 const char* const kPythonWhitespace[] = {
     "\t", "\n", "\v", "\f", "\r", "\x1c", "\x1d", "\x1e", "\x1f", " ", "\xC2\x85", "\xC2\xA0", "\xE1\x9A\x80",
@@ -420,7 +414,7 @@ ChatTemplate chat_template_by_name(const std::string& name) {
   for (const KnownTemplate& known_template : kKnownTemplates) {
     if (name == known_template.name) return ChatTemplate{known_template.kind};
   }
-  fail("unknown chat template '", name, "'; built-in templates: ", joined_names());
+  fail("unknown chat template '", name, "'; built-in templates: ", chat_template_name_list());
 }
 
 ChatTemplate detect_chat_template(const std::string& jinja_source) {
@@ -434,7 +428,7 @@ ChatTemplate detect_chat_template(const std::string& jinja_source) {
   }
   if (is_llama3_1_family(source)) return ChatTemplate{ChatTemplateKind::llama3_1};
   const bool llama3_markers = source.find("<|start_header_id|>") != std::string::npos;
-  fail("the tokenizer's chat_template is not one cst knows (built-in templates: ", joined_names(),
+  fail("the tokenizer's chat_template is not one cst knows (built-in templates: ", chat_template_name_list(),
        "); pass --chat_template NAME to choose one",
        llama3_markers ? " (it has Llama 3's turn markers: llama3 renders Meta-Llama-3-8B-Instruct's format, "
                         "llama3.1 that of Llama 3.1 and later, with the date header in the system turn)"
@@ -464,6 +458,12 @@ std::string parse_chat_template_date(const std::string& text) {
     fail("--chat_template_date: '", text, "' is not a date like \"", kLlama31DefaultDate,
          "\" (two-digit day, English month abbreviation, four-digit year) or today");
   return text;
+}
+
+std::string chat_template_name_list() {
+  std::string names;
+  for (const std::string& name : chat_template_names()) names += (names.empty() ? "" : ", ") + name;
+  return names;
 }
 
 }  // namespace cst

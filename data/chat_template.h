@@ -87,5 +87,7 @@ ChatTemplate detect_chat_template(const std::string& jinja_source);
 // strftime "%d %b %Y" writes it) is checked and kept; "today" is the local date in that form.
 std::string parse_chat_template_date(const std::string& text);
 std::vector<std::string> chat_template_names();
+// The same names joined by ", ", for messages.
+std::string chat_template_name_list();
 
 }  // namespace cst

@@ -34,12 +34,7 @@ ModelSession open_model_session(const std::string& model_path, const std::string
     session.chat_template = detect_chat_template(session.tokenizer->chat_template_source());
   } else {
     fail(model_path, ": the tokenizer has no chat_template; choose one with --chat_template (",
-         [] {
-           std::string names;
-           for (const std::string& name : chat_template_names()) names += (names.empty() ? "" : ", ") + name;
-           return names;
-         }(),
-         ")");
+         chat_template_name_list(), ")");
   }
   session.chat_template.today_date = parse_chat_template_date(chat_template_date);
   session.device = resolve_device(device_name);
