@@ -150,7 +150,7 @@ __global__ void sum_of_squares_kernel(double* partials, const __grid_constant__ 
   thread_sums[threadIdx.x] = sum;
   __syncthreads();
   for (int half = kThreads / 2; half > 0; half /= 2) {  // a tree in a fixed order
-    if (threadIdx.x < half) thread_sums[threadIdx.x] += thread_sums[threadIdx.x + half];
+    if (int(threadIdx.x) < half) thread_sums[threadIdx.x] += thread_sums[threadIdx.x + half];
     __syncthreads();
   }
   if (threadIdx.x == 0) partials[blockIdx.y * kSquareBlocksPerTensor + blockIdx.x] = thread_sums[0];

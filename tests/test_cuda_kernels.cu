@@ -677,10 +677,11 @@ TEST_F(CudaKernels, LogprobsForwardAndBackwardMatchCpu) {
         // dz goes through the head's dtype (bf16: 0.2% per element) before the second GEMM.
         EXPECT_LE(relative_error(dhidden_gpu, dhidden), tolerance_for(dtype)) << where;
         OwnedTensor dhidden_result = download(dhidden_gpu);
-        for (int64_t n = 0; n < tokens; ++n)
-          if (in.labels->i32()[n] < 0)
-            for (int64_t c = 0; c < channels; ++c)
-              ASSERT_EQ(dhidden_result->f32()[n * channels + c], 0.0f) << "unlabelled token " << n;
+        for (int64_t n = 0; n < tokens; ++n) {
+          if (in.labels->i32()[n] >= 0) continue;
+          for (int64_t c = 0; c < channels; ++c)
+            ASSERT_EQ(dhidden_result->f32()[n * channels + c], 0.0f) << "unlabelled token " << n;
+        }
       }
 }
 

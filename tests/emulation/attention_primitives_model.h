@@ -155,12 +155,12 @@ inline uint32_t pack_bf16x2(float low, float high) {
 }
 
 inline void store_bf16x2(bf16* destination, uint32_t packed) {
-  std::memcpy(destination, &packed, 4);
+  std::memcpy(static_cast<void*>(destination), &packed, 4);
 }
 
 inline void store_bf16(bf16* destination, float value) {
   uint16_t bits = f32_to_bf16(value);
-  std::memcpy(destination, &bits, 2);
+  std::memcpy(static_cast<void*>(destination), &bits, 2);
 }
 
 inline float fast_exp2(float x) { return std::exp2(x); }
