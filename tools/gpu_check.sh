@@ -456,7 +456,7 @@ end_to_end() {
   if [[ -s "$SCRATCH/run/adapter_model.safetensors" ]]; then
     run_step "cst_generate on CUDA with that adapter" 10 "$OUT/e2e.log" bash -c e2e_generate
   else
-    skip_step "cst_generate on CUDA" "no adapter from the training step"
+    skip_step "cst_generate on CUDA" "no adapter from the training step (its row above says why)"
   fi
 }
 
