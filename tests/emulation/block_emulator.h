@@ -203,17 +203,18 @@ class BlockEmulator {
 
   // Posts this lane's part of a collective in the next slot and waits for the whole warp; every
   // lane must be in the same collective.
-  WarpExchange::Slot& exchange(Collective collective, const char* name,
-                               const std::function<void(WarpExchange::Slot&)>& post) {
+  // Each lane compares its collective with lane 0's: if any two differ, some lane differs from
+  // lane 0 and reports it.
+  template <class Post>
+  WarpExchange::Slot& exchange(Collective collective, const char* name, const Post& post) {
     WarpExchange& warp = warps_[warp_index()];
     WarpExchange::Slot& slot = warp.slots[fiber().collectives++ % 2];
     slot.collective[lane()] = collective;
     post(slot);
     arrive_and_wait(warp.barrier, name);
-    for (int l = 0; l < warp.barrier.expected; ++l)
-      if (slot.collective[l] != collective)
-        fail(std::string("lanes of warp ") + std::to_string(warp_index()) +
-             " are in different collectives (" + name + " and another)");
+    if (slot.collective[0] != collective)
+      fail(std::string("lanes of warp ") + std::to_string(warp_index()) +
+           " are in different collectives (" + name + " and another)");
     return slot;
   }
 
