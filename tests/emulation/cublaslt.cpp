@@ -52,9 +52,7 @@
 #include <cublasLt.h>
 
 #include <atomic>
-#include <bit>
 #include <climits>
-#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <mutex>
@@ -62,6 +60,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "kernels/tensor.h"  // bf16_to_f32, f32_to_bf16 (round to nearest even)
 #include "tests/emulation/cublaslt_model.h"
 
 // The header declares the handle as a pointer to this struct and leaves it to the library.
@@ -317,22 +316,13 @@ cublasStatus_t check_operands(const Problem& problem, const AlgorithmState& algo
 
 // ---- Arithmetic ----
 
-float bf16_to_float(uint16_t bits) { return std::bit_cast<float>(uint32_t(bits) << 16); }
-
-uint16_t float_to_bf16(float value) {
-  uint32_t bits = std::bit_cast<uint32_t>(value);
-  if (std::isnan(value)) return uint16_t((bits >> 16) | 0x0040);  // keep it a (quiet) NaN
-  bits += 0x7fff + ((bits >> 16) & 1);                              // round to nearest even
-  return uint16_t(bits >> 16);
-}
-
 float load_element(const void* data, cudaDataType_t type, uint64_t index) {
-  if (type == CUDA_R_16BF) return bf16_to_float(static_cast<const uint16_t*>(data)[index]);
+  if (type == CUDA_R_16BF) return cst::bf16_to_f32(static_cast<const uint16_t*>(data)[index]);
   return static_cast<const float*>(data)[index];
 }
 
 void store_element(void* data, cudaDataType_t type, uint64_t index, float value) {
-  if (type == CUDA_R_16BF) static_cast<uint16_t*>(data)[index] = float_to_bf16(value);
+  if (type == CUDA_R_16BF) static_cast<uint16_t*>(data)[index] = cst::f32_to_bf16(value);
   else static_cast<float*>(data)[index] = value;
 }
 
