@@ -45,21 +45,28 @@ def rounded(x, bf16):
     return x.to(torch.bfloat16).float() if bf16 else x
 
 
-def cst_forward(case, adapter, tokens, bf16):
-    """The logits of `tokens` with cst's CUDA rounding points (bf16=True) or none (f32)."""
+def cst_parameters(case, adapter):
+    """(config, weights, LoRA weights, LoRA scaling) of a fixture model, in f32."""
     hf = os.path.join(MODELS, case, "hf")
     with open(os.path.join(hf, "config.json")) as f:
         config = json.load(f)
-    weights = {k: rounded(v.float(), bf16) for k, v in load_file(os.path.join(hf, "model.safetensors")).items()}
+    weights = {k: v.float() for k, v in load_file(os.path.join(hf, "model.safetensors")).items()}
     lora, scaling = {}, 0.0
     if adapter:
         folder = os.path.join(MODELS, case, "adapter")
         with open(os.path.join(folder, "adapter_config.json")) as f:
             adapter_config = json.load(f)
-        lora = {k: rounded(v.float(), bf16)
-                for k, v in load_file(os.path.join(folder, "adapter_model.safetensors")).items()}
+        lora = {k: v.float() for k, v in load_file(os.path.join(folder, "adapter_model.safetensors")).items()}
         r, alpha = adapter_config["r"], adapter_config["lora_alpha"]
         scaling = alpha / math.sqrt(r) if adapter_config.get("use_rslora") else alpha / r
+    return config, weights, lora, scaling
+
+
+def cst_forward(parameters, tokens, bf16):
+    """The logits of `tokens` with cst's CUDA rounding points (bf16=True) or none (f32)."""
+    config, weights, lora, scaling = parameters
+    weights = {k: rounded(v, bf16) for k, v in weights.items()}
+    lora = {k: rounded(v, bf16) for k, v in lora.items()}
 
     def linear(x, name):
         y = rounded(x @ weights[name + ".weight"].T, bf16)
@@ -125,11 +132,12 @@ def main():
             golden = json.load(f)
         for adapter in (False, True):
             f32, bf16 = load(case, adapter, torch.float32), load(case, adapter, torch.bfloat16)
+            parameters = cst_parameters(case, adapter)
             for prompt, generated in zip(golden["prompts"], golden["adapter" if adapter else "base"]):
                 steps = slice(len(prompt) - 1, len(prompt) - 1 + len(generated))
                 with torch.no_grad():
-                    cst = largest_step_difference(cst_forward(case, adapter, prompt + generated, True)[steps],
-                                                  cst_forward(case, adapter, prompt + generated, False)[steps])
+                    cst = largest_step_difference(cst_forward(parameters, prompt + generated, True)[steps],
+                                                  cst_forward(parameters, prompt + generated, False)[steps])
                 transformers = largest_step_difference(generated_step_logits(bf16, prompt, generated),
                                                        generated_step_logits(f32, prompt, generated))
                 for name, (worst, _) in (("transformers", transformers), ("cst", cst)):
