@@ -76,19 +76,19 @@ OwnedTensor download(const Tensor& gpu) {
   return cpu;
 }
 
-// A GPU copy that starts one element past a 256-byte aligned allocation, so no 16-byte chunk of
-// it is aligned: the kernels must take their element-wise paths (and cuBLASLt a kernel for the
-// lesser alignment) and still be right.
+// A GPU copy that starts `offset` elements past a 256-byte aligned allocation. With the default of
+// one, no 16-byte chunk of it is aligned: the kernels must take their element-wise paths (and
+// cuBLASLt a kernel for the lesser alignment) and still be right.
 struct MisalignedTensor {
   OwnedTensor memory;
   Tensor view;
   operator const Tensor&() const { return view; }
 };
 
-MisalignedTensor upload_misaligned(const Tensor& cpu, DType dtype) {
-  MisalignedTensor result{OwnedTensor({cpu.numel() + 1}, dtype, Device::cuda), {}};
+MisalignedTensor upload_misaligned(const Tensor& cpu, DType dtype, int64_t offset = 1) {
+  MisalignedTensor result{OwnedTensor({cpu.numel() + offset}, dtype, Device::cuda), {}};
   result.view = result.memory.view;
-  result.view.data = static_cast<char*>(result.memory->data) + dtype_size(dtype);
+  result.view.data = static_cast<char*>(result.memory->data) + offset * dtype_size(dtype);
   result.view.rank = cpu.rank;
   result.view.shape = cpu.shape;
   copy_tensor(result.view, cpu);
@@ -180,9 +180,13 @@ TEST_F(CudaKernels, MatmulMatchesCpuForEveryTransposeAndDtype) {
         }
 }
 
-// Operands that start 2 or 4 bytes past an aligned address (row views of a tensor with an odd
-// width are like this): cuBLASLt must be asked for kernels of that alignment.
+// Operands that start a few elements past an aligned address (row views of a tensor with an odd
+// width are like this): cuBLASLt must be asked for kernels of each operand's own alignment. Offsets
+// of 1, 2 and 4 elements give three different alignments (bf16: 2, 4, 8 bytes; f32: 4, 8, 16), and
+// every assignment of them to a, b and out makes each operand in turn the least aligned, so a
+// promise taken from the wrong operand, or from one operand for all three, is refused.
 TEST_F(CudaKernels, MatmulOnMisalignedViewsMatchesCpu) {
+  const std::array<int64_t, 3> offset_orders[] = {{1, 2, 4}, {1, 4, 2}, {2, 1, 4}, {2, 4, 1}, {4, 1, 2}, {4, 2, 1}};
   uint32_t seed = 50;
   for (DType dtype : {DType::bf16, DType::f32})
     // k = 515: odd, and short enough that f32 sums in two orders stay ~1e-6 apart.
@@ -190,10 +194,14 @@ TEST_F(CudaKernels, MatmulOnMisalignedViewsMatchesCpu) {
       OwnedTensor a = random_cpu({m, k}, seed++), b = random_cpu({n, k}, seed++);
       OwnedTensor out({m, n}, DType::f32, Device::cpu);
       matmul(out, a, b, false, true);
-      MisalignedTensor a_gpu = upload_misaligned(a, dtype), b_gpu = upload_misaligned(b, dtype);
-      MisalignedTensor out_gpu = upload_misaligned(out, dtype);
-      matmul(out_gpu, a_gpu, b_gpu, false, true);
-      EXPECT_LE(relative_error(out_gpu, out), tolerance_for(dtype)) << dtype_name(dtype) << " m " << m << " n " << n << " k " << k;
+      for (auto [offset_a, offset_b, offset_out] : offset_orders) {
+        MisalignedTensor a_gpu = upload_misaligned(a, dtype, offset_a), b_gpu = upload_misaligned(b, dtype, offset_b);
+        MisalignedTensor out_gpu = upload_misaligned(out, dtype, offset_out);
+        matmul(out_gpu, a_gpu, b_gpu, false, true);
+        EXPECT_LE(relative_error(out_gpu, out), tolerance_for(dtype))
+            << dtype_name(dtype) << " m " << m << " n " << n << " k " << k << ", offsets in elements: a "
+            << offset_a << " b " << offset_b << " out " << offset_out;
+      }
     }
 }
 
