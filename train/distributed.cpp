@@ -164,6 +164,11 @@ void WorkerGroup::sum_gradients(const std::vector<Tensor>& gradients) {
   else sum_on_host(gradients);
 }
 
+std::string WorkerGroup::gradient_path() const {
+  if (!gradient_path_chosen_) return "";
+  return nccl_ ? "nccl" : "host memory";
+}
+
 void WorkerGroup::sum_on_host(const std::vector<Tensor>& gradients) {
   std::vector<double> values;
   for (const Tensor& gradient : gradients) {

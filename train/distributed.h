@@ -55,6 +55,8 @@ class WorkerGroup {
   // Sums f32 gradient tensors (on the backend's device) over the workers, in place: NCCL when
   // they live on GPUs and libnccl.so.2 loads on every worker, else through host memory.
   void sum_gradients(const std::vector<Tensor>& gradients);
+  // How sum_gradients has summed so far: "nccl", "host memory", or "" (alone, or not yet called).
+  std::string gradient_path() const;
   // Waits until every worker has arrived.
   void barrier();
   // The 128-byte NCCL unique id: rank 0 passes its id, every worker receives rank 0's.

@@ -534,6 +534,7 @@ TrainingOutcome Trainer::run() {
   }
   outcome.steps = state.step;
   outcome.adapter_dir = options_.output_dir;
+  outcome.gradient_path = group_.gradient_path();
   if (!group_.is_main()) return outcome;
   lora_->save_peft(options_.output_dir, options_.model_path);
   log->write_plot();
@@ -544,7 +545,7 @@ TrainingOutcome Trainer::run() {
 
 nlohmann::json outcome_to_json(const TrainingOutcome& outcome) {
   return {{"steps", outcome.steps}, {"last_train", outcome.last_train}, {"last_eval", outcome.last_eval},
-          {"adapter_dir", outcome.adapter_dir}};
+          {"adapter_dir", outcome.adapter_dir}, {"gradient_path", outcome.gradient_path}};
 }
 
 TrainingOutcome outcome_from_json(const nlohmann::json& json) {
@@ -553,6 +554,7 @@ TrainingOutcome outcome_from_json(const nlohmann::json& json) {
   outcome.last_train = json.at("last_train").get<Metrics>();
   outcome.last_eval = json.at("last_eval").get<Metrics>();
   outcome.adapter_dir = json.at("adapter_dir").get<std::string>();
+  outcome.gradient_path = json.at("gradient_path").get<std::string>();
   return outcome;
 }
 

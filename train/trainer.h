@@ -15,6 +15,7 @@ struct TrainingOutcome {
   Metrics last_train;  // the last logged training metrics
   Metrics last_eval;   // the last evaluation (empty without an eval set)
   std::string adapter_dir;
+  std::string gradient_path;  // how the workers summed gradients (WorkerGroup::gradient_path)
 };
 
 // Trains as the options say; with num_processes > 1 through that many worker processes

@@ -1,6 +1,8 @@
 // The CUDA runtime functions the backend calls, on the host, for the emulated build (see
-// cuda_builtins.h). One emulated device with 80 GiB; one stream on which everything runs at once
-// (a launch returns when its last block has run), so synchronising only reports errors.
+// cuda_builtins.h). Four emulated devices of 80 GiB each, so multi-GPU code can select a device
+// per worker (each worker is a process of its own, so one process uses one device and the devices
+// share nothing); one stream on which everything runs at once (a launch returns when its last
+// block has run), so synchronising only reports errors.
 //
 // Device memory is host memory with two extra guarantees a GPU does not give, for the tests:
 //   - a fresh allocation is filled with 0xff bytes (NaN as f32 and bf16, -1 as i32) up to 256 MiB
@@ -24,6 +26,7 @@
 namespace cst::emulation {
 namespace {
 
+constexpr int kDeviceCount = 4;
 constexpr size_t kDeviceBytes = size_t(80) << 30;
 constexpr size_t kGuardBytes = 256;  // also the alignment of every allocation
 constexpr size_t kFilledBytesLimit = size_t(256) << 20;
@@ -41,6 +44,9 @@ struct Device {
   cudaError_t pending_error = cudaSuccess;
   std::string error_message;
 };
+
+// The calling thread's device, as cudaSetDevice chose it (CUDA keeps one per host thread).
+thread_local int current_device = 0;
 
 // Never destroyed: tensors of static lifetime (the matmul workspace) are freed after main.
 Device& device() {
@@ -156,11 +162,27 @@ using cst::emulation::device;
 extern "C" {
 
 cudaError_t cudaGetDeviceCount(int* count) {
-  *count = 1;
+  *count = cst::emulation::kDeviceCount;
   return cudaSuccess;
 }
 
-cudaError_t cudaSetDevice(int index) { return index == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
+cudaError_t cudaSetDevice(int index) {
+  if (index < 0 || index >= cst::emulation::kDeviceCount) return cudaErrorInvalidDevice;
+  cst::emulation::current_device = index;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetDevice(int* index) {
+  *index = cst::emulation::current_device;
+  return cudaSuccess;
+}
+
+// For the emulated NCCL (tests/emulation/nccl/): whether [pointer, pointer + bytes) lies in one
+// allocation, as the buffers of a collective must.
+bool cstEmulatedDeviceRange(const void* pointer, size_t bytes) {
+  std::lock_guard<std::mutex> lock(device().mutex);
+  return cst::emulation::allocation_holding(pointer, bytes) != nullptr;
+}
 
 cudaError_t cudaMalloc(void** pointer, size_t bytes) {
   using namespace cst::emulation;
