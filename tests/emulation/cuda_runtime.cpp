@@ -27,7 +27,7 @@ namespace cst::emulation {
 namespace {
 
 constexpr int kDeviceCount = 4;
-constexpr size_t kDeviceBytes = size_t(80) << 30;
+constexpr size_t kDefaultDeviceBytes = size_t(80) << 30;
 constexpr size_t kGuardBytes = 256;  // also the alignment of every allocation
 constexpr size_t kFilledBytesLimit = size_t(256) << 20;
 constexpr size_t kMaxDynamicSharedBytes = 227 * 1024;  // sm_90's opt-in limit per block
@@ -39,6 +39,7 @@ struct Allocation {
 
 struct Device {
   std::mutex mutex;
+  size_t capacity = kDefaultDeviceBytes;  // cstEmulatedSetDeviceBytes changes it
   std::map<const std::byte*, Allocation> allocations;  // by the user pointer
   size_t allocated = 0;
   cudaError_t pending_error = cudaSuccess;
@@ -177,6 +178,13 @@ cudaError_t cudaGetDevice(int* index) {
   return cudaSuccess;
 }
 
+// For tests of running out of memory: the device's size from now on (80 GiB at first); what is
+// allocated stays.
+void cstEmulatedSetDeviceBytes(size_t bytes) {
+  std::lock_guard<std::mutex> lock(device().mutex);
+  device().capacity = bytes;
+}
+
 // For the emulated NCCL (tests/emulation/nccl/): whether [pointer, pointer + bytes) lies in one
 // allocation, as the buffers of a collective must.
 bool cstEmulatedDeviceRange(const void* pointer, size_t bytes) {
@@ -189,7 +197,7 @@ cudaError_t cudaMalloc(void** pointer, size_t bytes) {
   Device& d = device();
   std::lock_guard<std::mutex> lock(d.mutex);
   *pointer = nullptr;
-  if (bytes > kDeviceBytes - d.allocated) return cudaErrorMemoryAllocation;
+  if (d.allocated > d.capacity || bytes > d.capacity - d.allocated) return cudaErrorMemoryAllocation;
   void* mapping = mmap(nullptr, mapping_bytes(bytes), PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (mapping == MAP_FAILED) return cudaErrorMemoryAllocation;
@@ -219,8 +227,10 @@ cudaError_t cudaFree(void* pointer) {
 
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
   using namespace cst::emulation;
-  *total_bytes = kDeviceBytes;
-  *free_bytes = kDeviceBytes - device().allocated;
+  Device& d = device();
+  std::lock_guard<std::mutex> lock(d.mutex);
+  *total_bytes = d.capacity;
+  *free_bytes = d.allocated < d.capacity ? d.capacity - d.allocated : 0;
   return cudaSuccess;
 }
 
