@@ -9,6 +9,8 @@
 #include <gtest/gtest.h>
 
 #include "kernels/device.h"
+#include "kernels/tensor.h"
+#include "train/distributed.h"
 #include "tests/data_parallel_support.h"
 
 namespace cst {
@@ -36,6 +38,31 @@ TEST(DataParallelCuda, TwoGpuWorkersTrainWhatOneTrains) {
 #else
   std::printf("the two GPU workers summed their gradients through %s\n", pair.gradient_path.c_str());
 #endif
+}
+
+// NCCL itself where there is one GPU (tools/gpu_check.sh's machine): a worker alone loads
+// libnccl.so.2, makes a communicator of one and all-reduces on the backend's stream, which must
+// leave its gradients as they were. Only the sum over several GPUs above needs more than one.
+TEST(DataParallelCuda, NcclAllReducesOnOneGpu) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU";
+  WorkerGroup alone;
+  std::string why_not;
+  std::unique_ptr<GradientSum> nccl;
+  CST_ON_CUDA(nccl = cuda::nccl_gradient_sum(alone, why_not));
+#if !defined(CST_EMULATED_NCCL)
+  if (!nccl) GTEST_SKIP() << why_not;
+#endif
+  ASSERT_TRUE(nccl) << why_not;
+  std::vector<OwnedTensor> gradients;
+  std::vector<std::vector<float>> values = {std::vector<float>(1000), {-1.5f, 2.25f, 3e-8f}};
+  for (size_t i = 0; i < values[0].size(); ++i) values[0][i] = float(i) * 0.37f - 100.0f;
+  for (const std::vector<float>& host : values) {
+    gradients.emplace_back(std::vector<int64_t>{int64_t(host.size())}, DType::f32, Device::cuda);
+    copy_tensor(gradients.back(), make_view(const_cast<float*>(host.data()), {int64_t(host.size())}, DType::f32,
+                                            Device::cpu));
+  }
+  nccl->sum({gradients[0].view, gradients[1].view});
+  for (size_t i = 0; i < values.size(); ++i) EXPECT_EQ(to_host_f32(gradients[i]), values[i]) << "tensor " << i;
 }
 
 }  // namespace

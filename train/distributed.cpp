@@ -143,6 +143,7 @@ void WorkerGroup::sum(std::span<double> values) {
 }
 
 void WorkerGroup::share_id(std::span<uint8_t, 128> id) {
+  if (size_ == 1) return;  // rank 0 alone keeps its own
   if (rank_ == 0) std::memcpy(block_->id, id.data(), id.size());
   barrier();
   std::memcpy(id.data(), block_->id, id.size());
