@@ -360,6 +360,42 @@ std::vector<float> to_host_f32(const Tensor& t) {
   return host;
 }
 
+namespace {
+
+// An all-ones exponent field means infinity or NaN in every IEEE-style format. The values are
+// tested a chunk at a time without branches, and only a chunk that has one is searched for where.
+// `found` is an integer of the values' width, not a bool: g++ vectorises that loop (11 GB/s on one
+// core, against 2.5 with a bool), so a 14 GB model costs about a second.
+template <class Bits, Bits kExponent>
+int64_t first_with_full_exponent(const Bits* values, int64_t count) {
+  constexpr int64_t kChunk = 4096;
+  for (int64_t begin = 0; begin < count; begin += kChunk) {
+    const int64_t end = std::min(count, begin + kChunk);
+    Bits found = 0;
+    for (int64_t i = begin; i < end; ++i) found |= Bits((values[i] & kExponent) == kExponent);
+    if (!found) continue;
+    for (int64_t i = begin; i < end; ++i)
+      if ((values[i] & kExponent) == kExponent) return i;
+  }
+  return -1;
+}
+
+}  // namespace
+
+int64_t first_non_finite(const Tensor& t) {
+  if (t.device != Device::cpu) fail("first_non_finite: ", t.describe(), " is not on the CPU");
+  switch (t.dtype) {
+    case DType::f32:
+      return first_with_full_exponent<uint32_t, 0x7f800000u>(static_cast<const uint32_t*>(t.data), t.numel());
+    case DType::bf16:
+      return first_with_full_exponent<uint16_t, 0x7f80>(static_cast<const uint16_t*>(t.data), t.numel());
+    case DType::f16:
+      return first_with_full_exponent<uint16_t, 0x7c00>(static_cast<const uint16_t*>(t.data), t.numel());
+    default:
+      fail("first_non_finite: ", t.describe(), " is not of a float dtype");
+  }
+}
+
 void fill_zero(const Tensor& t) {
   if (t.numel() == 0) return;
   if (t.device == Device::cpu) {

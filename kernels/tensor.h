@@ -117,6 +117,10 @@ void fill_zero(const Tensor& t);
 // The values of a tensor of any float dtype, on any device, as f32 on the host.
 std::vector<float> to_host_f32(const Tensor& t);
 
+// The index of the first NaN or infinity in a CPU tensor of a float dtype, or -1 when every value
+// is finite. It reads only each value's exponent bits: checking a 7B model is one fast pass.
+int64_t first_non_finite(const Tensor& t);
+
 // bf16/f16 <-> f32 conversions used by loading and the CPU reference (round to nearest even).
 float bf16_to_f32(uint16_t value);
 uint16_t f32_to_bf16(float value);

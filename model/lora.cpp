@@ -308,6 +308,7 @@ void LoraAdapter::load_peft_weights(const std::string& directory) {
           if (!same_shape(source, destination))
             fail(path, ": tensor ", name, " has shape ", source.describe(), ", expected ",
                  destination.describe(), " (does the adapter belong to this model?)");
+          check_finite(*info, path);
           copy_tensor(destination, source);
         }
   sync_compute_copies();

@@ -164,6 +164,16 @@ void check_tiling(const std::vector<size_t>& offset_order,
 
 }  // namespace
 
+void check_finite(const TensorInfo& tensor, const std::string& where) {
+  const Tensor values = make_view(const_cast<uint8_t*>(tensor.data), tensor.shape, tensor.dtype, Device::cpu);
+  const int64_t index = first_non_finite(values);
+  if (index < 0) return;
+  const Tensor value = make_view(const_cast<uint8_t*>(tensor.data) + index * int64_t(dtype_size(tensor.dtype)), {1},
+                                 tensor.dtype, Device::cpu);
+  fail(where, ": tensor '", tensor.name, "' holds ", to_host_f32(value)[0], " at index ", index,
+       " (a damaged file, or a float16 export that overflowed)");
+}
+
 const char* safetensors_dtype_name(DType dtype) {
   switch (dtype) {
     case DType::f32: return "F32";

@@ -63,6 +63,11 @@ class SafetensorsSet {
   std::map<std::string, const TensorInfo*> by_name_;  // into files_
 };
 
+// Fails when a float tensor holds a NaN or an infinity, naming `where`, the tensor, the value and
+// its index: weights and adapters are checked as they load, so a damaged file stops the run there
+// instead of turning every log-prob into NaN.
+void check_finite(const TensorInfo& tensor, const std::string& where);
+
 struct TensorToWrite {
   std::string name;
   DType dtype = DType::f32;

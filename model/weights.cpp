@@ -15,6 +15,7 @@ Tensor ModelWeights::load(const ModelFile& model, const std::string& name,
          expected.describe());
   if (info.dtype != DType::f32 && info.dtype != DType::bf16 && info.dtype != DType::f16)
     fail("weight ", name, " has dtype ", dtype_name(info.dtype), "; expected a float dtype");
+  check_finite(info, "the model");
   storage_.emplace_back(std::vector<int64_t>(shape), dtype_, device_);
   copy_tensor(storage_.back().view, source);
   return storage_.back().view;

@@ -16,6 +16,7 @@
 #include "model/transformer.h"
 #include "model/weights.h"
 #include "tests/golden_support.h"
+#include "tests/test_support.h"
 
 namespace cst {
 namespace {
@@ -64,6 +65,18 @@ TEST(Export, AdapterHasPeftLayout) {
     return names;
   };
   EXPECT_EQ(sorted(ours_config["target_modules"]), sorted(peft_config["target_modules"]));
+}
+
+// An adapter with a NaN would make every output NaN: loading it fails, naming file and tensor.
+TEST(Export, AdapterWithANaNIsRefusedAsItLoads) {
+  const fs::path damaged = scratch_dir("nan_adapter");
+  const std::string name = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight";
+  testing_support::copy_with_a_nan(kFixture + "/adapter", damaged, "adapter_model.safetensors", name);
+  ModelFile model(kFixture + "/hf");
+  LoraAdapter adapter(model.config(), LoraAdapter::read_peft_config(damaged.string()), Device::cpu);
+  const std::string message = testing_support::error_of([&] { adapter.load_peft_weights(damaged.string()); });
+  EXPECT_NE(message.find("adapter_model.safetensors: tensor '" + name + "' holds nan at index 0"), std::string::npos)
+      << message;
 }
 
 TEST(Export, MergedModelMatchesHfAdapterLogits) {

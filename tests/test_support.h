@@ -2,9 +2,12 @@
 #pragma once
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
+#include <map>
 #include <sstream>
 #include <string>
 
@@ -13,6 +16,7 @@
 
 #include "data/table.h"
 #include "kernels/error.h"
+#include "model/safetensors.h"
 #include "train/demo_assets.h"
 
 namespace cst::testing_support {
@@ -55,6 +59,33 @@ inline std::filesystem::path fresh_test_dir(const std::string& name) {
 inline std::string current_test_dir() {
   const auto* test = ::testing::UnitTest::GetInstance()->current_test_info();
   return fresh_test_dir(std::string(test->test_suite_name()) + "." + test->name()).string();
+}
+
+// A copy of the folder `source` in `destination` whose safetensors file `file` has a NaN as the
+// first value of tensor `name`, as a damaged download or a merge that overflowed float16 leaves it.
+inline void copy_with_a_nan(const std::string& source, const std::filesystem::path& destination,
+                            const std::string& file, const std::string& name) {
+  std::filesystem::create_directories(destination);
+  for (const auto& entry : std::filesystem::directory_iterator(source))
+    if (entry.path().filename() != file)
+      std::filesystem::copy(entry.path(), destination / entry.path().filename(),
+                            std::filesystem::copy_options::overwrite_existing);
+  SafetensorsFile original((std::filesystem::path(source) / file).string());
+  std::vector<std::vector<uint8_t>> values;
+  values.reserve(original.tensors().size());  // `tensors` points into them
+  std::vector<TensorToWrite> tensors;
+  for (const TensorInfo& tensor : original.tensors()) {
+    values.emplace_back(tensor.data, tensor.data + tensor.nbytes);
+    if (tensor.name == name) {
+      const float nan = std::numeric_limits<float>::quiet_NaN();
+      const uint16_t half_nan = tensor.dtype == DType::bf16 ? 0x7fc0 : 0x7e00;
+      if (tensor.dtype == DType::f32) std::memcpy(values.back().data(), &nan, sizeof(nan));
+      else std::memcpy(values.back().data(), &half_nan, sizeof(half_nan));
+    }
+    tensors.push_back({tensor.name, tensor.dtype, tensor.shape, values.back().data()});
+  }
+  EXPECT_TRUE(original.find(name) != nullptr) << name;
+  write_safetensors((destination / file).string(), tensors, original.metadata());
 }
 
 // The demo's tiny model and synthetic CST data, written once per test process.

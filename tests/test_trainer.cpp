@@ -276,6 +276,17 @@ TEST(TrainerErrors, UnwritableOutputDirectory) {
   expect_training_error(options, "--output_dir");
 }
 
+// A NaN in the model's weights would make every log-prob NaN: the run stops as the weights load,
+// naming the tensor, and writes no adapter.
+TEST(TrainerErrors, NaNInTheModelStopsTheRun) {
+  const fs::path model = fresh_dir("nan_model");
+  testing_support::copy_with_a_nan(demo_files().hf_directory, model, "model.safetensors", "model.norm.weight");
+  TrainOptions options = tiny_run(fresh_dir("nan_run"));
+  options.model_path = model.string();
+  expect_training_error(options, "the model: tensor 'model.norm.weight' holds nan at index 0");
+  EXPECT_FALSE(fs::exists(fs::path(options.output_dir) / "adapter_model.safetensors"));
+}
+
 }  // namespace
 }  // namespace cst
 

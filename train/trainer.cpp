@@ -350,13 +350,20 @@ ObjectiveResult Trainer::run_micro_batch(const Batch& batch, long step, int micr
   TokenLogps policy = transformer_->forward(spans(batch), options);
   tokens_processed_ += int64_t(batch.tokens.size());
   SequenceSums sums = sum_per_sequence(policy.logps, policy.logit_sums, batch.labels, batch.cu_seqlens);
-  ObjectiveResult result = compute_objective(objective_, sums, reference, batch.labels, batch.cu_seqlens,
-                                             session_.config().vocab_size,
-                                             1.0 / (options_.gradient_accumulation_steps * group_.size()),
-                                             &reward_mean_);
-  if (!std::isfinite(result.loss))
-    fail("non-finite loss at step ", step + 1, " (micro-batch ", micro + 1,
+  // Log-probs or a loss that are not finite mean the run has diverged: say where, and stop.
+  const auto stop = [&](const std::string& what) {
+    fail(what, " at step ", step + 1, " (micro-batch ", micro + 1,
          "); training stopped, the last good checkpoint is kept in ", options_.output_dir);
+  };
+  ObjectiveResult result;
+  try {
+    result = compute_objective(objective_, sums, reference, batch.labels, batch.cu_seqlens,
+                               session_.config().vocab_size,
+                               1.0 / (options_.gradient_accumulation_steps * group_.size()), &reward_mean_);
+  } catch (const Error& error) {
+    stop(error.what());
+  }
+  if (!std::isfinite(result.loss)) stop("non-finite loss");
   if (train) transformer_->backward(result.dlogps);
   return result;
 }
