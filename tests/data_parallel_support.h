@@ -98,10 +98,10 @@ inline void expect_two_workers_match_one(const std::string& device, TrainingOutc
   EXPECT_EQ(read_json(two / "reference_logps.json")["logps"], read_json(one / "reference_logps.json")["logps"]);
 
   // The same micro-batches and dropout masks, but the gradients of the four micro-batches are
-  // added in another order (two per worker in f32, then the workers' sums in f64), so each step's
-  // gradient differs by f32 rounding (~1e-7 relative). Adam divides each gradient element by its
+  // added in another order (two per worker in f32, then the workers' sums: in f64 through host
+  // memory, in f32 through NCCL), so each step's gradient differs by f32 rounding (~1e-7 relative). Adam divides each gradient element by its
   // own running scale, so an element whose gradient is near zero can move by up to the learning
-  // rate either way: the adapters differ by ~1e-5 of their norm after three steps (tolerance
+  // rate either way: the adapters differ by ~1e-5 of their norm after a few steps (tolerance
   // 1e-4), and the metrics, smooth functions of the adapter, by far less (tolerance 1e-5 of
   // max(|value|, 1), as margins near zero have no meaningful relative error).
   const std::vector<nlohmann::json> metrics_one = read_jsonl(one / "metrics.jsonl");

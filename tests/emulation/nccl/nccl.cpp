@@ -71,6 +71,7 @@ struct ncclComm {
   SharedState* state = nullptr;
   float* data = nullptr;  // kMaxRanks slots of kSlotBytes
   std::vector<QueuedAllReduce> queue;
+  size_t queued_bytes = 0;  // of the queue's all-reduces together
 };
 
 namespace {
@@ -146,6 +147,7 @@ ncclResult_t run_queue(ncclComm& comm) {
     offset += op.count;
   }
   comm.queue.clear();
+  comm.queued_bytes = 0;
   return barrier(comm);  // nobody refills a slot before every rank has read it
 }
 
@@ -240,13 +242,12 @@ ncclResult_t ncclAllReduce(const void* send, void* receive, size_t count, ncclDa
   if (!cstEmulatedDeviceRange(send, bytes) || !cstEmulatedDeviceRange(receive, bytes))
     return failure(ncclInvalidArgument, "an all-reduce of " + std::to_string(count) +
                                             " floats on a buffer that is not device memory of that size");
-  size_t queued_bytes = bytes;
-  for (const QueuedAllReduce& queued : comm->queue) queued_bytes += queued.count * sizeof(float);
-  if (queued_bytes > kSlotBytes || comm->queue.size() == size_t(kMaxQueued))
+  if (comm->queued_bytes + bytes > kSlotBytes || comm->queue.size() == size_t(kMaxQueued))
     return failure(ncclInvalidUsage, "a group of all-reduces past this emulation's " +
                                          std::to_string(kSlotBytes >> 20) + " MiB or " +
                                          std::to_string(kMaxQueued) + " calls");
   comm->queue.push_back({static_cast<const float*>(send), static_cast<float*>(receive), count});
+  comm->queued_bytes += bytes;
   if (group_depth > 0) {
     if (comm->queue.size() == 1) communicators_in_group.push_back(comm);
     return ncclSuccess;
