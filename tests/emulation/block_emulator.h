@@ -14,7 +14,13 @@
 //     since the last barrier or that a copy is still filling, a thread ending with copies nobody
 //     waited for.
 // The fibers take turns only at collectives and barriers, so timing-dependent races between them
-// cannot be provoked here: compute-sanitizer racecheck on the GPU covers those.
+// cannot be provoked here: compute-sanitizer racecheck on the GPU covers those. What can be
+// provoked is a race whose outcome depends on which thread or block goes first: the schedule
+// (CST_EMULATED_SCHEDULE=in_order, reversed or shuffled[:seed]) sets the order in which the
+// fibers take their turns and the grid's blocks run. A kernel whose threads exchange data
+// without the barrier that orders them, or whose blocks depend on each other's writes within one
+// launch, gives different results under different schedules; `make test` runs the kernel tests
+// under all three.
 //
 // A switch between fibers is switch_stacks below, a few instructions of x86-64 (the kernels'
 // shuffles switch millions of times per launch; glibc's swapcontext makes a system call for the
@@ -25,11 +31,14 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <functional>
 #include <map>
 #include <memory>
+#include <numeric>
+#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -83,6 +92,39 @@ struct Barrier {
 };
 
 enum class Collective { ldmatrix, ldmatrix_transposed, mma, shuffle };
+
+// The order in which the fibers of a block take their turns, and the blocks of a grid run:
+// thread (block) 0 first, the last first, or a fresh random order for every round of turns and
+// every launch, drawn from `seed`.
+struct Schedule {
+  enum class Order { in_order, reversed, shuffled } order = Order::in_order;
+  uint64_t seed = 0;
+};
+
+// The schedule CST_EMULATED_SCHEDULE names: "in_order" (or unset), "reversed", "shuffled" or
+// "shuffled:<seed>".
+inline Schedule schedule_from_environment() {
+  const char* value = std::getenv("CST_EMULATED_SCHEDULE");
+  const std::string name = value ? value : "";
+  Schedule schedule;
+  if (name.empty() || name == "in_order") return schedule;
+  if (name == "reversed") {
+    schedule.order = Schedule::Order::reversed;
+    return schedule;
+  }
+  const std::string shuffled = "shuffled";
+  if (name.rfind(shuffled, 0) == 0) {
+    schedule.order = Schedule::Order::shuffled;
+    if (name.size() == shuffled.size()) return schedule;
+    const std::string seed = name.substr(shuffled.size() + 1);
+    if (name[shuffled.size()] == ':' && !seed.empty() &&
+        seed.find_first_not_of("0123456789") == std::string::npos) {
+      schedule.seed = std::stoull(seed);
+      return schedule;
+    }
+  }
+  fail("CST_EMULATED_SCHEDULE is '", name, "'; it must be in_order, reversed, shuffled or shuffled:<seed>");
+}
 
 // What the lanes of a warp hand each other in a collective. Two slots alternate, so one barrier
 // per collective is enough: a lane writes slot c % 2 at its c-th collective and reaches slot
@@ -154,7 +196,9 @@ class BlockEmulator {
     int live = threads_;
     while (live > 0 && error_.empty()) {
       uint64_t progress_before = progress_;
-      for (int t = 0; t < threads_ && error_.empty(); ++t) {
+      put_in_schedule_order(turns_, threads_);
+      for (int t : turns_) {
+        if (!error_.empty()) break;
         if (fibers_[t].finished) continue;
         current_ = t;
         switch_stacks(&scheduler_stack_pointer_, fibers_[t].stack_pointer);
@@ -164,6 +208,24 @@ class BlockEmulator {
     }
     if (error_.empty()) check_copies_waited();
     return error_;
+  }
+
+  // The schedule for the launches that follow (tests/emulation/test_cuda_emulation.cpp); the
+  // emulator starts with the one CST_EMULATED_SCHEDULE names.
+  void set_schedule(const Schedule& schedule) {
+    schedule_ = schedule;
+    random_.seed(schedule.seed);
+  }
+  const Schedule& schedule() const { return schedule_; }
+
+  // Fills `order` with 0..count-1 in the schedule's order: the fibers' turns in one round, or
+  // the blocks of a grid (cuda_runtime.cpp). Shuffled, every call draws a new order.
+  template <class Index>
+  void put_in_schedule_order(std::vector<Index>& order, Index count) {
+    order.resize(size_t(count));
+    std::iota(order.begin(), order.end(), Index{0});
+    if (schedule_.order == Schedule::Order::reversed) std::reverse(order.begin(), order.end());
+    if (schedule_.order == Schedule::Order::shuffled) std::shuffle(order.begin(), order.end(), random_);
   }
 
   // ---- used by the models, from inside a fiber ----
@@ -282,7 +344,9 @@ class BlockEmulator {
  private:
   static constexpr size_t kStackBytes = 256 * 1024;
 
-  BlockEmulator() : fibers_(kMaxThreads), warps_(kMaxThreads / kWarpSize) {}
+  BlockEmulator() : fibers_(kMaxThreads), warps_(kMaxThreads / kWarpSize) {
+    set_schedule(schedule_from_environment());
+  }
 
   // A fiber's whole life: the body, then back to the scheduler for good.
   static void fiber_main() {
@@ -357,6 +421,9 @@ class BlockEmulator {
     return report;
   }
 
+  Schedule schedule_;
+  std::mt19937_64 random_;  // draws the shuffled orders
+  std::vector<int> turns_;  // the fibers' order in the current round
   std::vector<Fiber> fibers_;
   std::vector<WarpExchange> warps_;
   void* scheduler_stack_pointer_ = nullptr;

@@ -20,6 +20,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "tests/emulation/cuda_builtins.h"
 
@@ -136,17 +137,21 @@ void run_grid(const char* kernel, dim3 grid, dim3 block_size, size_t shared_byte
   emulator.set_readable(readable_ranges());
   const Extent block_extent{block_size.x, block_size.y, block_size.z};
   const Extent grid_extent{grid.x, grid.y, grid.z};
-  for (unsigned z = 0; z < grid.z; ++z)
-    for (unsigned y = 0; y < grid.y; ++y)
-      for (unsigned x = 0; x < grid.x; ++x) {
-        std::string error = emulator.run(block_extent, Extent{x, y, z}, grid_extent, shared_bytes,
-                                         [&](std::byte*, int) { thread_body(); });
-        if (!error.empty()) {
-          record_error(cudaErrorLaunchFailure, std::string(kernel) + ", block " +
-                                                   describe(dim3(x, y, z)) + ": " + error);
-          return;
-        }
-      }
+  // The blocks run one after the other, in the order of the emulator's schedule: on the GPU no
+  // block may rely on another of the same launch having run before it.
+  std::vector<int64_t> blocks;
+  emulator.put_in_schedule_order(blocks, grid_extent.count());
+  for (int64_t linear : blocks) {
+    const Extent index{unsigned(linear % grid.x), unsigned(linear / grid.x % grid.y),
+                       unsigned(linear / (int64_t(grid.x) * grid.y))};
+    std::string error = emulator.run(block_extent, index, grid_extent, shared_bytes,
+                                     [&](std::byte*, int) { thread_body(); });
+    if (!error.empty()) {
+      record_error(cudaErrorLaunchFailure, std::string(kernel) + ", block " +
+                                               describe(dim3(index.x, index.y, index.z)) + ": " + error);
+      return;
+    }
+  }
   for (const auto& [start, allocation] : device().allocations)
     if (!guards_intact(allocation)) {
       record_error(cudaErrorIllegalAddress,

@@ -5,7 +5,9 @@
 // allocation) fail loudly instead of passing.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -34,6 +36,16 @@ std::vector<float> download(const float* data, size_t count) {
             cudaSuccess);
   return host;
 }
+
+// Sets the emulator's schedule for one test and puts back the one it had.
+class ScheduleForThisTest {
+ public:
+  explicit ScheduleForThisTest(Schedule schedule) : saved_(block().schedule()) { block().set_schedule(schedule); }
+  ~ScheduleForThisTest() { block().set_schedule(saved_); }
+
+ private:
+  Schedule saved_;
+};
 
 // Every thread of a 3D grid of 3D blocks writes its linear index at its own place.
 void write_linear_index(float* out) {
@@ -105,6 +117,7 @@ void thread_zero_skips_the_barrier(float* out) {
 }
 
 TEST(CudaEmulation, AThreadMissingABarrierIsADeadlockReport) {
+  ScheduleForThisTest use({Schedule::Order::in_order, 0});  // block (0, 0, 0) deadlocks first
   DeviceArray out(64);
   CST_LAUNCH(2, 64, 0, thread_zero_skips_the_barrier)(out.data);
   const cudaError_t error = cudaGetLastError();
@@ -135,6 +148,133 @@ TEST(CudaEmulation, FreshMemoryIsNanAndCopiesStayInsideAllocations) {
             cudaErrorInvalidValue);
   EXPECT_EQ(cudaMemsetAsync(data.data + 8, 0, 9 * sizeof(float), nullptr), cudaErrorInvalidValue);
   EXPECT_EQ(cudaMemsetAsync(data.data + 8, 0, 8 * sizeof(float), nullptr), cudaSuccess);
+}
+
+// ---- schedules: the order of the threads' turns and of the grid's blocks ----
+
+const Schedule kSchedules[] = {{Schedule::Order::in_order, 0}, {Schedule::Order::reversed, 0},
+                               {Schedule::Order::shuffled, 1}, {Schedule::Order::shuffled, 2}};
+
+TEST(CudaEmulation, EverySchedulePermutesTheThreadsAndBlocks) {
+  std::vector<int> order;
+  for (const Schedule& schedule : kSchedules) {
+    ScheduleForThisTest use(schedule);
+    block().put_in_schedule_order(order, 100);
+    std::vector<int> sorted = order;
+    std::sort(sorted.begin(), sorted.end());
+    for (int i = 0; i < 100; ++i) ASSERT_EQ(sorted[i], i);
+  }
+  std::vector<int> first, second;
+  ScheduleForThisTest use({Schedule::Order::shuffled, 7});
+  block().put_in_schedule_order(first, 100);
+  block().put_in_schedule_order(second, 100);
+  EXPECT_NE(first, second) << "a shuffled schedule draws a new order each time";
+  block().set_schedule({Schedule::Order::reversed, 0});
+  block().put_in_schedule_order(first, 3);
+  EXPECT_EQ(first, (std::vector<int>{2, 1, 0}));
+}
+
+TEST(CudaEmulation, CorrectKernelsGiveTheSameResultUnderEverySchedule) {
+  constexpr int kBlocks = 3, kThreads = 256;
+  std::vector<float> host(kBlocks * kThreads);
+  for (size_t i = 0; i < host.size(); ++i) host[i] = float(i % 89);
+  DeviceArray in(host.size()), out(kBlocks), indices(12 * 64);
+  ASSERT_EQ(cudaMemcpyAsync(in.data, host.data(), host.size() * sizeof(float),
+                            cudaMemcpyHostToDevice, nullptr),
+            cudaSuccess);
+  for (const Schedule& schedule : kSchedules) {
+    ScheduleForThisTest use(schedule);
+    CST_LAUNCH(kBlocks, kThreads, 0, block_sum)(out.data, in.data);
+    CST_LAUNCH(dim3(3, 2, 2), dim3(4, 8, 2), 0, write_linear_index)(indices.data);
+    ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+    const std::vector<float> sums = download(out.data, kBlocks);
+    for (int b = 0; b < kBlocks; ++b) {
+      float expected = 0;
+      for (int t = 0; t < kThreads; ++t) expected += host[b * kThreads + t];
+      EXPECT_EQ(sums[b], expected) << "block " << b;
+    }
+    const std::vector<float> linear = download(indices.data, 12 * 64);
+    for (size_t i = 0; i < linear.size(); ++i) ASSERT_EQ(linear[i], float(i)) << i;
+  }
+}
+
+// Thread 32 hands a value to thread 0 through shared memory, with or without the barrier that
+// orders the write before the read.
+template <bool kBarrier>
+void hand_over(float* out, float value) {
+  __shared__ float handed;
+  if (threadIdx.x == 32) handed = value;
+  if (kBarrier) __syncthreads();
+  if (threadIdx.x == 0) out[0] = handed;
+}
+
+TEST(CudaEmulation, AMissingBarrierShowsAsResultsThatDependOnTheSchedule) {
+  DeviceArray out(1);
+  auto handed_over = [&](bool barrier, Schedule::Order order, float value) {
+    ScheduleForThisTest use({order, 0});
+    if (barrier)
+      CST_LAUNCH(1, 64, 0, hand_over<true>)(out.data, value);
+    else
+      CST_LAUNCH(1, 64, 0, hand_over<false>)(out.data, value);
+    EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+    return download(out.data, 1)[0];
+  };
+  EXPECT_EQ(handed_over(true, Schedule::Order::in_order, 1.0f), 1.0f);
+  EXPECT_EQ(handed_over(true, Schedule::Order::reversed, 2.0f), 2.0f);
+  // Without the barrier, thread 0 reads before thread 32 writes when it goes first.
+  EXPECT_NE(handed_over(false, Schedule::Order::in_order, 3.0f), 3.0f);
+  EXPECT_EQ(handed_over(false, Schedule::Order::reversed, 4.0f), 4.0f);
+}
+
+// Block 1 reads what block 0 writes in the same launch: on the GPU nothing orders the two.
+void read_another_blocks_write(float* data) {
+  if (threadIdx.x != 0) return;
+  if (blockIdx.x == 0) data[0] = 5.0f;
+  else data[1] = data[0];
+}
+
+TEST(CudaEmulation, BlocksThatDependOnEachOtherShowUnderTheReversedSchedule) {
+  DeviceArray data(2);
+  ASSERT_EQ(cudaMemsetAsync(data.data, 0, 2 * sizeof(float), nullptr), cudaSuccess);
+  {
+    ScheduleForThisTest use({Schedule::Order::in_order, 0});
+    CST_LAUNCH(2, 32, 0, read_another_blocks_write)(data.data);
+  }
+  EXPECT_EQ(download(data.data, 2)[1], 5.0f);
+  ASSERT_EQ(cudaMemsetAsync(data.data, 0, 2 * sizeof(float), nullptr), cudaSuccess);
+  {
+    ScheduleForThisTest use({Schedule::Order::reversed, 0});
+    CST_LAUNCH(2, 32, 0, read_another_blocks_write)(data.data);
+  }
+  EXPECT_EQ(download(data.data, 2)[1], 0.0f);
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+}
+
+TEST(CudaEmulation, TheScheduleComesFromTheEnvironment) {
+  const char* before = std::getenv("CST_EMULATED_SCHEDULE");
+  const std::string saved = before ? before : "";
+  auto parse = [](const char* value) {
+    setenv("CST_EMULATED_SCHEDULE", value, 1);
+    return schedule_from_environment();
+  };
+  EXPECT_EQ(parse("in_order").order, Schedule::Order::in_order);
+  EXPECT_EQ(parse("reversed").order, Schedule::Order::reversed);
+  EXPECT_EQ(parse("shuffled").order, Schedule::Order::shuffled);
+  EXPECT_EQ(parse("shuffled:42").seed, 42u);
+  for (const char* bad : {"sideways", "shuffled:", "shuffled:x1", "shuffled42", "reversed:1"}) {
+    try {
+      parse(bad);
+      ADD_FAILURE() << bad << " was accepted";
+    } catch (const Error& error) {
+      EXPECT_NE(std::string(error.what()).find("must be in_order, reversed, shuffled or shuffled:<seed>"),
+                std::string::npos)
+          << error.what();
+    }
+  }
+  if (before)
+    setenv("CST_EMULATED_SCHEDULE", saved.c_str(), 1);
+  else
+    unsetenv("CST_EMULATED_SCHEDULE");
 }
 
 }  // namespace
