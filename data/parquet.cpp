@@ -201,11 +201,17 @@ struct LeafSpec {
   bool is_unsigned = false;
 };
 
-// A message list, list<struct<role, content>>, is stored as pyarrow and HF datasets write it:
+// A message list, list<struct<role, content>>, is stored in one of the list forms of parquet's
+// LogicalTypes.md. pyarrow and HF datasets write three levels:
 //   <optional|required> group prompt (LIST) {
-//     repeated group list {                       ("list"; older writers: "bag", "array")
-//       <optional|required> group element {       ("element"; older writers: "item")
+//     repeated group list {                       (older writers: "bag")
+//       <optional|required> group element {       ("item", "array_element")
 //         <optional|required> BYTE_ARRAY role; ... content; (other fields ignored) } } }
+// Older Java writers (parquet-avro, Hive, Spark) write two levels, the repeated group being the
+// message itself (so messages cannot be null):
+//   <optional|required> group prompt (LIST) { repeated group array { role; content } }
+// and a bare repeated group at the top level is a required list of required messages (one level):
+//   repeated group prompt { role; content }
 // A leaf's definition level counts the optional and repeated nodes defined on its path; these
 // thresholds say how far down one level entry is defined.
 struct MessageLevels {
@@ -242,48 +248,90 @@ ColumnSpec flat_column(const Field& field) {
   return {name, false, {leaf}, {}};
 }
 
-ColumnSpec message_list_column(const std::vector<SchemaElement>& schema, const Field& field) {
-  const size_t list_index = field.schema_index;
-  const SchemaElement& list = schema[list_index];
-  auto refuse = [&](const char* shape) {
-    fail("column '", list.name, "' is a nested column (", describe_subtree(schema, list_index),
-         ") ", shape,
-         "; only flat string and integer columns and message lists "
-         "list<struct<role: string, content: string>> are supported");
-  };
-  const auto repeated = int32_t(Repetition::repeated);
-  if (list.repetition == repeated || list.num_children != 1) refuse("that is not a list");
-  const SchemaElement& entries = schema[list_index + 1];
-  if (entries.repetition != repeated || entries.num_children != 1) refuse("that is not a list");
-  const size_t element_index = list_index + 2;
-  const SchemaElement& element = schema[element_index];
-  if (element.type || element.repetition == repeated) refuse("whose elements are not structs");
+[[noreturn]] void refuse_nested_column(const std::vector<SchemaElement>& schema, size_t index,
+                                       const char* shape) {
+  fail("column '", schema[index].name, "' is a nested column (", describe_subtree(schema, index),
+       ") ", shape,
+       "; only flat string and integer columns and message lists "
+       "list<struct<role: string, content: string>> are supported");
+}
 
-  ColumnSpec spec{list.name, true, {}, {}};
-  spec.levels.list = uint32_t(optional_level(list));
-  spec.levels.element = spec.levels.list + 1;
-  spec.levels.message = spec.levels.element + uint32_t(optional_level(element));
+bool is_list_annotated(const SchemaElement& element) {
+  constexpr int32_t kListConvertedType = 3, kListLogicalType = 3;  // ConvertedType, LogicalType id
+  return element.converted_type == kListConvertedType || element.logical_type == kListLogicalType;
+}
+
+// LogicalTypes.md's backward-compatibility rules: a LIST's repeated group is the element itself
+// when it has more than one field, or when it has one and is named "array" or "<list>_tuple";
+// otherwise it wraps the element. pyarrow takes any name ending in "_tuple", not only the list's
+// own, and so does cst: where the two disagree the element is then a one-field struct, not a
+// message, and the column is refused rather than read otherwise than pyarrow reads it.
+bool repeated_group_is_element(const SchemaElement& repeated) {
+  return repeated.num_children > 1 || repeated.name == "array" || repeated.name.ends_with("_tuple");
+}
+
+// Where a message list's message struct lies in the schema, and its list's levels.
+struct MessageListShape {
+  size_t message_index = 0;       // the message struct's schema element
+  std::vector<std::string> path;  // path_in_schema down to the message struct
+  MessageLevels levels;
+};
+
+MessageListShape message_list_shape(const std::vector<SchemaElement>& schema, size_t list_index) {
+  const auto repeated = int32_t(Repetition::repeated);
+  const SchemaElement& list = schema[list_index];
+  if (list.repetition == repeated) {  // one level: the list is required, its messages too
+    if (list.type) refuse_nested_column(schema, list_index, "whose elements are not structs");
+    if (is_list_annotated(list))
+      refuse_nested_column(schema, list_index, "whose LIST group is itself repeated");
+    return {list_index, {list.name}, {0, 1, 1}};
+  }
+  // Without the LIST annotation a group is a struct, whatever it holds.
+  if (!is_list_annotated(list) || list.num_children != 1)
+    refuse_nested_column(schema, list_index, "that is not a list");
+  const SchemaElement& entries = schema[list_index + 1];
+  if (entries.repetition != repeated)
+    refuse_nested_column(schema, list_index, "that is not a list");
+  if (entries.type) refuse_nested_column(schema, list_index, "whose elements are not structs");
+  const uint32_t defined_list = uint32_t(optional_level(list));
+  if (repeated_group_is_element(entries))  // two levels: the messages are never null
+    return {list_index + 1,
+            {list.name, entries.name},
+            {defined_list, defined_list + 1, defined_list + 1}};
+  const SchemaElement& element = schema[list_index + 2];
+  if (element.type || element.repetition == repeated)
+    refuse_nested_column(schema, list_index, "whose elements are not structs");
+  return {list_index + 2,
+          {list.name, entries.name, element.name},
+          {defined_list, defined_list + 1, defined_list + 1 + uint32_t(optional_level(element))}};
+}
+
+ColumnSpec message_list_column(const std::vector<SchemaElement>& schema, const Field& field) {
+  const MessageListShape shape = message_list_shape(schema, field.schema_index);
+  const SchemaElement& message = schema[shape.message_index];
+  ColumnSpec spec{field.element->name, true, {}, shape.levels};
   std::optional<LeafSpec> role, content;
-  size_t child = element_index + 1, leaf = field.first_leaf;
-  for (int32_t k = 0; k < element.num_children; ++k) {
+  size_t child = shape.message_index + 1, leaf = field.first_leaf;
+  for (int32_t k = 0; k < message.num_children; ++k) {
     const SchemaElement& member = schema[child];
     size_t member_leaves = 0;
     const size_t next = subtree_end(schema, child, &member_leaves);
     if (member.name == "role" || member.name == "content") {
-      if (member.type != int32_t(PhysicalType::byte_array) || member.repetition == repeated)
-        refuse("whose 'role' or 'content' is not a string");
-      const LeafSpec member_leaf{leaf,
-                                 {list.name, entries.name, element.name, member.name},
-                                 *member.type,
-                                 int(spec.levels.message) + optional_level(member),
-                                 1,
-                                 false};
+      if (member.type != int32_t(PhysicalType::byte_array) ||
+          member.repetition == int32_t(Repetition::repeated))
+        refuse_nested_column(schema, field.schema_index,
+                             "whose 'role' or 'content' is not a string");
+      LeafSpec member_leaf{leaf, shape.path, *member.type,
+                           int(shape.levels.message) + optional_level(member), 1, false};
+      member_leaf.path.push_back(member.name);
       (member.name == "role" ? role : content) = member_leaf;
     }
     leaf += member_leaves;
     child = next;
   }
-  if (!role || !content) refuse("without both 'role' and 'content' string fields");
+  if (!role || !content)
+    refuse_nested_column(schema, field.schema_index,
+                         "without both 'role' and 'content' string fields");
   spec.leaves = {*role, *content};
   return spec;
 }

@@ -1,12 +1,14 @@
 // Parquet reader tests against files written by pyarrow and HF datasets
-// (tools/python/make_parquet_fixtures.py): every cell of every fixture is compared with what
-// pyarrow reads back from the same file. Exact equality: strings are bytes and integers are exact.
+// (tools/python/make_parquet_fixtures.py; make_message_fixtures.py rewrites some into parquet's
+// legacy list forms): every cell of every fixture is compared with what pyarrow reads back from
+// the same file. Exact equality: strings are bytes and integers are exact.
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <random>
+#include <tuple>
 
 #include <nlohmann/json.hpp>
 
@@ -118,7 +120,8 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, ParquetGolden,
                                          "unsigned_integers", "all_null", "zero_rows",
                                          "hf_datasets", "messages_dictionary_v1",
                                          "messages_plain_v2", "messages_required",
-                                         "messages_extra_field", "messages_hf"));
+                                         "messages_extra_field", "messages_hf",
+                                         "messages_two_level", "messages_one_level"));
 
 TEST(ParquetShards, DirectoryAndGlobReadShardsInNameOrder) {
   const nlohmann::json expected = load_expected("shards");
@@ -192,6 +195,61 @@ TEST(ParquetMessages, OtherNestedShapesAreRefusedByName) {
   expect_table_matches(read_table(path, {"title"}), load_expected("messages_other_nested"));
 }
 
+// Whether a LIST's repeated group is the message or wraps it follows LogicalTypes.md's
+// backward-compatibility rules, as pyarrow reads them: with role and content it is the message
+// whatever its name ('prompt': "prompt_tuple"); with one field it wraps the message unless it is
+// named "array" or "..._tuple" ('legacy': Hive's "bag"). Those names make the one field a struct
+// around the message, not a message list ('wrapped', 'nested', and 'foreign', a name pyarrow reads
+// so though the specification's "<list>_tuple" would not); without the LIST annotation the group
+// is a struct ('unannotated').
+TEST(ParquetMessages, RepeatedGroupNamesDecideTheListForm) {
+  const std::string path = fixture("messages_two_level_names.parquet");
+  const nlohmann::json expected = load_expected("messages_two_level_names");
+  const Table table = read_table(path, {"id", "prompt", "legacy"});
+  EXPECT_EQ(table.columns_in_source,
+            (std::vector<std::string>{"id", "prompt", "legacy", "wrapped", "nested", "foreign",
+                                      "unannotated"}));
+  EXPECT_EQ(expect_table_matches(table, expected), 3 * expected["num_rows"].get<size_t>());
+  const std::vector<std::tuple<std::string, std::string, std::string>> cases = {
+      {"wrapped", "array", "without both 'role' and 'content'"},
+      {"nested", "nested_tuple", "without both 'role' and 'content'"},
+      {"foreign", "turns_tuple", "without both 'role' and 'content'"},
+      {"unannotated", "list", "that is not a list"},
+  };
+  for (const auto& [name, repeated, shape] : cases) {
+    const std::string message = error_of([&] { read_table(path, {name}); });
+    EXPECT_TRUE(contains(message, "column '" + name + "' is a nested column (optional group " +
+                                      name + " { repeated group " + repeated +
+                                      " { required group element { optional BYTE_ARRAY role; "
+                                      "optional BYTE_ARRAY content } } })") &&
+                contains(message, shape))
+        << message;
+  }
+}
+
+// The legacy fixtures hold what the golden comparison needs: two-level lists null, empty and
+// with null roles and contents; one-level lists empty (they cannot be null).
+TEST(ParquetMessages, LegacyListFixturesHoldEveryShape) {
+  for (const std::string name : {"messages_two_level", "messages_one_level"}) {
+    const Table table = read_table(fixture(name + ".parquet"), {"prompt", "chosen"});
+    size_t nulls = 0, empty = 0, null_fields = 0, messages = 0;
+    for (const Column& column : table.columns) {
+      for (const auto& cell : column.messages) {
+        nulls += !cell;
+        empty += cell && cell->empty();
+        for (const Message& message : cell.value_or(Messages{})) {
+          null_fields += !message.role + !message.content;
+          ++messages;
+        }
+      }
+    }
+    EXPECT_EQ(nulls > 0, name == "messages_two_level") << name;
+    EXPECT_GT(empty, 0u) << name;
+    EXPECT_GT(null_fields, 0u) << name;
+    EXPECT_GT(messages, 2 * size_t(table.num_rows)) << name;
+  }
+}
+
 // The golden comparison only means something if the fixture holds every shape: null lists, empty
 // lists, lists of several messages and a message longer than a page.
 TEST(ParquetMessages, FixtureHoldsEveryShape) {
@@ -246,7 +304,8 @@ TEST(ParquetErrors, CorruptBytesNeverCrash) {
       "plain_uncompressed_v1", "dictionary_snappy_v1",   "dictionary_gzip_v2",
       "plain_zstd_v2",         "dictionary_fallback",    "delta_encodings_v1",
       "delta_encodings_v2",    "required_large_string",  "messages_dictionary_v1",
-      "messages_plain_v2",     "messages_required",      "messages_hf"};
+      "messages_plain_v2",     "messages_required",      "messages_hf",
+      "messages_two_level",    "messages_one_level"};
   std::mt19937 random(1234);
   int mutations = 0, refused = 0;
   for (const std::string& name : names) {

@@ -12,6 +12,9 @@
 # The preference_multiturn_* files hold conversations of one to three user turns (see
 # write_multiturn_preference_fixtures), with the examples, rendered prompts and trl's token ids
 # that tests/test_preference.cpp and tests/test_pair_tokenizer.cpp compare cst with.
+# messages_two_level*.parquet, messages_one_level.parquet and
+# preference_trl_messages_two_level.parquet hold message lists in parquet's legacy two- and
+# one-level list forms, which pyarrow reads but does not write (see write_legacy_list_fixtures).
 # Rows come from a fixed seed. Needs pyarrow and datasets, and for the multi-turn expectations
 # transformers and trl (tools/python/requirements.txt) and the tokenizer fixtures of
 # make_tokenizer_fixtures.py.
@@ -230,6 +233,334 @@ def write_preference_fixtures():
     Dataset.from_list(strings).to_parquet(os.path.join(OUT, "preference_strings.parquet"))
 
 
+# --- Two-level and one-level message lists (parquet's backward-compatibility list forms). --------
+#
+# Java writers (parquet-avro's old list structure, Hive, older Spark) store a list of structs in
+# two levels, the repeated group being the element:
+#     optional group prompt (LIST) { repeated group array { optional binary role; ... content } }
+# and a bare repeated group (one level) is a required list of required structs:
+#     repeated group messages { optional binary role; optional binary content }
+# pyarrow reads both as list<struct<role, content>> but writes neither, so these fixtures are
+# written by pyarrow in the three-level form with a *required* element (whose definition and
+# repetition levels equal the legacy form's) and the footer's schema and column paths are then
+# rewritten into the legacy form. The data pages are left as they are. pyarrow reads every
+# rewritten file back and must see the same rows; its reading is the .expected.json.
+
+# Thrift compact protocol: just enough to decode a parquet footer and encode it back unchanged.
+# A struct is a list of [field id, type, value]; a list value is (element type, [values]).
+T_TRUE, T_FALSE, T_BYTE, T_I16, T_I32, T_I64, T_DOUBLE, T_BINARY, T_LIST, T_SET, T_MAP, T_STRUCT = \
+    range(1, 13)
+
+
+class ThriftReader:
+    def __init__(self, data):
+        self.data, self.pos = data, 0
+
+    def take(self, size):
+        chunk = self.data[self.pos:self.pos + size]
+        assert len(chunk) == size, "thrift data cut off"
+        self.pos += size
+        return chunk
+
+    def varint(self):
+        result = shift = 0
+        while True:
+            byte = self.take(1)[0]
+            result |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return result
+
+    def zigzag(self):
+        n = self.varint()
+        return (n >> 1) ^ -(n & 1)
+
+    def value(self, kind):
+        if kind in (T_TRUE, T_FALSE):  # a struct field's bool lives in its type
+            return kind == T_TRUE
+        if kind == T_BYTE:
+            return self.take(1)[0]
+        if kind in (T_I16, T_I32, T_I64):
+            return self.zigzag()
+        if kind == T_DOUBLE:
+            return self.take(8)
+        if kind == T_BINARY:
+            return self.take(self.varint())
+        if kind in (T_LIST, T_SET):
+            header = self.take(1)[0]
+            size, element = header >> 4, header & 0x0F
+            if size == 15:
+                size = self.varint()
+            # A bool inside a list is one byte of its own.
+            read = self.take_byte if element in (T_TRUE, T_FALSE) else lambda: self.value(element)
+            return (element, [read() for _ in range(size)])
+        if kind == T_STRUCT:
+            return self.struct()
+        raise ValueError(f"thrift type {kind} is not used by parquet footers")
+
+    def take_byte(self):
+        return self.take(1)[0]
+
+    def struct(self):
+        fields, last_id = [], 0
+        while True:
+            header = self.take(1)[0]
+            if header == 0:
+                return fields
+            delta, kind = header >> 4, header & 0x0F
+            field_id = last_id + delta if delta else self.zigzag()
+            fields.append([field_id, kind, self.value(kind)])
+            last_id = field_id
+
+
+def thrift_varint(n):
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def thrift_zigzag(n):
+    return thrift_varint((n << 1) ^ (n >> 63))
+
+
+def thrift_value(kind, value):
+    if kind == T_BYTE:
+        return bytes([value])
+    if kind in (T_I16, T_I32, T_I64):
+        return thrift_zigzag(value)
+    if kind == T_DOUBLE:
+        return value
+    if kind == T_BINARY:
+        return thrift_varint(len(value)) + value
+    if kind in (T_LIST, T_SET):
+        element, items = value
+        header = bytes([len(items) << 4 | element]) if len(items) < 15 else \
+            bytes([0xF0 | element]) + thrift_varint(len(items))
+        if element in (T_TRUE, T_FALSE):
+            return header + bytes(items)
+        return header + b"".join(thrift_value(element, item) for item in items)
+    if kind == T_STRUCT:
+        return thrift_struct(value)
+    raise ValueError(f"thrift type {kind} is not used by parquet footers")
+
+
+def thrift_struct(fields):
+    out, last_id = bytearray(), 0
+    for field_id, kind, value in fields:
+        if kind in (T_TRUE, T_FALSE):
+            kind, payload = (T_TRUE if value else T_FALSE), b""
+        else:
+            payload = thrift_value(kind, value)
+        delta = field_id - last_id
+        if 0 < delta <= 15:
+            out += bytes([delta << 4 | kind])
+        else:  # the long form: the type, then the id itself
+            out += bytes([kind]) + thrift_zigzag(field_id)
+        out += payload
+        last_id = field_id
+    return bytes(out + b"\x00")
+
+
+def thrift_field(fields, field_id):
+    return next((value for fid, _, value in fields if fid == field_id), None)
+
+
+def set_thrift_field(fields, field_id, value):
+    next(field for field in fields if field[0] == field_id)[2] = value
+
+
+def drop_thrift_fields(fields, *field_ids):
+    fields[:] = [field for field in fields if field[0] not in field_ids]
+
+
+# parquet.thrift field ids used below.
+FILE_SCHEMA, FILE_ROW_GROUPS, FILE_KEY_VALUE_METADATA = 2, 4, 5
+SCHEMA_REPETITION, SCHEMA_NAME, SCHEMA_NUM_CHILDREN, SCHEMA_CONVERTED_TYPE, SCHEMA_LOGICAL_TYPE = \
+    3, 4, 5, 6, 10
+ROW_GROUP_COLUMNS, CHUNK_META_DATA, META_PATH_IN_SCHEMA = 1, 3, 3
+REPEATED = 2
+
+
+def read_footer(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data[-4:] == b"PAR1"
+    size = int.from_bytes(data[-8:-4], "little")
+    footer = data[-8 - size:-8]
+    metadata = ThriftReader(footer).struct()
+    assert thrift_struct(metadata) == footer, "the thrift codec does not reproduce the footer"
+    return data[:-8 - size], metadata
+
+
+def write_footer(path, body, metadata):
+    footer = thrift_struct(metadata)
+    with open(path, "wb") as f:
+        f.write(body + footer + len(footer).to_bytes(4, "little") + b"PAR1")
+
+
+def schema_names(metadata):
+    schema = thrift_field(metadata, FILE_SCHEMA)[1]
+    return [thrift_field(element, SCHEMA_NAME).decode() for element in schema]
+
+
+def rewrite_list_column(metadata, column, form, repeated_name=None):
+    """Rewrites the three-level list column `column` (written by pyarrow as
+    <column> (LIST) { repeated group list { required group element { fields } } }) into:
+      "two_level":  <column> (LIST) { repeated group <repeated_name> { fields } }
+      "one_level":  repeated group <column> { fields }
+      "renamed":    <column> (LIST) { repeated group <repeated_name> { element } }
+      "unannotated": the same three levels without the LIST annotation.
+    Fixes path_in_schema of every chunk to match."""
+    schema = thrift_field(metadata, FILE_SCHEMA)[1]
+    names = schema_names(metadata)
+    at = names.index(column)
+    assert names[at + 1:at + 3] == ["list", "element"], names
+    outer, repeated, element = schema[at:at + 3]
+    if form == "two_level":
+        set_thrift_field(repeated, SCHEMA_NAME, repeated_name.encode())
+        set_thrift_field(repeated, SCHEMA_NUM_CHILDREN, thrift_field(element, SCHEMA_NUM_CHILDREN))
+        drop_thrift_fields(outer, SCHEMA_LOGICAL_TYPE)  # old Java writers: the converted type only
+        del schema[at + 2]
+        new_prefix = [column, repeated_name]
+    elif form == "one_level":
+        set_thrift_field(outer, SCHEMA_REPETITION, REPEATED)
+        set_thrift_field(outer, SCHEMA_NUM_CHILDREN, thrift_field(element, SCHEMA_NUM_CHILDREN))
+        drop_thrift_fields(outer, SCHEMA_CONVERTED_TYPE, SCHEMA_LOGICAL_TYPE)
+        del schema[at + 1:at + 3]
+        new_prefix = [column]
+    elif form == "renamed":
+        set_thrift_field(repeated, SCHEMA_NAME, repeated_name.encode())
+        new_prefix = [column, repeated_name, "element"]
+    else:
+        assert form == "unannotated"
+        drop_thrift_fields(outer, SCHEMA_CONVERTED_TYPE, SCHEMA_LOGICAL_TYPE)
+        new_prefix = [column, "list", "element"]
+    for row_group in thrift_field(metadata, FILE_ROW_GROUPS)[1]:
+        for chunk in thrift_field(row_group, ROW_GROUP_COLUMNS)[1]:
+            chunk_meta = thrift_field(chunk, CHUNK_META_DATA)
+            element_type, path = thrift_field(chunk_meta, META_PATH_IN_SCHEMA)
+            if path[:3] == [column.encode(), b"list", b"element"]:
+                new_path = [part.encode() for part in new_prefix] + path[3:]
+                set_thrift_field(chunk_meta, META_PATH_IN_SCHEMA, (element_type, new_path))
+
+
+def write_legacy_list_file(name, table, forms, **options):
+    """Writes `table` with pyarrow, then rewrites the columns of `forms`
+    ({column: (form, repeated_name)}) into their legacy forms. pyarrow's stored arrow schema is
+    dropped, so that readers see the parquet schema alone. Returns the path."""
+    path = os.path.join(OUT, name + ".parquet")
+    pq.write_table(table, path, **options)
+    body, metadata = read_footer(path)
+    drop_thrift_fields(metadata, FILE_KEY_VALUE_METADATA)
+    for column, (form, repeated_name) in forms.items():
+        rewrite_list_column(metadata, column, form, repeated_name)
+    write_footer(path, body, metadata)
+    print(f"{name}.parquet: {os.path.getsize(path)} bytes")
+    return path
+
+
+def legacy_list_table(columns, list_nullable):
+    """A table of `columns` ({name: cells}), each typed by its cells: integers, strings or message
+    lists. A message list gets a required element struct, as the legacy forms have (their
+    elements cannot be null), and nullable role and content."""
+    fields = []
+    for name, cells in columns.items():
+        sample = next(cell for cell in cells if cell is not None)
+        if isinstance(sample, int):
+            fields.append(pa.field(name, pa.int64(), nullable=False))
+        elif isinstance(sample, list):
+            element = pa.field("element", MESSAGE, nullable=False)
+            fields.append(pa.field(name, pa.list_(element), nullable=list_nullable))
+        else:
+            fields.append(pa.field(name, pa.string()))
+    return pa.Table.from_pydict(columns, schema=pa.schema(fields))
+
+
+def expect_same_rows(path, table, columns):
+    """pyarrow reads the rewritten columns back as lists of role/content structs, cell for cell."""
+    readback = pq.read_table(path, columns=columns)
+    for name in columns:
+        arrow_type = readback.schema.field(name).type
+        assert pa.types.is_list(arrow_type) and \
+            [f.name for f in arrow_type.value_type] == ["role", "content"], (name, arrow_type)
+        assert readback.column(name).to_pylist() == table.column(name).to_pylist(), name
+
+
+def expect_list_of_wrapped_messages(path, column):
+    """pyarrow reads `column` as a list of one-field structs that hold the message, which is not a
+    message list: the repeated group, named "array" or "..._tuple", is the element."""
+    arrow_type = pq.read_schema(path).field(column).type
+    assert pa.types.is_list(arrow_type), (column, arrow_type)
+    assert [f.name for f in arrow_type.value_type] == ["element"], (column, arrow_type)
+
+
+def small_legacy_rows(num_rows, seed):
+    """make_rows' rows with the long message cut to 1500 characters: still longer than a page."""
+    rows = make_rows(num_rows, seed)
+    long_message = rows["chosen"][0][0]
+    long_message["content"] = long_message["content"][:1500]
+    return rows
+
+
+def write_legacy_list_fixtures():
+    small_pages = dict(row_group_size=20, data_page_size=512, write_batch_size=16,
+                       write_statistics=False)  # statistics would repeat the long message
+    # Two levels, as parquet-avro writes them: the repeated group "array" is the message. Null and
+    # empty lists, null role and content, two row groups and a message longer than a page.
+    table = legacy_list_table(small_legacy_rows(36, seed=16), list_nullable=True)
+    two_level = {"prompt": ("two_level", "array"), "chosen": ("two_level", "array")}
+    path = write_legacy_list_file("messages_two_level", table, two_level, compression="snappy",
+                                  use_dictionary=True, data_page_version="1.0", **small_pages)
+    expect_same_rows(path, table, ["prompt", "chosen"])
+    write_expected(path)
+
+    # The repeated group's name matters when it has one field: "array" or "<list name>_tuple" is
+    # the element itself (here a one-field struct around the message), another name wraps the
+    # element (three levels; "bag" is Hive's). With two or more fields the repeated group is the
+    # element whatever its name ("prompt_tuple" here). Without the LIST annotation the outer group
+    # is a struct.
+    rows = make_rows(12, seed=19)
+    columns = {"id": rows["id"], "prompt": rows["prompt"],
+               "legacy": make_rows(12, seed=20)["prompt"]}
+    refused = {"wrapped": ("renamed", "array"), "nested": ("renamed", "nested_tuple"),
+               "foreign": ("renamed", "turns_tuple"), "unannotated": ("unannotated", None)}
+    columns.update({name: rows["prompt"] for name in refused})
+    table = legacy_list_table(columns, list_nullable=True)
+    path = write_legacy_list_file("messages_two_level_names", table,
+                                  {"prompt": ("two_level", "prompt_tuple"),
+                                   "legacy": ("renamed", "bag"), **refused},
+                                  compression="snappy", **small_pages)
+    expect_same_rows(path, table, ["prompt", "legacy"])
+    for name in ("wrapped", "nested", "foreign"):
+        expect_list_of_wrapped_messages(path, name)
+    assert pa.types.is_struct(pq.read_schema(path).field("unannotated").type)
+    save_json(path.replace(".parquet", ".expected.json"),
+              expected_cells(pq.read_table(path, columns=["id", "prompt", "legacy"])))
+
+    # One level: a bare repeated group at the top level, a required list of required messages.
+    rows = small_legacy_rows(30, seed=17)
+    for name in ("prompt", "chosen"):
+        rows[name] = [cell or [] for cell in rows[name]]  # such a list cannot be null
+    table = legacy_list_table(rows, list_nullable=False)
+    path = write_legacy_list_file("messages_one_level", table,
+                                  {"prompt": ("one_level", None), "chosen": ("one_level", None)},
+                                  compression="zstd", use_dictionary=False, data_page_version="2.0",
+                                  **small_pages)
+    expect_same_rows(path, table, ["prompt", "chosen"])
+    write_expected(path)
+
+    # preference_trl_messages.parquet's rows with every message list in two levels.
+    trl_rows = pq.read_table(os.path.join(OUT, "preference_trl_messages.parquet"))
+    table = legacy_list_table(trl_rows.to_pydict(), list_nullable=True)
+    path = write_legacy_list_file("preference_trl_messages_two_level", table,
+                                  {name: ("two_level", "array") for name in table.column_names})
+    expect_same_rows(path, table, table.column_names)
+    assert table.to_pylist() == trl_rows.to_pylist()
+
+
 # --- Multi-turn preference rows. ---------------------------------------------------------------------
 #
 # Each row is (system, turns, chosen, rejected): turns alternate user/assistant from a user turn to
@@ -367,6 +698,7 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     write_reader_fixtures()
     write_preference_fixtures()
+    write_legacy_list_fixtures()
     write_multiturn_preference_fixtures()
     total = sum(os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT)
                 if f.startswith(("messages_", "preference_")))
