@@ -2,7 +2,8 @@
 // the DPO baseline, and the errors for missing columns and null cells. Message-list rows (trl's
 // conversational format) are checked against the same rows as strings: the fixtures of
 // tools/python/make_message_fixtures.py hold one set of rows in trl's format, in the
-// ultrafeedback_binarized format and as strings, and all must give identical examples and tokens.
+// ultrafeedback_binarized format and as strings, and all must give identical examples and tokens;
+// so must the trl rows in parquet's legacy two-level list form.
 // Multi-turn rows are checked against the examples that generator built them from
 // (preference_multiturn.expected.json; their rendering and token ids: test_pair_tokenizer.cpp).
 #include <gtest/gtest.h>
@@ -220,6 +221,18 @@ TEST(PreferenceMessages, TrlConversationalRowsEqualStringRows) {
   ASSERT_EQ(strings.size(), 24u);
   expect_same_examples(messages, strings);
   expect_same_tokens(messages, strings);
+}
+
+// The same trl rows with every message list in the two-level form of older Java writers.
+TEST(PreferenceMessages, TwoLevelListRowsEqualThreeLevelRows) {
+  const auto three_level = build_preference_examples(
+      read_table(kFixtures + "preference_trl_messages.parquet", {}), PreferenceOptions{}, nullptr);
+  const auto two_level = build_preference_examples(
+      read_table(kFixtures + "preference_trl_messages_two_level.parquet", {}), PreferenceOptions{},
+      nullptr);
+  ASSERT_EQ(three_level.size(), 24u);
+  expect_same_examples(two_level, three_level);
+  expect_same_tokens(two_level, three_level);
 }
 
 // ultrafeedback_binarized: a string prompt, and answers that repeat the user turn. With CST's two
