@@ -212,7 +212,7 @@ TrainingRun train_on_demo(const std::string& device, const std::function<void(Tr
   if (adjust) adjust(options);
   run_training(options);
   std::ifstream in(run / "metrics.jsonl");
-  TrainingRun result{run, {}};
+  TrainingRun result{run, {}, {}};
   for (std::string line; std::getline(in, line);) {
     nlohmann::json metrics = nlohmann::json::parse(line);
     if (metrics.contains("loss")) result.losses.push_back(metrics["loss"].get<double>());
