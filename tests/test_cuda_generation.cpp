@@ -34,6 +34,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <memory>
 #include <numeric>
@@ -119,9 +120,16 @@ int32_t argmax(const std::vector<float>& logits) {
 
 // Largest logit minus the second largest.
 double top_two_margin(const std::vector<float>& logits) {
-  std::vector<float> top(2);
-  std::partial_sort_copy(logits.begin(), logits.end(), top.begin(), top.end(), std::greater<float>());
-  return double(top[0]) - top[1];
+  float largest = -INFINITY, second = -INFINITY;
+  for (float logit : logits) {
+    if (logit > largest) {
+      second = largest;
+      largest = logit;
+    } else if (logit > second) {
+      second = logit;
+    }
+  }
+  return double(largest) - second;
 }
 
 double max_abs_difference(const std::vector<float>& a, const std::vector<float>& b) {
