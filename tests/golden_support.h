@@ -2,8 +2,11 @@
 // fixture, relative errors, and the packed batch of sequences the fixtures describe.
 #pragma once
 #include <cmath>
+#include <fstream>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "kernels/error.h"
 #include "model/safetensors.h"
@@ -64,6 +67,23 @@ inline PackedBatch packed_batch(std::vector<int32_t> tokens, std::vector<int32_t
 inline PackedBatch golden_batch(const SafetensorsFile& golden, const std::string& mask_name = "") {
   return packed_batch(read_vector<int32_t>(golden, "input_ids"), read_vector<int32_t>(golden, "cu_seqlens"),
                       mask_name.empty() ? std::vector<int32_t>{} : read_vector<int32_t>(golden, mask_name));
+}
+
+// A file of golden greedy generations, tests/fixtures/generate/<name>.json
+// (tools/python/make_generate_fixtures.py), with the model and adapter directories it names.
+struct GenerationGoldenFile {
+  nlohmann::json golden;
+  std::string model_directory, adapter_directory;
+};
+
+inline GenerationGoldenFile read_generation_golden(const std::string& name) {
+  const std::string root = std::string(CST_SOURCE_DIR) + "/";
+  std::ifstream in(root + "tests/fixtures/generate/" + name + ".json");
+  if (!in) fail("missing generation fixture ", name);
+  GenerationGoldenFile file{nlohmann::json::parse(in), "", ""};
+  file.model_directory = root + file.golden.at("model_directory").get<std::string>();
+  file.adapter_directory = root + file.golden.at("adapter_directory").get<std::string>();
+  return file;
 }
 
 }  // namespace cst::testing_support

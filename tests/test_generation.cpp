@@ -2,11 +2,11 @@
 // tools/python/make_generate_fixtures.py), with and without the PEFT adapter. Token ids must be
 // identical: greedy decoding is exact as long as no two top logits are within rounding of each
 // other, which the fixture's random models do not produce. The Llama 3.1-style model has a list of
-// EOS ids; its prompts were chosen so that generations end at each of them.
+// EOS ids; its prompts were chosen so that generations end at each of them. mistral_gqa_window_memorized
+// pairs that model with an adapter trained to continue its prompts with fixed random tokens.
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <fstream>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -15,6 +15,7 @@
 #include "model/lora.h"
 #include "model/model_file.h"
 #include "model/weights.h"
+#include "tests/golden_support.h"
 
 namespace cst {
 namespace {
@@ -28,21 +29,14 @@ struct GoldenGeneration {
   LoraAdapter lora;
   Transformer transformer;
 
-  explicit GoldenGeneration(const std::string& name)
-      : golden(read_golden(name)),
-        model(model_directory(name) + "/hf"),
+  explicit GoldenGeneration(const std::string& name) : GoldenGeneration(testing_support::read_generation_golden(name)) {}
+  explicit GoldenGeneration(const testing_support::GenerationGoldenFile& file)
+      : golden(file.golden),
+        model(file.model_directory),
         weights(model, Device::cpu, DType::f32),
-        lora(model.config(), LoraAdapter::read_peft_config(model_directory(name) + "/adapter"), Device::cpu),
+        lora(model.config(), LoraAdapter::read_peft_config(file.adapter_directory), Device::cpu),
         transformer(model.config(), weights, &lora) {
-    lora.load_peft_weights(model_directory(name) + "/adapter");
-  }
-  static std::string model_directory(const std::string& name) {
-    return std::string(CST_SOURCE_DIR) + "/tests/fixtures/model/" + name;
-  }
-  static nlohmann::json read_golden(const std::string& name) {
-    std::ifstream in(std::string(CST_SOURCE_DIR) + "/tests/fixtures/generate/" + name + ".json");
-    if (!in) throw std::runtime_error("missing generation fixture " + name);
-    return nlohmann::json::parse(in);
+    lora.load_peft_weights(file.adapter_directory);
   }
   std::vector<std::vector<int32_t>> prompts() const {
     std::vector<std::vector<int32_t>> result;
@@ -109,7 +103,8 @@ TEST_P(GenerationGolden, BatchedSamplingMatchesOnePromptAtATime) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GenerationGolden,
-                         ::testing::Values("mistral_gqa_window", "llama_tied", "llama3_rope_scaled"));
+                         ::testing::Values("mistral_gqa_window", "llama_tied", "llama3_rope_scaled",
+                                           "mistral_gqa_window_memorized"));
 
 // A generation ends right after the EOS id transformers stopped at (null: it ran to max_new_tokens),
 // with no EOS id before it.

@@ -17,13 +17,23 @@ the list, one run to max_new_tokens). The file adds the EOS list, each case's de
 "stopped_by": the EOS id that ended each generation, or null where it ran to max_new_tokens.
 (Without the adapter this model repeats the prompt's last token, so those generations stop only
 where a prompt ends with an EOS id.)
+
+The fixture adapters are random, so the top two logits of their generations lie close together
+(0.2 to 0.4 apart): too close for a bf16 forward to be sure of the argmax. The default run also
+makes mistral_gqa_window_memorized: an adapter of mistral_gqa_window trained (Adam, next-token
+loss) until greedy decoding continues each of three seeded random prompts with its own seeded
+random 24 tokens, with top-two margins of 0.57 to 1.23 (written beside the generations, in
+tests/fixtures/generate/mistral_gqa_window_memorized_adapter/).
+
+Every file names the model and adapter directories its generations come from ("model_directory",
+"adapter_directory", relative to the repository root).
 """
 import json
 import os
 import sys
 
 import torch
-from peft import PeftModel
+from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
@@ -49,10 +59,21 @@ def load(case):
                                                 attn_implementation="eager").eval()
 
 
-def write(case, record):
+def relative_to_root(path):
+    return os.path.relpath(path, ROOT)
+
+
+def write(case, record, model_case, adapter_directory):
+    """Writes a case's generations, with the directories of its model and adapter."""
+    record = {"model_directory": relative_to_root(os.path.join(MODELS, model_case, "hf")),
+              "adapter_directory": relative_to_root(adapter_directory), **record}
     with open(os.path.join(OUT, case + ".json"), "w") as f:
         json.dump(record, f)
     print(case, record)
+
+
+def fixture_adapter(case):
+    return os.path.join(MODELS, case, "adapter")
 
 
 def make_random_prompt_cases():
@@ -62,9 +83,9 @@ def make_random_prompt_cases():
         prompts = [torch.randint(3, base.config.vocab_size, (n,), generator=generator).tolist() for n in (1, 7)]
         record = {"max_new_tokens": NEW_TOKENS, "prompts": prompts,
                   "base": [generate(base, p) for p in prompts]}
-        adapted = PeftModel.from_pretrained(base, os.path.join(MODELS, case, "adapter")).eval()
+        adapted = PeftModel.from_pretrained(base, fixture_adapter(case)).eval()
         record["adapter"] = [generate(adapted, p) for p in prompts]
-        write(case, record)
+        write(case, record, case, fixture_adapter(case))
 
 
 def stop_of(new_tokens, eos_ids):
@@ -111,14 +132,55 @@ def make_llama3_case():
     base = load(LLAMA3_MODEL)
     eos_ids = base.generation_config.eos_token_id
     assert isinstance(eos_ids, list) and len(eos_ids) >= 3, eos_ids
-    adapted = PeftModel.from_pretrained(base, os.path.join(MODELS, LLAMA3_MODEL, "adapter")).eval()
+    adapted = PeftModel.from_pretrained(base, fixture_adapter(LLAMA3_MODEL)).eval()
     descriptions, chosen = choose_llama3_prompts(adapted, eos_ids)
     record = {"max_new_tokens": NEW_TOKENS, "eos_token_id": eos_ids, "cases": descriptions,
               "prompts": [prompt for prompt, _, _ in chosen],
               "base": [without for _, without, _ in chosen],
               "adapter": [with_adapter for _, _, with_adapter in chosen]}
     record["stopped_by"] = {kind: [stop_of(tokens, eos_ids) for tokens in record[kind]] for kind in ("base", "adapter")}
-    write(LLAMA3_MODEL, record)
+    write(LLAMA3_MODEL, record, LLAMA3_MODEL, fixture_adapter(LLAMA3_MODEL))
+
+
+MEMORIZED_MODEL = "mistral_gqa_window"
+MEMORIZED_CASE = MEMORIZED_MODEL + "_memorized"
+MEMORIZING_STEPS = 300
+
+
+def train_memorizing_adapter(base, prompts, continuations):
+    """A LoRA adapter (r 4, alpha 8, every projection) of `base`, trained on the next-token loss of
+    each continuation after its prompt."""
+    torch.manual_seed(17)  # LoRA's initial A
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM",
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    model = get_peft_model(base, config)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(MEMORIZING_STEPS):
+        loss = sum(model(input_ids=torch.tensor([prompt + continuation]),
+                         labels=torch.tensor([[-100] * len(prompt) + continuation])).loss
+                   for prompt, continuation in zip(prompts, continuations))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def make_memorized_case():
+    base = load(MEMORIZED_MODEL)
+    generator = torch.Generator().manual_seed(11)
+    vocab = base.config.vocab_size
+    prompts = [torch.randint(3, vocab, (n,), generator=generator).tolist() for n in (1, 4, 9)]
+    continuations = [torch.randint(3, vocab, (NEW_TOKENS,), generator=generator).tolist() for _ in prompts]
+    record = {"max_new_tokens": NEW_TOKENS, "prompts": prompts, "base": [generate(base, p) for p in prompts]}
+    adapted = train_memorizing_adapter(base, prompts, continuations)
+    record["adapter"] = [generate(adapted, p) for p in prompts]
+    if record["adapter"] != continuations:
+        sys.exit(f"{MEMORIZED_CASE}: the trained adapter does not reproduce its continuations")
+    adapter_directory = os.path.join(OUT, MEMORIZED_CASE + "_adapter")
+    adapted.peft_config["default"].base_model_name_or_path = ""  # not this machine's path
+    adapted.save_pretrained(adapter_directory)
+    os.remove(os.path.join(adapter_directory, "README.md"))  # PEFT's model card template
+    write(MEMORIZED_CASE, record, MEMORIZED_MODEL, adapter_directory)
 
 
 def main():
@@ -127,6 +189,7 @@ def main():
         make_llama3_case()
     else:
         make_random_prompt_cases()
+        make_memorized_case()
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 
 tests/test_cuda_generation.cpp bounds how far the CUDA backend's logits (bf16 weights, adapter
 and activations, f32 accumulation) may lie from the f32 ones along the golden generations of
-tests/fixtures/generate/, one bound per model and adapter setting, and how far two bf16 paths
-(cached decoding against a full forward, a batch against one sequence) may differ. This script
+tests/fixtures/generate/ (each file names its model and adapter), one bound per file and adapter
+setting, and how far two bf16 paths (cached decoding against a full forward, a batch against one
+sequence) may differ. This script
 measures, along the same prefixes (each prompt and its golden tokens teacher-forced; the largest
 |logit difference| over the generated steps):
   - transformers: the same models and adapters with every weight, the adapter's included, in bf16
@@ -50,21 +51,33 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 MODELS = os.path.join(ROOT, "tests", "fixtures", "model")
 GOLDEN = os.path.join(ROOT, "tests", "fixtures", "generate")
 CASES = ("mistral_gqa_window", "llama_tied", "llama3_rope_scaled")
+# The generation files: each names its model (one of CASES) and adapter.
+GENERATION_FILES = CASES + ("mistral_gqa_window_memorized",)
 # The models transformers 4.42.4 runs (rope_scaling of type llama3 came with 4.43).
 TRANSFORMERS_CASES = ("mistral_gqa_window", "llama_tied")
 PERTURBATION = 2.0 ** -7
 BOUND_FACTOR = 2.0
 
 
-def load(case, adapter):
-    """The fixture model (with its adapter) in transformers + PEFT, f32; None where transformers
-    4.42.4 cannot run it."""
-    if case not in TRANSFORMERS_CASES:
+def generation_file(name):
+    """A golden generation file, its model and adapter directories made absolute."""
+    with open(os.path.join(GOLDEN, name + ".json")) as f:
+        golden = json.load(f)
+    for key in ("model_directory", "adapter_directory"):
+        golden[key] = os.path.join(ROOT, golden[key])
+    return golden
+
+
+def load(name, adapter):
+    """The model of a generation file (with its adapter) in transformers + PEFT, f32; None where
+    transformers 4.42.4 cannot run it."""
+    golden = generation_file(name)
+    if os.path.basename(os.path.dirname(golden["model_directory"])) not in TRANSFORMERS_CASES:
         return None
-    model = AutoModelForCausalLM.from_pretrained(os.path.join(MODELS, case, "hf"), torch_dtype=torch.float32,
+    model = AutoModelForCausalLM.from_pretrained(golden["model_directory"], torch_dtype=torch.float32,
                                                  attn_implementation="eager")
     if adapter:
-        model = PeftModel.from_pretrained(model, os.path.join(MODELS, case, "adapter"))
+        model = PeftModel.from_pretrained(model, golden["adapter_directory"])
     return model.eval()
 
 
@@ -73,17 +86,27 @@ def rounded(x, bf16):
 
 
 def cst_parameters(case, adapter):
-    """(config, weights, LoRA weights, LoRA scaling) of a fixture model, in f32."""
-    hf = os.path.join(MODELS, case, "hf")
+    """(config, weights, LoRA weights, LoRA scaling) of a fixture model, with its own adapter, in f32."""
+    return parameters_of(os.path.join(MODELS, case, "hf"), os.path.join(MODELS, case, "adapter") if adapter else None)
+
+
+def generation_parameters(name, adapter):
+    """cst_parameters of a generation file's model and adapter."""
+    golden = generation_file(name)
+    return parameters_of(golden["model_directory"], golden["adapter_directory"] if adapter else None)
+
+
+def parameters_of(hf, adapter_folder):
+    """(config, weights, LoRA weights, LoRA scaling) of a model directory, and of an adapter
+    directory unless None, in f32."""
     with open(os.path.join(hf, "config.json")) as f:
         config = json.load(f)
     weights = {k: v.float() for k, v in load_file(os.path.join(hf, "model.safetensors")).items()}
     lora, scaling = {}, 0.0
-    if adapter:
-        folder = os.path.join(MODELS, case, "adapter")
-        with open(os.path.join(folder, "adapter_config.json")) as f:
+    if adapter_folder:
+        with open(os.path.join(adapter_folder, "adapter_config.json")) as f:
             adapter_config = json.load(f)
-        lora = {k: v.float() for k, v in load_file(os.path.join(folder, "adapter_model.safetensors")).items()}
+        lora = {k: v.float() for k, v in load_file(os.path.join(adapter_folder, "adapter_model.safetensors")).items()}
         r, alpha = adapter_config["r"], adapter_config["lora_alpha"]
         scaling = alpha / math.sqrt(r) if adapter_config.get("use_rslora") else alpha / r
     return config, weights, lora, scaling
@@ -207,10 +230,9 @@ def largest_difference(a, b):
     return float((a - b).abs().max())
 
 
-def golden_generations(case, adapter):
-    """(prompt, golden tokens) of each generation of a model and adapter setting."""
-    with open(os.path.join(GOLDEN, case + ".json")) as f:
-        golden = json.load(f)
+def golden_generations(name, adapter):
+    """(prompt, golden tokens) of each generation of a generation file and adapter setting."""
+    golden = generation_file(name)
     return list(zip(golden["prompts"], golden["adapter" if adapter else "base"]))
 
 
@@ -241,8 +263,8 @@ def largest_of(results):
     return {name: max(result[name] for result in results) for name in results[0]}
 
 
-def setting_name(case, adapter):
-    return f"{case} {'with' if adapter else 'without'} the adapter"
+def setting_name(name, adapter):
+    return f"{name} {'with' if adapter else 'without'} the adapter"
 
 
 def top_two_margin(logits):
@@ -306,19 +328,19 @@ def measure_mistakes(parameters, generations):
     return errors
 
 
-def measure_setting(case, adapter, seeds):
+def measure_setting(name, adapter, seeds):
     """Prints the fixture's and each seed's differences for one setting; returns the largest of
     each over all draws."""
-    name = setting_name(case, adapter)
-    model, parameters = load(case, adapter), cst_parameters(case, adapter)
-    generations = golden_generations(case, adapter)
+    setting = setting_name(name, adapter)
+    model, parameters = load(name, adapter), generation_parameters(name, adapter)
+    generations = golden_generations(name, adapter)
     fixture = measure(model, parameters, generations)
     for (prompt, _), result in zip(generations, fixture):
-        print(f"{name}, prompt of {len(prompt)}, fixture: {describe(result)}")
+        print(f"{setting}, prompt of {len(prompt)}, fixture: {describe(result)}")
     largest = largest_of(fixture)
     for seed in range(1, seeds + 1):
         result = largest_of(measure(model, perturbed(parameters, seed), generations))
-        print(f"{name}, seed {seed}: {describe(result)}")
+        print(f"{setting}, seed {seed}: {describe(result)}")
         largest = {key: max(value, result[key]) for key, value in largest.items()}
     return largest
 
@@ -343,20 +365,21 @@ def main():
     parser.add_argument("--seeds", type=int, default=40, help="perturbed repetitions after the fixture itself")
     seeds = parser.parse_args().seeds
     check_f32_forward()
-    settings = [(case, adapter) for case in CASES for adapter in (False, True)]
+    settings = [(name, adapter) for name in GENERATION_FILES for adapter in (False, True)]
     largest = {setting: measure_setting(*setting, seeds) for setting in settings}
     print(f"\nlargest logit differences over the fixture's weights and {seeds} seeds; the bound b = "
           f"{BOUND_FACTOR:g} x cst's, rounded up to a multiple of 0.001, and what it leaves the test")
-    for (case, adapter), numbers in largest.items():
+    for (name, adapter), numbers in largest.items():
         bound = math.ceil(BOUND_FACTOR * numbers["cst"] * 1000) / 1000
-        decisive, guaranteed = margins_left(cst_parameters(case, adapter), golden_generations(case, adapter), bound)
-        print(f"{setting_name(case, adapter)}: {describe(numbers)}; b {bound:.3f}: {decisive} decisive steps, "
+        decisive, guaranteed = margins_left(generation_parameters(name, adapter), golden_generations(name, adapter),
+                                            bound)
+        print(f"{setting_name(name, adapter)}: {describe(numbers)}; b {bound:.3f}: {decisive} decisive steps, "
               f"{guaranteed} tokens before the first near-ties")
     print()
-    for case, adapter in settings:
-        errors = measure_mistakes(cst_parameters(case, adapter), golden_generations(case, adapter))
+    for name, adapter in settings:
+        errors = measure_mistakes(generation_parameters(name, adapter), golden_generations(name, adapter))
         for description, error in errors.items():
-            print(f"{setting_name(case, adapter)}, mistake, {description}: largest logit error {error:.4f}")
+            print(f"{setting_name(name, adapter)}, mistake, {description}: largest logit error {error:.4f}")
 
 
 if __name__ == "__main__":
