@@ -2,7 +2,7 @@
 // The tile code is in kernels/attention_tiles.cuh; this file checks the arguments, keeps the
 // device copy of the sequence offsets and launches.
 //
-//   forward      grid (query tiles, H, S): O and lse of one 64-query tile of one head
+//   forward      grid (query tiles, H, S): O and lse of one 64- or 128-query tile of one head
 //   D            one warp per (token, head): D = rowsum(dO * O)
 //   dK, dV       grid (key tiles, KVH, S): loops over the group's query heads and query tiles
 //   dQ           grid (query tiles, H, S): loops over key tiles
@@ -36,10 +36,11 @@ __device__ __forceinline__ TileCoordinates key_tile_coordinates() {
   return {int(blockIdx.x), int(blockIdx.y), int(blockIdx.z)};
 }
 
-template <int kHeadDim>
+template <int kHeadDim, int kRowBlocks>
 __global__ void __launch_bounds__(flash::kThreads) forward_kernel(AttentionParams params) {
   char* shared = reinterpret_cast<char*>(dynamic_shared_memory());
-  flash::forward_block<kHeadDim>(params, shared, query_tile_coordinates(), int(threadIdx.x));
+  flash::forward_block<kHeadDim, kRowBlocks>(params, shared, query_tile_coordinates(),
+                                             int(threadIdx.x));
 }
 
 template <int kHeadDim>
@@ -152,11 +153,20 @@ void launch_tiles(Kernel kernel, int shared_bytes, int tiles, int heads,
   CUDA_CHECK_LAUNCH();
 }
 
+// A forward query tile of kRowBlocks blocks of 64 rows.
+template <int kHeadDim, int kRowBlocks>
+void forward_with_row_blocks(const AttentionParams& params, const DeviceOffsets& offsets) {
+  int tiles = ceil_div(offsets.max_seqlen, kRowBlocks * flash::kTileRows);
+  launch_tiles(forward_kernel<kHeadDim, kRowBlocks>,
+               flash::forward_shared_bytes<kHeadDim, kRowBlocks>(), tiles, params.heads, offsets,
+               params);
+}
+
 template <int kHeadDim>
-void forward_for_head_dim(const AttentionParams& params, const DeviceOffsets& offsets) {
-  int tiles = ceil_div(offsets.max_seqlen, flash::kTileRows);
-  launch_tiles(forward_kernel<kHeadDim>, flash::forward_shared_bytes<kHeadDim>(), tiles,
-               params.heads, offsets, params);
+void forward_for_head_dim(const AttentionParams& params, const DeviceOffsets& offsets,
+                          ForwardQueryTile tile) {
+  if (tile == ForwardQueryTile::rows128) forward_with_row_blocks<kHeadDim, 2>(params, offsets);
+  else forward_with_row_blocks<kHeadDim, 1>(params, offsets);
 }
 
 template <int kHeadDim>
@@ -177,12 +187,18 @@ void backward_for_head_dim(const AttentionParams& params, const DeviceOffsets& o
 void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
                        const Tensor& v, const std::vector<int32_t>& cu_seqlens,
                        const AttentionShape& shape) {
+  attention_forward(out, lse, q, k, v, cu_seqlens, shape, kDefaultForwardQueryTile);
+}
+
+void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
+                       const Tensor& v, const std::vector<int32_t>& cu_seqlens,
+                       const AttentionShape& shape, ForwardQueryTile tile) {
   AttentionParams params = make_params(q, k, v, out, lse, shape);
   if (params.tokens == 0) return;
   DeviceOffsets offsets = upload_offsets(cu_seqlens);
   params.cu_seqlens = offsets.data;
-  if (shape.head_dim == 64) forward_for_head_dim<64>(params, offsets);
-  else if (shape.head_dim == 128) forward_for_head_dim<128>(params, offsets);
+  if (shape.head_dim == 64) forward_for_head_dim<64>(params, offsets, tile);
+  else if (shape.head_dim == 128) forward_for_head_dim<128>(params, offsets, tile);
   else rowwise::forward(params, offsets.sequences, shape.head_dim);
 }
 

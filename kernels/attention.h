@@ -54,6 +54,16 @@ namespace cuda {
 void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
                        const Tensor& v, const std::vector<int32_t>& cu_seqlens,
                        const AttentionShape& shape);
+// The flash forward's query tile (head dims 64 and 128): 64 rows, 16 per warp, or 128 rows, 32
+// per warp (each K/V fragment read from shared memory then serves twice the rows). The op above
+// runs kDefaultForwardQueryTile; the tests and attention_bench run both. Both give the same bits:
+// each output sums the same products in the same order, and the key tiles a 128-row tile visits
+// for one of its row blocks are fully masked, adding exact zeros, for the other.
+enum class ForwardQueryTile { rows64, rows128 };
+constexpr ForwardQueryTile kDefaultForwardQueryTile = ForwardQueryTile::rows64;
+void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
+                       const Tensor& v, const std::vector<int32_t>& cu_seqlens,
+                       const AttentionShape& shape, ForwardQueryTile tile);
 void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
                         const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, const std::vector<int32_t>& cu_seqlens,

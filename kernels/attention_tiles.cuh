@@ -1,7 +1,8 @@
 // The per-block bodies of the flash attention kernels (see kernels/attention.h for the math and
 // kernels/attention.cu for the launches). Every block has 4 warps and works on 64-row tiles; each
-// warp owns 16 rows of the block's tile, so the softmax statistics and the gradient rows it
-// accumulates never leave the warp's registers and no two warps write the same output.
+// warp owns 16 rows of the block's tile (the forward can also take 128-query tiles, 32 rows per
+// warp), so the softmax statistics and the gradient rows it accumulates never leave the warp's
+// registers and no two warps write the same output.
 //
 // Shared-memory tiles hold 64 rows x head_dim bf16. The 16-byte chunk c of row r is stored at
 // chunk c ^ (r % 8): the eight row addresses an ldmatrix reads then fall in eight different bank
@@ -79,11 +80,12 @@ CST_FLASH_DEVICE bool tiles_fully_visible(int query0, int key0, int seq_len, int
          (window == 0 || key0 > query_last - window);
 }
 
-// Key tiles that hold at least one key visible to some query of the tile [query0, query0 + 64).
-CST_FLASH_DEVICE void key_tile_range(int query0, int seq_len, int window, int& first,
-                                     int& last) {
+// Key tiles that hold at least one key visible to some query of the tile [query0, query0 +
+// query_rows).
+CST_FLASH_DEVICE void key_tile_range(int query0, int query_rows, int seq_len, int window,
+                                     int& first, int& last) {
   int first_key = window == 0 ? 0 : max(0, query0 - window + 1);
-  int last_key = min(query0 + kTileRows - 1, seq_len - 1);
+  int last_key = min(query0 + query_rows - 1, seq_len - 1);
   first = first_key / kTileRows;
   last = last_key / kTileRows;
 }
@@ -172,12 +174,13 @@ struct KeyTileStream {
   }
 };
 
-// The stream of the query tile at query0, its buffers at k_tiles (two K tiles, then two V tiles).
+// The stream of the query tile [query0, query0 + query_rows), its buffers at k_tiles (two K
+// tiles, then two V tiles).
 template <int kHeadDim>
-CST_FLASH_DEVICE KeyTileStream<kHeadDim> key_tile_stream(bf16* k_tiles, int query0, int seq_len,
-                                                         int window) {
+CST_FLASH_DEVICE KeyTileStream<kHeadDim> key_tile_stream(bf16* k_tiles, int query0, int query_rows,
+                                                         int seq_len, int window) {
   KeyTileStream<kHeadDim> stream{k_tiles, k_tiles + 2 * KeyTileStream<kHeadDim>::kTileElements, 0, 0};
-  key_tile_range(query0, seq_len, window, stream.first_tile, stream.last_tile);
+  key_tile_range(query0, query_rows, seq_len, window, stream.first_tile, stream.last_tile);
   return stream;
 }
 
@@ -228,45 +231,78 @@ CST_FLASH_DEVICE void load_b_fragments_of_cols(uint32_t (&b)[4], const bf16* til
 
 // ---- warp-level products ----
 
-// scores (16 x kColumns) = rows [row0, row0+16) of `left` times rows [right_row0, right_row0 +
-// kColumns) of `right`, transposed: both tiles are row-major over the head dimension.
-template <int kHeadDim, int kColumns>
-CST_FLASH_DEVICE void multiply_rows_by_rows(float (&scores)[kColumns / 8][4], const bf16* left,
-                                            int row0, const bf16* right, int right_row0,
-                                            int lane) {
-  for (int n = 0; n < kColumns / 8; ++n)
-    for (int e = 0; e < 4; ++e) scores[n][e] = 0.0f;
+// scores[r] (16 x kColumns) = rows [row0 + 64 r, row0 + 64 r + 16) of `left` times rows
+// [right_row0, right_row0 + kColumns) of `right`, transposed, for each of kRowBlocks row blocks:
+// both tiles are row-major over the head dimension. Each B fragment of `right` is loaded once and
+// serves every row block, so more row blocks per warp mean fewer shared-memory reads per FLOP.
+template <int kHeadDim, int kColumns, int kRowBlocks>
+CST_FLASH_DEVICE void multiply_row_blocks_by_rows(float (&scores)[kRowBlocks][kColumns / 8][4],
+                                                  const bf16* left, int row0, const bf16* right,
+                                                  int right_row0, int lane) {
+  for (int r = 0; r < kRowBlocks; ++r)
+    for (int n = 0; n < kColumns / 8; ++n)
+      for (int e = 0; e < 4; ++e) scores[r][n][e] = 0.0f;
   for (int step = 0; step < kHeadDim / 16; ++step) {
-    uint32_t a[4];
-    load_a_fragment<kHeadDim>(a, left, row0, step * 16, lane);
+    uint32_t a[kRowBlocks][4];
+    for (int r = 0; r < kRowBlocks; ++r)
+      load_a_fragment<kHeadDim>(a[r], left, row0 + r * kTileRows, step * 16, lane);
     for (int block16 = 0; block16 < kColumns / 16; ++block16) {
       uint32_t b[4];
       load_b_fragments_of_rows<kHeadDim>(b, right, right_row0 + block16 * 16, step * 16, lane);
-      mma_bf16_16x8x16(scores[2 * block16], a, b[0], b[1]);
-      mma_bf16_16x8x16(scores[2 * block16 + 1], a, b[2], b[3]);
+      for (int r = 0; r < kRowBlocks; ++r) {
+        mma_bf16_16x8x16(scores[r][2 * block16], a[r], b[0], b[1]);
+        mma_bf16_16x8x16(scores[r][2 * block16 + 1], a[r], b[2], b[3]);
+      }
     }
   }
 }
 
-// accumulator (16 x D) += weights (16 x kRows, in C layout) times rows [row0, row0 + kRows) of
-// the tile `right` (row-major, 64 x D). A C fragment pair of n8 tiles is exactly the A fragment
-// of one k16 step, after rounding to bf16.
+// The same for one row block: scores (16 x kColumns) from rows [row0, row0 + 16) of `left`.
+template <int kHeadDim, int kColumns>
+CST_FLASH_DEVICE void multiply_rows_by_rows(float (&scores)[kColumns / 8][4], const bf16* left,
+                                            int row0, const bf16* right, int right_row0,
+                                            int lane) {
+  multiply_row_blocks_by_rows<kHeadDim, kColumns, 1>(
+      reinterpret_cast<float (&)[1][kColumns / 8][4]>(scores), left, row0, right, right_row0, lane);
+}
+
+// accumulator[r] (16 x D) += weights[r] (16 x kRows, in C layout) times rows [row0, row0 + kRows)
+// of the tile `right` (row-major, 64 x D), for each of kRowBlocks row blocks; each B fragment is
+// loaded once for all of them. A C fragment pair of n8 tiles is exactly the A fragment of one k16
+// step, after rounding to bf16.
+template <int kHeadDim, int kRows, int kRowBlocks>
+CST_FLASH_DEVICE void accumulate_row_blocks_times_tile(
+    float (&accumulator)[kRowBlocks][kHeadDim / 8][4],
+    const float (&weights)[kRowBlocks][kRows / 8][4], const bf16* right, int row0, int lane) {
+  for (int step = 0; step < kRows / 16; ++step) {
+    uint32_t a[kRowBlocks][4];
+    for (int r = 0; r < kRowBlocks; ++r) {
+      const float* low = weights[r][2 * step];
+      const float* high = weights[r][2 * step + 1];
+      a[r][0] = pack_bf16x2(low[0], low[1]);
+      a[r][1] = pack_bf16x2(low[2], low[3]);
+      a[r][2] = pack_bf16x2(high[0], high[1]);
+      a[r][3] = pack_bf16x2(high[2], high[3]);
+    }
+    for (int col16 = 0; col16 < kHeadDim / 16; ++col16) {
+      uint32_t b[4];
+      load_b_fragments_of_cols<kHeadDim>(b, right, row0 + step * 16, col16 * 16, lane);
+      for (int r = 0; r < kRowBlocks; ++r) {
+        mma_bf16_16x8x16(accumulator[r][2 * col16], a[r], b[0], b[1]);
+        mma_bf16_16x8x16(accumulator[r][2 * col16 + 1], a[r], b[2], b[3]);
+      }
+    }
+  }
+}
+
+// The same for one row block.
 template <int kHeadDim, int kRows>
 CST_FLASH_DEVICE void accumulate_weights_times_tile(float (&accumulator)[kHeadDim / 8][4],
                                                     const float (&weights)[kRows / 8][4],
                                                     const bf16* right, int row0, int lane) {
-  for (int step = 0; step < kRows / 16; ++step) {
-    const float* low = weights[2 * step];
-    const float* high = weights[2 * step + 1];
-    uint32_t a[4] = {pack_bf16x2(low[0], low[1]), pack_bf16x2(low[2], low[3]),
-                     pack_bf16x2(high[0], high[1]), pack_bf16x2(high[2], high[3])};
-    for (int col16 = 0; col16 < kHeadDim / 16; ++col16) {
-      uint32_t b[4];
-      load_b_fragments_of_cols<kHeadDim>(b, right, row0 + step * 16, col16 * 16, lane);
-      mma_bf16_16x8x16(accumulator[2 * col16], a, b[0], b[1]);
-      mma_bf16_16x8x16(accumulator[2 * col16 + 1], a, b[2], b[3]);
-    }
-  }
+  accumulate_row_blocks_times_tile<kHeadDim, kRows, 1>(
+      reinterpret_cast<float (&)[1][kHeadDim / 8][4]>(accumulator),
+      reinterpret_cast<const float (&)[1][kRows / 8][4]>(weights), right, row0, lane);
 }
 
 // Element e of n8 tile n of a C fragment sits at (row, col) of the 16-row warp tile.
@@ -305,83 +341,114 @@ constexpr int backward_score_columns() {
 
 // ---- forward: one block per (query tile, query head, sequence) ----
 
+// Folds one key tile's scores (16 rows x 64 keys of a warp, log2 domain, masked keys -inf) into
+// the online softmax of this thread's two rows: the running output and sum are rescaled by
+// exp2(old max - new max), and scores become the tile's weights relative to the new max.
 template <int kHeadDim>
+CST_FLASH_DEVICE void online_softmax_step(float (&scores)[kTileRows / 8][4], float (&row_max)[2],
+                                          float (&row_sum)[2], float (&output)[kHeadDim / 8][4]) {
+  for (int half = 0; half < 2; ++half) {
+    float tile_max = -INFINITY;
+    for (int n = 0; n < kTileRows / 8; ++n)
+      tile_max = fmaxf(tile_max, fmaxf(scores[n][2 * half], scores[n][2 * half + 1]));
+    float new_max = fmaxf(row_max[half], quad_max(tile_max));
+    // A row that has seen no visible key yet keeps max -inf; subtracting 0 then keeps
+    // exp2(-inf - base) = 0 instead of the NaN of (-inf) - (-inf).
+    float base = new_max == -INFINITY ? 0.0f : new_max;
+    float correction = fast_exp2(row_max[half] - base);
+    row_max[half] = new_max;
+    float tile_sum = 0.0f;
+    for (int n = 0; n < kTileRows / 8; ++n)
+      for (int e = 2 * half; e < 2 * half + 2; ++e) {
+        scores[n][e] = fast_exp2(scores[n][e] - base);
+        tile_sum += scores[n][e];
+      }
+    row_sum[half] = row_sum[half] * correction + tile_sum;
+    for (int n = 0; n < kHeadDim / 8; ++n) {
+      output[n][2 * half] *= correction;
+      output[n][2 * half + 1] *= correction;
+    }
+  }
+}
+
+// A forward query tile is kRowBlocks blocks of 64 rows; warp w owns rows 64 r + 16 w .. + 15 of
+// each block r. With two blocks (128-query tiles, 32 rows per warp) every K and V fragment a warp
+// loads from shared memory serves twice the rows, at the price of twice the registers for the
+// output and the scores.
+template <int kHeadDim, int kRowBlocks>
 CST_FLASH_DEVICE void forward_block(const AttentionParams& p, char* shared, TileCoordinates at,
                                     int thread) {
+  constexpr int kQueryRows = kRowBlocks * kTileRows;
   const int lane = thread % 32, warp_row0 = (thread / 32) * 16;
   const int seq_start = p.cu_seqlens[at.sequence];
   const int seq_len = p.cu_seqlens[at.sequence + 1] - seq_start;
-  const int query0 = at.tile * kTileRows;
+  const int query0 = at.tile * kQueryRows;
   if (query0 >= seq_len) return;  // the whole block leaves together: tiles past a short sequence
   const int kv_head = at.head / (p.heads / p.kv_heads);
   const float scale_log2 = p.scale * kLog2e;
 
-  bf16* q_tile = reinterpret_cast<bf16*>(shared);
-  const KeyTileStream<kHeadDim> keys =
-      key_tile_stream<kHeadDim>(q_tile + kTileRows * kHeadDim, query0, seq_len, p.window);
+  bf16* q_tile = reinterpret_cast<bf16*>(shared);  // kQueryRows x D: the row blocks in order
+  const KeyTileStream<kHeadDim> keys = key_tile_stream<kHeadDim>(
+      q_tile + kQueryRows * kHeadDim, query0, kQueryRows, seq_len, p.window);
   auto load_key_tile = [&](int i, int buffer) {
     keys.load(i, buffer, p, seq_start, seq_len, kv_head, thread);
   };
-  const TileSource query_rows = tile_source(seq_start, seq_len, query0, at.head);
-  load_tile_async<kHeadDim>(q_tile, p.q, p.heads, query_rows, thread);
+  // Row block r: the 64 queries from query0 + 64 r (none of them valid past the sequence's end).
+  auto query_rows = [&](int r) {
+    return tile_source(seq_start, seq_len, query0 + r * kTileRows, at.head);
+  };
+  for (int r = 0; r < kRowBlocks; ++r)
+    load_tile_async<kHeadDim>(q_tile + r * kTileRows * kHeadDim, p.q, p.heads, query_rows(r),
+                              thread);
   load_key_tile(0, 0);
 
-  // Online softmax state for this thread's two rows (log2 domain: x = scale * log2(e) * s).
-  float output[kHeadDim / 8][4] = {};
-  float row_max[2] = {-INFINITY, -INFINITY};
-  float row_sum[2] = {0.0f, 0.0f};  // this thread's share; the quad's shares are summed at the end
+  // Online softmax state for this thread's two rows of each block (log2 domain: x = scale *
+  // log2(e) * s); row_sum is this thread's share, the quad's shares are summed at the end.
+  float output[kRowBlocks][kHeadDim / 8][4] = {};
+  float row_max[kRowBlocks][2], row_sum[kRowBlocks][2];
+  #pragma unroll
+  for (int r = 0; r < kRowBlocks; ++r)
+    for (int half = 0; half < 2; ++half) {
+      row_max[r][half] = -INFINITY;
+      row_sum[r][half] = 0.0f;
+    }
 
   double_buffered_loop(keys.count(), load_key_tile, [&](int i, int buffer) {
-    const bf16* k_tile = keys.k(buffer);
-    const bf16* v_tile = keys.v(buffer);
     const int key0 = keys.key0(i);
-
-    float scores[8][4];
-    multiply_rows_by_rows<kHeadDim, kTileRows>(scores, q_tile, warp_row0, k_tile, 0, lane);
-    const bool masked = !tiles_fully_visible(query0, key0, seq_len, p.window);
-    for (int n = 0; n < 8; ++n)
-      for (int e = 0; e < 4; ++e) {
-        int query = query0 + warp_row0 + fragment_row(lane, e);
-        int key = key0 + fragment_col(lane, n, e);
-        bool visible = !masked || key_visible(query, key, seq_len, p.window);
-        scores[n][e] = visible ? scores[n][e] * scale_log2 : -INFINITY;
-      }
-
-    for (int half = 0; half < 2; ++half) {
-      float tile_max = -INFINITY;
-      for (int n = 0; n < 8; ++n)
-        tile_max = fmaxf(tile_max, fmaxf(scores[n][2 * half], scores[n][2 * half + 1]));
-      float new_max = fmaxf(row_max[half], quad_max(tile_max));
-      // A row that has seen no visible key yet keeps max -inf; subtracting 0 then keeps
-      // exp2(-inf - base) = 0 instead of the NaN of (-inf) - (-inf).
-      float base = new_max == -INFINITY ? 0.0f : new_max;
-      float correction = fast_exp2(row_max[half] - base);
-      row_max[half] = new_max;
-      float tile_sum = 0.0f;
-      for (int n = 0; n < 8; ++n)
-        for (int e = 2 * half; e < 2 * half + 2; ++e) {
-          scores[n][e] = fast_exp2(scores[n][e] - base);
-          tile_sum += scores[n][e];
+    float scores[kRowBlocks][kTileRows / 8][4];
+    multiply_row_blocks_by_rows<kHeadDim, kTileRows, kRowBlocks>(scores, q_tile, warp_row0,
+                                                                 keys.k(buffer), 0, lane);
+    #pragma unroll
+    for (int r = 0; r < kRowBlocks; ++r) {
+      const int block_query0 = query0 + r * kTileRows;
+      const bool masked = !tiles_fully_visible(block_query0, key0, seq_len, p.window);
+      for (int n = 0; n < kTileRows / 8; ++n)
+        for (int e = 0; e < 4; ++e) {
+          int query = block_query0 + warp_row0 + fragment_row(lane, e);
+          int key = key0 + fragment_col(lane, n, e);
+          bool visible = !masked || key_visible(query, key, seq_len, p.window);
+          scores[r][n][e] = visible ? scores[r][n][e] * scale_log2 : -INFINITY;
         }
-      row_sum[half] = row_sum[half] * correction + tile_sum;
-      for (int n = 0; n < kHeadDim / 8; ++n) {
-        output[n][2 * half] *= correction;
-        output[n][2 * half + 1] *= correction;
-      }
+      online_softmax_step<kHeadDim>(scores[r], row_max[r], row_sum[r], output[r]);
     }
-    accumulate_weights_times_tile<kHeadDim, kTileRows>(output, scores, v_tile, 0, lane);
+    accumulate_row_blocks_times_tile<kHeadDim, kTileRows, kRowBlocks>(output, scores,
+                                                                      keys.v(buffer), 0, lane);
   });
 
-  float inverse_sum[2];
-  for (int half = 0; half < 2; ++half) {
-    float total = quad_sum(row_sum[half]);
-    inverse_sum[half] = total > 0.0f ? 1.0f / total : 0.0f;
-    int row = warp_row0 + fragment_row(lane, 2 * half);
-    if (lane % 4 == 0 && query0 + row < seq_len)
-      p.lse[int64_t(at.head) * p.tokens + seq_start + query0 + row] =
-          (row_max[half] + log2f(total)) * kLn2;
+  #pragma unroll
+  for (int r = 0; r < kRowBlocks; ++r) {
+    const int block_query0 = query0 + r * kTileRows;
+    float inverse_sum[2];
+    for (int half = 0; half < 2; ++half) {
+      float total = quad_sum(row_sum[r][half]);
+      inverse_sum[half] = total > 0.0f ? 1.0f / total : 0.0f;
+      int row = warp_row0 + fragment_row(lane, 2 * half);
+      if (lane % 4 == 0 && block_query0 + row < seq_len)
+        p.lse[int64_t(at.head) * p.tokens + seq_start + block_query0 + row] =
+            (row_max[r][half] + log2f(total)) * kLn2;
+    }
+    store_rows<kHeadDim>(p.out, p.heads, query_rows(r), warp_row0, output[r], inverse_sum, lane);
   }
-  store_rows<kHeadDim>(p.out, p.heads, query_rows, warp_row0, output, inverse_sum, lane);
 }
 
 // ---- backward ----
@@ -502,7 +569,8 @@ CST_FLASH_DEVICE void backward_dq_block(const AttentionParams& p, char* shared,
   bf16* q_tile = reinterpret_cast<bf16*>(shared);
   bf16* dout_tile = q_tile + kTileRows * kHeadDim;
   const KeyTileStream<kHeadDim> keys =
-      key_tile_stream<kHeadDim>(dout_tile + kTileRows * kHeadDim, query0, seq_len, p.window);
+      key_tile_stream<kHeadDim>(dout_tile + kTileRows * kHeadDim, query0, kTileRows, seq_len,
+                                p.window);
   auto load_key_tile = [&](int i, int buffer) {
     keys.load(i, buffer, p, seq_start, seq_len, kv_head, thread);
   };
@@ -551,9 +619,9 @@ CST_FLASH_DEVICE void backward_dq_block(const AttentionParams& p, char* shared,
 }
 
 // Dynamic shared memory of each kernel, in bytes.
-template <int kHeadDim>
+template <int kHeadDim, int kRowBlocks>
 constexpr int forward_shared_bytes() {
-  return 5 * kTileRows * kHeadDim * int(sizeof(bf16));  // Q + 2 K + 2 V
+  return (kRowBlocks + 4) * kTileRows * kHeadDim * int(sizeof(bf16));  // Q + 2 K + 2 V
 }
 template <int kHeadDim>
 constexpr int dkdv_shared_bytes() {  // K + V + 2 Q + 2 dO, and 2 x 64 lse and D

@@ -135,6 +135,17 @@ TEST_P(AttentionCuda, MatchesCpuReference) {
   EXPECT_EQ(to_host_f32(again_dq), to_host_f32(gpu_dq)) << "dq differs between two runs";
   EXPECT_EQ(to_host_f32(again_dk), to_host_f32(gpu_dk)) << "dk differs between two runs";
   EXPECT_EQ(to_host_f32(again_dv), to_host_f32(gpu_dv)) << "dv differs between two runs";
+
+  // Each forward query tile gives the op's bits (kernels/attention.h: the same sums in the same
+  // order).
+  for (auto tile : {cuda::ForwardQueryTile::rows64, cuda::ForwardQueryTile::rows128}) {
+    OwnedTensor tile_out(q_shape, DType::bf16, Device::cuda);
+    OwnedTensor tile_lse(lse_shape, DType::f32, Device::cuda);
+    cuda::attention_forward(tile_out, tile_lse, gpu_q, gpu_k, gpu_v, cu_seqlens, shape, tile);
+    const char* name = tile == cuda::ForwardQueryTile::rows64 ? "64" : "128";
+    EXPECT_EQ(to_host_f32(tile_out), out_from_gpu) << "out of the " << name << "-query tiles";
+    EXPECT_EQ(to_host_f32(tile_lse), lse_from_gpu) << "lse of the " << name << "-query tiles";
+  }
 }
 
 // Lengths cover 0, 1, odd lengths, exact tiles (64) and tails (65, 130, 200); windows below, at and

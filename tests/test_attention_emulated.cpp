@@ -154,19 +154,32 @@ std::string run_rowwise_kernels(const flash::AttentionParams& p, int sequences, 
   return error;
 }
 
-// The forward and the three backward kernels, in the order kernels/attention.cu launches them,
-// for the sequences from first_sequence on, whose first token is first_token.
+// The forward kernel with query tiles of kRowBlocks x 64 rows, for the sequences from
+// first_sequence on; the longest has `longest` tokens.
+template <int kHeadDim, int kRowBlocks>
+std::string run_forward(const flash::AttentionParams& p, int longest, int first_sequence,
+                        int sequences) {
+  constexpr int kQueryRows = kRowBlocks * flash::kTileRows;
+  return launch_tiles((longest + kQueryRows - 1) / kQueryRows, p.heads, first_sequence, sequences,
+                      flash::forward_shared_bytes<kHeadDim, kRowBlocks>(),
+                      [&](char* shared, flash::TileCoordinates at, int thread) {
+                        flash::forward_block<kHeadDim, kRowBlocks>(p, shared, at, thread);
+                      });
+}
+
+// The forward (64-query tiles) and the three backward kernels, in the order kernels/attention.cu
+// launches them, for the sequences from first_sequence on, whose first token is first_token.
 template <int kHeadDim>
-std::string run_kernels(const flash::AttentionParams& p, int tiles, int first_sequence,
+std::string run_kernels(const flash::AttentionParams& p, int longest, int first_sequence,
                         int sequences, int64_t first_token) {
+  const int tiles = (longest + flash::kTileRows - 1) / flash::kTileRows;
   auto for_blocks = [&](int heads, int shared_bytes, auto block_function) {
     return launch_tiles(tiles, heads, first_sequence, sequences, shared_bytes,
                         [&](char* shared, flash::TileCoordinates at, int thread) {
                           block_function(p, shared, at, thread);
                         });
   };
-  std::string error = for_blocks(p.heads, flash::forward_shared_bytes<kHeadDim>(),
-                                 flash::forward_block<kHeadDim>);
+  std::string error = run_forward<kHeadDim, 1>(p, longest, first_sequence, sequences);
   if (error.empty()) error = launch_dout_dot_out<kHeadDim>(p, first_token * p.heads);
   if (error.empty())
     error = for_blocks(p.kv_heads, flash::dkdv_shared_bytes<kHeadDim>(),
@@ -273,11 +286,16 @@ TEST_P(AttentionEmulated, MatchesCpuReference) {
                            v = fill_bf16(gpu->v, kv_rows, rng, 1.0),
                            dout = fill_bf16(gpu->dout, q_rows, rng, 1.0);
   // Every output the checked sequences own starts as NaN, so one left unwritten fails the test.
-  for (auto* output : {&gpu->out, &gpu->dq}) output->poison(q_rows.first(), q_rows.count());
+  auto poison_forward_outputs = [&] {
+    gpu->out.poison(q_rows.first(), q_rows.count());
+    for (int64_t h = 0; h < heads; ++h)
+      gpu->lse.poison(size_t(h * tokens + first_token), size_t(checked_tokens));
+  };
+  poison_forward_outputs();
+  gpu->dq.poison(q_rows.first(), q_rows.count());
   for (auto* output : {&gpu->dk, &gpu->dv}) output->poison(kv_rows.first(), kv_rows.count());
   for (int64_t h = 0; h < heads; ++h)
-    for (auto* output : {&gpu->lse, &gpu->dout_dot_out})
-      output->poison(size_t(h * tokens + first_token), size_t(checked_tokens));
+    gpu->dout_dot_out.poison(size_t(h * tokens + first_token), size_t(checked_tokens));
 
   flash::AttentionParams params;
   params.q = gpu->q.data();
@@ -301,9 +319,8 @@ TEST_P(AttentionEmulated, MatchesCpuReference) {
   const int first_sequence = c.skipped_tokens > 0 ? 1 : 0;
   const int sequences = int(cu_seqlens.size()) - 1;
   const int longest = *std::max_element(c.lengths.begin(), c.lengths.end());
-  const int tiles = (longest + flash::kTileRows - 1) / flash::kTileRows;
-  ASSERT_EQ(dim == 64    ? run_kernels<64>(params, tiles, first_sequence, sequences, first_token)
-            : dim == 128 ? run_kernels<128>(params, tiles, first_sequence, sequences, first_token)
+  ASSERT_EQ(dim == 64    ? run_kernels<64>(params, longest, first_sequence, sequences, first_token)
+            : dim == 128 ? run_kernels<128>(params, longest, first_sequence, sequences, first_token)
                          : run_rowwise_kernels(params, sequences, int(dim), first_token),
             "");
 
@@ -344,6 +361,17 @@ TEST_P(AttentionEmulated, MatchesCpuReference) {
   errors << std::scientific << std::setprecision(2) << "out " << out_error << " lse " << lse_error
          << " dq " << dq_error << " dk " << dk_error << " dv " << dv_error;
   RecordProperty("relative_errors", errors.str());
+
+  // The forward with 128-query tiles (32 rows per warp) gives the same bits (kernels/attention.h).
+  if (dim == 64 || dim == 128) {
+    poison_forward_outputs();
+    const std::string error =
+        dim == 64 ? run_forward<64, 2>(params, longest, first_sequence, sequences)
+                  : run_forward<128, 2>(params, longest, first_sequence, sequences);
+    ASSERT_EQ(error, "");
+    EXPECT_EQ(read_rows(gpu->out, q_rows), gpu_out) << "out of the 128-query tiles";
+    EXPECT_EQ(read_lse(gpu->lse, heads, tokens, first_token), gpu_lse) << "lse of the 128-query tiles";
+  }
 
   EXPECT_TRUE(gpu->out.guards_intact() && gpu->lse.guards_intact() && gpu->dq.guards_intact() &&
               gpu->dk.guards_intact() && gpu->dv.guards_intact() &&

@@ -1,5 +1,7 @@
 // Flash attention speed: TFLOP/s of the forward and backward at head dim 128, causal, 32 query
-// heads over 8 key/value heads, 16k tokens per batch split into equal sequences of 512..4096.
+// heads over 8 key/value heads, 16k tokens per batch split into equal sequences of 512..4096; the
+// forward also with each query tile (64 rows, 16 per warp; 128 rows, 32 per warp), which give
+// the same bits, so that one run tells which to make the default.
 // Causal FLOPs count only the visible half: forward 4 * N * T * H * D / 2 (two matmuls, 2 FLOPs
 // per multiply-add) for N tokens in sequences of T; backward 2.5x that (five matmuls, none
 // recounted for the recomputation it does). tools/python/bench_sdpa.py prints the same table for
@@ -71,6 +73,12 @@ void forward(const Inputs& in, const std::vector<int32_t>& cu_seqlens,
   cst::attention_forward(in.out, in.lse, in.q, in.k, in.v, cu_seqlens, shape);
 }
 
+// The forward with a chosen query tile (the op above runs cst::cuda::kDefaultForwardQueryTile).
+void forward_with_tile(const Inputs& in, const std::vector<int32_t>& cu_seqlens,
+                       const cst::AttentionShape& shape, cst::cuda::ForwardQueryTile tile) {
+  cst::cuda::attention_forward(in.out, in.lse, in.q, in.k, in.v, cu_seqlens, shape, tile);
+}
+
 void backward(const Inputs& in, const std::vector<int32_t>& cu_seqlens,
               const cst::AttentionShape& shape) {
   cst::attention_backward(in.dq, in.dk, in.dv, in.dout, in.q, in.k, in.v, in.out, in.lse,
@@ -111,6 +119,11 @@ nlohmann::json benchmark(int seqlen) {
   forward(in, cu_seqlens, kShape);  // backward needs a real out and lse
   double forward_ms = time_ms([&] { forward(in, cu_seqlens, kShape); }, 20);
   double backward_ms = time_ms([&] { backward(in, cu_seqlens, kShape); }, 20);
+  auto forward_tile_ms = [&](cst::cuda::ForwardQueryTile tile) {
+    return time_ms([&] { forward_with_tile(in, cu_seqlens, kShape, tile); }, 20);
+  };
+  double forward_64_ms = forward_tile_ms(cst::cuda::ForwardQueryTile::rows64);
+  double forward_128_ms = forward_tile_ms(cst::cuda::ForwardQueryTile::rows128);
   double forward_flops = 4.0 * double(kTokens) * seqlen * kShape.heads * kShape.head_dim / 2;
   double backward_flops = 2.5 * forward_flops;
   return {{"seqlen", seqlen},
@@ -120,6 +133,8 @@ nlohmann::json benchmark(int seqlen) {
           {"head_dim", kShape.head_dim},
           {"forward_ms", forward_ms},
           {"forward_tflops", forward_flops / forward_ms * 1e-9},
+          {"forward_64_query_tile_tflops", forward_flops / forward_64_ms * 1e-9},
+          {"forward_128_query_tile_tflops", forward_flops / forward_128_ms * 1e-9},
           {"backward_ms", backward_ms},
           {"backward_tflops", backward_flops / backward_ms * 1e-9}};
 }
@@ -206,14 +221,16 @@ int run(int argc, char** argv) {
     return 0;
   }
   std::printf("cst flash attention, head_dim 128, causal, 32 heads / 8 kv heads, 16384 tokens\n");
-  std::printf("%8s %6s %10s %10s %10s %10s\n", "seqlen", "batch", "fwd ms", "fwd TF/s", "bwd ms",
-              "bwd TF/s");
+  std::printf("%8s %6s %10s %10s %10s %10s %12s %12s\n", "seqlen", "batch", "fwd ms", "fwd TF/s",
+              "bwd ms", "bwd TF/s", "fwd64 TF/s", "fwd128 TF/s");
   nlohmann::json rows = nlohmann::json::array();
   for (int seqlen : {512, 1024, 2048, 4096}) {
     nlohmann::json row = benchmark(seqlen);
-    std::printf("%8d %6d %10.3f %10.1f %10.3f %10.1f\n", seqlen, row["batch"].get<int>(),
+    std::printf("%8d %6d %10.3f %10.1f %10.3f %10.1f %12.1f %12.1f\n", seqlen, row["batch"].get<int>(),
                 row["forward_ms"].get<double>(), row["forward_tflops"].get<double>(),
-                row["backward_ms"].get<double>(), row["backward_tflops"].get<double>());
+                row["backward_ms"].get<double>(), row["backward_tflops"].get<double>(),
+                row["forward_64_query_tile_tflops"].get<double>(),
+                row["forward_128_query_tile_tflops"].get<double>());
     rows.push_back(row);
   }
   if (!json_path.empty()) {
