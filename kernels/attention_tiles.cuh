@@ -403,7 +403,9 @@ CST_FLASH_DEVICE void forward_block(const AttentionParams& p, char* shared, Tile
   load_key_tile(0, 0);
 
   // Online softmax state for this thread's two rows of each block (log2 domain: x = scale *
-  // log2(e) * s); row_sum is this thread's share, the quad's shares are summed at the end.
+  // log2(e) * s); row_sum is this thread's share, the quad's shares are summed at the end. The
+  // loops over row blocks are unrolled: indexed at run time, these arrays would live in local
+  // memory instead of registers.
   float output[kRowBlocks][kHeadDim / 8][4] = {};
   float row_max[kRowBlocks][2], row_sum[kRowBlocks][2];
   #pragma unroll
