@@ -280,10 +280,16 @@ void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, co
   }
 }
 
+AttentionBackward attention_backward_by_name(const std::string& name, const char* what) {
+  if (name == "deterministic") return AttentionBackward::deterministic;
+  if (name == "atomic_dq") return AttentionBackward::atomic_dq;
+  fail(what, ": expected deterministic or atomic_dq, got '", name, "'");
+}
+
 void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
                         const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, const std::vector<int32_t>& cu_seqlens,
-                        const AttentionShape& shape) {
+                        const AttentionShape& shape, AttentionBackward mode) {
   const char* op = "attention_backward";
   Device device = common_device(op, dq, dk, dv, dout, q, k, v, out, lse);
   AttentionGeometry g = attention_check(op, q, k, v, out, lse, cu_seqlens, shape);
@@ -293,7 +299,7 @@ void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, co
   check_dims(dv, {g.tokens, g.kv_heads, g.head_dim}, op, "dv");
   if (device == Device::cuda)
     return CST_ON_CUDA(
-        cuda::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, shape));
+        cuda::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, shape, mode));
   check_f32(op, {{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}, {&dout, "dout"}});
   check_f32(op, {{&q, "q"}, {&k, "k"}, {&v, "v"}, {&out, "out"}});
 

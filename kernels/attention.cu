@@ -7,8 +7,10 @@
 //   dK, dV       grid (key tiles, KVH, S): loops over the group's query heads and query tiles
 //   dQ           grid (query tiles, H, S): loops over key tiles
 // Every output element is written by exactly one thread, after a fixed sequence of additions,
-// so the results are bitwise reproducible from run to run. Head dims other than 64 and 128 (the
-// small test and demo models) go to the plain kernels of kernels/attention_rowwise.cuh.
+// so the results are bitwise reproducible from run to run. With AttentionBackward::atomic_dq
+// the dK/dV blocks also add dQ to a zeroed f32 accumulator with atomics, and a last kernel
+// scales it into dq, instead of the dQ kernel. Head dims other than 64 and 128 (the small test
+// and demo models) go to the plain kernels of kernels/attention_rowwise.cuh.
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -43,10 +45,16 @@ __global__ void __launch_bounds__(flash::kThreads) forward_kernel(AttentionParam
                                              int(threadIdx.x));
 }
 
-template <int kHeadDim>
+template <int kHeadDim, bool kAccumulateDq>
 __global__ void __launch_bounds__(flash::kThreads) dkdv_kernel(AttentionParams params) {
   char* shared = reinterpret_cast<char*>(dynamic_shared_memory());
-  flash::backward_dkdv_block<kHeadDim>(params, shared, key_tile_coordinates(), int(threadIdx.x));
+  flash::backward_dkdv_block<kHeadDim, kAccumulateDq>(params, shared, key_tile_coordinates(),
+                                                      int(threadIdx.x));
+}
+
+__global__ void dq_from_accumulator_kernel(AttentionParams params, int64_t elements) {
+  int64_t index = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (index < elements) flash::store_dq_from_accumulator(params, index);
 }
 
 template <int kHeadDim>
@@ -169,14 +177,32 @@ void forward_for_head_dim(const AttentionParams& params, const DeviceOffsets& of
   else forward_with_row_blocks<kHeadDim, 1>(params, offsets);
 }
 
+// dq through the f32 accumulator: zeroed, filled by the dK/dV blocks' atomics, scaled into dq.
 template <int kHeadDim>
-void backward_for_head_dim(const AttentionParams& params, const DeviceOffsets& offsets) {
+void dkdv_and_atomic_dq(AttentionParams params, const DeviceOffsets& offsets, int tiles) {
+  static ScratchBuffer accumulator;
+  const int64_t elements = int64_t(params.tokens) * params.heads * kHeadDim;
+  params.dq_accumulator = static_cast<float*>(accumulator.reserve(size_t(elements) * sizeof(float)));
+  CUDA_CHECK(cudaMemsetAsync(params.dq_accumulator, 0, size_t(elements) * sizeof(float), stream()));
+  launch_tiles(dkdv_kernel<kHeadDim, true>, flash::dkdv_shared_bytes<kHeadDim, true>(), tiles,
+               params.kv_heads, offsets, params);
+  CST_LAUNCH(ceil_div(elements, 256), 256, 0, dq_from_accumulator_kernel)(params, elements);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <int kHeadDim>
+void backward_for_head_dim(const AttentionParams& params, const DeviceOffsets& offsets,
+                           AttentionBackward mode) {
   int64_t warps = int64_t(params.tokens) * params.heads;
   int blocks = ceil_div(warps * 32, 256);
   CST_LAUNCH(blocks, 256, 0, dout_dot_out_kernel<kHeadDim>)(params);
   CUDA_CHECK_LAUNCH();
   int tiles = ceil_div(offsets.max_seqlen, flash::kTileRows);
-  launch_tiles(dkdv_kernel<kHeadDim>, flash::dkdv_shared_bytes<kHeadDim>(), tiles,
+  if (mode == AttentionBackward::atomic_dq) {
+    dkdv_and_atomic_dq<kHeadDim>(params, offsets, tiles);
+    return;
+  }
+  launch_tiles(dkdv_kernel<kHeadDim, false>, flash::dkdv_shared_bytes<kHeadDim, false>(), tiles,
                params.kv_heads, offsets, params);
   launch_tiles(dq_kernel<kHeadDim>, flash::dq_shared_bytes<kHeadDim>(), tiles, params.heads,
                offsets, params);
@@ -205,7 +231,7 @@ void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, co
 void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
                         const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, const std::vector<int32_t>& cu_seqlens,
-                        const AttentionShape& shape) {
+                        const AttentionShape& shape, AttentionBackward mode) {
   AttentionParams params = make_params(q, k, v, out, lse, shape);
   check_operand(dout, DType::bf16, "dout", shape.head_dim);
   check_operand(dq, DType::bf16, "dq", shape.head_dim);
@@ -221,8 +247,8 @@ void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, co
   static ScratchBuffer dout_dot_out;
   params.dout_dot_out =
       static_cast<float*>(dout_dot_out.reserve(size_t(params.tokens) * shape.heads * sizeof(float)));
-  if (shape.head_dim == 64) backward_for_head_dim<64>(params, offsets);
-  else if (shape.head_dim == 128) backward_for_head_dim<128>(params, offsets);
+  if (shape.head_dim == 64) backward_for_head_dim<64>(params, offsets, mode);
+  else if (shape.head_dim == 128) backward_for_head_dim<128>(params, offsets, mode);
   else rowwise::backward(params, offsets.sequences, shape.head_dim);
 }
 

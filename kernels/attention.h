@@ -21,11 +21,13 @@
 // CUDA (kernels/attention.cu, docs/attention.md): the forward runs the online softmax per 64-query
 // tile in registers; the backward first computes D, then dk/dv per 64-key tile (looping over the
 // group's query heads and the query tiles that see it) and dq per 64-query tile in a separate
-// pass, so every sum has a fixed order and results are bitwise reproducible. Those kernels are
+// pass, so every sum has a fixed order and results are bitwise reproducible
+// (AttentionBackward::atomic_dq trades that for less work, as FlashAttention-2 does). Those kernels are
 // built for D = 64 and 128; other head dims (up to 256: the small test and demo models) run plain
 // one-warp-per-row kernels with the same math and the same determinism
 // (kernels/attention_rowwise.cuh).
 #pragma once
+#include <string>
 #include <vector>
 
 #include "kernels/tensor.h"
@@ -43,11 +45,24 @@ struct AttentionShape {
 void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
                        const Tensor& v, const std::vector<int32_t>& cu_seqlens,
                        const AttentionShape& shape);
+// How the CUDA backward forms dq with the flash kernels (head dims 64 and 128). `deterministic`,
+// the default: a separate pass per query tile recomputes S and dP and sums dq in registers, so
+// every run gives the same bits, for 7 matmuls per backward instead of 5. `atomic_dq`, as
+// FlashAttention-2 does: each dK/dV block adds its dS K to an f32 (N, H, D) scratch accumulator
+// with float atomics, so nothing is recomputed, but the order of the additions, and with it the
+// last bits of dq, changes from run to run (dk and dv keep their bits). The CPU backend and the
+// CUDA kernels of other head dims are always deterministic and ignore the mode.
+enum class AttentionBackward { deterministic, atomic_dq };
+// "deterministic" or "atomic_dq"; anything else is refused with an error that starts with
+// `what` (the flag that gave the name) and names both.
+AttentionBackward attention_backward_by_name(const std::string& name, const char* what);
+
 // dq (N, H, D), dk/dv (N, KVH, D) are overwritten.
 void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
                         const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, const std::vector<int32_t>& cu_seqlens,
-                        const AttentionShape& shape);
+                        const AttentionShape& shape,
+                        AttentionBackward mode = AttentionBackward::deterministic);
 
 namespace cuda {
 // Same contract; the implementation uploads the offsets (a few bytes) and takes max_seqlen from them.
@@ -68,7 +83,7 @@ void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, co
 void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
                         const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, const std::vector<int32_t>& cu_seqlens,
-                        const AttentionShape& shape);
+                        const AttentionShape& shape, AttentionBackward mode);
 }
 
 }  // namespace cst

@@ -8,6 +8,9 @@
 //                                           (zero-filled when the source row does not exist)
 //   copy_async_commit / copy_async_wait     close a group of copies / wait for groups
 //   block_barrier, shuffle_xor, pack_bf16x2, store_bf16x2, store_bf16, fast_exp2
+//   store_shared_bf16x2                     one 32-bit store to shared memory
+//   atomic_add_f32                          an f32 add to global memory that no other add can
+//                                           interleave with (the order of the adds is not fixed)
 //
 // Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type"),
 // with group = lane / 4 and pair = lane % 4; each 32-bit register holds two bf16, the lower
@@ -112,6 +115,15 @@ CST_FLASH_DEVICE void store_bf16x2(bf16* destination, uint32_t packed) {
 CST_FLASH_DEVICE void store_bf16(bf16* destination, float value) { *destination = __float2bfloat16_rn(value); }
 
 CST_FLASH_DEVICE float fast_exp2(float x) { return exp2f(x); }
+
+// Two packed bf16 stored to an even element of shared memory. Another warp may read them only
+// after a block_barrier.
+CST_FLASH_DEVICE void store_shared_bf16x2(bf16* shared_destination, uint32_t packed) {
+  *reinterpret_cast<uint32_t*>(shared_destination) = packed;
+}
+
+// The result is not used, so this compiles to a reduction (RED), which does not wait for L2.
+CST_FLASH_DEVICE void atomic_add_f32(float* destination, float value) { atomicAdd(destination, value); }
 
 }  // namespace cst::cuda::flash
 

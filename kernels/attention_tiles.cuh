@@ -30,6 +30,7 @@ struct AttentionParams {
   const bf16* dout = nullptr;       // (N, H, D)
   float* dout_dot_out = nullptr;    // (H, N): D_i = do_i . o_i
   bf16* dq = nullptr;               // (N, H, D)
+  float* dq_accumulator = nullptr;  // (N, H, D), zeroed: dQ / scale summed by atomics
   bf16* dk = nullptr;               // (N, KVH, D)
   bf16* dv = nullptr;               // (N, KVH, D)
   const int32_t* cu_seqlens = nullptr;  // (S + 1) on the device
@@ -101,10 +102,11 @@ CST_FLASH_DEVICE void query_tile_range(int key0, int seq_len, int window, int& f
 
 // ---- shared-memory tiles ----
 
-// Element offset of (row, col) in a swizzled tile; col is a multiple of 8 (one 16-byte chunk).
-template <int kHeadDim>
+// Element offset of (row, col) in a swizzled tile of kWidth columns (the head dim, or 64 for the
+// backward's dS tile); col is a multiple of 8 (one 16-byte chunk).
+template <int kWidth>
 CST_FLASH_DEVICE int swizzled_offset(int row, int col) {
-  return row * kHeadDim + (((col / 8) ^ (row % 8)) * 8);
+  return row * kWidth + (((col / 8) ^ (row % 8)) * 8);
 }
 
 // Where a tile's 64 rows come from: tokens [first_token, first_token + 64) of one head of a
@@ -209,6 +211,15 @@ template <int kHeadDim>
 CST_FLASH_DEVICE void load_a_fragment(uint32_t (&a)[4], const bf16* tile, int row0, int col0,
                                       int lane) {
   ldmatrix_x4(a, tile + swizzled_offset<kHeadDim>(row0 + lane % 16, col0 + (lane / 16) * 8));
+}
+
+// The A fragment (16 rows x 16 cols at row0, col0) of the transpose of a row-major tile of
+// width kWidth: the tile's rows col0..col0+15 are the fragment's columns.
+template <int kWidth>
+CST_FLASH_DEVICE void load_a_fragment_of_transpose(uint32_t (&a)[4], const bf16* tile, int row0,
+                                                   int col0, int lane) {
+  int tile_row = col0 + lane % 8 + (lane / 16) * 8, tile_col = row0 + ((lane / 8) % 2) * 8;
+  ldmatrix_x4_transposed(a, tile + swizzled_offset<kWidth>(tile_row, tile_col));
 }
 
 // B fragments of (tile rows row0..row0+15)^T restricted to cols col0..col0+15: the tile's rows
@@ -455,6 +466,57 @@ CST_FLASH_DEVICE void forward_block(const AttentionParams& p, char* shared, Tile
 
 // ---- backward ----
 
+// Writes a warp's 16 x kColumns C-layout tile (rows row0.., columns column0..) into a 64 x 64
+// swizzled bf16 tile in shared memory, rounded as pack_bf16x2 rounds it for the tensor cores.
+template <int kColumns>
+CST_FLASH_DEVICE void store_fragment_tile(bf16* tile, const float (&values)[kColumns / 8][4],
+                                          int row0, int column0, int lane) {
+  for (int n = 0; n < kColumns / 8; ++n)
+    for (int half = 0; half < 2; ++half) {
+      int row = row0 + fragment_row(lane, 2 * half);
+      bf16* destination = tile + swizzled_offset<kTileRows>(row, column0 + n * 8) + (lane % 4) * 2;
+      store_shared_bf16x2(destination, pack_bf16x2(values[n][2 * half], values[n][2 * half + 1]));
+    }
+}
+
+// One key tile's share of dQ / scale for the warp's 16 rows of a query tile: dS (16 queries x 64
+// keys) times K (64 keys x D), added to the f32 accumulator in global memory. dS comes from the
+// block's dS^T tile in shared memory (64 keys x 64 queries, every warp's rows), K from the block's
+// K tile. The product is formed 16 columns at a time and added with atomics, since the blocks of
+// the other key tiles add to the same rows at the same time.
+template <int kHeadDim>
+CST_FLASH_DEVICE void add_dq_of_key_tile(float* dq_accumulator, int heads, TileSource rows,
+                                         int warp_row0, const bf16* dscores_transposed,
+                                         const bf16* k_tile, int lane) {
+  uint32_t dscores[kTileRows / 16][4];  // A fragments of the warp's dS rows, k = keys
+  for (int step = 0; step < kTileRows / 16; ++step)
+    load_a_fragment_of_transpose<kTileRows>(dscores[step], dscores_transposed, warp_row0,
+                                            step * 16, lane);
+  for (int col16 = 0; col16 < kHeadDim / 16; ++col16) {
+    float dq[2][4] = {};
+    for (int step = 0; step < kTileRows / 16; ++step) {
+      uint32_t b[4];
+      load_b_fragments_of_cols<kHeadDim>(b, k_tile, step * 16, col16 * 16, lane);
+      mma_bf16_16x8x16(dq[0], dscores[step], b[0], b[1]);
+      mma_bf16_16x8x16(dq[1], dscores[step], b[2], b[3]);
+    }
+    for (int e = 0; e < 4; ++e) {
+      int row = warp_row0 + fragment_row(lane, e);
+      if (row >= rows.valid_rows) continue;  // past the sequence: another sequence's row
+      float* destination = dq_accumulator +
+                           (int64_t(rows.first_token + row) * heads + rows.head) * kHeadDim +
+                           col16 * 16;
+      for (int n = 0; n < 2; ++n) atomic_add_f32(destination + fragment_col(lane, n, e), dq[n][e]);
+    }
+  }
+}
+
+// dq = scale * accumulator, rounded to bf16: element `index` of (N, H, D), after every dK/dV
+// block has added its share.
+CST_FLASH_DEVICE void store_dq_from_accumulator(const AttentionParams& p, int64_t index) {
+  store_bf16(p.dq + index, p.dq_accumulator[index] * p.scale);
+}
+
 // D_i = do_i . o_i for one (token, head) per warp, summed in f32.
 template <int kHeadDim>
 CST_FLASH_DEVICE void dout_dot_out_warp(const AttentionParams& p, int64_t row, int lane) {
@@ -470,7 +532,10 @@ CST_FLASH_DEVICE void dout_dot_out_warp(const AttentionParams& p, int64_t row, i
 
 // dK and dV for one (key tile, key/value head, sequence): loops over the query heads of the group
 // and the query tiles that see these keys, so the sums happen in registers, in a fixed order.
-template <int kHeadDim>
+// With kAccumulateDq the block also adds each query tile's share of dQ to p.dq_accumulator
+// (add_dq_of_key_tile), from the dS it has just formed, so no separate dQ pass recomputes S and
+// dP; the order of those additions then depends on timing.
+template <int kHeadDim, bool kAccumulateDq>
 CST_FLASH_DEVICE void backward_dkdv_block(const AttentionParams& p, char* shared,
                                           TileCoordinates at, int thread) {
   const int lane = thread % 32, warp_row0 = (thread / 32) * 16;
@@ -489,6 +554,7 @@ CST_FLASH_DEVICE void backward_dkdv_block(const AttentionParams& p, char* shared
   bf16* dout_tiles = q_tiles + 2 * kTileElements;
   float* lse_log2 = reinterpret_cast<float*>(dout_tiles + 2 * kTileElements);  // [2][64]
   float* dots = lse_log2 + 2 * kTileRows;                                       // [2][64]
+  bf16* dscores_transposed = reinterpret_cast<bf16*>(dots + 2 * kTileRows);  // 64 x 64 (dQ only)
 
   int first_tile, last_tile;
   query_tile_range(key0, seq_len, p.window, first_tile, last_tile);
@@ -496,11 +562,15 @@ CST_FLASH_DEVICE void backward_dkdv_block(const AttentionParams& p, char* shared
 
   // Step i: query tile first_tile + i % tiles_per_head of the group's head i / tiles_per_head.
   auto query_tile_of_step = [&](int i) { return (first_tile + i % tiles_per_head) * kTileRows; };
+  auto query_rows_of_step = [&](int i) {
+    return tile_source(seq_start, seq_len, query_tile_of_step(i),
+                       at.head * group_size + i / tiles_per_head);
+  };
   auto load_step = [&](int i, int buffer) {
-    const int head = at.head * group_size + i / tiles_per_head, query0 = query_tile_of_step(i);
+    const TileSource query_rows = query_rows_of_step(i);
+    const int head = query_rows.head, query0 = query_tile_of_step(i);
     load_query_dout_tiles<kHeadDim>(q_tiles + buffer * kTileElements,
-                                    dout_tiles + buffer * kTileElements, p,
-                                    tile_source(seq_start, seq_len, query0, head), thread);
+                                    dout_tiles + buffer * kTileElements, p, query_rows, thread);
     // The rows' lse (log2 domain) and D: plain loads. Rows past the sequence are masked; 0
     // keeps them finite.
     if (thread < kTileRows) {
@@ -546,6 +616,13 @@ CST_FLASH_DEVICE void backward_dkdv_block(const AttentionParams& p, char* shared
       accumulate_weights_times_tile<kHeadDim, kColumns>(dv, probabilities, dout_tile, column0,
                                                         lane);
       accumulate_weights_times_tile<kHeadDim, kColumns>(dk, dscores, q_tile, column0, lane);
+      if constexpr (kAccumulateDq)
+        store_fragment_tile<kColumns>(dscores_transposed, dscores, warp_row0, column0, lane);
+    }
+    if constexpr (kAccumulateDq) {
+      block_barrier();  // every warp's rows of dS^T are in place; the loop's barrier ends the reads
+      add_dq_of_key_tile<kHeadDim>(p.dq_accumulator, p.heads, query_rows_of_step(i), warp_row0,
+                                   dscores_transposed, k_tile, lane);
     }
   });
 
@@ -625,9 +702,10 @@ template <int kHeadDim, int kRowBlocks>
 constexpr int forward_shared_bytes() {
   return (kRowBlocks + 4) * kTileRows * kHeadDim * int(sizeof(bf16));  // Q + 2 K + 2 V
 }
-template <int kHeadDim>
-constexpr int dkdv_shared_bytes() {  // K + V + 2 Q + 2 dO, and 2 x 64 lse and D
-  return 6 * kTileRows * kHeadDim * int(sizeof(bf16)) + 4 * kTileRows * int(sizeof(float));
+template <int kHeadDim, bool kAccumulateDq>
+constexpr int dkdv_shared_bytes() {  // K + V + 2 Q + 2 dO, 2 x 64 lse and D, and the dS^T tile
+  return 6 * kTileRows * kHeadDim * int(sizeof(bf16)) + 4 * kTileRows * int(sizeof(float)) +
+         (kAccumulateDq ? kTileRows * kTileRows * int(sizeof(bf16)) : 0);
 }
 template <int kHeadDim>
 constexpr int dq_shared_bytes() {

@@ -347,7 +347,8 @@ void Transformer::backward(const std::vector<float>& dlogps) {
     // Attention block: h = x + o(attention(rope(q(n1)), rope(k(n1)), v(n1))).
     lora_linear_backward(dattention.reshaped({n, H * D}), false, dresidual,
                          a.attention.reshaped({n, H * D}), a.lora_u_o, linear(Projection::o), scratch);
-    attention_backward(dq, dk, dv, dattention, a.q, a.k, a.v, a.attention, a.lse, saved.cu_seqlens, shape);
+    attention_backward(dq, dk, dv, dattention, a.q, a.k, a.v, a.attention, a.lse, saved.cu_seqlens, shape,
+                       options.attention_backward);
     rope_backward(dq, saved.positions, saved.rope_inverse_frequencies);
     rope_backward(dk, saved.positions, saved.rope_inverse_frequencies);
     const Tensor dqkv[] = {dq.reshaped({n, H * D}), dk.reshaped({n, KVH * D}), dv.reshaped({n, KVH * D})};

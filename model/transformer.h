@@ -18,6 +18,7 @@
 #include <span>
 #include <vector>
 
+#include "kernels/attention.h"
 #include "kernels/tensor.h"
 #include "model/config.h"
 #include "model/lora.h"
@@ -40,6 +41,8 @@ struct ForwardOptions {
   // Activation checkpointing: keep only each layer's input and recompute the rest in backward
   // (one extra forward of the layers, in exchange for one layer's activations instead of all).
   bool recompute_activations = false;
+  // How the CUDA attention backward forms dq (kernels/attention.h).
+  AttentionBackward attention_backward = AttentionBackward::deterministic;
 };
 
 struct TokenLogps {

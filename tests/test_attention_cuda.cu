@@ -136,6 +136,17 @@ TEST_P(AttentionCuda, MatchesCpuReference) {
   EXPECT_EQ(to_host_f32(again_dk), to_host_f32(gpu_dk)) << "dk differs between two runs";
   EXPECT_EQ(to_host_f32(again_dv), to_host_f32(gpu_dv)) << "dv differs between two runs";
 
+  // dq added by atomics from the dK/dV blocks (AttentionBackward::atomic_dq): within the
+  // same tolerance, while dk and dv keep the deterministic backward's bits. Flash head dims only;
+  // the others ignore the mode.
+  OwnedTensor atomic_dq(q_shape, DType::bf16, Device::cuda), atomic_dk(kv_shape, DType::bf16, Device::cuda),
+      atomic_dv(kv_shape, DType::bf16, Device::cuda);
+  attention_backward(atomic_dq, atomic_dk, atomic_dv, gpu_dout, gpu_q, gpu_k, gpu_v, gpu_out, gpu_lse,
+                     cu_seqlens, shape, AttentionBackward::atomic_dq);
+  EXPECT_LT(relative_error(to_host_f32(atomic_dq), cpu_dq), kOutputTolerance) << "dq by atomics";
+  EXPECT_EQ(to_host_f32(atomic_dk), to_host_f32(gpu_dk)) << "dk beside the atomic dq";
+  EXPECT_EQ(to_host_f32(atomic_dv), to_host_f32(gpu_dv)) << "dv beside the atomic dq";
+
   // Each forward query tile gives the op's bits (kernels/attention.h: the same sums in the same
   // order).
   for (auto tile : {cuda::ForwardQueryTile::rows64, cuda::ForwardQueryTile::rows128}) {

@@ -83,10 +83,10 @@ class EmulatedArray {
 
 struct EmulatedTensors {
   EmulatedArray<flash::bf16> q, k, v, dout, out, dq, dk, dv;
-  EmulatedArray<float> lse, dout_dot_out;
+  EmulatedArray<float> lse, dout_dot_out, dq_accumulator;
   EmulatedTensors(size_t q_size, size_t kv_size, size_t lse_size)
       : q(q_size), k(kv_size), v(kv_size), dout(q_size), out(q_size), dq(q_size), dk(kv_size),
-        dv(kv_size), lse(lse_size), dout_dot_out(lse_size) {}
+        dv(kv_size), lse(lse_size), dout_dot_out(lse_size), dq_accumulator(q_size) {}
 };
 
 // Runs one block per (tile, head, sequence) for sequences [first_sequence, sequences), like
@@ -182,11 +182,32 @@ std::string run_kernels(const flash::AttentionParams& p, int longest, int first_
   std::string error = run_forward<kHeadDim, 1>(p, longest, first_sequence, sequences);
   if (error.empty()) error = launch_dout_dot_out<kHeadDim>(p, first_token * p.heads);
   if (error.empty())
-    error = for_blocks(p.kv_heads, flash::dkdv_shared_bytes<kHeadDim>(),
-                       flash::backward_dkdv_block<kHeadDim>);
+    error = for_blocks(p.kv_heads, flash::dkdv_shared_bytes<kHeadDim, false>(),
+                       flash::backward_dkdv_block<kHeadDim, false>);
   if (error.empty())
     error = for_blocks(p.heads, flash::dq_shared_bytes<kHeadDim>(),
                        flash::backward_dq_block<kHeadDim>);
+  return error;
+}
+
+// The backward with AttentionBackward::atomic_dq, as kernels/attention.cu runs it: D, the
+// dK/dV blocks that also add dQ to the accumulator (which the caller has zeroed), then dq from
+// the accumulator, for the tokens from first_token on.
+template <int kHeadDim>
+std::string run_backward_with_atomic_dq(const flash::AttentionParams& p, int longest,
+                                        int first_sequence, int sequences, int64_t first_token) {
+  const int tiles = (longest + flash::kTileRows - 1) / flash::kTileRows;
+  std::string error = launch_dout_dot_out<kHeadDim>(p, first_token * p.heads);
+  if (error.empty())
+    error = launch_tiles(tiles, p.kv_heads, first_sequence, sequences,
+                         flash::dkdv_shared_bytes<kHeadDim, true>(),
+                         [&](char* shared, flash::TileCoordinates at, int thread) {
+                           flash::backward_dkdv_block<kHeadDim, true>(p, shared, at, thread);
+                         });
+  if (error.empty())
+    for (int64_t i = first_token * p.heads * kHeadDim; i < int64_t(p.tokens) * p.heads * kHeadDim;
+         ++i)
+      flash::store_dq_from_accumulator(p, i);
   return error;
 }
 
@@ -306,6 +327,7 @@ TEST_P(AttentionEmulated, MatchesCpuReference) {
   params.dout = gpu->dout.data();
   params.dout_dot_out = gpu->dout_dot_out.data();
   params.dq = gpu->dq.data();
+  params.dq_accumulator = gpu->dq_accumulator.data();
   params.dk = gpu->dk.data();
   params.dv = gpu->dv.data();
   params.cu_seqlens = cu_seqlens.data();
@@ -373,9 +395,31 @@ TEST_P(AttentionEmulated, MatchesCpuReference) {
     EXPECT_EQ(read_lse(gpu->lse, heads, tokens, first_token), gpu_lse) << "lse of the 128-query tiles";
   }
 
+  // The backward with dQ added by atomics from the dK/dV blocks (kernels/attention.h): dq within
+  // the same tolerance (only the order of its f32 additions differs, and the scale is applied
+  // after the sum rather than before the rounding to bf16), dk and dv the same bits.
+  if (dim == 64 || dim == 128) {
+    const std::vector<float> deterministic_dk = read_rows(gpu->dk, kv_rows),
+                             deterministic_dv = read_rows(gpu->dv, kv_rows);
+    gpu->dq.poison(q_rows.first(), q_rows.count());
+    for (auto* output : {&gpu->dk, &gpu->dv}) output->poison(kv_rows.first(), kv_rows.count());
+    std::fill_n(gpu->dq_accumulator.data() + q_rows.first(), q_rows.count(), 0.0f);
+    ASSERT_EQ(dim == 64 ? run_backward_with_atomic_dq<64>(params, longest, first_sequence,
+                                                          sequences, first_token)
+                        : run_backward_with_atomic_dq<128>(params, longest, first_sequence,
+                                                           sequences, first_token),
+              "");
+    const double atomic_dq_error = error_against(read_rows(gpu->dq, q_rows), cpu_dq);
+    EXPECT_LT(atomic_dq_error, kOutputTolerance) << "dq added by atomics";
+    EXPECT_EQ(read_rows(gpu->dk, kv_rows), deterministic_dk) << "dk beside the atomic dq";
+    EXPECT_EQ(read_rows(gpu->dv, kv_rows), deterministic_dv) << "dv beside the atomic dq";
+    errors << " atomic dq " << atomic_dq_error;
+    RecordProperty("relative_errors", errors.str());
+  }
+
   EXPECT_TRUE(gpu->out.guards_intact() && gpu->lse.guards_intact() && gpu->dq.guards_intact() &&
               gpu->dk.guards_intact() && gpu->dv.guards_intact() &&
-              gpu->dout_dot_out.guards_intact())
+              gpu->dout_dot_out.guards_intact() && gpu->dq_accumulator.guards_intact())
       << "a kernel wrote outside its output";
 }
 

@@ -371,6 +371,8 @@ TEST(TrainOptions, FlagsConfigFileAndErrors) {
   EXPECT_EQ(parse_error({"m", "d", "--loss_type", "aot_pair"}), "");
   EXPECT_NE(parse_error({"m", "d", "--loss_type", "bco_pair", "--num_processes", "2"}).find("bco_pair"), std::string::npos);
   EXPECT_NE(parse_error({"m", "d", "--system_prompts", "only one"}).find("--system_prompts"), std::string::npos);
+  EXPECT_EQ(parse_error({"m", "d", "--attention_backward", "atomic_dq"}), "");
+  EXPECT_NE(parse_error({"m", "d", "--attention_backward", "atomic"}).find("--attention_backward"), std::string::npos);
   EXPECT_NE(parse_error({"m"}).find("missing data path"), std::string::npos);
   EXPECT_NE(train_options_help().find("--gradient_accumulation_steps"), std::string::npos);
 }

@@ -7,6 +7,7 @@
 #include <sstream>
 #include <variant>
 
+#include "kernels/attention.h"
 #include "kernels/error.h"
 #include "kernels/preference_loss.h"
 
@@ -84,6 +85,9 @@ const std::vector<OptionSpec>& option_table() {
       {"use_rslora", &T::use_rslora, "rank-stabilised scaling alpha / sqrt(r)"},
       {"lora_target_modules", &T::lora_target_modules, "projections that get adapters, or all-linear"},
       {"gradient_checkpointing", &T::gradient_checkpointing, "keep only layer inputs; recompute the rest in backward"},
+      {"attention_backward", &T::attention_backward,
+       "deterministic (the same bits every run) or atomic_dq (CUDA, head dims 64 and 128: dq summed with "
+       "atomics as FlashAttention-2 does; less work, its last bits vary)"},
       {"demo", &T::demo, "run the embedded demo (tiny model, synthetic CST data, DPO vs CST)"},
   };
   return table;
@@ -310,6 +314,7 @@ void validate_train_options(const TrainOptions& o) {
           "--lr_scheduler_type must be linear, cosine or constant, got '", o.lr_scheduler_type, "'");
   require(o.truncation_mode == "keep_end" || o.truncation_mode == "keep_start",
           "--truncation_mode must be keep_end or keep_start, got '", o.truncation_mode, "'");
+  attention_backward_by_name(o.attention_backward, "--attention_backward");
   require(o.num_processes >= 1 && o.num_processes <= 64, "--num_processes must be in [1, 64], got ", o.num_processes);
   require(o.beta > 0, "--beta must be positive, got ", o.beta);
   require(o.label_smoothing >= 0 && o.label_smoothing < 0.5, "--label_smoothing must be in [0, 0.5), got ", o.label_smoothing);

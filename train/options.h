@@ -88,6 +88,7 @@ struct TrainOptions {
   std::vector<std::string> lora_target_modules = {"q_proj", "k_proj", "v_proj", "o_proj",
                                                   "gate_proj", "up_proj", "down_proj"};
   bool gradient_checkpointing = false;      // recompute layer activations in backward
+  std::string attention_backward = "deterministic";  // or atomic_dq (kernels/attention.h)
 
   // The embedded demo.
   bool demo = false;

@@ -346,6 +346,7 @@ ObjectiveResult Trainer::run_micro_batch(const Batch& batch, long step, int micr
   ForwardOptions options;
   options.save_for_backward = train;
   options.recompute_activations = options_.gradient_checkpointing;
+  options.attention_backward = attention_backward_by_name(options_.attention_backward, "--attention_backward");
   options.dropout_seed = micro_batch_seed(uint64_t(options_.seed), step, micro);
   TokenLogps policy = transformer_->forward(spans(batch), options);
   tokens_processed_ += int64_t(batch.tokens.size());

@@ -26,7 +26,10 @@
 //       first argument in the low half.
 //   store_bf16x2  a 32-bit global store; store_bf16  "cvt" .rn.bf16.f32 and a 16-bit global store;
 //       fast_exp2  exp2f (the device's ex2.approx is within 2 ulp of it, far inside the
-//       tolerances of the tests).
+//       tolerances of the tests);
+//   store_shared_bf16x2  a 32-bit "st.shared", checked by the emulator for place and races;
+//   atomic_add_f32  "red.global.add.f32": a plain add, since the emulated blocks run one at a time
+//       (the schedule decides the order of the adds, as the GPU's timing does).
 //
 // A copy is modelled as landing in shared memory when its thread waits for its group, the
 // latest moment the ISA allows, so a kernel that reads a tile before waiting sees stale data.
@@ -164,5 +167,11 @@ inline void store_bf16(bf16* destination, float value) {
 }
 
 inline float fast_exp2(float x) { return std::exp2(x); }
+
+inline void store_shared_bf16x2(bf16* shared_destination, uint32_t packed) {
+  emulation::block().store_shared(shared_destination, &packed, sizeof(packed));
+}
+
+inline void atomic_add_f32(float* destination, float value) { *destination += value; }
 
 }  // namespace cst::cuda::flash

@@ -12,7 +12,10 @@
 //     not 16-byte aligned, cp.async sources outside the readable ranges, ldmatrix of a row whose
 //     copy is in flight or landed after the last barrier, cp.async into a row another warp read
 //     since the last barrier or that a copy is still filling, a thread ending with copies nobody
-//     waited for.
+//     waited for;
+//   - plain stores to shared memory made through the model's store_shared (st.shared): misplaced
+//     or misaligned, into a row a copy is still filling or another warp read since the last
+//     barrier, and ldmatrix or cp.async of a row another warp stored to since the last barrier.
 // The fibers take turns only at collectives and barriers, so timing-dependent races between them
 // cannot be provoked here: compute-sanitizer racecheck on the GPU covers those. What can be
 // provoked is a race whose outcome depends on which thread or block goes first: the schedule
@@ -151,6 +154,8 @@ struct ChunkHistory {
   int64_t landed_epoch = -1;
   int64_t read_epoch = -1;
   int reader_warp = -1;  // kSeveralWarps when more than one warp read it in read_epoch
+  int64_t stored_epoch = -1;  // the same for plain stores
+  int storer_warp = -1;
 };
 constexpr int kSeveralWarps = -2;
 
@@ -299,6 +304,8 @@ class BlockEmulator {
       fail(std::string(what) + " reads a shared row whose cp.async has not been waited for");
     if (history.landed_epoch == epoch_)
       fail(std::string(what) + " reads a shared row whose cp.async landed after the last barrier");
+    if (stored_by_another_warp(history))
+      fail(std::string(what) + " reads a shared row another warp stored to since the last barrier");
     if (history.read_epoch != epoch_) {
       history.read_epoch = epoch_;
       history.reader_warp = warp_index();
@@ -314,6 +321,8 @@ class BlockEmulator {
       fail("cp.async into a shared row that another copy is still filling");
     if (history.read_epoch == epoch_ && history.reader_warp != warp_index())
       fail("cp.async overwrites a shared row another warp read since the last barrier");
+    if (stored_by_another_warp(history))
+      fail("cp.async overwrites a shared row another warp stored to since the last barrier");
     if (!readable(source, kChunkBytes))
       fail("cp.async source lies outside every input tensor");
     PendingCopy copy{static_cast<std::byte*>(destination), {}};
@@ -321,6 +330,22 @@ class BlockEmulator {
     else std::fill(copy.bytes.begin(), copy.bytes.end(), std::byte{0});  // src-size 0
     ++history.copies_in_flight;
     fiber().uncommitted.push_back(copy);
+  }
+
+  // A plain store of `bytes` (a power of two up to 16) to shared memory.
+  void store_shared(void* destination, const void* value, size_t bytes) {
+    auto offset = static_cast<std::byte*>(destination) - shared_.data();
+    if (offset < 0 || size_t(offset) + bytes > shared_.size())
+      fail("st.shared address outside the block's shared memory");
+    if (size_t(offset) % bytes != 0) fail("st.shared address not aligned to its size");
+    ChunkHistory& history = chunks_[size_t(offset) / kChunkBytes];
+    if (history.copies_in_flight > 0)
+      fail("st.shared into a shared row that a cp.async is still filling");
+    if (history.read_epoch == epoch_ && history.reader_warp != warp_index())
+      fail("st.shared overwrites a shared row another warp read since the last barrier");
+    history.storer_warp = stored_by_another_warp(history) ? kSeveralWarps : warp_index();
+    history.stored_epoch = epoch_;
+    std::memcpy(destination, value, bytes);
   }
 
   void commit_copies() {
@@ -391,6 +416,10 @@ class BlockEmulator {
       fail(std::string(what) + " address outside the block's shared memory");
     if (offset % kChunkBytes != 0) fail(std::string(what) + " address not 16-byte aligned");
     return chunks_[size_t(offset) / kChunkBytes];
+  }
+
+  bool stored_by_another_warp(const ChunkHistory& history) const {
+    return history.stored_epoch == epoch_ && history.storer_warp != warp_index();
   }
 
   bool readable(const void* address, size_t bytes) const {

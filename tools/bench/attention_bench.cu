@@ -1,7 +1,8 @@
 // Flash attention speed: TFLOP/s of the forward and backward at head dim 128, causal, 32 query
 // heads over 8 key/value heads, 16k tokens per batch split into equal sequences of 512..4096; the
 // forward also with each query tile (64 rows, 16 per warp; 128 rows, 32 per warp), which give
-// the same bits, so that one run tells which to make the default.
+// the same bits, so that one run tells which to make the default, and the backward also with dq
+// added by atomics (AttentionBackward::atomic_dq) beside the deterministic default.
 // Causal FLOPs count only the visible half: forward 4 * N * T * H * D / 2 (two matmuls, 2 FLOPs
 // per multiply-add) for N tokens in sequences of T; backward 2.5x that (five matmuls, none
 // recounted for the recomputation it does). tools/python/bench_sdpa.py prints the same table for
@@ -10,9 +11,9 @@
 //   attention_bench [--json FILE]          the table, and optionally the rows as JSON
 //   attention_bench --dump DIR [--window W]  runs one small mixed-length case and writes its
 //       inputs and outputs for tools/python/check_attention_sdpa.py
-//   attention_bench --profile T            exactly one forward and one backward over the
-//       table's batch in sequences of T, for a profiler: under `ncu` each kernel launch is one
-//       profiled result (tools/gpu_check.sh, docs/benchmarks.md)
+//   attention_bench --profile T            exactly one forward and one backward of each kind
+//       over the table's batch in sequences of T, for a profiler: under `ncu` each kernel launch
+//       is one profiled result (tools/gpu_check.sh, docs/benchmarks.md)
 #include "kernels/program.h"
 #include <cuda_runtime.h>
 
@@ -85,6 +86,12 @@ void backward(const Inputs& in, const std::vector<int32_t>& cu_seqlens,
                           cu_seqlens, shape);
 }
 
+void backward_with_atomic_dq(const Inputs& in, const std::vector<int32_t>& cu_seqlens,
+                             const cst::AttentionShape& shape) {
+  cst::attention_backward(in.dq, in.dk, in.dv, in.dout, in.q, in.k, in.v, in.out, in.lse,
+                          cu_seqlens, shape, cst::AttentionBackward::atomic_dq);
+}
+
 // Mean milliseconds per call over `repeats` calls, after warm-up calls.
 template <class Call>
 double time_ms(Call call, int repeats) {
@@ -127,6 +134,7 @@ nlohmann::json benchmark(int seqlen) {
                           ? forward_128_ms
                           : forward_64_ms;
   double backward_ms = time_ms([&] { backward(in, cu_seqlens, kShape); }, 20);
+  double backward_atomic_ms = time_ms([&] { backward_with_atomic_dq(in, cu_seqlens, kShape); }, 20);
   double forward_flops = 4.0 * double(kTokens) * seqlen * kShape.heads * kShape.head_dim / 2;
   double backward_flops = 2.5 * forward_flops;
   return {{"seqlen", seqlen},
@@ -139,7 +147,9 @@ nlohmann::json benchmark(int seqlen) {
           {"forward_64_query_tile_tflops", forward_flops / forward_64_ms * 1e-9},
           {"forward_128_query_tile_tflops", forward_flops / forward_128_ms * 1e-9},
           {"backward_ms", backward_ms},
-          {"backward_tflops", backward_flops / backward_ms * 1e-9}};
+          {"backward_tflops", backward_flops / backward_ms * 1e-9},
+          {"backward_atomic_dq_ms", backward_atomic_ms},
+          {"backward_atomic_dq_tflops", backward_flops / backward_atomic_ms * 1e-9}};
 }
 
 void write_raw(const std::filesystem::path& path, const cst::Tensor& device) {
@@ -150,16 +160,18 @@ void write_raw(const std::filesystem::path& path, const cst::Tensor& device) {
   if (!file) cst::fail("cannot write ", path.string());
 }
 
-// One forward and one backward and nothing else, so that a profiler sees each attention kernel
-// once (forward, then D, dK/dV and dQ): no warm-up, since a profiler replays each launch itself.
+// One forward and each backward once and nothing else, so that a profiler sees each attention
+// kernel once (forward, then D, dK/dV and dQ; then D, dK/dV with atomic dQ and the conversion of
+// its accumulator): no warm-up, since a profiler replays each launch itself.
 void profile_once(int seqlen) {
   const std::vector<int32_t> cu_seqlens = equal_sequences(seqlen);
   Inputs in = make_inputs(kTokens, kShape, 1);
   forward(in, cu_seqlens, kShape);
   backward(in, cu_seqlens, kShape);
+  backward_with_atomic_dq(in, cu_seqlens, kShape);
   cst::cuda::synchronize();
-  std::printf("attention_bench --profile: one forward and one backward, %lld tokens in sequences of "
-              "%d, %d heads / %d kv heads of %d\n",
+  std::printf("attention_bench --profile: one forward and both backwards (deterministic, atomic dq), "
+              "%lld tokens in sequences of %d, %d heads / %d kv heads of %d\n",
               static_cast<long long>(kTokens), seqlen, kShape.heads, kShape.kv_heads, kShape.head_dim);
 }
 
@@ -224,16 +236,18 @@ int run(int argc, char** argv) {
     return 0;
   }
   std::printf("cst flash attention, head_dim 128, causal, 32 heads / 8 kv heads, 16384 tokens\n");
-  std::printf("%8s %6s %10s %10s %10s %10s %12s %12s\n", "seqlen", "batch", "fwd ms", "fwd TF/s",
-              "bwd ms", "bwd TF/s", "fwd64 TF/s", "fwd128 TF/s");
+  std::printf("%8s %6s %10s %10s %10s %10s %12s %12s %14s\n", "seqlen", "batch", "fwd ms",
+              "fwd TF/s", "bwd ms", "bwd TF/s", "fwd64 TF/s", "fwd128 TF/s", "bwd atomic TF/s");
   nlohmann::json rows = nlohmann::json::array();
   for (int seqlen : {512, 1024, 2048, 4096}) {
     nlohmann::json row = benchmark(seqlen);
-    std::printf("%8d %6d %10.3f %10.1f %10.3f %10.1f %12.1f %12.1f\n", seqlen, row["batch"].get<int>(),
-                row["forward_ms"].get<double>(), row["forward_tflops"].get<double>(),
-                row["backward_ms"].get<double>(), row["backward_tflops"].get<double>(),
+    std::printf("%8d %6d %10.3f %10.1f %10.3f %10.1f %12.1f %12.1f %14.1f\n", seqlen,
+                row["batch"].get<int>(), row["forward_ms"].get<double>(),
+                row["forward_tflops"].get<double>(), row["backward_ms"].get<double>(),
+                row["backward_tflops"].get<double>(),
                 row["forward_64_query_tile_tflops"].get<double>(),
-                row["forward_128_query_tile_tflops"].get<double>());
+                row["forward_128_query_tile_tflops"].get<double>(),
+                row["backward_atomic_dq_tflops"].get<double>());
     rows.push_back(row);
   }
   if (!json_path.empty()) {

@@ -22,6 +22,7 @@
 //   model_bench [--device cpu|cuda] [--shape v32k|v8k|1b|all] [--step logps|dpo|generate]
 //               [--sequences 4] [--sequence_length 256] [--new_tokens 64] [--lora_alpha 32]
 //               [--threads N] [--warmup 2] [--iterations 7] [--breakdown]
+//               [--attention_backward deterministic|atomic_dq]
 //
 // --shape all runs the two small shapes (v32k, v8k). Prints one "RESULT ..." line per shape
 // (tools/bench/run_bench.sh and tools/gpu_check.sh collect them). --breakdown also times every op
@@ -112,6 +113,7 @@ struct Options {
   int warmup = 2;
   int iterations = 7;
   bool breakdown = false;
+  AttentionBackward attention_backward = AttentionBackward::deterministic;  // kernels/attention.h
 };
 
 AdamWConfig adamw_config() {
@@ -629,6 +631,7 @@ StepTimes time_logps_steps(Transformer& transformer, LoadedModel& model, const B
                            Device device, const Options& options) {
   ForwardOptions forward_options;
   forward_options.save_for_backward = true;
+  forward_options.attention_backward = options.attention_backward;
   std::vector<float> dlogps(batch.tokens.size(), 1.0f);  // loss = sum of log-probs
   StepTimes times;
   for (int i = 0; i < options.warmup + options.iterations; ++i) {
@@ -658,6 +661,7 @@ StepTimes time_dpo_steps(Transformer& transformer, LoadedModel& model, const Bat
       TokenLogps reference = transformer.forward(batch.spans(), reference_options);
       ForwardOptions policy_options;
       policy_options.save_for_backward = true;
+      policy_options.attention_backward = options.attention_backward;
       TokenLogps policy = transformer.forward(batch.spans(), policy_options);
       SequenceSums reference_sums =
           sum_per_sequence(reference.logps, reference.logit_sums, batch.labels, batch.cu_seqlens);
@@ -773,10 +777,11 @@ Options parse_options(int argc, char** argv) {
     else if (flag == "--warmup") options.warmup = parse_count("--warmup", value(), 0);
     else if (flag == "--iterations") options.iterations = parse_count("--iterations", value(), 1);
     else if (flag == "--breakdown") options.breakdown = true;
+    else if (flag == "--attention_backward") options.attention_backward = attention_backward_by_name(value(), "--attention_backward");
     else fail("unknown flag ", flag, " (flags: --device cpu|cuda, --shape v32k|v8k|1b|all, ",
               "--step logps|dpo|generate, --sequences N, --sequence_length N, --new_tokens N, --lora_alpha A, ",
               "--threads N, ",
-              "--warmup N, --iterations N, --breakdown)");
+              "--warmup N, --iterations N, --breakdown, --attention_backward deterministic|atomic_dq)");
   }
   const bool known_shape = options.shape == "all" || std::any_of(std::begin(kShapes), std::end(kShapes),
                                                                  [&](const BenchShape& s) { return options.shape == s.name; });
