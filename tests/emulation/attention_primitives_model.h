@@ -25,8 +25,8 @@
 //   pack_bf16x2  "cvt" .rn.bf16x2.f32: round to nearest even; __floats2bfloat162_rn puts its
 //       first argument in the low half.
 //   store_bf16x2  a 32-bit global store; store_bf16  "cvt" .rn.bf16.f32 and a 16-bit global store;
-//       fast_exp2  exp2f (the device's ex2.approx is within 2 ulp of it, far inside the
-//       tolerances of the tests);
+//       fast_exp2  "ex2" .approx.ftz.f32: exp2f with results below 2^-126 flushed to 0 (the
+//       device's approximation is within 2 ulp of exp2f, far inside the tests' tolerances);
 //   store_shared_bf16x2  a 32-bit "st.shared", checked by the emulator for place and races;
 //   atomic_add_f32  "red.global.add.f32": a plain add, since the emulated blocks run one at a time
 //       (the schedule decides the order of the adds, as the GPU's timing does).
@@ -166,7 +166,10 @@ inline void store_bf16(bf16* destination, float value) {
   std::memcpy(static_cast<void*>(destination), &bits, 2);
 }
 
-inline float fast_exp2(float x) { return std::exp2(x); }
+inline float fast_exp2(float x) {
+  const float result = std::exp2(x);
+  return std::fpclassify(result) == FP_SUBNORMAL ? 0.0f : result;  // .ftz
+}
 
 inline void store_shared_bf16x2(bf16* shared_destination, uint32_t packed) {
   emulation::block().store_shared(shared_destination, &packed, sizeof(packed));
