@@ -277,43 +277,49 @@ CST_FLASH_DEVICE void multiply_rows_by_rows(float (&scores)[kColumns / 8][4], co
       reinterpret_cast<float (&)[1][kColumns / 8][4]>(scores), left, row0, right, right_row0, lane);
 }
 
-// accumulator[r] (16 x D) += weights[r] (16 x kRows, in C layout) times rows [row0, row0 + kRows)
-// of the tile `right` (row-major, 64 x D), for each of kRowBlocks row blocks; each B fragment is
-// loaded once for all of them. A C fragment pair of n8 tiles is exactly the A fragment of one k16
-// step, after rounding to bf16.
+// The A fragments (k16 steps) of a warp's 16 x kColumns tile held in C layout, rounded to bf16:
+// the C fragments of two adjacent n8 tiles are exactly the A fragment of one k16 step, so a
+// product's result feeds the next product without going through shared memory. Packing as soon
+// as the f32 values are final halves the registers they hold.
+template <int kColumns>
+CST_FLASH_DEVICE void pack_a_fragments(uint32_t (&a)[kColumns / 16][4],
+                                       const float (&c)[kColumns / 8][4]) {
+  for (int step = 0; step < kColumns / 16; ++step) {
+    const float* low = c[2 * step];
+    const float* high = c[2 * step + 1];
+    a[step][0] = pack_bf16x2(low[0], low[1]);
+    a[step][1] = pack_bf16x2(low[2], low[3]);
+    a[step][2] = pack_bf16x2(high[0], high[1]);
+    a[step][3] = pack_bf16x2(high[2], high[3]);
+  }
+}
+
+// accumulator[r] (16 x D) += weights[r] (16 x kRows, A fragments from pack_a_fragments) times
+// rows [row0, row0 + kRows) of the tile `right` (row-major, 64 x D), for each of kRowBlocks row
+// blocks; each B fragment is loaded once for all of them.
 template <int kHeadDim, int kRows, int kRowBlocks>
 CST_FLASH_DEVICE void accumulate_row_blocks_times_tile(
     float (&accumulator)[kRowBlocks][kHeadDim / 8][4],
-    const float (&weights)[kRowBlocks][kRows / 8][4], const bf16* right, int row0, int lane) {
-  for (int step = 0; step < kRows / 16; ++step) {
-    uint32_t a[kRowBlocks][4];
-    for (int r = 0; r < kRowBlocks; ++r) {
-      const float* low = weights[r][2 * step];
-      const float* high = weights[r][2 * step + 1];
-      a[r][0] = pack_bf16x2(low[0], low[1]);
-      a[r][1] = pack_bf16x2(low[2], low[3]);
-      a[r][2] = pack_bf16x2(high[0], high[1]);
-      a[r][3] = pack_bf16x2(high[2], high[3]);
-    }
+    const uint32_t (&weights)[kRowBlocks][kRows / 16][4], const bf16* right, int row0, int lane) {
+  for (int step = 0; step < kRows / 16; ++step)
     for (int col16 = 0; col16 < kHeadDim / 16; ++col16) {
       uint32_t b[4];
       load_b_fragments_of_cols<kHeadDim>(b, right, row0 + step * 16, col16 * 16, lane);
       for (int r = 0; r < kRowBlocks; ++r) {
-        mma_bf16_16x8x16(accumulator[r][2 * col16], a[r], b[0], b[1]);
-        mma_bf16_16x8x16(accumulator[r][2 * col16 + 1], a[r], b[2], b[3]);
+        mma_bf16_16x8x16(accumulator[r][2 * col16], weights[r][step], b[0], b[1]);
+        mma_bf16_16x8x16(accumulator[r][2 * col16 + 1], weights[r][step], b[2], b[3]);
       }
     }
-  }
 }
 
 // The same for one row block.
 template <int kHeadDim, int kRows>
 CST_FLASH_DEVICE void accumulate_weights_times_tile(float (&accumulator)[kHeadDim / 8][4],
-                                                    const float (&weights)[kRows / 8][4],
+                                                    const uint32_t (&weights)[kRows / 16][4],
                                                     const bf16* right, int row0, int lane) {
   accumulate_row_blocks_times_tile<kHeadDim, kRows, 1>(
       reinterpret_cast<float (&)[1][kHeadDim / 8][4]>(accumulator),
-      reinterpret_cast<const float (&)[1][kRows / 8][4]>(weights), right, row0, lane);
+      reinterpret_cast<const uint32_t (&)[1][kRows / 16][4]>(weights), right, row0, lane);
 }
 
 // Element e of n8 tile n of a C fragment sits at (row, col) of the 16-row warp tile.
@@ -429,6 +435,7 @@ CST_FLASH_DEVICE void forward_block(const AttentionParams& p, char* shared, Tile
   double_buffered_loop(keys.count(), load_key_tile, [&](int i, int buffer) {
     const int key0 = keys.key0(i);
     float scores[kRowBlocks][kTileRows / 8][4];
+    uint32_t probabilities[kRowBlocks][kTileRows / 16][4];  // the weights, as A fragments
     multiply_row_blocks_by_rows<kHeadDim, kTileRows, kRowBlocks>(scores, q_tile, warp_row0,
                                                                  keys.k(buffer), 0, lane);
     #pragma unroll
@@ -443,8 +450,9 @@ CST_FLASH_DEVICE void forward_block(const AttentionParams& p, char* shared, Tile
           scores[r][n][e] = visible ? scores[r][n][e] * scale_log2 : -INFINITY;
         }
       online_softmax_step<kHeadDim>(scores[r], row_max[r], row_sum[r], output[r]);
+      pack_a_fragments<kTileRows>(probabilities[r], scores[r]);
     }
-    accumulate_row_blocks_times_tile<kHeadDim, kTileRows, kRowBlocks>(output, scores,
+    accumulate_row_blocks_times_tile<kHeadDim, kTileRows, kRowBlocks>(output, probabilities,
                                                                       keys.v(buffer), 0, lane);
   });
 
@@ -466,16 +474,16 @@ CST_FLASH_DEVICE void forward_block(const AttentionParams& p, char* shared, Tile
 
 // ---- backward ----
 
-// Writes a warp's 16 x kColumns C-layout tile (rows row0.., columns column0..) into a 64 x 64
-// swizzled bf16 tile in shared memory, rounded as pack_bf16x2 rounds it for the tensor cores.
+// Writes a warp's 16 x kColumns tile, held as A fragments (pack_a_fragments), to rows row0..
+// and columns column0.. of a 64 x 64 swizzled bf16 tile in shared memory. Register i of a
+// fragment holds two adjacent columns: row +8 for odd i, columns +8 for i >= 2.
 template <int kColumns>
-CST_FLASH_DEVICE void store_fragment_tile(bf16* tile, const float (&values)[kColumns / 8][4],
+CST_FLASH_DEVICE void store_fragment_tile(bf16* tile, const uint32_t (&a)[kColumns / 16][4],
                                           int row0, int column0, int lane) {
-  for (int n = 0; n < kColumns / 8; ++n)
-    for (int half = 0; half < 2; ++half) {
-      int row = row0 + fragment_row(lane, 2 * half);
-      bf16* destination = tile + swizzled_offset<kTileRows>(row, column0 + n * 8) + (lane % 4) * 2;
-      store_shared_bf16x2(destination, pack_bf16x2(values[n][2 * half], values[n][2 * half + 1]));
+  for (int step = 0; step < kColumns / 16; ++step)
+    for (int i = 0; i < 4; ++i) {
+      int row = row0 + lane / 4 + (i % 2) * 8, chunk = column0 + step * 16 + (i / 2) * 8;
+      store_shared_bf16x2(tile + swizzled_offset<kTileRows>(row, chunk) + (lane % 4) * 2, a[step][i]);
     }
 }
 
@@ -613,11 +621,16 @@ CST_FLASH_DEVICE void backward_dkdv_block(const AttentionParams& p, char* shared
           probabilities[n][e] = probability;
           dscores[n][e] = visible ? probability * (dscores[n][e] - tile_dots[column]) : 0.0f;
         }
-      accumulate_weights_times_tile<kHeadDim, kColumns>(dv, probabilities, dout_tile, column0,
+      uint32_t probability_fragments[kColumns / 16][4], dscore_fragments[kColumns / 16][4];
+      pack_a_fragments<kColumns>(probability_fragments, probabilities);
+      pack_a_fragments<kColumns>(dscore_fragments, dscores);
+      accumulate_weights_times_tile<kHeadDim, kColumns>(dv, probability_fragments, dout_tile,
+                                                        column0, lane);
+      accumulate_weights_times_tile<kHeadDim, kColumns>(dk, dscore_fragments, q_tile, column0,
                                                         lane);
-      accumulate_weights_times_tile<kHeadDim, kColumns>(dk, dscores, q_tile, column0, lane);
       if constexpr (kAccumulateDq)
-        store_fragment_tile<kColumns>(dscores_transposed, dscores, warp_row0, column0, lane);
+        store_fragment_tile<kColumns>(dscores_transposed, dscore_fragments, warp_row0, column0,
+                                      lane);
     }
     if constexpr (kAccumulateDq) {
       block_barrier();  // every warp's rows of dS^T are in place; the loop's barrier ends the reads
@@ -689,7 +702,10 @@ CST_FLASH_DEVICE void backward_dq_block(const AttentionParams& p, char* shared,
               visible ? fast_exp2(probabilities[n][e] * scale_log2 - row_lse_log2[e / 2]) : 0.0f;
           dscores[n][e] = visible ? probability * (dscores[n][e] - row_dot[e / 2]) : 0.0f;
         }
-      accumulate_weights_times_tile<kHeadDim, kColumns>(dq, dscores, k_tile, column0, lane);
+      uint32_t dscore_fragments[kColumns / 16][4];
+      pack_a_fragments<kColumns>(dscore_fragments, dscores);
+      accumulate_weights_times_tile<kHeadDim, kColumns>(dq, dscore_fragments, k_tile, column0,
+                                                        lane);
     }
   });
 
