@@ -106,7 +106,8 @@ CST_FLASH_DEVICE void query_tile_range(int key0, int seq_len, int window, int& f
 // backward's dS tile); col is a multiple of 8 (one 16-byte chunk).
 template <int kWidth>
 CST_FLASH_DEVICE int swizzled_offset(int row, int col) {
-  return row * kWidth + (((col / 8) ^ (row % 8)) * 8);
+  const unsigned r = unsigned(row), c = unsigned(col);
+  return int(r * kWidth + (((c / 8) ^ (r % 8)) * 8));
 }
 
 // Where a tile's 64 rows come from: tokens [first_token, first_token + 64) of one head of a
@@ -122,19 +123,24 @@ CST_FLASH_DEVICE TileSource tile_source(int seq_start, int seq_len, int row0, in
   return {seq_start + row0, seq_len - row0, head};
 }
 
-// Starts copying a tile into shared memory; rows at or past valid_rows are zero-filled.
+// Starts copying a tile into shared memory; rows at or past valid_rows are zero-filled. Thread t
+// copies the 16-byte chunk t % (D / 8) of rows t / (D / 8), + 128 / (D / 8), ...: its column,
+// its rows' swizzle and its source address advance by constants from one row to the next, so
+// the address arithmetic is done once per tile rather than once per chunk.
 template <int kHeadDim>
 CST_FLASH_DEVICE void load_tile_async(bf16* tile, const bf16* tensor, int heads_in_tensor,
                                       TileSource rows, int thread) {
   constexpr int kChunksPerRow = kHeadDim / 8;
-  for (int chunk = thread; chunk < kTileRows * kChunksPerRow; chunk += kThreads) {
-    int row = chunk / kChunksPerRow, col = (chunk % kChunksPerRow) * 8;
-    bool valid = row < rows.valid_rows;
-    const bf16* source =
-        valid ? tensor + (int64_t(rows.first_token + row) * heads_in_tensor + rows.head) *
-                             kHeadDim + col
-              : tensor;
-    copy_async_16(tile + swizzled_offset<kHeadDim>(row, col), source, valid);
+  constexpr int kRowsPerPass = kThreads / kChunksPerRow;
+  const int first_row = thread / kChunksPerRow, col = (thread % kChunksPerRow) * 8;
+  const int64_t row_stride = int64_t(heads_in_tensor) * kHeadDim;
+  const int64_t first_offset =
+      (int64_t(rows.first_token + first_row) * heads_in_tensor + rows.head) * kHeadDim + col;
+  for (int pass = 0; pass < kTileRows / kRowsPerPass; ++pass) {
+    const int row = first_row + pass * kRowsPerPass;
+    const bool valid = row < rows.valid_rows;
+    const int64_t offset = valid ? first_offset + pass * kRowsPerPass * row_stride : 0;
+    copy_async_16(tile + swizzled_offset<kHeadDim>(row, col), tensor + offset, valid);
   }
 }
 
@@ -328,6 +334,23 @@ CST_FLASH_DEVICE int fragment_col(int lane, int n, int e) {
   return n * 8 + (lane % 4) * 2 + (e % 2);
 }
 
+// Calls hide(n, e) for every element (n8 tile n, element e) of a warp's 16 x kColumns C-layout
+// tile whose (query, key) pair the mask hides. Rows are the positions row0.., columns column0..;
+// rows are queries and columns keys, or the other way round with kRowsAreKeys (the dK/dV
+// block's transposed tiles). Only tiles that tiles_fully_visible rejects need it: the fully
+// visible tiles, most of a long sequence's, then spend no instruction on the mask.
+template <int kColumns, bool kRowsAreKeys, class Hide>
+CST_FLASH_DEVICE void for_each_hidden(int row0, int column0, int seq_len, int window, int lane,
+                                      Hide hide) {
+  for (int n = 0; n < kColumns / 8; ++n)
+    for (int e = 0; e < 4; ++e) {
+      int row = row0 + fragment_row(lane, e), column = column0 + fragment_col(lane, n, e);
+      bool visible = kRowsAreKeys ? key_visible(column, row, seq_len, window)
+                                  : key_visible(row, column, seq_len, window);
+      if (!visible) hide(n, e);
+    }
+}
+
 // Writes 16 rows x D of a C-layout accumulator (times `factor` per row half) to a (N, heads, D)
 // tensor; rows at or past valid_rows are skipped.
 template <int kHeadDim>
@@ -441,14 +464,11 @@ CST_FLASH_DEVICE void forward_block(const AttentionParams& p, char* shared, Tile
     #pragma unroll
     for (int r = 0; r < kRowBlocks; ++r) {
       const int block_query0 = query0 + r * kTileRows;
-      const bool masked = !tiles_fully_visible(block_query0, key0, seq_len, p.window);
       for (int n = 0; n < kTileRows / 8; ++n)
-        for (int e = 0; e < 4; ++e) {
-          int query = block_query0 + warp_row0 + fragment_row(lane, e);
-          int key = key0 + fragment_col(lane, n, e);
-          bool visible = !masked || key_visible(query, key, seq_len, p.window);
-          scores[r][n][e] = visible ? scores[r][n][e] * scale_log2 : -INFINITY;
-        }
+        for (int e = 0; e < 4; ++e) scores[r][n][e] *= scale_log2;
+      if (!tiles_fully_visible(block_query0, key0, seq_len, p.window))
+        for_each_hidden<kTileRows, false>(block_query0 + warp_row0, key0, seq_len, p.window, lane,
+                                          [&](int n, int e) { scores[r][n][e] = -INFINITY; });
       online_softmax_step<kHeadDim>(scores[r], row_max[r], row_sum[r], output[r]);
       pack_a_fragments<kTileRows>(probabilities[r], scores[r]);
     }
@@ -600,7 +620,6 @@ CST_FLASH_DEVICE void backward_dkdv_block(const AttentionParams& p, char* shared
     const float* tile_lse_log2 = lse_log2 + buffer * kTileRows;
     const float* tile_dots = dots + buffer * kTileRows;
     const int query0 = query_tile_of_step(i);
-    // Tiles are transposed here: rows are keys, columns are queries.
     const bool masked = !tiles_fully_visible(query0, key0, seq_len, p.window);
 
     for (int column0 = 0; column0 < kTileRows; column0 += kColumns) {
@@ -610,17 +629,22 @@ CST_FLASH_DEVICE void backward_dkdv_block(const AttentionParams& p, char* shared
       float dscores[kColumns / 8][4];  // dP^T, then dS^T
       multiply_rows_by_rows<kHeadDim, kColumns>(dscores, v_tile, warp_row0, dout_tile, column0,
                                                 lane);
+      // Tiles are transposed here: rows are keys, columns are queries.
       for (int n = 0; n < kColumns / 8; ++n)
         for (int e = 0; e < 4; ++e) {
           int column = column0 + fragment_col(lane, n, e);
-          int key = key0 + warp_row0 + fragment_row(lane, e);
-          bool visible = !masked || key_visible(query0 + column, key, seq_len, p.window);
           float probability =
-              visible ? fast_exp2(probabilities[n][e] * scale_log2 - tile_lse_log2[column])
-                      : 0.0f;
+              fast_exp2(probabilities[n][e] * scale_log2 - tile_lse_log2[column]);
           probabilities[n][e] = probability;
-          dscores[n][e] = visible ? probability * (dscores[n][e] - tile_dots[column]) : 0.0f;
+          dscores[n][e] = probability * (dscores[n][e] - tile_dots[column]);
         }
+      // Hidden pairs may have overflowed to inf or NaN above; they are overwritten, not scaled.
+      if (masked)
+        for_each_hidden<kColumns, true>(key0 + warp_row0, query0 + column0, seq_len, p.window,
+                                        lane, [&](int n, int e) {
+                                          probabilities[n][e] = 0.0f;
+                                          dscores[n][e] = 0.0f;
+                                        });
       uint32_t probability_fragments[kColumns / 16][4], dscore_fragments[kColumns / 16][4];
       pack_a_fragments<kColumns>(probability_fragments, probabilities);
       pack_a_fragments<kColumns>(dscore_fragments, dscores);
@@ -695,13 +719,13 @@ CST_FLASH_DEVICE void backward_dq_block(const AttentionParams& p, char* shared,
                                                 lane);
       for (int n = 0; n < kColumns / 8; ++n)
         for (int e = 0; e < 4; ++e) {
-          int query = query0 + warp_row0 + fragment_row(lane, e);
-          int key = key0 + column0 + fragment_col(lane, n, e);
-          bool visible = !masked || key_visible(query, key, seq_len, p.window);
-          float probability =
-              visible ? fast_exp2(probabilities[n][e] * scale_log2 - row_lse_log2[e / 2]) : 0.0f;
-          dscores[n][e] = visible ? probability * (dscores[n][e] - row_dot[e / 2]) : 0.0f;
+          float probability = fast_exp2(probabilities[n][e] * scale_log2 - row_lse_log2[e / 2]);
+          dscores[n][e] = probability * (dscores[n][e] - row_dot[e / 2]);
         }
+      // Hidden pairs may have overflowed to inf or NaN above; they are overwritten, not scaled.
+      if (masked)
+        for_each_hidden<kColumns, false>(query0 + warp_row0, key0 + column0, seq_len, p.window,
+                                         lane, [&](int n, int e) { dscores[n][e] = 0.0f; });
       uint32_t dscore_fragments[kColumns / 16][4];
       pack_a_fragments<kColumns>(dscore_fragments, dscores);
       accumulate_weights_times_tile<kHeadDim, kColumns>(dq, dscore_fragments, k_tile, column0,
