@@ -384,9 +384,13 @@ constexpr int backward_score_columns() {
 // Folds one key tile's scores (16 rows x 64 keys of a warp, log2 domain, masked keys -inf) into
 // the online softmax of this thread's two rows: the running output and sum are rescaled by
 // exp2(old max - new max), and scores become the tile's weights relative to the new max.
+// Once a row's max has settled the factor is exactly 1, and multiplying by it changes no bit;
+// the output's rescaling (kHeadDim / 4 multiplies) is then skipped. The branch is per thread,
+// so a warp runs it when any of its rows got a new max.
 template <int kHeadDim>
 CST_FLASH_DEVICE void online_softmax_step(float (&scores)[kTileRows / 8][4], float (&row_max)[2],
                                           float (&row_sum)[2], float (&output)[kHeadDim / 8][4]) {
+  float correction[2];
   for (int half = 0; half < 2; ++half) {
     float tile_max = -INFINITY;
     for (int n = 0; n < kTileRows / 8; ++n)
@@ -395,7 +399,7 @@ CST_FLASH_DEVICE void online_softmax_step(float (&scores)[kTileRows / 8][4], flo
     // A row that has seen no visible key yet keeps max -inf; subtracting 0 then keeps
     // exp2(-inf - base) = 0 instead of the NaN of (-inf) - (-inf).
     float base = new_max == -INFINITY ? 0.0f : new_max;
-    float correction = fast_exp2(row_max[half] - base);
+    correction[half] = fast_exp2(row_max[half] - base);
     row_max[half] = new_max;
     float tile_sum = 0.0f;
     for (int n = 0; n < kTileRows / 8; ++n)
@@ -403,12 +407,11 @@ CST_FLASH_DEVICE void online_softmax_step(float (&scores)[kTileRows / 8][4], flo
         scores[n][e] = fast_exp2(scores[n][e] - base);
         tile_sum += scores[n][e];
       }
-    row_sum[half] = row_sum[half] * correction + tile_sum;
-    for (int n = 0; n < kHeadDim / 8; ++n) {
-      output[n][2 * half] *= correction;
-      output[n][2 * half + 1] *= correction;
-    }
+    row_sum[half] = row_sum[half] * correction[half] + tile_sum;
   }
+  if (correction[0] != 1.0f || correction[1] != 1.0f)
+    for (int n = 0; n < kHeadDim / 8; ++n)
+      for (int e = 0; e < 4; ++e) output[n][e] *= correction[e / 2];
 }
 
 // A forward query tile is kRowBlocks blocks of 64 rows; warp w owns rows 64 r + 16 w .. + 15 of
