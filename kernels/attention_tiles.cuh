@@ -371,12 +371,14 @@ CST_FLASH_DEVICE void store_rows(bf16* tensor, int heads_in_tensor, TileSource r
 }
 
 // The backward holds a 16 x D gradient accumulator (dK and dV, or dQ) beside its P and dS
-// tiles. At D = 128 the accumulators alone take 128 (dK, dV) or 64 (dQ) registers per thread,
-// so P and dS are formed 32 columns at a time rather than 64, which keeps the kernels within
-// 255 registers without spilling; the sums run in the same order either way.
-template <int kHeadDim>
+// tiles, which it forms all 64 columns at once, or in passes of fewer columns at the price of
+// reloading the warp's K and V (or Q and dO) fragments for each pass; the sums run in the same
+// order either way. At D = 128 the dK and dV accumulators alone take 128 registers per thread,
+// and the dK/dV block with atomic dQ needs 32-column passes to stay within 255 registers
+// without spilling (docs/attention.md, registers).
+template <int kHeadDim, bool kAccumulateDq>
 constexpr int backward_score_columns() {
-  return kHeadDim == 128 ? 32 : kTileRows;
+  return kHeadDim == 128 && kAccumulateDq ? 32 : kTileRows;
 }
 
 // ---- forward: one block per (query tile, query head, sequence) ----
@@ -576,7 +578,7 @@ CST_FLASH_DEVICE void backward_dkdv_block(const AttentionParams& p, char* shared
   if (key0 >= seq_len) return;
   const int group_size = p.heads / p.kv_heads;
   const float scale_log2 = p.scale * kLog2e;
-  constexpr int kColumns = backward_score_columns<kHeadDim>();
+  constexpr int kColumns = backward_score_columns<kHeadDim, kAccumulateDq>();
 
   constexpr int kTileElements = kTileRows * kHeadDim;
   bf16* k_tile = reinterpret_cast<bf16*>(shared);
@@ -683,7 +685,7 @@ CST_FLASH_DEVICE void backward_dq_block(const AttentionParams& p, char* shared,
   if (query0 >= seq_len) return;
   const int kv_head = at.head / (p.heads / p.kv_heads);
   const float scale_log2 = p.scale * kLog2e;
-  constexpr int kColumns = backward_score_columns<kHeadDim>();
+  constexpr int kColumns = backward_score_columns<kHeadDim, false>();
 
   bf16* q_tile = reinterpret_cast<bf16*>(shared);
   bf16* dout_tile = q_tile + kTileRows * kHeadDim;
