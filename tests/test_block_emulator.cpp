@@ -1,0 +1,132 @@
+// The block emulator's checks of shared memory (tests/emulation/block_emulator.h), driven by the
+// flash kernels' own primitives (tests/emulation/attention_primitives_model.h). Warp 0 writes 32
+// rows of 16 bytes, by plain stores or by cp.async, and warp 1 reads them with one ldmatrix_x4.
+// Without a barrier between the two the emulator must report the race whichever warp runs first
+// (both orders are run); with the barrier the read must see what was written.
+#include <gtest/gtest.h>
+
+#if defined(__x86_64__)
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tests/emulation/attention_primitives_model.h"
+
+namespace cst {
+namespace {
+
+namespace flash = cuda::flash;
+using emulation::block;
+using emulation::Schedule;
+
+constexpr int kThreads = 64;  // two warps
+constexpr int kRows = 32;     // one 16-byte row per lane of a warp: what one ldmatrix_x4 reads
+constexpr size_t kSharedBytes = kRows * 16;
+
+// Word w of row r, as warp 0 writes it: a value that says where it belongs.
+uint32_t word_of_row(int row, int word) { return uint32_t(row * 16 + word); }
+
+enum class Writer { plain_stores, copies };
+
+struct Outcome {
+  std::string error;
+  std::array<uint32_t, 4> fragment{};  // what lane 0 of warp 1 read
+};
+
+// Runs one block under `order`: warp 0 writes row `lane` (plain stores, or one cp.async from
+// `source` with its commit and wait), then a block barrier if `barrier`, then warp 1 reads the 32
+// rows with ldmatrix_x4, lane l giving the address of row l.
+Outcome write_then_read(Writer writer, bool barrier, Schedule::Order order) {
+  static std::vector<uint32_t> source;  // the rows cp.async copies from
+  source.resize(kRows * 4);
+  for (int row = 0; row < kRows; ++row)
+    for (int word = 0; word < 4; ++word) source[size_t(row * 4 + word)] = word_of_row(row, word);
+  const Schedule saved = block().schedule();
+  block().set_schedule({order, 0});
+  block().set_readable({{source.data(), source.size() * sizeof(uint32_t)}});
+  Outcome outcome;
+  outcome.error = block().run(kThreads, kSharedBytes, [&](std::byte* shared, int thread) {
+    const int lane = thread % 32;
+    auto* row = reinterpret_cast<flash::bf16*>(shared + lane * 16);
+    if (thread < 32) {
+      if (writer == Writer::plain_stores) {
+        for (int word = 0; word < 4; ++word)
+          flash::store_shared_bf16x2(row + 2 * word, word_of_row(lane, word));
+      } else {
+        flash::copy_async_16(row, source.data() + lane * 4, true);
+        flash::copy_async_commit();
+        flash::copy_async_wait<0>();
+      }
+    }
+    if (barrier) flash::block_barrier();
+    if (thread >= 32) {
+      uint32_t fragment[4];
+      flash::ldmatrix_x4(fragment, row);
+      if (lane == 0) std::copy(fragment, fragment + 4, outcome.fragment.begin());
+    }
+  });
+  block().set_schedule(saved);
+  return outcome;
+}
+
+// Register m of lane 0 holds elements (0, 0) and (0, 1) of matrix m, whose row 0 is the row whose
+// address lane 8m gave: row 8m, word 0.
+constexpr std::array<uint32_t, 4> kLaneZeroFragment = {0 * 16, 8 * 16, 16 * 16, 24 * 16};
+
+TEST(BlockEmulator, WritesAreSeenByAnotherWarpAfterABarrier) {
+  for (Writer writer : {Writer::plain_stores, Writer::copies})
+    for (auto order : {Schedule::Order::in_order, Schedule::Order::reversed}) {
+      const Outcome outcome = write_then_read(writer, true, order);
+      EXPECT_EQ(outcome.error, "");
+      EXPECT_EQ(outcome.fragment, kLaneZeroFragment);
+    }
+}
+
+// What the emulator must report when the barrier is left out, with warp 0 running first (the
+// read comes after the writes, in the same barrier interval) or warp 1 (the writes land on rows
+// it read in that interval).
+struct Race {
+  Writer writer;
+  Schedule::Order order;
+  const char* report;
+};
+
+TEST(BlockEmulator, WritesReadByAnotherWarpWithoutABarrierAreARace) {
+  const Race races[] = {
+      {Writer::plain_stores, Schedule::Order::in_order,
+       "ldmatrix reads a shared row another warp stored to since the last barrier"},
+      {Writer::plain_stores, Schedule::Order::reversed,
+       "st.shared overwrites a shared row another warp read since the last barrier"},
+      {Writer::copies, Schedule::Order::in_order,
+       "ldmatrix reads a shared row whose cp.async landed after the last barrier"},
+      {Writer::copies, Schedule::Order::reversed,
+       "cp.async overwrites a shared row another warp read since the last barrier"},
+  };
+  for (const Race& race : races)
+    EXPECT_NE(write_then_read(race.writer, false, race.order).error.find(race.report),
+              std::string::npos)
+        << race.report;
+}
+
+TEST(BlockEmulator, PlainStoresOutsideSharedMemoryOrMisalignedAreRefused) {
+  auto store_at = [](size_t byte_offset) {
+    return block().run(32, kSharedBytes, [&](std::byte* shared, int thread) {
+      if (thread == 0)
+        flash::store_shared_bf16x2(reinterpret_cast<flash::bf16*>(shared + byte_offset), 1u);
+    });
+  };
+  EXPECT_EQ(store_at(kSharedBytes - 4), "");
+  EXPECT_NE(store_at(kSharedBytes).find("st.shared address outside the block's shared memory"),
+            std::string::npos);
+  EXPECT_NE(store_at(2).find("st.shared address not aligned to its size"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace cst
+
+#else  // the fibers switch with x86-64 instructions
+
+TEST(BlockEmulator, NeedsX86) { GTEST_SKIP() << "the block emulator needs an x86-64 CPU"; }
+
+#endif
