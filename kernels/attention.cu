@@ -52,8 +52,9 @@ __global__ void __launch_bounds__(flash::kThreads) dkdv_kernel(AttentionParams p
                                                       int(threadIdx.x));
 }
 
+// elements is a multiple of kDqElementsPerThread (it is tokens x heads x 64 or 128).
 __global__ void dq_from_accumulator_kernel(AttentionParams params, int64_t elements) {
-  int64_t index = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  int64_t index = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * flash::kDqElementsPerThread;
   if (index < elements) flash::store_dq_from_accumulator(params, index);
 }
 
@@ -186,7 +187,8 @@ void dkdv_and_atomic_dq(AttentionParams params, const DeviceOffsets& offsets, in
   CUDA_CHECK(cudaMemsetAsync(params.dq_accumulator, 0, size_t(elements) * sizeof(float), stream()));
   launch_tiles(dkdv_kernel<kHeadDim, true>, flash::dkdv_shared_bytes<kHeadDim, true>(), tiles,
                params.kv_heads, offsets, params);
-  CST_LAUNCH(ceil_div(elements, 256), 256, 0, dq_from_accumulator_kernel)(params, elements);
+  CST_LAUNCH(ceil_div(elements, 256 * flash::kDqElementsPerThread), 256, 0,
+             dq_from_accumulator_kernel)(params, elements);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -544,10 +544,17 @@ CST_FLASH_DEVICE void add_dq_of_key_tile(float* dq_accumulator, int heads, TileS
   }
 }
 
-// dq = scale * accumulator, rounded to bf16: element `index` of (N, H, D), after every dK/dV
-// block has added its share.
+// dq = scale * accumulator, rounded to bf16, for the four elements of (N, H, D) from `index` (a
+// multiple of 4), after every dK/dV block has added its share: one 16-byte load, two 4-byte
+// stores.
+constexpr int kDqElementsPerThread = 4;
 CST_FLASH_DEVICE void store_dq_from_accumulator(const AttentionParams& p, int64_t index) {
-  store_bf16(p.dq + index, p.dq_accumulator[index] * p.scale);
+  struct alignas(16) Sums {
+    float value[kDqElementsPerThread];
+  };
+  const Sums sums = *reinterpret_cast<const Sums*>(p.dq_accumulator + index);
+  for (int i = 0; i < kDqElementsPerThread; i += 2)
+    store_bf16x2(p.dq + index + i, pack_bf16x2(sums.value[i] * p.scale, sums.value[i + 1] * p.scale));
 }
 
 // D_i = do_i . o_i for one (token, head) per warp, summed in f32.

@@ -206,7 +206,7 @@ std::string run_backward_with_atomic_dq(const flash::AttentionParams& p, int lon
                          });
   if (error.empty())
     for (int64_t i = first_token * p.heads * kHeadDim; i < int64_t(p.tokens) * p.heads * kHeadDim;
-         ++i)
+         i += flash::kDqElementsPerThread)
       flash::store_dq_from_accumulator(p, i);
   return error;
 }
