@@ -63,7 +63,7 @@ prepare() {
     ninja -C "$BUILD" -t targets all 2>/dev/null | grep -q "^$program:" && targets+=("$program")
   done
   ninja -C "$BUILD" -j "${JOBS:-2}" "${targets[@]}" || return 1
-  rm -rf "$BUILD/bin" "$BUILD/lib" "$BUILD/lib-staging" "$BUILD/lib-unpacked"
+  rm -rf "${BUILD:?}/bin" "${BUILD:?}/lib" "${BUILD:?}/lib-staging" "${BUILD:?}/lib-unpacked"
   mkdir -p "$BUILD/bin" "$BUILD/lib" "$BUILD/lib-staging"
   for program in "${targets[@]}"; do
     cp "$BUILD/$program" "$BUILD/bin/"
