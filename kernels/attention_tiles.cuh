@@ -383,21 +383,25 @@ constexpr int backward_score_columns() {
 
 // ---- forward: one block per (query tile, query head, sequence) ----
 
-// Folds one key tile's scores (16 rows x 64 keys of a warp, log2 domain, masked keys -inf) into
-// the online softmax of this thread's two rows: the running output and sum are rescaled by
-// exp2(old max - new max), and scores become the tile's weights relative to the new max.
+// Folds one key tile's scores (16 rows x 64 keys of a warp, q . k, masked keys -inf) into the
+// online softmax of this thread's two rows, which works in the log2 domain x = scale_log2 * s:
+// the running output and sum are rescaled by exp2(old max - new max), and scores become the
+// tile's weights exp2(scale_log2 * s - new max), an explicit fused multiply-add (left to itself
+// the compiler may or may not contract it, and the two query tiles must round alike). The max of
+// x is scale_log2 times the max of s, rounding included: scale_log2 > 0 and rounding is monotone.
 // Once a row's max has settled the factor is exactly 1, and multiplying by it changes no bit;
 // the output's rescaling (kHeadDim / 4 multiplies) is then skipped. The branch is per thread,
 // so a warp runs it when any of its rows got a new max.
 template <int kHeadDim>
-CST_FLASH_DEVICE void online_softmax_step(float (&scores)[kTileRows / 8][4], float (&row_max)[2],
-                                          float (&row_sum)[2], float (&output)[kHeadDim / 8][4]) {
+CST_FLASH_DEVICE void online_softmax_step(float (&scores)[kTileRows / 8][4], float scale_log2,
+                                          float (&row_max)[2], float (&row_sum)[2],
+                                          float (&output)[kHeadDim / 8][4]) {
   float correction[2];
   for (int half = 0; half < 2; ++half) {
     float tile_max = -INFINITY;
     for (int n = 0; n < kTileRows / 8; ++n)
       tile_max = fmaxf(tile_max, fmaxf(scores[n][2 * half], scores[n][2 * half + 1]));
-    float new_max = fmaxf(row_max[half], quad_max(tile_max));
+    float new_max = fmaxf(row_max[half], quad_max(tile_max) * scale_log2);
     // A row that has seen no visible key yet keeps max -inf; subtracting 0 then keeps
     // exp2(-inf - base) = 0 instead of the NaN of (-inf) - (-inf).
     float base = new_max == -INFINITY ? 0.0f : new_max;
@@ -406,10 +410,10 @@ CST_FLASH_DEVICE void online_softmax_step(float (&scores)[kTileRows / 8][4], flo
     float tile_sum = 0.0f;
     for (int n = 0; n < kTileRows / 8; ++n)
       for (int e = 2 * half; e < 2 * half + 2; ++e) {
-        scores[n][e] = fast_exp2(scores[n][e] - base);
+        scores[n][e] = fast_exp2(fmaf(scores[n][e], scale_log2, -base));
         tile_sum += scores[n][e];
       }
-    row_sum[half] = row_sum[half] * correction[half] + tile_sum;
+    row_sum[half] = fmaf(row_sum[half], correction[half], tile_sum);
   }
   if (correction[0] != 1.0f || correction[1] != 1.0f)
     for (int n = 0; n < kHeadDim / 8; ++n)
@@ -469,12 +473,10 @@ CST_FLASH_DEVICE void forward_block(const AttentionParams& p, char* shared, Tile
     #pragma unroll
     for (int r = 0; r < kRowBlocks; ++r) {
       const int block_query0 = query0 + r * kTileRows;
-      for (int n = 0; n < kTileRows / 8; ++n)
-        for (int e = 0; e < 4; ++e) scores[r][n][e] *= scale_log2;
       if (!tiles_fully_visible(block_query0, key0, seq_len, p.window))
         for_each_hidden<kTileRows, false>(block_query0 + warp_row0, key0, seq_len, p.window, lane,
                                           [&](int n, int e) { scores[r][n][e] = -INFINITY; });
-      online_softmax_step<kHeadDim>(scores[r], row_max[r], row_sum[r], output[r]);
+      online_softmax_step<kHeadDim>(scores[r], scale_log2, row_max[r], row_sum[r], output[r]);
       pack_a_fragments<kTileRows>(probabilities[r], scores[r]);
     }
     accumulate_row_blocks_times_tile<kHeadDim, kTileRows, kRowBlocks>(output, probabilities,
@@ -498,6 +500,11 @@ CST_FLASH_DEVICE void forward_block(const AttentionParams& p, char* shared, Tile
 }
 
 // ---- backward ----
+//
+// P = exp2(scale_log2 * s - lse) is written as an explicit fused multiply-add: left to itself the
+// compiler may or may not contract the product and the subtraction, and the dK/dV kernels with
+// and without atomic dQ, which must give the same dk and dv bits, could then round differently.
+// The emulator computes fmaf exactly as the GPU does.
 
 // Writes a warp's 16 x kColumns tile, held as A fragments (pack_a_fragments), to rows row0..
 // and columns column0.. of a 64 x 64 swizzled bf16 tile in shared memory. Register i of a
@@ -646,7 +653,7 @@ CST_FLASH_DEVICE void backward_dkdv_block(const AttentionParams& p, char* shared
         for (int e = 0; e < 4; ++e) {
           int column = column0 + fragment_col(lane, n, e);
           float probability =
-              fast_exp2(probabilities[n][e] * scale_log2 - tile_lse_log2[column]);
+              fast_exp2(fmaf(probabilities[n][e], scale_log2, -tile_lse_log2[column]));
           probabilities[n][e] = probability;
           dscores[n][e] = probability * (dscores[n][e] - tile_dots[column]);
         }
@@ -731,7 +738,8 @@ CST_FLASH_DEVICE void backward_dq_block(const AttentionParams& p, char* shared,
                                                 lane);
       for (int n = 0; n < kColumns / 8; ++n)
         for (int e = 0; e < 4; ++e) {
-          float probability = fast_exp2(probabilities[n][e] * scale_log2 - row_lse_log2[e / 2]);
+          float probability =
+              fast_exp2(fmaf(probabilities[n][e], scale_log2, -row_lse_log2[e / 2]));
           dscores[n][e] = probability * (dscores[n][e] - row_dot[e / 2]);
         }
       // Hidden pairs may have overflowed to inf or NaN above; they are overwritten, not scaled.
