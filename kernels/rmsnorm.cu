@@ -1,5 +1,7 @@
-// CUDA RMSNorm. One warp per row: C = 4096 is 16 chunks of 8 bf16 per lane, so a row needs no
-// block-level synchronisation, and the row is read twice (sum of squares, then normalise), the
+// CUDA RMSNorm. Model widths (2048 to 8192 channels in 16-byte chunks) run one block of 256
+// threads per row: each thread keeps its one to four chunks in registers, so the row is read
+// from memory once, and the sum over the row goes through shared memory in a fixed order. Other
+// rows run one warp per row, which reads the row twice (sum of squares, then normalise), the
 // second time mostly from L1/L2.
 // x, out, dout, dx share one dtype T (bf16 or f32); the weight may be bf16 or f32; rstd is f32.
 #include "kernels/cuda_utils.cuh"
@@ -8,6 +10,95 @@
 namespace cst::cuda {
 
 constexpr int kRowsPerBlock = kThreads / 32;
+
+// The block-per-row kernels: rows of kRowThreads x kChunk x (1 to kRowChunksPerThread) channels.
+constexpr int kRowThreads = 256, kRowChunksPerThread = 4;
+constexpr int kRowMinChannels = kRowThreads * kChunk, kRowMaxChannels = kRowMinChannels * kRowChunksPerThread;
+
+bool runs_block_per_row(int channels, bool chunked) {
+  return chunked && channels >= kRowMinChannels && channels <= kRowMaxChannels;
+}
+
+// The sum of every thread's value in a block of kRowThreads, in a fixed order (the same bits on
+// every run); partial holds kRowThreads / 32 floats. Called once per kernel.
+__device__ inline float block_sum(float value, float* partial) {
+  value = warp_sum(value);
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = value;
+  __syncthreads();
+  float total = 0.0f;
+  for (int w = 0; w < kRowThreads / 32; ++w) total += partial[w];
+  return total;
+}
+
+// Chunk i of this thread in a block-per-row kernel starts at this channel (past the row's end
+// when the row has fewer chunks).
+__device__ inline int row_chunk_channel(int i) { return (threadIdx.x + i * kRowThreads) * kChunk; }
+
+template <class T, class W>
+__global__ void __launch_bounds__(kRowThreads)
+    rmsnorm_forward_row_kernel(T* out, float* rstd, const T* x, const W* weight, int channels,
+                               float eps) {
+  __shared__ float partial[kRowThreads / 32];
+  const int64_t row = blockIdx.x;
+  const T* x_row = x + row * channels;
+  T* out_row = out + row * channels;
+  float values[kRowChunksPerThread][kChunk];
+  float sum_of_squares = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kRowChunksPerThread; ++i) {
+    const int c = row_chunk_channel(i);
+    if (c >= channels) continue;
+    load_chunk<kChunk>(x_row + c, values[i]);
+    for (int k = 0; k < kChunk; ++k) sum_of_squares += values[i][k] * values[i][k];
+  }
+  const float r = 1.0f / sqrtf(block_sum(sum_of_squares, partial) / float(channels) + eps);
+  if (threadIdx.x == 0) rstd[row] = r;
+#pragma unroll
+  for (int i = 0; i < kRowChunksPerThread; ++i) {
+    const int c = row_chunk_channel(i);
+    if (c >= channels) continue;
+    float weights[kChunk];
+    load_chunk<kChunk>(weight + c, weights);
+    for (int k = 0; k < kChunk; ++k) values[i][k] = weights[k] * (values[i][k] * r);
+    store_chunk<kChunk>(out_row + c, values[i]);
+  }
+}
+
+// dx = r (g - n mean(g n)) with g = dout * w and n = x * r, the row's dout and x held in
+// registers between the two passes; dx may alias dout.
+template <class T, class W>
+__global__ void __launch_bounds__(kRowThreads)
+    rmsnorm_backward_input_row_kernel(T* dx, const T* dout, const T* x, const W* weight,
+                                      const float* rstd, int channels) {
+  __shared__ float partial[kRowThreads / 32];
+  const int64_t row = blockIdx.x;
+  const float r = rstd[row];
+  float g[kRowChunksPerThread][kChunk], n[kRowChunksPerThread][kChunk];
+  float sum_g_n = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kRowChunksPerThread; ++i) {
+    const int c = row_chunk_channel(i);
+    if (c >= channels) continue;
+    float w[kChunk];
+    load_chunk<kChunk>(dout + row * channels + c, g[i]);
+    load_chunk<kChunk>(x + row * channels + c, n[i]);
+    load_chunk<kChunk>(weight + c, w);
+    for (int k = 0; k < kChunk; ++k) {
+      g[i][k] *= w[k];
+      n[i][k] *= r;
+      sum_g_n += g[i][k] * n[i][k];
+    }
+  }
+  const float mean_g_n = block_sum(sum_g_n, partial) / float(channels);
+#pragma unroll
+  for (int i = 0; i < kRowChunksPerThread; ++i) {
+    const int c = row_chunk_channel(i);
+    if (c >= channels) continue;
+    float result[kChunk];
+    for (int k = 0; k < kChunk; ++k) result[k] = r * (g[i][k] - n[i][k] * mean_g_n);
+    store_chunk<kChunk>(dx + row * channels + c, result);
+  }
+}
 
 // The row loops below are unrolled 4 times (#pragma unroll 4): a lane then has four 16-byte loads
 // in flight instead of one, which a memory-bound kernel with one warp per row needs to keep the
@@ -136,7 +227,11 @@ void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, con
       T* out_data = static_cast<T*>(out.data);
       const T* x_data = static_cast<const T*>(x.data);
       const W* weight_data = static_cast<const W*>(weight.data);
-      if (can_use_chunks(channels, out_data, x_data, weight_data))
+      const bool chunked = can_use_chunks(channels, out_data, x_data, weight_data);
+      if (runs_block_per_row(channels, chunked))
+        CST_LAUNCH(unsigned(rows), kRowThreads, 0, rmsnorm_forward_row_kernel)(
+            out_data, rstd.f32(), x_data, weight_data, channels, eps);
+      else if (chunked)
         CST_LAUNCH(blocks, kThreads, 0, rmsnorm_forward_kernel<kChunk>)(
             out_data, rstd.f32(), x_data, weight_data, rows, channels, eps);
       else
@@ -175,7 +270,11 @@ void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dou
       using W = decltype(weight_tag);
       const W* weight_data = static_cast<const W*>(weight.data);
       int blocks = ceil_div(rows, kRowsPerBlock);
-      if (can_use_chunks(channels, dx_data, dout_data, x_data, weight_data))
+      const bool chunked = can_use_chunks(channels, dx_data, dout_data, x_data, weight_data);
+      if (runs_block_per_row(channels, chunked))
+        CST_LAUNCH(unsigned(rows), kRowThreads, 0, rmsnorm_backward_input_row_kernel)(
+            dx_data, dout_data, x_data, weight_data, rstd.f32(), channels);
+      else if (chunked)
         CST_LAUNCH(blocks, kThreads, 0, rmsnorm_backward_input_kernel<kChunk>)(
             dx_data, dout_data, x_data, weight_data, rstd.f32(), rows, channels);
       else

@@ -355,8 +355,10 @@ TEST_F(CudaKernels, AttentionDecodeRejectsRowsOutsideTheCache) {
 
 // ---- RMSNorm ----
 
-// Rows of whole chunks and not (12, 1000, 4095), model widths (4096, 5120), one row and 17.
-const int64_t kRowShapes[][2] = {{7, 12}, {5, 64}, {33, 4096}, {3, 1000}, {1, 8}, {17, 4095}, {2, 5120}};
+// Rows of whole chunks and not (12, 1000, 4095), model widths (4096, 5120), one row and 17; the
+// block-per-row kernels' range (2048 to 8192 channels in chunks) at both ends and just past it.
+const int64_t kRowShapes[][2] = {{7, 12},   {5, 64},   {33, 4096}, {3, 1000}, {1, 8},
+                                 {17, 4095}, {2, 5120}, {4, 2048},  {3, 8192}, {2, 8200}};
 
 TEST_F(CudaKernels, RmsnormForwardMatchesCpu) {
   uint32_t seed = 100;
