@@ -4,6 +4,8 @@
 // rows run one warp per row, which reads the row twice (sum of squares, then normalise), the
 // second time mostly from L1/L2.
 // x, out, dout, dx share one dtype T (bf16 or f32); the weight may be bf16 or f32; rstd is f32.
+#include <type_traits>
+
 #include "kernels/cuda_utils.cuh"
 #include "kernels/rmsnorm.h"
 
@@ -12,11 +14,26 @@ namespace cst::cuda {
 constexpr int kRowsPerBlock = kThreads / 32;
 
 // The block-per-row kernels: rows of kRowThreads x kChunk x (1 to kRowChunksPerThread) channels.
+// Each is built for every chunk count, so a row holds registers for the chunks it has and not
+// for four: at 4096 channels that lets eight (forward) and five (backward) blocks share a
+// multiprocessor instead of four and three.
 constexpr int kRowThreads = 256, kRowChunksPerThread = 4;
 constexpr int kRowMinChannels = kRowThreads * kChunk, kRowMaxChannels = kRowMinChannels * kRowChunksPerThread;
 
 bool runs_block_per_row(int channels, bool chunked) {
   return chunked && channels >= kRowMinChannels && channels <= kRowMaxChannels;
+}
+
+// Calls launch(std::integral_constant<int, N>()) with N the chunks per thread a block-per-row
+// kernel needs for a row of `channels`.
+template <class Launch>
+void with_row_chunks(int channels, Launch launch) {
+  switch (ceil_div(channels, kRowMinChannels)) {
+    case 1: return launch(std::integral_constant<int, 1>());
+    case 2: return launch(std::integral_constant<int, 2>());
+    case 3: return launch(std::integral_constant<int, 3>());
+    default: return launch(std::integral_constant<int, kRowChunksPerThread>());
+  }
 }
 
 // The sum of every thread's value in a block of kRowThreads, in a fixed order (the same bits on
@@ -34,7 +51,7 @@ __device__ inline float block_sum(float value, float* partial) {
 // when the row has fewer chunks).
 __device__ inline int row_chunk_channel(int i) { return (threadIdx.x + i * kRowThreads) * kChunk; }
 
-template <class T, class W>
+template <int kChunks, class T, class W>
 __global__ void __launch_bounds__(kRowThreads)
     rmsnorm_forward_row_kernel(T* out, float* rstd, const T* x, const W* weight, int channels,
                                float eps) {
@@ -42,10 +59,10 @@ __global__ void __launch_bounds__(kRowThreads)
   const int64_t row = blockIdx.x;
   const T* x_row = x + row * channels;
   T* out_row = out + row * channels;
-  float values[kRowChunksPerThread][kChunk];
+  float values[kChunks][kChunk];
   float sum_of_squares = 0.0f;
 #pragma unroll
-  for (int i = 0; i < kRowChunksPerThread; ++i) {
+  for (int i = 0; i < kChunks; ++i) {
     const int c = row_chunk_channel(i);
     if (c >= channels) continue;
     load_chunk<kChunk>(x_row + c, values[i]);
@@ -54,7 +71,7 @@ __global__ void __launch_bounds__(kRowThreads)
   const float r = 1.0f / sqrtf(block_sum(sum_of_squares, partial) / float(channels) + eps);
   if (threadIdx.x == 0) rstd[row] = r;
 #pragma unroll
-  for (int i = 0; i < kRowChunksPerThread; ++i) {
+  for (int i = 0; i < kChunks; ++i) {
     const int c = row_chunk_channel(i);
     if (c >= channels) continue;
     float weights[kChunk];
@@ -66,17 +83,17 @@ __global__ void __launch_bounds__(kRowThreads)
 
 // dx = r (g - n mean(g n)) with g = dout * w and n = x * r, the row's dout and x held in
 // registers between the two passes; dx may alias dout.
-template <class T, class W>
+template <int kChunks, class T, class W>
 __global__ void __launch_bounds__(kRowThreads)
     rmsnorm_backward_input_row_kernel(T* dx, const T* dout, const T* x, const W* weight,
                                       const float* rstd, int channels) {
   __shared__ float partial[kRowThreads / 32];
   const int64_t row = blockIdx.x;
   const float r = rstd[row];
-  float g[kRowChunksPerThread][kChunk], n[kRowChunksPerThread][kChunk];
+  float g[kChunks][kChunk], n[kChunks][kChunk];
   float sum_g_n = 0.0f;
 #pragma unroll
-  for (int i = 0; i < kRowChunksPerThread; ++i) {
+  for (int i = 0; i < kChunks; ++i) {
     const int c = row_chunk_channel(i);
     if (c >= channels) continue;
     float w[kChunk];
@@ -91,7 +108,7 @@ __global__ void __launch_bounds__(kRowThreads)
   }
   const float mean_g_n = block_sum(sum_g_n, partial) / float(channels);
 #pragma unroll
-  for (int i = 0; i < kRowChunksPerThread; ++i) {
+  for (int i = 0; i < kChunks; ++i) {
     const int c = row_chunk_channel(i);
     if (c >= channels) continue;
     float result[kChunk];
@@ -229,8 +246,10 @@ void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, con
       const W* weight_data = static_cast<const W*>(weight.data);
       const bool chunked = can_use_chunks(channels, out_data, x_data, weight_data);
       if (runs_block_per_row(channels, chunked))
-        CST_LAUNCH(unsigned(rows), kRowThreads, 0, rmsnorm_forward_row_kernel)(
-            out_data, rstd.f32(), x_data, weight_data, channels, eps);
+        with_row_chunks(channels, [&](auto chunks) {
+          CST_LAUNCH(unsigned(rows), kRowThreads, 0, rmsnorm_forward_row_kernel<chunks(), T, W>)(
+              out_data, rstd.f32(), x_data, weight_data, channels, eps);
+        });
       else if (chunked)
         CST_LAUNCH(blocks, kThreads, 0, rmsnorm_forward_kernel<kChunk>)(
             out_data, rstd.f32(), x_data, weight_data, rows, channels, eps);
@@ -272,8 +291,11 @@ void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dou
       int blocks = ceil_div(rows, kRowsPerBlock);
       const bool chunked = can_use_chunks(channels, dx_data, dout_data, x_data, weight_data);
       if (runs_block_per_row(channels, chunked))
-        CST_LAUNCH(unsigned(rows), kRowThreads, 0, rmsnorm_backward_input_row_kernel)(
-            dx_data, dout_data, x_data, weight_data, rstd.f32(), channels);
+        with_row_chunks(channels, [&](auto chunks) {
+          CST_LAUNCH(unsigned(rows), kRowThreads, 0,
+                     rmsnorm_backward_input_row_kernel<chunks(), T, W>)(
+              dx_data, dout_data, x_data, weight_data, rstd.f32(), channels);
+        });
       else if (chunked)
         CST_LAUNCH(blocks, kThreads, 0, rmsnorm_backward_input_kernel<kChunk>)(
             dx_data, dout_data, x_data, weight_data, rstd.f32(), rows, channels);
