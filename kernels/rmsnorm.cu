@@ -18,7 +18,8 @@ constexpr int kRowsPerBlock = kThreads / 32;
 // for four: at 4096 channels that lets eight (forward) and five (backward) blocks share a
 // multiprocessor instead of four and three.
 constexpr int kRowThreads = 256, kRowChunksPerThread = 4;
-constexpr int kRowMinChannels = kRowThreads * kChunk, kRowMaxChannels = kRowMinChannels * kRowChunksPerThread;
+constexpr int kRowMinChannels = kRowThreads * kChunk;
+constexpr int kRowMaxChannels = kRowMinChannels * kRowChunksPerThread;
 
 bool runs_block_per_row(int channels, bool chunked) {
   return chunked && channels >= kRowMinChannels && channels <= kRowMaxChannels;

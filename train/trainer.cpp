@@ -193,6 +193,7 @@ class Trainer {
   WorkerGroup& group_;
   ModelSession session_;
   ObjectiveConfig objective_;
+  AttentionBackward attention_backward_ = AttentionBackward::deterministic;  // --attention_backward
   std::vector<TokenizedPair> train_pairs_, eval_pairs_;
   std::vector<std::string> eval_systems_;  // see find_eval_systems
   std::unique_ptr<LoraAdapter> lora_;
@@ -346,7 +347,7 @@ ObjectiveResult Trainer::run_micro_batch(const Batch& batch, long step, int micr
   ForwardOptions options;
   options.save_for_backward = train;
   options.recompute_activations = options_.gradient_checkpointing;
-  options.attention_backward = attention_backward_by_name(options_.attention_backward, "--attention_backward");
+  options.attention_backward = attention_backward_;
   options.dropout_seed = micro_batch_seed(uint64_t(options_.seed), step, micro);
   TokenLogps policy = transformer_->forward(spans(batch), options);
   tokens_processed_ += int64_t(batch.tokens.size());
@@ -405,6 +406,7 @@ TrainingOutcome Trainer::run() {
                                 options_.chat_template_date, !options_.dry_run);
   objective_ = objective_config_from_names(options_.loss_type, options_.beta, options_.label_smoothing,
                                            options_.rpo_alpha, options_.reference_free);
+  attention_backward_ = attention_backward_by_name(options_.attention_backward, "--attention_backward");
   load_data();
   if (!options_.dump_tokenized.empty() && group_.is_main()) {
     dump_tokenized(options_.dump_tokenized, train_pairs_);

@@ -81,15 +81,10 @@ void forward_with_tile(const Inputs& in, const std::vector<int32_t>& cu_seqlens,
 }
 
 void backward(const Inputs& in, const std::vector<int32_t>& cu_seqlens,
-              const cst::AttentionShape& shape) {
+              const cst::AttentionShape& shape,
+              cst::AttentionBackward mode = cst::AttentionBackward::deterministic) {
   cst::attention_backward(in.dq, in.dk, in.dv, in.dout, in.q, in.k, in.v, in.out, in.lse,
-                          cu_seqlens, shape);
-}
-
-void backward_with_atomic_dq(const Inputs& in, const std::vector<int32_t>& cu_seqlens,
-                             const cst::AttentionShape& shape) {
-  cst::attention_backward(in.dq, in.dk, in.dv, in.dout, in.q, in.k, in.v, in.out, in.lse,
-                          cu_seqlens, shape, cst::AttentionBackward::atomic_dq);
+                          cu_seqlens, shape, mode);
 }
 
 // Mean milliseconds per call over `repeats` calls, after warm-up calls.
@@ -135,7 +130,8 @@ nlohmann::json benchmark(Inputs& in, int seqlen) {
                           ? forward_128_ms
                           : forward_64_ms;
   double backward_ms = time_ms([&] { backward(in, cu_seqlens, kShape); }, 20);
-  double backward_atomic_ms = time_ms([&] { backward_with_atomic_dq(in, cu_seqlens, kShape); }, 20);
+  double backward_atomic_ms = time_ms(
+      [&] { backward(in, cu_seqlens, kShape, cst::AttentionBackward::atomic_dq); }, 20);
   double forward_flops = 4.0 * double(kTokens) * seqlen * kShape.heads * kShape.head_dim / 2;
   double backward_flops = 2.5 * forward_flops;
   return {{"seqlen", seqlen},
@@ -169,7 +165,7 @@ void profile_once(int seqlen) {
   Inputs in = make_inputs(kTokens, kShape, 1);
   forward(in, cu_seqlens, kShape);
   backward(in, cu_seqlens, kShape);
-  backward_with_atomic_dq(in, cu_seqlens, kShape);
+  backward(in, cu_seqlens, kShape, cst::AttentionBackward::atomic_dq);
   cst::cuda::synchronize();
   std::printf("attention_bench --profile: one forward and both backwards (deterministic, atomic dq), "
               "%lld tokens in sequences of %d, %d heads / %d kv heads of %d\n",
