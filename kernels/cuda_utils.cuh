@@ -1,9 +1,12 @@
 // Small building blocks shared by the CUDA kernels: dtype dispatch on the host, 16-byte chunked
 // loads and stores, launch sizes, and the warp sum.
 #pragma once
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 #include "kernels/cuda_common.cuh"
+#include "kernels/device.h"
 #include "kernels/op_checks.h"
 
 namespace cst::cuda {
@@ -50,6 +53,22 @@ inline int grid_blocks(int64_t items, int threads = kThreads) {
   return int(blocks < kMaxBlocks ? blocks : kMaxBlocks);
 }
 
+// Blocks of `kernel` (launched with kBlockThreads threads, no dynamic shared memory) that the GPU
+// holds at once, at most `items`: the grid of a kernel whose blocks each loop over many items,
+// which then stay resident from start to end instead of being launched one after another. The
+// occupancy is asked once per kernel (each kernel is its own instantiation).
+template <auto kernel, int kBlockThreads>
+int resident_grid(int64_t items) {
+  static const int per_multiprocessor = [] {
+    int blocks = 0;
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &blocks, reinterpret_cast<const void*>(kernel), kBlockThreads, 0));
+    return std::max(blocks, 1);
+  }();
+  int64_t resident = int64_t(per_multiprocessor) * multiprocessor_count();
+  return int(std::max<int64_t>(1, std::min(resident, items)));
+}
+
 // ---- device side: grid-stride loops over chunks ----
 // for (int64_t i = first_chunk(Width); i < count; i += chunk_stride(Width)) visits every chunk
 // start of a flat array exactly once, whatever the grid size.
@@ -60,21 +79,38 @@ __device__ inline int64_t chunk_stride(int width) { return int64_t(gridDim.x) * 
 
 // ---- device side: chunked loads and stores (Width 1: scalar; Width 8: vectorised) ----
 
-__device__ inline void load_8(const float* source, float (&values)[8]) {
-  float4 first = reinterpret_cast<const float4*>(source)[0];
-  float4 second = reinterpret_cast<const float4*>(source)[1];
-  values[0] = first.x, values[1] = first.y, values[2] = first.z, values[3] = first.w;
-  values[4] = second.x, values[5] = second.y, values[6] = second.z, values[7] = second.w;
+// A chunk as it comes from memory, before its conversion to floats. Holding the raw bits lets a
+// kernel start the loads of its next row and go on working: converting right after the load
+// would wait for it.
+template <class T>
+struct RawChunk {
+  uint4 words[sizeof(T) * kChunk / sizeof(uint4)];  // bf16: one 16-byte load, f32: two
+};
+
+template <class T>
+__device__ inline void load_raw_chunk(const T* source, RawChunk<T>& chunk) {
+  for (int i = 0; i < int(sizeof(chunk.words) / sizeof(uint4)); ++i)
+    chunk.words[i] = reinterpret_cast<const uint4*>(source)[i];
 }
 
-__device__ inline void load_8(const __nv_bfloat16* source, float (&values)[8]) {
-  uint4 raw = *reinterpret_cast<const uint4*>(source);
-  const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
+__device__ inline void unpack_chunk(const RawChunk<float>& chunk, float (&values)[8]) {
+  std::memcpy(values, chunk.words, sizeof(values));
+}
+
+__device__ inline void unpack_chunk(const RawChunk<__nv_bfloat16>& chunk, float (&values)[8]) {
+  const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(chunk.words);
   for (int k = 0; k < 4; ++k) {
     float2 pair = __bfloat1622float2(pairs[k]);
     values[2 * k] = pair.x;
     values[2 * k + 1] = pair.y;
   }
+}
+
+template <class T>
+__device__ inline void load_8(const T* source, float (&values)[8]) {
+  RawChunk<T> chunk;
+  load_raw_chunk(source, chunk);
+  unpack_chunk(chunk, values);
 }
 
 __device__ inline void store_8(float* destination, const float (&values)[8]) {

@@ -21,6 +21,7 @@ void convert(void* destination, DType destination_dtype, const void* source, DTy
              int64_t count);
 void synchronize();
 int device_count();
+int multiprocessor_count();  // of the current GPU
 // Bytes of the current GPU's memory in use by every process, as nvidia-smi counts them.
 size_t memory_in_use();
 // Bracket what `ncu --profile-from-start off` / `nsys --capture-range=cudaProfilerApi` capture.

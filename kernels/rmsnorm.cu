@@ -1,8 +1,11 @@
-// CUDA RMSNorm. Model widths (2048 to 8192 channels in 16-byte chunks) run one block of 256
-// threads per row: each thread keeps its one to four chunks in registers, so the row is read
-// from memory once, and the sum over the row goes through shared memory in a fixed order. Other
-// rows run one warp per row, which reads the row twice (sum of squares, then normalise), the
-// second time mostly from L1/L2.
+// CUDA RMSNorm. Model widths (2048 to 8192 channels in 16-byte chunks) run blocks of 256 threads
+// that each own one row at a time: each thread keeps its one to four chunks of the row in
+// registers, so the row is read from memory once, and the sum over the row goes through shared
+// memory in a fixed order. The grid is as large as the GPU holds at once and each block walks
+// rows blockIdx.x, + gridDim.x, ...: it starts the loads of its next row before the barrier of
+// the current one, so its memory traffic does not stop at every row's barrier, and it reads the
+// weights once. Other rows run one warp per row, which reads the row twice (sum of squares, then
+// normalise), the second time mostly from L1/L2.
 // x, out, dout, dx share one dtype T (bf16 or f32); the weight may be bf16 or f32; rstd is f32.
 #include <type_traits>
 
@@ -13,19 +16,18 @@ namespace cst::cuda {
 
 constexpr int kRowsPerBlock = kThreads / 32;
 
-// The block-per-row kernels: rows of kRowThreads x kChunk x (1 to kRowChunksPerThread) channels.
-// Each is built for every chunk count, so a row holds registers for the chunks it has and not
-// for four: at 4096 channels that lets eight (forward) and five (backward) blocks share a
-// multiprocessor instead of four and three.
+// The row-walking kernels: rows of kRowThreads x kChunk x (1 to kRowChunksPerThread) channels.
+// Each is built for every chunk count, so a thread holds registers for the chunks its row has
+// and not for four, and more blocks share a multiprocessor.
 constexpr int kRowThreads = 256, kRowChunksPerThread = 4;
 constexpr int kRowMinChannels = kRowThreads * kChunk;
 constexpr int kRowMaxChannels = kRowMinChannels * kRowChunksPerThread;
 
-bool runs_block_per_row(int channels, bool chunked) {
+bool runs_row_walk(int channels, bool chunked) {
   return chunked && channels >= kRowMinChannels && channels <= kRowMaxChannels;
 }
 
-// Calls launch(std::integral_constant<int, N>()) with N the chunks per thread a block-per-row
+// Calls launch(std::integral_constant<int, N>()) with N the chunks per thread a row-walking
 // kernel needs for a row of `channels`.
 template <class Launch>
 void with_row_chunks(int channels, Launch launch) {
@@ -38,7 +40,9 @@ void with_row_chunks(int channels, Launch launch) {
 }
 
 // The sum of every thread's value in a block of kRowThreads, in a fixed order (the same bits on
-// every run); partial holds kRowThreads / 32 floats. Called once per kernel.
+// every run); partial holds kRowThreads / 32 floats. Consecutive calls alternate between two
+// `partial` arrays: a thread writes one only after the barrier of the call in between, which no
+// thread reaches before it has read that array's sums.
 __device__ inline float block_sum(float value, float* partial) {
   value = warp_sum(value);
   if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = value;
@@ -48,73 +52,112 @@ __device__ inline float block_sum(float value, float* partial) {
   return total;
 }
 
-// Chunk i of this thread in a block-per-row kernel starts at this channel (past the row's end
+// Chunk i of this thread in a row-walking kernel starts at this channel (past the row's end
 // when the row has fewer chunks).
 __device__ inline int row_chunk_channel(int i) { return (threadIdx.x + i * kRowThreads) * kChunk; }
 
+// Starts the loads of this thread's chunks of a row.
+template <int kChunks, class T>
+__device__ inline void load_row_chunks(const T* row, int channels, RawChunk<T> (&chunks)[kChunks]) {
+#pragma unroll
+  for (int i = 0; i < kChunks; ++i)
+    if (row_chunk_channel(i) < channels) load_raw_chunk(row + row_chunk_channel(i), chunks[i]);
+}
+
+// This thread's chunks of a row as floats (waits for their loads).
+template <int kChunks, class T>
+__device__ inline void unpack_row_chunks(const RawChunk<T> (&chunks)[kChunks], int channels,
+                                         float (&values)[kChunks][kChunk]) {
+#pragma unroll
+  for (int i = 0; i < kChunks; ++i)
+    if (row_chunk_channel(i) < channels) unpack_chunk(chunks[i], values[i]);
+}
+
+template <int kChunks, class W>
+__device__ inline void load_row_weights(const W* weight, int channels, float (&weights)[kChunks][kChunk]) {
+#pragma unroll
+  for (int i = 0; i < kChunks; ++i)
+    if (row_chunk_channel(i) < channels) load_chunk<kChunk>(weight + row_chunk_channel(i), weights[i]);
+}
+
 template <int kChunks, class T, class W>
 __global__ void __launch_bounds__(kRowThreads)
-    rmsnorm_forward_row_kernel(T* out, float* rstd, const T* x, const W* weight, int channels,
-                               float eps) {
-  __shared__ float partial[kRowThreads / 32];
-  const int64_t row = blockIdx.x;
-  const T* x_row = x + row * channels;
-  T* out_row = out + row * channels;
-  float values[kChunks][kChunk];
-  float sum_of_squares = 0.0f;
+    rmsnorm_forward_row_kernel(T* out, float* rstd, const T* x, const W* weight, int64_t rows,
+                               int channels, float eps) {
+  __shared__ float partial[2][kRowThreads / 32];
+  float weights[kChunks][kChunk];
+  load_row_weights(weight, channels, weights);
+  RawChunk<T> next[kChunks];
+  int64_t row = blockIdx.x;
+  if (row < rows) load_row_chunks(x + row * channels, channels, next);
+  for (int parity = 0; row < rows; row += gridDim.x, parity ^= 1) {
+    float values[kChunks][kChunk];
+    unpack_row_chunks(next, channels, values);
+    if (row + gridDim.x < rows) load_row_chunks(x + (row + gridDim.x) * channels, channels, next);
+    float sum_of_squares = 0.0f;
 #pragma unroll
-  for (int i = 0; i < kChunks; ++i) {
-    const int c = row_chunk_channel(i);
-    if (c >= channels) continue;
-    load_chunk<kChunk>(x_row + c, values[i]);
-    for (int k = 0; k < kChunk; ++k) sum_of_squares += values[i][k] * values[i][k];
-  }
-  const float r = 1.0f / sqrtf(block_sum(sum_of_squares, partial) / float(channels) + eps);
-  if (threadIdx.x == 0) rstd[row] = r;
+    for (int i = 0; i < kChunks; ++i)
+      if (row_chunk_channel(i) < channels)
+        for (int k = 0; k < kChunk; ++k) sum_of_squares += values[i][k] * values[i][k];
+    const float r =
+        1.0f / sqrtf(block_sum(sum_of_squares, partial[parity]) / float(channels) + eps);
+    if (threadIdx.x == 0) rstd[row] = r;
 #pragma unroll
-  for (int i = 0; i < kChunks; ++i) {
-    const int c = row_chunk_channel(i);
-    if (c >= channels) continue;
-    float weights[kChunk];
-    load_chunk<kChunk>(weight + c, weights);
-    for (int k = 0; k < kChunk; ++k) values[i][k] = weights[k] * (values[i][k] * r);
-    store_chunk<kChunk>(out_row + c, values[i]);
+    for (int i = 0; i < kChunks; ++i) {
+      const int c = row_chunk_channel(i);
+      if (c >= channels) continue;
+      for (int k = 0; k < kChunk; ++k) values[i][k] = weights[i][k] * (values[i][k] * r);
+      store_chunk<kChunk>(out + row * channels + c, values[i]);
+    }
   }
 }
 
 // dx = r (g - n mean(g n)) with g = dout * w and n = x * r, the row's dout and x held in
-// registers between the two passes; dx may alias dout.
+// registers between the two passes; dx may alias dout (the next row's loads read other rows).
 template <int kChunks, class T, class W>
 __global__ void __launch_bounds__(kRowThreads)
     rmsnorm_backward_input_row_kernel(T* dx, const T* dout, const T* x, const W* weight,
-                                      const float* rstd, int channels) {
-  __shared__ float partial[kRowThreads / 32];
-  const int64_t row = blockIdx.x;
-  const float r = rstd[row];
-  float g[kChunks][kChunk], n[kChunks][kChunk];
-  float sum_g_n = 0.0f;
-#pragma unroll
-  for (int i = 0; i < kChunks; ++i) {
-    const int c = row_chunk_channel(i);
-    if (c >= channels) continue;
-    float w[kChunk];
-    load_chunk<kChunk>(dout + row * channels + c, g[i]);
-    load_chunk<kChunk>(x + row * channels + c, n[i]);
-    load_chunk<kChunk>(weight + c, w);
-    for (int k = 0; k < kChunk; ++k) {
-      g[i][k] *= w[k];
-      n[i][k] *= r;
-      sum_g_n += g[i][k] * n[i][k];
-    }
+                                      const float* rstd, int64_t rows, int channels) {
+  __shared__ float partial[2][kRowThreads / 32];
+  float weights[kChunks][kChunk];
+  load_row_weights(weight, channels, weights);
+  RawChunk<T> next_dout[kChunks], next_x[kChunks];
+  float next_r = 0.0f;
+  int64_t row = blockIdx.x;
+  if (row < rows) {
+    load_row_chunks(dout + row * channels, channels, next_dout);
+    load_row_chunks(x + row * channels, channels, next_x);
+    next_r = rstd[row];
   }
-  const float mean_g_n = block_sum(sum_g_n, partial) / float(channels);
+  for (int parity = 0; row < rows; row += gridDim.x, parity ^= 1) {
+    const float r = next_r;
+    float g[kChunks][kChunk], n[kChunks][kChunk];
+    unpack_row_chunks(next_dout, channels, g);
+    unpack_row_chunks(next_x, channels, n);
+    const int64_t next = row + gridDim.x;
+    if (next < rows) {
+      load_row_chunks(dout + next * channels, channels, next_dout);
+      load_row_chunks(x + next * channels, channels, next_x);
+      next_r = rstd[next];
+    }
+    float sum_g_n = 0.0f;
 #pragma unroll
-  for (int i = 0; i < kChunks; ++i) {
-    const int c = row_chunk_channel(i);
-    if (c >= channels) continue;
-    float result[kChunk];
-    for (int k = 0; k < kChunk; ++k) result[k] = r * (g[i][k] - n[i][k] * mean_g_n);
-    store_chunk<kChunk>(dx + row * channels + c, result);
+    for (int i = 0; i < kChunks; ++i)
+      if (row_chunk_channel(i) < channels)
+        for (int k = 0; k < kChunk; ++k) {
+          g[i][k] *= weights[i][k];
+          n[i][k] *= r;
+          sum_g_n += g[i][k] * n[i][k];
+        }
+    const float mean_g_n = block_sum(sum_g_n, partial[parity]) / float(channels);
+#pragma unroll
+    for (int i = 0; i < kChunks; ++i) {
+      const int c = row_chunk_channel(i);
+      if (c >= channels) continue;
+      float result[kChunk];
+      for (int k = 0; k < kChunk; ++k) result[k] = r * (g[i][k] - n[i][k] * mean_g_n);
+      store_chunk<kChunk>(dx + row * channels + c, result);
+    }
   }
 }
 
@@ -246,10 +289,12 @@ void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, con
       const T* x_data = static_cast<const T*>(x.data);
       const W* weight_data = static_cast<const W*>(weight.data);
       const bool chunked = can_use_chunks(channels, out_data, x_data, weight_data);
-      if (runs_block_per_row(channels, chunked))
+      if (runs_row_walk(channels, chunked))
         with_row_chunks(channels, [&](auto chunks) {
-          CST_LAUNCH(unsigned(rows), kRowThreads, 0, rmsnorm_forward_row_kernel<chunks(), T, W>)(
-              out_data, rstd.f32(), x_data, weight_data, channels, eps);
+          constexpr auto kernel = rmsnorm_forward_row_kernel<chunks(), T, W>;
+          const int grid = resident_grid<kernel, kRowThreads>(rows);
+          CST_LAUNCH(grid, kRowThreads, 0, kernel)(
+              out_data, rstd.f32(), x_data, weight_data, rows, channels, eps);
         });
       else if (chunked)
         CST_LAUNCH(blocks, kThreads, 0, rmsnorm_forward_kernel<kChunk>)(
@@ -291,11 +336,12 @@ void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dou
       const W* weight_data = static_cast<const W*>(weight.data);
       int blocks = ceil_div(rows, kRowsPerBlock);
       const bool chunked = can_use_chunks(channels, dx_data, dout_data, x_data, weight_data);
-      if (runs_block_per_row(channels, chunked))
+      if (runs_row_walk(channels, chunked))
         with_row_chunks(channels, [&](auto chunks) {
-          CST_LAUNCH(unsigned(rows), kRowThreads, 0,
-                     rmsnorm_backward_input_row_kernel<chunks(), T, W>)(
-              dx_data, dout_data, x_data, weight_data, rstd.f32(), channels);
+          constexpr auto kernel = rmsnorm_backward_input_row_kernel<chunks(), T, W>;
+          const int grid = resident_grid<kernel, kRowThreads>(rows);
+          CST_LAUNCH(grid, kRowThreads, 0, kernel)(
+              dx_data, dout_data, x_data, weight_data, rstd.f32(), rows, channels);
         });
       else if (chunked)
         CST_LAUNCH(blocks, kThreads, 0, rmsnorm_backward_input_kernel<kChunk>)(

@@ -28,6 +28,7 @@ namespace cst::emulation {
 namespace {
 
 constexpr int kDeviceCount = 4;
+constexpr int kMultiprocessors = 3, kResidentBlocksPerMultiprocessor = 2;
 constexpr size_t kDefaultDeviceBytes = size_t(80) << 30;
 constexpr size_t kGuardBytes = 256;  // also the alignment of every allocation
 constexpr size_t kFilledBytesLimit = size_t(256) << 20;
@@ -290,6 +291,20 @@ const char* cudaGetErrorString(cudaError_t error) {
   // The message of the last launch that failed, which is what a caller asks about.
   if (error != cudaSuccess && !device().error_message.empty()) return device().error_message.c_str();
   return error == cudaSuccess ? "no error" : "an emulated CUDA call failed";
+}
+
+// A small GPU, so that kernels whose grid is what the GPU holds at once (resident_grid) give
+// each block several items and the tests walk those loops.
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int device) {
+  if (device < 0 || device >= cst::emulation::kDeviceCount) return cudaErrorInvalidDevice;
+  if (attribute != cudaDevAttrMultiProcessorCount) return cudaErrorInvalidValue;
+  *value = cst::emulation::kMultiprocessors;
+  return cudaSuccess;
+}
+
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, const void*, int, size_t) {
+  *blocks = cst::emulation::kResidentBlocksPerMultiprocessor;
+  return cudaSuccess;
 }
 
 cudaError_t cudaFuncSetAttribute(const void*, cudaFuncAttribute, int) { return cudaSuccess; }
