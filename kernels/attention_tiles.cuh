@@ -124,23 +124,24 @@ CST_FLASH_DEVICE TileSource tile_source(int seq_start, int seq_len, int row0, in
 }
 
 // Starts copying a tile into shared memory; rows at or past valid_rows are zero-filled. Thread t
-// copies the 16-byte chunk t % (D / 8) of rows t / (D / 8), + 128 / (D / 8), ...: its column,
-// its rows' swizzle and its source address advance by constants from one row to the next, so
-// the address arithmetic is done once per tile rather than once per chunk.
+// copies the 16-byte chunk t % (D / 8) of rows t / (D / 8), + 128 / (D / 8), ...: its column and
+// its rows' swizzle stay the same from one row to the next, and its source advances by a fixed
+// stride, so a row costs a pointer increment and a bounds check rather than a 64-bit offset
+// computed afresh. An invalid row copies from the tensor's base, which is always readable.
 template <int kHeadDim>
 CST_FLASH_DEVICE void load_tile_async(bf16* tile, const bf16* tensor, int heads_in_tensor,
                                       TileSource rows, int thread) {
   constexpr int kChunksPerRow = kHeadDim / 8;
   constexpr int kRowsPerPass = kThreads / kChunksPerRow;
   const int first_row = thread / kChunksPerRow, col = (thread % kChunksPerRow) * 8;
-  const int64_t row_stride = int64_t(heads_in_tensor) * kHeadDim;
-  const int64_t first_offset =
-      (int64_t(rows.first_token + first_row) * heads_in_tensor + rows.head) * kHeadDim + col;
+  const int64_t pass_stride = int64_t(kRowsPerPass) * heads_in_tensor * kHeadDim;
+  const bf16* source =
+      tensor + (int64_t(rows.first_token + first_row) * heads_in_tensor + rows.head) * kHeadDim + col;
   for (int pass = 0; pass < kTileRows / kRowsPerPass; ++pass) {
     const int row = first_row + pass * kRowsPerPass;
     const bool valid = row < rows.valid_rows;
-    const int64_t offset = valid ? first_offset + pass * kRowsPerPass * row_stride : 0;
-    copy_async_16(tile + swizzled_offset<kHeadDim>(row, col), tensor + offset, valid);
+    copy_async_16(tile + swizzled_offset<kHeadDim>(row, col), valid ? source : tensor, valid);
+    source += pass_stride;
   }
 }
 
