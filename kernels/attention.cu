@@ -38,11 +38,12 @@ __device__ __forceinline__ TileCoordinates key_tile_coordinates() {
   return {int(blockIdx.x), int(blockIdx.y), int(blockIdx.z)};
 }
 
-template <int kHeadDim, int kRowBlocks>
+template <int kHeadDim, int kRowBlocks, int kScoreColumns>
 __global__ void __launch_bounds__(flash::kThreads) forward_kernel(AttentionParams params) {
   char* shared = reinterpret_cast<char*>(dynamic_shared_memory());
-  flash::forward_block<kHeadDim, kRowBlocks>(params, shared, query_tile_coordinates(),
-                                             int(threadIdx.x));
+  flash::forward_block<kHeadDim, kRowBlocks, kScoreColumns>(params, shared,
+                                                            query_tile_coordinates(),
+                                                            int(threadIdx.x));
 }
 
 template <int kHeadDim, bool kAccumulateDq>
@@ -162,11 +163,11 @@ void launch_tiles(Kernel kernel, int shared_bytes, int tiles, int heads,
   CUDA_CHECK_LAUNCH();
 }
 
-// A forward query tile of kRowBlocks blocks of 64 rows.
-template <int kHeadDim, int kRowBlocks>
+// A forward query tile of kRowBlocks blocks of 64 rows, its softmax in steps of kScoreColumns keys.
+template <int kHeadDim, int kRowBlocks, int kScoreColumns = flash::kTileRows>
 void forward_with_row_blocks(const AttentionParams& params, const DeviceOffsets& offsets) {
   int tiles = ceil_div(offsets.max_seqlen, kRowBlocks * flash::kTileRows);
-  launch_tiles(forward_kernel<kHeadDim, kRowBlocks>,
+  launch_tiles(forward_kernel<kHeadDim, kRowBlocks, kScoreColumns>,
                flash::forward_shared_bytes<kHeadDim, kRowBlocks>(), tiles, params.heads, offsets,
                params);
 }
@@ -174,8 +175,12 @@ void forward_with_row_blocks(const AttentionParams& params, const DeviceOffsets&
 template <int kHeadDim>
 void forward_for_head_dim(const AttentionParams& params, const DeviceOffsets& offsets,
                           ForwardQueryTile tile) {
-  if (tile == ForwardQueryTile::rows128) forward_with_row_blocks<kHeadDim, 2>(params, offsets);
-  else forward_with_row_blocks<kHeadDim, 1>(params, offsets);
+  switch (tile) {
+    case ForwardQueryTile::rows64: return forward_with_row_blocks<kHeadDim, 1>(params, offsets);
+    case ForwardQueryTile::rows128: return forward_with_row_blocks<kHeadDim, 2>(params, offsets);
+    case ForwardQueryTile::rows128_steps32:
+      return forward_with_row_blocks<kHeadDim, 2, 32>(params, offsets);
+  }
 }
 
 // dq through the f32 accumulator: zeroed, filled by the dK/dV blocks' atomics, scaled into dq.

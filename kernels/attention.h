@@ -73,10 +73,13 @@ void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, co
 // per warp (each K/V fragment read from shared memory then serves twice the rows). The op above
 // runs kDefaultForwardQueryTile, the 128-row tile: 8% to 15% faster than the 64-row one at every
 // length of attention_bench on an H200 (docs/attention.md, speed); the tests and attention_bench
-// run both. Both give the same bits: each output sums the same products in the same order, and
-// the key tiles a 128-row tile visits for one of its row blocks are fully masked, adding exact
-// zeros, for the other.
-enum class ForwardQueryTile { rows64, rows128 };
+// run every tile. rows64 and rows128 give the same bits: each output sums the same products in
+// the same order, and the key tiles a 128-row tile visits for one of its row blocks are fully
+// masked, adding exact zeros, for the other. rows128_steps32 is the 128-row tile with the online
+// softmax stepping over 32 keys at a time instead of 64: at D = 128 it holds half the scores,
+// which keeps the kernel within its registers (the 64-key step spills), but reads Q twice per
+// key tile and rounds differently (within the same tolerance of the reference).
+enum class ForwardQueryTile { rows64, rows128, rows128_steps32 };
 constexpr ForwardQueryTile kDefaultForwardQueryTile = ForwardQueryTile::rows128;
 void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
                        const Tensor& v, const std::vector<int32_t>& cu_seqlens,

@@ -384,7 +384,7 @@ constexpr int backward_score_columns() {
 
 // ---- forward: one block per (query tile, query head, sequence) ----
 
-// Folds one key tile's scores (16 rows x 64 keys of a warp, q . k, masked keys -inf) into the
+// Folds a step's scores (16 rows x kColumns keys of a warp, q . k, masked keys -inf) into the
 // online softmax of this thread's two rows, which works in the log2 domain x = scale_log2 * s:
 // the running output and sum are rescaled by exp2(old max - new max), and scores become the
 // tile's weights exp2(scale_log2 * s - new max), an explicit fused multiply-add (left to itself
@@ -393,14 +393,14 @@ constexpr int backward_score_columns() {
 // Once a row's max has settled the factor is exactly 1, and multiplying by it changes no bit;
 // the output's rescaling (kHeadDim / 4 multiplies) is then skipped. The branch is per thread,
 // so a warp runs it when any of its rows got a new max.
-template <int kHeadDim>
-CST_FLASH_DEVICE void online_softmax_step(float (&scores)[kTileRows / 8][4], float scale_log2,
+template <int kHeadDim, int kColumns>
+CST_FLASH_DEVICE void online_softmax_step(float (&scores)[kColumns / 8][4], float scale_log2,
                                           float (&row_max)[2], float (&row_sum)[2],
                                           float (&output)[kHeadDim / 8][4]) {
   float correction[2];
   for (int half = 0; half < 2; ++half) {
     float tile_max = -INFINITY;
-    for (int n = 0; n < kTileRows / 8; ++n)
+    for (int n = 0; n < kColumns / 8; ++n)
       tile_max = fmaxf(tile_max, fmaxf(scores[n][2 * half], scores[n][2 * half + 1]));
     float new_max = fmaxf(row_max[half], quad_max(tile_max) * scale_log2);
     // A row that has seen no visible key yet keeps max -inf; subtracting 0 then keeps
@@ -409,7 +409,7 @@ CST_FLASH_DEVICE void online_softmax_step(float (&scores)[kTileRows / 8][4], flo
     correction[half] = fast_exp2(row_max[half] - base);
     row_max[half] = new_max;
     float tile_sum = 0.0f;
-    for (int n = 0; n < kTileRows / 8; ++n)
+    for (int n = 0; n < kColumns / 8; ++n)
       for (int e = 2 * half; e < 2 * half + 2; ++e) {
         scores[n][e] = fast_exp2(fmaf(scores[n][e], scale_log2, -base));
         tile_sum += scores[n][e];
@@ -424,8 +424,12 @@ CST_FLASH_DEVICE void online_softmax_step(float (&scores)[kTileRows / 8][4], flo
 // A forward query tile is kRowBlocks blocks of 64 rows; warp w owns rows 64 r + 16 w .. + 15 of
 // each block r. With two blocks (128-query tiles, 32 rows per warp) every K and V fragment a warp
 // loads from shared memory serves twice the rows, at the price of twice the registers for the
-// output and the scores.
-template <int kHeadDim, int kRowBlocks>
+// output and the scores. The online softmax takes each 64-key tile in steps of kScoreColumns
+// keys: 32 holds half the scores at once (at D = 128 with two row blocks the 64-key step needs
+// more than 255 registers and spills), at the price of reading the warp's Q fragments once per
+// step. The step changes where the running max is updated, so the rounding: tiles with the same
+// step give the same bits.
+template <int kHeadDim, int kRowBlocks, int kScoreColumns>
 CST_FLASH_DEVICE void forward_block(const AttentionParams& p, char* shared, TileCoordinates at,
                                     int thread) {
   constexpr int kQueryRows = kRowBlocks * kTileRows;
@@ -467,21 +471,25 @@ CST_FLASH_DEVICE void forward_block(const AttentionParams& p, char* shared, Tile
 
   double_buffered_loop(keys.count(), load_key_tile, [&](int i, int buffer) {
     const int key0 = keys.key0(i);
-    float scores[kRowBlocks][kTileRows / 8][4];
-    uint32_t probabilities[kRowBlocks][kTileRows / 16][4];  // the weights, as A fragments
-    multiply_row_blocks_by_rows<kHeadDim, kTileRows, kRowBlocks>(scores, q_tile, warp_row0,
-                                                                 keys.k(buffer), 0, lane);
-    #pragma unroll
-    for (int r = 0; r < kRowBlocks; ++r) {
-      const int block_query0 = query0 + r * kTileRows;
-      if (!tiles_fully_visible(block_query0, key0, seq_len, p.window))
-        for_each_hidden<kTileRows, false>(block_query0 + warp_row0, key0, seq_len, p.window, lane,
-                                          [&](int n, int e) { scores[r][n][e] = -INFINITY; });
-      online_softmax_step<kHeadDim>(scores[r], scale_log2, row_max[r], row_sum[r], output[r]);
-      pack_a_fragments<kTileRows>(probabilities[r], scores[r]);
+    for (int column0 = 0; column0 < kTileRows; column0 += kScoreColumns) {
+      float scores[kRowBlocks][kScoreColumns / 8][4];
+      uint32_t probabilities[kRowBlocks][kScoreColumns / 16][4];  // the weights, as A fragments
+      multiply_row_blocks_by_rows<kHeadDim, kScoreColumns, kRowBlocks>(
+          scores, q_tile, warp_row0, keys.k(buffer), column0, lane);
+      #pragma unroll
+      for (int r = 0; r < kRowBlocks; ++r) {
+        const int block_query0 = query0 + r * kTileRows;
+        if (!tiles_fully_visible(block_query0, key0, seq_len, p.window))
+          for_each_hidden<kScoreColumns, false>(
+              block_query0 + warp_row0, key0 + column0, seq_len, p.window, lane,
+              [&](int n, int e) { scores[r][n][e] = -INFINITY; });
+        online_softmax_step<kHeadDim, kScoreColumns>(scores[r], scale_log2, row_max[r],
+                                                     row_sum[r], output[r]);
+        pack_a_fragments<kScoreColumns>(probabilities[r], scores[r]);
+      }
+      accumulate_row_blocks_times_tile<kHeadDim, kScoreColumns, kRowBlocks>(
+          output, probabilities, keys.v(buffer), column0, lane);
     }
-    accumulate_row_blocks_times_tile<kHeadDim, kTileRows, kRowBlocks>(output, probabilities,
-                                                                      keys.v(buffer), 0, lane);
   });
 
   #pragma unroll

@@ -147,15 +147,23 @@ TEST_P(AttentionCuda, MatchesCpuReference) {
   EXPECT_EQ(to_host_f32(atomic_dk), to_host_f32(gpu_dk)) << "dk beside the atomic dq";
   EXPECT_EQ(to_host_f32(atomic_dv), to_host_f32(gpu_dv)) << "dv beside the atomic dq";
 
-  // Each forward query tile gives the op's bits (kernels/attention.h: the same sums in the same
-  // order).
-  for (auto tile : {cuda::ForwardQueryTile::rows64, cuda::ForwardQueryTile::rows128}) {
+  // rows64 and rows128 give the op's bits (kernels/attention.h: the same sums in the same order);
+  // rows128_steps32 rounds differently and is held to the reference's tolerances.
+  for (auto tile : {cuda::ForwardQueryTile::rows64, cuda::ForwardQueryTile::rows128,
+                    cuda::ForwardQueryTile::rows128_steps32}) {
     OwnedTensor tile_out(q_shape, DType::bf16, Device::cuda);
     OwnedTensor tile_lse(lse_shape, DType::f32, Device::cuda);
     cuda::attention_forward(tile_out, tile_lse, gpu_q, gpu_k, gpu_v, cu_seqlens, shape, tile);
-    const char* name = tile == cuda::ForwardQueryTile::rows64 ? "64" : "128";
-    EXPECT_EQ(to_host_f32(tile_out), out_from_gpu) << "out of the " << name << "-query tiles";
-    EXPECT_EQ(to_host_f32(tile_lse), lse_from_gpu) << "lse of the " << name << "-query tiles";
+    const char* name = tile == cuda::ForwardQueryTile::rows64    ? "64-query tiles"
+                       : tile == cuda::ForwardQueryTile::rows128 ? "128-query tiles"
+                                                                 : "128-query tiles in 32-key steps";
+    if (tile == cuda::ForwardQueryTile::rows128_steps32) {
+      EXPECT_LT(relative_error(to_host_f32(tile_out), cpu_out), kOutputTolerance) << "out of the " << name;
+      EXPECT_LT(relative_error(to_host_f32(tile_lse), cpu_lse), kLseTolerance) << "lse of the " << name;
+    } else {
+      EXPECT_EQ(to_host_f32(tile_out), out_from_gpu) << "out of the " << name;
+      EXPECT_EQ(to_host_f32(tile_lse), lse_from_gpu) << "lse of the " << name;
+    }
   }
 }
 

@@ -22,6 +22,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -120,15 +121,13 @@ std::vector<int32_t> equal_sequences(int seqlen) {
 nlohmann::json benchmark(Inputs& in, int seqlen) {
   const std::vector<int32_t> cu_seqlens = equal_sequences(seqlen);
   forward(in, cu_seqlens, kShape);  // backward needs a real out and lse
-  auto forward_tile_ms = [&](cst::cuda::ForwardQueryTile tile) {
-    return time_ms([&] { forward_with_tile(in, cu_seqlens, kShape, tile); }, 20);
-  };
-  double forward_64_ms = forward_tile_ms(cst::cuda::ForwardQueryTile::rows64);
-  double forward_128_ms = forward_tile_ms(cst::cuda::ForwardQueryTile::rows128);
+  using cst::cuda::ForwardQueryTile;
+  std::map<ForwardQueryTile, double> forward_tile_ms;
+  for (ForwardQueryTile tile :
+       {ForwardQueryTile::rows64, ForwardQueryTile::rows128, ForwardQueryTile::rows128_steps32})
+    forward_tile_ms[tile] = time_ms([&] { forward_with_tile(in, cu_seqlens, kShape, tile); }, 20);
   // The op's forward is the default tile's: timed above, not again.
-  double forward_ms = cst::cuda::kDefaultForwardQueryTile == cst::cuda::ForwardQueryTile::rows128
-                          ? forward_128_ms
-                          : forward_64_ms;
+  double forward_ms = forward_tile_ms.at(cst::cuda::kDefaultForwardQueryTile);
   double backward_ms = time_ms([&] { backward(in, cu_seqlens, kShape); }, 20);
   double backward_atomic_ms = time_ms(
       [&] { backward(in, cu_seqlens, kShape, cst::AttentionBackward::atomic_dq); }, 20);
@@ -141,8 +140,12 @@ nlohmann::json benchmark(Inputs& in, int seqlen) {
           {"head_dim", kShape.head_dim},
           {"forward_ms", forward_ms},
           {"forward_tflops", forward_flops / forward_ms * 1e-9},
-          {"forward_64_query_tile_tflops", forward_flops / forward_64_ms * 1e-9},
-          {"forward_128_query_tile_tflops", forward_flops / forward_128_ms * 1e-9},
+          {"forward_64_query_tile_tflops",
+           forward_flops / forward_tile_ms.at(ForwardQueryTile::rows64) * 1e-9},
+          {"forward_128_query_tile_tflops",
+           forward_flops / forward_tile_ms.at(ForwardQueryTile::rows128) * 1e-9},
+          {"forward_128_query_tile_32_key_steps_tflops",
+           forward_flops / forward_tile_ms.at(ForwardQueryTile::rows128_steps32) * 1e-9},
           {"backward_ms", backward_ms},
           {"backward_tflops", backward_flops / backward_ms * 1e-9},
           {"backward_atomic_dq_ms", backward_atomic_ms},
@@ -159,15 +162,18 @@ void write_raw(const std::filesystem::path& path, const cst::Tensor& device) {
 
 // One forward and each backward once and nothing else, so that a profiler sees each attention
 // kernel once (forward, then D, dK/dV and dQ; then D, dK/dV with atomic dQ and the conversion of
-// its accumulator): no warm-up, since a profiler replays each launch itself.
+// its accumulator; then the forward in 32-key steps): no warm-up, since a profiler replays each
+// launch itself.
 void profile_once(int seqlen) {
   const std::vector<int32_t> cu_seqlens = equal_sequences(seqlen);
   Inputs in = make_inputs(kTokens, kShape, 1);
   forward(in, cu_seqlens, kShape);
   backward(in, cu_seqlens, kShape);
   backward(in, cu_seqlens, kShape, cst::AttentionBackward::atomic_dq);
+  forward_with_tile(in, cu_seqlens, kShape, cst::cuda::ForwardQueryTile::rows128_steps32);
   cst::cuda::synchronize();
   std::printf("attention_bench --profile: one forward and both backwards (deterministic, atomic dq), "
+              "then the forward in 32-key steps, "
               "%lld tokens in sequences of %d, %d heads / %d kv heads of %d\n",
               static_cast<long long>(kTokens), seqlen, kShape.heads, kShape.kv_heads, kShape.head_dim);
 }
@@ -233,18 +239,20 @@ int run(int argc, char** argv) {
     return 0;
   }
   std::printf("cst flash attention, head_dim 128, causal, 32 heads / 8 kv heads, 16384 tokens\n");
-  std::printf("%8s %6s %10s %10s %10s %10s %12s %12s %14s\n", "seqlen", "batch", "fwd ms",
-              "fwd TF/s", "bwd ms", "bwd TF/s", "fwd64 TF/s", "fwd128 TF/s", "bwd atomic TF/s");
+  std::printf("%8s %6s %10s %10s %10s %10s %12s %12s %14s %14s\n", "seqlen", "batch", "fwd ms",
+              "fwd TF/s", "bwd ms", "bwd TF/s", "fwd64 TF/s", "fwd128 TF/s", "fwd128/32 TF/s",
+              "bwd atomic TF/s");
   nlohmann::json rows = nlohmann::json::array();
   Inputs in = make_inputs(kTokens, kShape, 1);
   for (int seqlen : {512, 1024, 2048, 4096}) {
     nlohmann::json row = benchmark(in, seqlen);
-    std::printf("%8d %6d %10.3f %10.1f %10.3f %10.1f %12.1f %12.1f %14.1f\n", seqlen,
+    std::printf("%8d %6d %10.3f %10.1f %10.3f %10.1f %12.1f %12.1f %14.1f %14.1f\n", seqlen,
                 row["batch"].get<int>(), row["forward_ms"].get<double>(),
                 row["forward_tflops"].get<double>(), row["backward_ms"].get<double>(),
                 row["backward_tflops"].get<double>(),
                 row["forward_64_query_tile_tflops"].get<double>(),
                 row["forward_128_query_tile_tflops"].get<double>(),
+                row["forward_128_query_tile_32_key_steps_tflops"].get<double>(),
                 row["backward_atomic_dq_tflops"].get<double>());
     rows.push_back(row);
   }
