@@ -2,9 +2,9 @@
 // that each own one row at a time: each thread keeps its one to four chunks of the row in
 // registers, so the row is read from memory once, and the sum over the row goes through shared
 // memory in a fixed order. The grid is as large as the GPU holds at once and each block walks
-// rows blockIdx.x, + gridDim.x, ...: it starts the loads of its next row before the barrier of
-// the current one, so its memory traffic does not stop at every row's barrier, and it reads the
-// weights once. Other rows run one warp per row, which reads the row twice (sum of squares, then
+// rows blockIdx.x, + gridDim.x, ...: it starts the loads of a row two rows ahead, before the
+// barriers of the rows in between, so its memory traffic does not stop at every row's barrier,
+// and it reads the weights once. Other rows run one warp per row, which reads the row twice (sum of squares, then
 // normalise), the second time mostly from L1/L2.
 // x, out, dout, dx share one dtype T (bf16 or f32); the weight may be bf16 or f32; rstd is f32.
 #include <type_traits>
@@ -73,92 +73,135 @@ __device__ inline void unpack_row_chunks(const RawChunk<T> (&chunks)[kChunks], i
     if (row_chunk_channel(i) < channels) unpack_chunk(chunks[i], values[i]);
 }
 
-template <int kChunks, class W>
-__device__ inline void load_row_weights(const W* weight, int channels, float (&weights)[kChunks][kChunk]) {
-#pragma unroll
-  for (int i = 0; i < kChunks; ++i)
-    if (row_chunk_channel(i) < channels) load_chunk<kChunk>(weight + row_chunk_channel(i), weights[i]);
+// This block's rows, blockIdx.x, + gridDim.x, ..., with the loads of each row started two rows
+// ahead. `Loads` holds one row's loads in flight; load(row, loads) starts them; process(row,
+// loads, refill, partial) unpacks them, calls refill() (which starts the loads of the row two
+// ahead in the same registers), then finishes the row with its block sum in `partial`. The two
+// Loads alternate in a loop unrolled by hand, so no register copy waits on a load in flight, and
+// the two `partial` arrays alternate with them (block_sum).
+template <class Loads, class Load, class Process>
+__device__ inline void walk_rows(int64_t rows, float (&partial)[2][kRowThreads / 32], Load load,
+                                 Process process) {
+  const int64_t stride = gridDim.x;
+  Loads first, second;
+  int64_t row = blockIdx.x;
+  if (row < rows) load(row, first);
+  if (row + stride < rows) load(row + stride, second);
+  for (; row < rows; row += 2 * stride) {
+    auto refill_first = [&] {
+      if (row + 2 * stride < rows) load(row + 2 * stride, first);
+    };
+    process(row, first, refill_first, partial[0]);
+    const int64_t next = row + stride;
+    if (next >= rows) break;
+    auto refill_second = [&] {
+      if (next + 2 * stride < rows) load(next + 2 * stride, second);
+    };
+    process(next, second, refill_second, partial[1]);
+  }
 }
+
+template <int kChunks, class T>
+struct ForwardLoads {
+  RawChunk<T> x[kChunks];
+};
 
 template <int kChunks, class T, class W>
 __global__ void __launch_bounds__(kRowThreads)
     rmsnorm_forward_row_kernel(T* out, float* rstd, const T* x, const W* weight, int64_t rows,
                                int channels, float eps) {
   __shared__ float partial[2][kRowThreads / 32];
-  float weights[kChunks][kChunk];
-  load_row_weights(weight, channels, weights);
-  RawChunk<T> next[kChunks];
-  int64_t row = blockIdx.x;
-  if (row < rows) load_row_chunks(x + row * channels, channels, next);
-  for (int parity = 0; row < rows; row += gridDim.x, parity ^= 1) {
+  RawChunk<W> weights[kChunks];  // raw, converted per row: half the registers for bf16
+  load_row_chunks(weight, channels, weights);
+  auto load = [&](int64_t row, ForwardLoads<kChunks, T>& loads) {
+    load_row_chunks(x + row * channels, channels, loads.x);
+  };
+  auto process = [&](int64_t row, ForwardLoads<kChunks, T>& loads, auto refill,
+                     float* row_partial) {
     float values[kChunks][kChunk];
-    unpack_row_chunks(next, channels, values);
-    if (row + gridDim.x < rows) load_row_chunks(x + (row + gridDim.x) * channels, channels, next);
+    unpack_row_chunks(loads.x, channels, values);
+    refill();
     float sum_of_squares = 0.0f;
 #pragma unroll
     for (int i = 0; i < kChunks; ++i)
       if (row_chunk_channel(i) < channels)
         for (int k = 0; k < kChunk; ++k) sum_of_squares += values[i][k] * values[i][k];
-    const float r =
-        1.0f / sqrtf(block_sum(sum_of_squares, partial[parity]) / float(channels) + eps);
+    const float r = 1.0f / sqrtf(block_sum(sum_of_squares, row_partial) / float(channels) + eps);
     if (threadIdx.x == 0) rstd[row] = r;
 #pragma unroll
     for (int i = 0; i < kChunks; ++i) {
       const int c = row_chunk_channel(i);
       if (c >= channels) continue;
-      for (int k = 0; k < kChunk; ++k) values[i][k] = weights[i][k] * (values[i][k] * r);
+      float w[kChunk];
+      unpack_chunk(weights[i], w);
+      for (int k = 0; k < kChunk; ++k) values[i][k] = w[k] * (values[i][k] * r);
       store_chunk<kChunk>(out + row * channels + c, values[i]);
     }
-  }
+  };
+  walk_rows<ForwardLoads<kChunks, T>>(rows, partial, load, process);
 }
 
-// dx = r (g - n mean(g n)) with g = dout * w and n = x * r, the row's dout and x held in
-// registers between the two passes; dx may alias dout (the next row's loads read other rows).
+template <int kChunks, class T>
+struct BackwardLoads {
+  RawChunk<T> dout[kChunks], x[kChunks];
+  float r;
+};
+
+// dx = r (g - n mean(g n)) with g = dout * w and n = x * r. The row's dout and x stay in
+// registers between the two passes as raw bits (for bf16 half the registers of floats: at 5120
+// channels two blocks share a multiprocessor instead of one), and g and n are formed again in
+// the second pass, with the same roundings. dx may alias dout (the loads ahead read other rows).
 template <int kChunks, class T, class W>
 __global__ void __launch_bounds__(kRowThreads)
     rmsnorm_backward_input_row_kernel(T* dx, const T* dout, const T* x, const W* weight,
                                       const float* rstd, int64_t rows, int channels) {
   __shared__ float partial[2][kRowThreads / 32];
-  float weights[kChunks][kChunk];
-  load_row_weights(weight, channels, weights);
-  RawChunk<T> next_dout[kChunks], next_x[kChunks];
-  float next_r = 0.0f;
-  int64_t row = blockIdx.x;
-  if (row < rows) {
-    load_row_chunks(dout + row * channels, channels, next_dout);
-    load_row_chunks(x + row * channels, channels, next_x);
-    next_r = rstd[row];
-  }
-  for (int parity = 0; row < rows; row += gridDim.x, parity ^= 1) {
-    const float r = next_r;
-    float g[kChunks][kChunk], n[kChunks][kChunk];
-    unpack_row_chunks(next_dout, channels, g);
-    unpack_row_chunks(next_x, channels, n);
-    const int64_t next = row + gridDim.x;
-    if (next < rows) {
-      load_row_chunks(dout + next * channels, channels, next_dout);
-      load_row_chunks(x + next * channels, channels, next_x);
-      next_r = rstd[next];
+  RawChunk<W> weights[kChunks];
+  load_row_chunks(weight, channels, weights);
+  auto load = [&](int64_t row, BackwardLoads<kChunks, T>& loads) {
+    load_row_chunks(dout + row * channels, channels, loads.dout);
+    load_row_chunks(x + row * channels, channels, loads.x);
+    loads.r = rstd[row];
+  };
+  // g and n of chunk i.
+  auto form = [&](const RawChunk<T>& dout_chunk, const RawChunk<T>& x_chunk, int i, float r,
+                  float (&g)[kChunk], float (&n)[kChunk]) {
+    float w[kChunk];
+    unpack_chunk(weights[i], w);
+    unpack_chunk(dout_chunk, g);
+    unpack_chunk(x_chunk, n);
+    for (int k = 0; k < kChunk; ++k) {
+      g[k] *= w[k];
+      n[k] *= r;
     }
+  };
+  auto process = [&](int64_t row, BackwardLoads<kChunks, T>& loads, auto refill,
+                     float* row_partial) {
+    const float r = loads.r;
+    RawChunk<T> dout_row[kChunks], x_row[kChunks];
+#pragma unroll
+    for (int i = 0; i < kChunks; ++i) dout_row[i] = loads.dout[i], x_row[i] = loads.x[i];
+    refill();
     float sum_g_n = 0.0f;
 #pragma unroll
-    for (int i = 0; i < kChunks; ++i)
-      if (row_chunk_channel(i) < channels)
-        for (int k = 0; k < kChunk; ++k) {
-          g[i][k] *= weights[i][k];
-          n[i][k] *= r;
-          sum_g_n += g[i][k] * n[i][k];
-        }
-    const float mean_g_n = block_sum(sum_g_n, partial[parity]) / float(channels);
+    for (int i = 0; i < kChunks; ++i) {
+      if (row_chunk_channel(i) >= channels) continue;
+      float g[kChunk], n[kChunk];
+      form(dout_row[i], x_row[i], i, r, g, n);
+      for (int k = 0; k < kChunk; ++k) sum_g_n += g[k] * n[k];
+    }
+    const float mean_g_n = block_sum(sum_g_n, row_partial) / float(channels);
 #pragma unroll
     for (int i = 0; i < kChunks; ++i) {
       const int c = row_chunk_channel(i);
       if (c >= channels) continue;
-      float result[kChunk];
-      for (int k = 0; k < kChunk; ++k) result[k] = r * (g[i][k] - n[i][k] * mean_g_n);
+      float g[kChunk], n[kChunk], result[kChunk];
+      form(dout_row[i], x_row[i], i, r, g, n);
+      for (int k = 0; k < kChunk; ++k) result[k] = r * (g[k] - n[k] * mean_g_n);
       store_chunk<kChunk>(dx + row * channels + c, result);
     }
-  }
+  };
+  walk_rows<BackwardLoads<kChunks, T>>(rows, partial, load, process);
 }
 
 // The row loops below are unrolled 4 times (#pragma unroll 4): a lane then has four 16-byte loads
