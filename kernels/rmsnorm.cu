@@ -4,8 +4,8 @@
 // memory in a fixed order. The grid is as large as the GPU holds at once and each block walks
 // rows blockIdx.x, + gridDim.x, ...: it starts the loads of a row two rows ahead, before the
 // barriers of the rows in between, so its memory traffic does not stop at every row's barrier,
-// and it reads the weights once. Other rows run one warp per row, which reads the row twice (sum of squares, then
-// normalise), the second time mostly from L1/L2.
+// and it reads the weights once. Other rows run one warp per row, which reads the row twice
+// (sum of squares, then normalise), the second time mostly from L1/L2.
 // x, out, dout, dx share one dtype T (bf16 or f32); the weight may be bf16 or f32; rstd is f32.
 #include <type_traits>
 

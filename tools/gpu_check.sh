@@ -194,6 +194,25 @@ benchmark_table() {
     }' "$OUT/bench.log"
 }
 
+# The memory-bound kernels of kernel_bench against the target of 70% of the 1 GiB copy, with the
+# share of a copy of each kernel's own size beside it (a kernel near that one and short of the
+# first is short because of its size).
+memory_targets() {
+  [[ -f "$OUT/bench.log" ]] || { echo "(not run)"; return; }
+  awk '
+    / of copy / {
+      name = substr($0, 1, 34); sub(/ +$/, "", name)
+      for (i = 1; i < NF; ++i) {
+        if ($(i + 1) == "of" && $(i + 2) == "copy") { copy = $i; sub(/%/, "", copy) }
+        if ($(i + 1) == "of" && $(i + 2) == "a") { own = $i; sub(/%/, "", own) }
+      }
+      n += 1
+      printf "| %s | %.1f%% | %.1f%% | %s |\n", name, copy, own, (copy >= 70 ? "met" : "short")
+    }
+    BEGIN { print "| kernel | of the 1 GiB copy | of a copy of its size | target 70% |"; print "| --- | --- | --- | --- |" }
+    END { if (n == 0) print "| (no kernel_bench results) | | | |" }' "$OUT/bench.log"
+}
+
 write_summary() {
   {
     echo "# cst GPU check (budget: $CHECK_SECONDS s, used: $(seconds_used) s)"
@@ -238,6 +257,10 @@ write_summary() {
     echo '```'
     grep -E '^==== |ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer.log" 2>/dev/null
     echo '```'
+    echo
+    echo "## Memory-bound kernels (kernel_bench)"
+    echo
+    memory_targets
     echo
     echo "## Benchmarks"
     echo
