@@ -122,6 +122,43 @@ TEST(BlockEmulator, PlainStoresOutsideSharedMemoryOrMisalignedAreRefused) {
   EXPECT_NE(store_at(2).find("st.shared address not aligned to its size"), std::string::npos);
 }
 
+// A block sum as the RMSNorm kernels do one per row: each warp's lane 0 posts its warp's value
+// (after the five shuffles of a warp sum) to one slot per warp, a barrier, then every thread
+// reads both slots. With a single pair of slots reused row after row, a warp can post the next row's
+// value before a thread of the other warp has read this row's: only the barrier of the next row
+// would order them. Counts the threads that read a slot of another row.
+int stale_block_sums(Schedule schedule, int rows) {
+  const Schedule saved = block().schedule();
+  block().set_schedule(schedule);
+  std::array<int, 2> slots{};
+  int wrong_reads = 0;
+  const std::string error = block().run(kThreads, 0, [&](std::byte*, int thread) {
+    for (int row = 0; row < rows; ++row) {
+      float posted = float(row);
+      for (int lane_mask = 16; lane_mask > 0; lane_mask /= 2)
+        posted = flash::shuffle_xor(posted, lane_mask);
+      if (thread % 32 == 0) slots[size_t(thread / 32)] = int(posted);
+      flash::block_barrier();
+      wrong_reads += (slots[0] != row) + (slots[1] != row);
+    }
+  });
+  block().set_schedule(saved);
+  EXPECT_EQ(error, "");
+  return wrong_reads;
+}
+
+// The shuffled schedule lets fibers fall behind by several collectives (BlockEmulator::sits_out),
+// which the race above needs; in the fixed orders every fiber takes one turn per round, so every
+// thread has read the slots before any warp is through its five shuffles.
+TEST(BlockEmulator, ShuffledScheduleLetsAThreadFallBehindAcrossABarrier) {
+  EXPECT_EQ(stale_block_sums({Schedule::Order::in_order, 0}, 64), 0);
+  EXPECT_EQ(stale_block_sums({Schedule::Order::reversed, 0}, 64), 0);
+  int shuffled_wrong_reads = 0;
+  for (uint64_t seed = 1; seed <= 4; ++seed)
+    shuffled_wrong_reads += stale_block_sums({Schedule::Order::shuffled, seed}, 64);
+  EXPECT_GT(shuffled_wrong_reads, 0);
+}
+
 }  // namespace
 }  // namespace cst
 

@@ -20,10 +20,11 @@
 // cannot be provoked here: compute-sanitizer racecheck on the GPU covers those. What can be
 // provoked is a race whose outcome depends on which thread or block goes first: the schedule
 // (CST_EMULATED_SCHEDULE=in_order, reversed or shuffled[:seed]) sets the order in which the
-// fibers take their turns and the grid's blocks run. A kernel whose threads exchange data
-// without the barrier that orders them, or whose blocks depend on each other's writes within one
-// launch, gives different results under different schedules; `make test` runs the kernel tests
-// under all three.
+// fibers take their turns and the grid's blocks run; shuffled also has fibers sit out runs of
+// rounds, so that a thread can trail the others by several collectives (sits_out). A kernel
+// whose threads exchange data without the barrier that orders them, or whose blocks depend on
+// each other's writes within one launch, gives different results under different schedules;
+// `make test` runs the kernel tests under all three.
 //
 // A switch between fibers is switch_stacks below, a few instructions of x86-64 (the kernels'
 // shuffles switch millions of times per launch; glibc's swapcontext makes a system call for the
@@ -98,7 +99,7 @@ enum class Collective { ldmatrix, ldmatrix_transposed, mma, shuffle };
 
 // The order in which the fibers of a block take their turns, and the blocks of a grid run:
 // thread (block) 0 first, the last first, or a fresh random order for every round of turns and
-// every launch, drawn from `seed`.
+// every launch, drawn from `seed`, with fibers now and then sitting out rounds.
 struct Schedule {
   enum class Order { in_order, reversed, shuffled } order = Order::in_order;
   uint64_t seed = 0;
@@ -202,14 +203,23 @@ class BlockEmulator {
     while (live > 0 && error_.empty()) {
       uint64_t progress_before = progress_;
       put_in_schedule_order(turns_, threads_);
+      bool lagging = false;  // whether some fiber sat out this round
       for (int t : turns_) {
         if (!error_.empty()) break;
         if (fibers_[t].finished) continue;
+        if (sits_out(t)) {
+          lagging = true;
+          continue;
+        }
         current_ = t;
         switch_stacks(&scheduler_stack_pointer_, fibers_[t].stack_pointer);
         if (fibers_[t].finished) --live;
       }
-      if (live > 0 && error_.empty() && progress_ == progress_before) error_ = deadlock_report();
+      if (live == 0 || !error_.empty() || progress_ != progress_before) continue;
+      // Nothing moved: with every fiber given its turn that is a deadlock, else the laggards
+      // may be the ones the others wait for, and they rejoin.
+      if (!lagging) error_ = deadlock_report();
+      std::fill(rounds_to_sit_out_.begin(), rounds_to_sit_out_.end(), 0);
     }
     if (error_.empty()) check_copies_waited();
     return error_;
@@ -231,6 +241,20 @@ class BlockEmulator {
     std::iota(order.begin(), order.end(), Index{0});
     if (schedule_.order == Schedule::Order::reversed) std::reverse(order.begin(), order.end());
     if (schedule_.order == Schedule::Order::shuffled) std::shuffle(order.begin(), order.end(), random_);
+  }
+
+  // Shuffled, now and then a fiber sits out a run of rounds (1 to 32) while the others go on, so
+  // that it falls behind them by several collectives, as a warp can on the GPU: a thread that
+  // reads shared memory after a barrier then reads it late, after other warps have moved on.
+  // Without that, every fiber takes one turn per round and no thread ever trails the others by
+  // more than one collective, which hides a block that reuses shared memory one barrier too early.
+  bool sits_out(int t) {
+    if (schedule_.order != Schedule::Order::shuffled) return false;
+    int& rounds = rounds_to_sit_out_[size_t(t)];
+    if (rounds == 0 && random_() % 64 == 0) rounds = 1 + int(random_() % 32);
+    if (rounds == 0) return false;
+    --rounds;
+    return true;
   }
 
   // ---- used by the models, from inside a fiber ----
@@ -392,6 +416,7 @@ class BlockEmulator {
     error_.clear();
     epoch_ = 0;
     progress_ = 0;
+    std::fill(rounds_to_sit_out_.begin(), rounds_to_sit_out_.end(), 0);
     shared_.assign(shared_bytes, std::byte{0xff});  // every float and bf16 of it is NaN
     chunks_.assign((shared_bytes + kChunkBytes - 1) / kChunkBytes, ChunkHistory{});
     block_barrier_ = Barrier{threads_};
@@ -467,6 +492,7 @@ class BlockEmulator {
   int current_ = 0;
   int64_t epoch_ = 0;       // block barriers passed
   uint64_t progress_ = 0;   // arrivals and finished fibers, to tell a deadlock from a wait
+  std::vector<int> rounds_to_sit_out_ = std::vector<int>(kMaxThreads, 0);  // per fiber (sits_out)
 };
 
 inline BlockEmulator& block() { return BlockEmulator::instance(); }
