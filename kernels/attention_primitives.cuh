@@ -7,7 +7,8 @@
 //   copy_async_16                           a 16-byte global -> shared copy that does not block
 //                                           (zero-filled when the source row does not exist)
 //   copy_async_commit / copy_async_wait     close a group of copies / wait for groups
-//   block_barrier, shuffle_xor, pack_bf16x2, store_bf16x2, store_bf16, fast_exp2
+//   block_barrier, shuffle_xor, pack_bf16x2, store_bf16x2, store_bf16, fast_exp2,
+//   load_bf16_values
 //   store_shared_bf16x2                     one 32-bit store to shared memory
 //   atomic_add_f32                          an f32 add to global memory that no other add can
 //                                           interleave with (the order of the adds is not fixed)
@@ -109,6 +110,25 @@ CST_FLASH_DEVICE uint32_t pack_bf16x2(float low, float high) {
 // One 32-bit store of two packed bf16 (from pack_bf16x2) to an even element of global memory.
 CST_FLASH_DEVICE void store_bf16x2(bf16* destination, uint32_t packed) {
   *reinterpret_cast<uint32_t*>(destination) = packed;
+}
+
+// kCount (2 or 4) consecutive bf16 of global memory as floats, by one 4- or 8-byte load: source
+// is aligned to that size. A bf16 is the high half of the f32 with the same bits.
+template <int kCount>
+CST_FLASH_DEVICE void load_bf16_values(const bf16* source, float (&values)[kCount]) {
+  static_assert(kCount == 2 || kCount == 4, "one 4- or 8-byte load");
+  uint32_t words[kCount / 2];
+  if constexpr (kCount == 2) {
+    words[0] = *reinterpret_cast<const uint32_t*>(source);
+  } else {
+    const uint2 pair = *reinterpret_cast<const uint2*>(source);
+    words[0] = pair.x;
+    words[1] = pair.y;
+  }
+  for (int w = 0; w < kCount / 2; ++w) {
+    values[2 * w] = __uint_as_float(words[w] << 16);
+    values[2 * w + 1] = __uint_as_float(words[w] & 0xffff0000u);
+  }
 }
 
 // One bf16 element, rounded to nearest even, stored to global memory.

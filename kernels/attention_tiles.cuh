@@ -577,10 +577,14 @@ CST_FLASH_DEVICE void store_dq_from_accumulator(const AttentionParams& p, int64_
 template <int kHeadDim>
 CST_FLASH_DEVICE void dout_dot_out_warp(const AttentionParams& p, int64_t row, int lane) {
   if (row >= int64_t(p.tokens) * p.heads) return;  // the whole warp: row is the warp's
-  const bf16* dout = p.dout + row * kHeadDim;
-  const bf16* out = p.out + row * kHeadDim;
+  // Lane l takes elements kPerLane l .. + kPerLane - 1 of the row: one 4- or 8-byte load from
+  // each tensor (rows are 16-byte aligned) rather than one 2-byte load per element.
+  constexpr int kPerLane = kHeadDim / 32;
+  float dout[kPerLane], out[kPerLane];
+  load_bf16_values<kPerLane>(p.dout + row * kHeadDim + lane * kPerLane, dout);
+  load_bf16_values<kPerLane>(p.out + row * kHeadDim + lane * kPerLane, out);
   float sum = 0.0f;
-  for (int i = lane; i < kHeadDim; i += 32) sum += float(dout[i]) * float(out[i]);
+  for (int k = 0; k < kPerLane; ++k) sum += dout[k] * out[k];
   sum = warp_sum(sum);
   int64_t token = row / p.heads, head = row % p.heads;
   if (lane == 0) p.dout_dot_out[head * p.tokens + token] = sum;

@@ -25,6 +25,7 @@
 //   pack_bf16x2  "cvt" .rn.bf16x2.f32: round to nearest even; __floats2bfloat162_rn puts its
 //       first argument in the low half.
 //   store_bf16x2  a 32-bit global store; store_bf16  "cvt" .rn.bf16.f32 and a 16-bit global store;
+//   load_bf16_values  one 32- or 64-bit global load (ld.global.v2.u32 for 4), aligned to its size;
 //       fast_exp2  "ex2" .approx.ftz.f32: exp2f with results below 2^-126 flushed to 0 (the
 //       device's approximation is within 2 ulp of exp2f, far inside the tests' tolerances);
 //   store_shared_bf16x2  a 32-bit "st.shared", checked by the emulator for place and races;
@@ -159,6 +160,16 @@ inline uint32_t pack_bf16x2(float low, float high) {
 
 inline void store_bf16x2(bf16* destination, uint32_t packed) {
   std::memcpy(static_cast<void*>(destination), &packed, 4);
+}
+
+template <int kCount>
+inline void load_bf16_values(const bf16* source, float (&values)[kCount]) {
+  static_assert(kCount == 2 || kCount == 4, "one 4- or 8-byte load");
+  CST_CHECK(reinterpret_cast<uintptr_t>(source) % (2 * kCount) == 0,
+            "a ", 2 * kCount, "-byte global load from an address not aligned to its size");
+  uint16_t bits[kCount];
+  std::memcpy(bits, static_cast<const void*>(source), sizeof(bits));
+  for (int k = 0; k < kCount; ++k) values[k] = bf16_to_f32(bits[k]);
 }
 
 inline void store_bf16(bf16* destination, float value) {
