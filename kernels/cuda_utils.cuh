@@ -3,7 +3,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
+#include <type_traits>
 
 #include "kernels/cuda_common.cuh"
 #include "kernels/device.h"
@@ -84,17 +84,24 @@ __device__ inline int64_t chunk_stride(int width) { return int64_t(gridDim.x) * 
 // would wait for it.
 template <class T>
 struct RawChunk {
-  uint4 words[sizeof(T) * kChunk / sizeof(uint4)];  // bf16: one 16-byte load, f32: two
+  // 16-byte words: f32 as float4 (two loads), bf16 as uint4 (one load)
+  using Word = std::conditional_t<std::is_same_v<T, float>, float4, uint4>;
+  Word words[sizeof(T) * kChunk / sizeof(Word)];
 };
 
 template <class T>
 __device__ inline void load_raw_chunk(const T* source, RawChunk<T>& chunk) {
-  for (int i = 0; i < int(sizeof(chunk.words) / sizeof(uint4)); ++i)
-    chunk.words[i] = reinterpret_cast<const uint4*>(source)[i];
+  using Word = typename RawChunk<T>::Word;
+  for (int i = 0; i < int(sizeof(chunk.words) / sizeof(Word)); ++i)
+    chunk.words[i] = reinterpret_cast<const Word*>(source)[i];
 }
 
 __device__ inline void unpack_chunk(const RawChunk<float>& chunk, float (&values)[8]) {
-  std::memcpy(values, chunk.words, sizeof(values));
+  for (int i = 0; i < 2; ++i) {
+    const float4& word = chunk.words[i];
+    values[4 * i] = word.x, values[4 * i + 1] = word.y;
+    values[4 * i + 2] = word.z, values[4 * i + 3] = word.w;
+  }
 }
 
 __device__ inline void unpack_chunk(const RawChunk<__nv_bfloat16>& chunk, float (&values)[8]) {
