@@ -80,6 +80,9 @@ void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, co
 // which keeps the kernel within its registers (the 64-key step spills), but reads Q twice per
 // key tile and rounds differently (within the same tolerance of the reference).
 enum class ForwardQueryTile { rows64, rows128, rows128_steps32 };
+// Every tile, for the tests and attention_bench.
+constexpr ForwardQueryTile kForwardQueryTiles[] = {
+    ForwardQueryTile::rows64, ForwardQueryTile::rows128, ForwardQueryTile::rows128_steps32};
 constexpr ForwardQueryTile kDefaultForwardQueryTile = ForwardQueryTile::rows128;
 void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
                        const Tensor& v, const std::vector<int32_t>& cu_seqlens,

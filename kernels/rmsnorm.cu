@@ -87,17 +87,13 @@ __device__ inline void walk_rows(int64_t rows, float (&partial)[2][kRowThreads /
   int64_t row = blockIdx.x;
   if (row < rows) load(row, first);
   if (row + stride < rows) load(row + stride, second);
+  // Row r with its loads in `loads`, refilled with those of row r + 2 * stride.
+  auto step = [&](int64_t r, Loads& loads, float* row_partial) {
+    process(r, loads, [&] { if (r + 2 * stride < rows) load(r + 2 * stride, loads); }, row_partial);
+  };
   for (; row < rows; row += 2 * stride) {
-    auto refill_first = [&] {
-      if (row + 2 * stride < rows) load(row + 2 * stride, first);
-    };
-    process(row, first, refill_first, partial[0]);
-    const int64_t next = row + stride;
-    if (next >= rows) break;
-    auto refill_second = [&] {
-      if (next + 2 * stride < rows) load(next + 2 * stride, second);
-    };
-    process(next, second, refill_second, partial[1]);
+    step(row, first, partial[0]);
+    if (row + stride < rows) step(row + stride, second, partial[1]);
   }
 }
 

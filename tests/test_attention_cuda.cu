@@ -149,8 +149,7 @@ TEST_P(AttentionCuda, MatchesCpuReference) {
 
   // rows64 and rows128 give the op's bits (kernels/attention.h: the same sums in the same order);
   // rows128_steps32 rounds differently and is held to the reference's tolerances.
-  for (auto tile : {cuda::ForwardQueryTile::rows64, cuda::ForwardQueryTile::rows128,
-                    cuda::ForwardQueryTile::rows128_steps32}) {
+  for (auto tile : cuda::kForwardQueryTiles) {
     OwnedTensor tile_out(q_shape, DType::bf16, Device::cuda);
     OwnedTensor tile_lse(lse_shape, DType::f32, Device::cuda);
     cuda::attention_forward(tile_out, tile_lse, gpu_q, gpu_k, gpu_v, cu_seqlens, shape, tile);

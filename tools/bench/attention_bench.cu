@@ -123,8 +123,7 @@ nlohmann::json benchmark(Inputs& in, int seqlen) {
   forward(in, cu_seqlens, kShape);  // backward needs a real out and lse
   using cst::cuda::ForwardQueryTile;
   std::map<ForwardQueryTile, double> forward_tile_ms;
-  for (ForwardQueryTile tile :
-       {ForwardQueryTile::rows64, ForwardQueryTile::rows128, ForwardQueryTile::rows128_steps32})
+  for (ForwardQueryTile tile : cst::cuda::kForwardQueryTiles)
     forward_tile_ms[tile] = time_ms([&] { forward_with_tile(in, cu_seqlens, kShape, tile); }, 20);
   // The op's forward is the default tile's: timed above, not again.
   double forward_ms = forward_tile_ms.at(cst::cuda::kDefaultForwardQueryTile);
