@@ -280,10 +280,22 @@ void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, co
   }
 }
 
+constexpr AttentionBackward kAttentionBackwards[] = {
+    AttentionBackward::recompute_dq, AttentionBackward::ordered_dq, AttentionBackward::atomic_dq};
+
+const char* attention_backward_name(AttentionBackward mode) {
+  switch (mode) {
+    case AttentionBackward::recompute_dq: return "recompute_dq";
+    case AttentionBackward::ordered_dq: return "ordered_dq";
+    case AttentionBackward::atomic_dq: return "atomic_dq";
+  }
+  fail("attention_backward_name: no such mode");
+}
+
 AttentionBackward attention_backward_by_name(const std::string& name, const char* what) {
-  if (name == "deterministic") return AttentionBackward::deterministic;
-  if (name == "atomic_dq") return AttentionBackward::atomic_dq;
-  fail(what, ": expected deterministic or atomic_dq, got '", name, "'");
+  for (AttentionBackward mode : kAttentionBackwards)
+    if (name == attention_backward_name(mode)) return mode;
+  fail(what, ": expected recompute_dq, ordered_dq or atomic_dq, got '", name, "'");
 }
 
 void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,

@@ -1,16 +1,17 @@
-// Flash attention on the GPU: forward, and a deterministic backward in three kernels.
+// Flash attention on the GPU: forward, and a backward in two or three kernels.
 // The tile code is in kernels/attention_tiles.cuh; this file checks the arguments, keeps the
 // device copy of the sequence offsets and launches.
 //
 //   forward      grid (query tiles, H, S): O and lse of one 64- or 128-query tile of one head
 //   D            one warp per (token, head): D = rowsum(dO * O)
-//   dK, dV       grid (key tiles, KVH, S): loops over the group's query heads and query tiles
+//   dK, dV       grid (key tiles, KVH, S): loops over the query tiles and the group's query heads
 //   dQ           grid (query tiles, H, S): loops over key tiles
 // Every output element is written by exactly one thread, after a fixed sequence of additions,
-// so the results are bitwise reproducible from run to run. With AttentionBackward::atomic_dq
-// the dK/dV blocks also add dQ to a zeroed f32 accumulator with atomics, and a last kernel
-// scales it into dq, instead of the dQ kernel. Head dims other than 64 and 128 (the small test
-// and demo models) go to the plain kernels of kernels/attention_rowwise.cuh.
+// so the results are bitwise reproducible from run to run. With AttentionBackward::ordered_dq
+// the dK/dV blocks also add dQ to an f32 accumulator, taking turns, and the last of a query
+// tile writes dq; with atomic_dq they add it with atomics to a zeroed accumulator, which a last
+// kernel scales into dq. Either replaces the dQ kernel. Head dims other than 64 and 128 (the
+// small test and demo models) go to the plain kernels of kernels/attention_rowwise.cuh.
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -46,17 +47,32 @@ __global__ void __launch_bounds__(flash::kThreads) forward_kernel(AttentionParam
                                                             int(threadIdx.x));
 }
 
-template <int kHeadDim, bool kAccumulateDq>
+// The dK/dV blocks that add dQ in key order take their tiles by ticket, in the order they start:
+// key tile 0 of every (KV head, sequence), then key tile 1, and so on. A block then only waits
+// for blocks that started before it, which keep their SMs until they finish, so the turns cannot
+// deadlock whatever order the GPU starts blocks in; and the longest blocks (the first key tiles,
+// seen by the most queries) start first.
+__device__ TileCoordinates key_tile_by_ticket(const AttentionParams& params) {
+  __shared__ int ticket;
+  if (threadIdx.x == 0) ticket = flash::take_ticket(flash::dq_ticket_counter(params));
+  __syncthreads();
+  const int pairs = int(gridDim.y * gridDim.z);
+  return {ticket / pairs, ticket % pairs % int(gridDim.y), ticket % pairs / int(gridDim.y)};
+}
+
+template <int kHeadDim, flash::DqShare kDqShare>
 __global__ void __launch_bounds__(flash::kThreads) dkdv_kernel(AttentionParams params) {
   char* shared = reinterpret_cast<char*>(dynamic_shared_memory());
-  flash::backward_dkdv_block<kHeadDim, kAccumulateDq>(params, shared, key_tile_coordinates(),
-                                                      int(threadIdx.x));
+  const TileCoordinates at = kDqShare == flash::DqShare::ordered
+                                 ? key_tile_by_ticket(params)
+                                 : key_tile_coordinates();
+  flash::backward_dkdv_block<kHeadDim, kDqShare>(params, shared, at, int(threadIdx.x));
 }
 
 // elements is a multiple of kDqElementsPerThread (it is tokens x heads x 64 or 128).
 __global__ void dq_from_accumulator_kernel(AttentionParams params, int64_t elements) {
   int64_t index = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * flash::kDqElementsPerThread;
-  if (index < elements) flash::store_dq_from_accumulator(params, index);
+  if (index < elements) flash::dq_from_accumulator(params, index);
 }
 
 template <int kHeadDim>
@@ -183,14 +199,37 @@ void forward_for_head_dim(const AttentionParams& params, const DeviceOffsets& of
   }
 }
 
+// The f32 (N, H, D) accumulator of dq / scale that the dK/dV blocks add their shares to.
+float* dq_accumulator(const AttentionParams& params, int head_dim) {
+  static ScratchBuffer accumulator;
+  return static_cast<float*>(accumulator.reserve(size_t(params.tokens) * params.heads * head_dim *
+                                                 sizeof(float)));
+}
+
+// dq by the dK/dV blocks in key order: the turn counters (N / 64 + S per head) and the ticket
+// counter are zeroed; the accumulator needs no zeroing, as the first share of each query tile is
+// stored, not added.
+template <int kHeadDim>
+void dkdv_and_ordered_dq(AttentionParams params, const DeviceOffsets& offsets, int tiles) {
+  static ScratchBuffer counters;
+  params.dq_accumulator = dq_accumulator(params, kHeadDim);
+  params.dq_turns_per_head = params.tokens / flash::kTileRows + offsets.sequences;
+  const size_t bytes = (size_t(params.dq_turns_per_head) * params.heads + 1) * sizeof(int);
+  params.dq_turns = static_cast<int*>(counters.reserve(bytes));
+  CUDA_CHECK(cudaMemsetAsync(params.dq_turns, 0, bytes, stream()));
+  launch_tiles(dkdv_kernel<kHeadDim, flash::DqShare::ordered>,
+               flash::dkdv_shared_bytes<kHeadDim, flash::DqShare::ordered>(), tiles,
+               params.kv_heads, offsets, params);
+}
+
 // dq through the f32 accumulator: zeroed, filled by the dK/dV blocks' atomics, scaled into dq.
 template <int kHeadDim>
 void dkdv_and_atomic_dq(AttentionParams params, const DeviceOffsets& offsets, int tiles) {
-  static ScratchBuffer accumulator;
   const int64_t elements = int64_t(params.tokens) * params.heads * kHeadDim;
-  params.dq_accumulator = static_cast<float*>(accumulator.reserve(size_t(elements) * sizeof(float)));
+  params.dq_accumulator = dq_accumulator(params, kHeadDim);
   CUDA_CHECK(cudaMemsetAsync(params.dq_accumulator, 0, size_t(elements) * sizeof(float), stream()));
-  launch_tiles(dkdv_kernel<kHeadDim, true>, flash::dkdv_shared_bytes<kHeadDim, true>(), tiles,
+  launch_tiles(dkdv_kernel<kHeadDim, flash::DqShare::atomic>,
+               flash::dkdv_shared_bytes<kHeadDim, flash::DqShare::atomic>(), tiles,
                params.kv_heads, offsets, params);
   CST_LAUNCH(ceil_div(elements, 256 * flash::kDqElementsPerThread), 256, 0,
              dq_from_accumulator_kernel)(params, elements);
@@ -205,14 +244,17 @@ void backward_for_head_dim(const AttentionParams& params, const DeviceOffsets& o
   CST_LAUNCH(blocks, 256, 0, dout_dot_out_kernel<kHeadDim>)(params);
   CUDA_CHECK_LAUNCH();
   int tiles = ceil_div(offsets.max_seqlen, flash::kTileRows);
-  if (mode == AttentionBackward::atomic_dq) {
-    dkdv_and_atomic_dq<kHeadDim>(params, offsets, tiles);
-    return;
+  switch (mode) {
+    case AttentionBackward::ordered_dq: return dkdv_and_ordered_dq<kHeadDim>(params, offsets, tiles);
+    case AttentionBackward::atomic_dq: return dkdv_and_atomic_dq<kHeadDim>(params, offsets, tiles);
+    case AttentionBackward::recompute_dq:
+      launch_tiles(dkdv_kernel<kHeadDim, flash::DqShare::none>,
+                   flash::dkdv_shared_bytes<kHeadDim, flash::DqShare::none>(), tiles,
+                   params.kv_heads, offsets, params);
+      launch_tiles(dq_kernel<kHeadDim>, flash::dq_shared_bytes<kHeadDim>(), tiles, params.heads,
+                   offsets, params);
+      return;
   }
-  launch_tiles(dkdv_kernel<kHeadDim, false>, flash::dkdv_shared_bytes<kHeadDim, false>(), tiles,
-               params.kv_heads, offsets, params);
-  launch_tiles(dq_kernel<kHeadDim>, flash::dq_shared_bytes<kHeadDim>(), tiles, params.heads,
-               offsets, params);
 }
 
 }  // namespace

@@ -20,9 +20,9 @@
 //
 // CUDA (kernels/attention.cu, docs/attention.md): the forward runs the online softmax per 64-query
 // tile in registers; the backward first computes D, then dk/dv per 64-key tile (looping over the
-// group's query heads and the query tiles that see it) and dq per 64-query tile in a separate
-// pass, so every sum has a fixed order and results are bitwise reproducible
-// (AttentionBackward::atomic_dq trades that for less work, as FlashAttention-2 does). Those kernels are
+// query tiles that see it and the group's query heads) and dq per 64-query tile in a separate
+// pass, so every sum has a fixed order and results are bitwise reproducible (AttentionBackward
+// below: dq can also come from the dK/dV blocks, in a fixed order or by atomics). Those kernels are
 // built for D = 64 and 128; other head dims (up to 256: the small test and demo models) run plain
 // one-warp-per-row kernels with the same math and the same determinism
 // (kernels/attention_rowwise.cuh).
@@ -45,16 +45,23 @@ struct AttentionShape {
 void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
                        const Tensor& v, const std::vector<int32_t>& cu_seqlens,
                        const AttentionShape& shape);
-// How the CUDA backward forms dq with the flash kernels (head dims 64 and 128). `deterministic`,
-// the default: a separate pass per query tile recomputes S and dP and sums dq in registers, so
-// every run gives the same bits, for 7 matmuls per backward instead of 5. `atomic_dq`, as
-// FlashAttention-2 does: each dK/dV block adds its dS K to an f32 (N, H, D) scratch accumulator
-// with float atomics, so nothing is recomputed, but the order of the additions, and with it the
-// last bits of dq, changes from run to run (dk and dv keep their bits). The CPU backend and the
-// CUDA kernels of other head dims are always deterministic and ignore the mode.
-enum class AttentionBackward { deterministic, atomic_dq };
-// "deterministic" or "atomic_dq"; anything else is refused with an error that starts with
-// `what` (the flag that gave the name) and names both.
+// How the CUDA backward forms dq with the flash kernels (head dims 64 and 128); each gives the
+// same dk and dv bits. `recompute_dq`, the default: a dQ pass of its own per query tile recomputes
+// S and dP and sums dq in registers, for 7 matmuls per backward instead of 5. `ordered_dq`: each
+// dK/dV block adds its dS K to an f32 (N, H, D) accumulator, the key tiles of a query tile taking
+// turns in a fixed order through a counter, so nothing is recomputed and every dq element is the
+// same sum whatever order the blocks run in. `atomic_dq`, as FlashAttention-2 does: the same adds
+// with float atomics and no turns, so the order of the additions, and with it the last bits of
+// dq, changes from run to run. recompute_dq and ordered_dq give the same bits on every run (not
+// the same bits as each other: dq's sums are grouped differently). The CPU backend and the CUDA
+// kernels of other head dims always recompute and ignore the mode.
+enum class AttentionBackward { recompute_dq, ordered_dq, atomic_dq };
+// The mode of the op, cst_train and model_bench unless they are told another.
+constexpr AttentionBackward kDefaultAttentionBackward = AttentionBackward::recompute_dq;
+// A mode's name as the flags take it: "recompute_dq", "ordered_dq" or "atomic_dq".
+const char* attention_backward_name(AttentionBackward mode);
+// The mode of a name; anything else is refused with an error that starts with `what` (the flag
+// that gave the name) and names all three.
 AttentionBackward attention_backward_by_name(const std::string& name, const char* what);
 
 // dq (N, H, D), dk/dv (N, KVH, D) are overwritten.
@@ -62,7 +69,7 @@ void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, co
                         const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, const std::vector<int32_t>& cu_seqlens,
                         const AttentionShape& shape,
-                        AttentionBackward mode = AttentionBackward::deterministic);
+                        AttentionBackward mode = kDefaultAttentionBackward);
 
 namespace cuda {
 // Same contract; the implementation uploads the offsets (a few bytes) and takes max_seqlen from them.

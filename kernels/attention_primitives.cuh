@@ -10,8 +10,11 @@
 //   block_barrier, shuffle_xor, pack_bf16x2, store_bf16x2, store_bf16, fast_exp2,
 //   load_bf16_values
 //   store_shared_bf16x2                     one 32-bit store to shared memory
-//   atomic_add_f32                          an f32 add to global memory that no other add can
-//                                           interleave with (the order of the adds is not fixed)
+//   store_shared_f32x2 / load_shared_f32x4  f32 to and from shared memory
+//   load_f32x4_l2 / store_f32x4_l2          16 bytes of f32 global memory, through L2 only
+//   atomic_add_f32x4                        four f32 adds to global memory that no other add
+//                                           can interleave with (their order is not fixed)
+//   take_ticket, wait_for_turn, pass_turn   counters in global memory that order blocks
 //
 // Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type"),
 // with group = lane / 4 and pair = lane % 4; each 32-bit register holds two bf16, the lower
@@ -150,8 +153,70 @@ CST_FLASH_DEVICE void store_shared_bf16x2(bf16* shared_destination, uint32_t pac
   *reinterpret_cast<uint32_t*>(shared_destination) = packed;
 }
 
-// The result is not used, so this compiles to a reduction (RED), which does not wait for L2.
-CST_FLASH_DEVICE void atomic_add_f32(float* destination, float value) { atomicAdd(destination, value); }
+// Two f32 stored to an 8-byte-aligned address of shared memory.
+CST_FLASH_DEVICE void store_shared_f32x2(float* shared_destination, float low, float high) {
+  *reinterpret_cast<float2*>(shared_destination) = make_float2(low, high);
+}
+
+// Four f32 from a 16-byte-aligned address of shared memory, by one 16-byte load.
+CST_FLASH_DEVICE void load_shared_f32x4(const float* shared_source, float (&values)[4]) {
+  const float4 loaded = *reinterpret_cast<const float4*>(shared_source);
+  values[0] = loaded.x;
+  values[1] = loaded.y;
+  values[2] = loaded.z;
+  values[3] = loaded.w;
+}
+
+// Four f32 of global memory (16-byte aligned) that other blocks write while this kernel runs:
+// ld.global.cg and st.global.cg go to L2, which every SM shares, never to this SM's L1, which
+// would not see the other SMs' stores.
+CST_FLASH_DEVICE void load_f32x4_l2(const float* source, float (&values)[4]) {
+  const float4 loaded = __ldcg(reinterpret_cast<const float4*>(source));
+  values[0] = loaded.x;
+  values[1] = loaded.y;
+  values[2] = loaded.z;
+  values[3] = loaded.w;
+}
+
+CST_FLASH_DEVICE void store_f32x4_l2(float* destination, const float (&values)[4]) {
+  __stcg(reinterpret_cast<float4*>(destination), make_float4(values[0], values[1], values[2], values[3]));
+}
+
+// Adds four f32 to 16-byte-aligned global memory; the results are not used, so these compile to
+// reductions (RED), which do not wait for L2. sm_90 adds the four in one vector reduction.
+CST_FLASH_DEVICE void atomic_add_f32x4(float* destination, const float (&values)[4]) {
+#if __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float4*>(destination),
+            make_float4(values[0], values[1], values[2], values[3]));
+#else
+  for (int i = 0; i < 4; ++i) atomicAdd(destination + i, values[i]);
+#endif
+}
+
+// The counter's value before adding 1 to it: blocks that call it get 0, 1, 2, ... in the order
+// they call it.
+CST_FLASH_DEVICE int take_ticket(int* counter) { return atomicAdd(counter, 1); }
+
+// Blocks take turns through a counter in global memory: a block waits until *turn == value,
+// does its work, and passes the turn on (adds 1). Thread 0 polls with acquire loads, and the
+// barrier that follows lets every thread of the block go on: each then sees what the blocks
+// before it wrote before passing the turn. Every thread of the block calls both.
+CST_FLASH_DEVICE void wait_for_turn(const int* turn, int value, int thread) {
+  if (thread == 0) {
+    int seen;
+    do {
+      asm volatile("ld.acquire.gpu.b32 %0, [%1];\n" : "=r"(seen) : "l"(turn) : "memory");
+    } while (seen != value);
+  }
+  __syncthreads();
+}
+
+// The barrier orders every thread's writes before thread 0's release add, which the next
+// block's acquire load then sees together with them.
+CST_FLASH_DEVICE void pass_turn(int* turn, int thread) {
+  __syncthreads();
+  if (thread == 0) asm volatile("red.release.gpu.add.s32 [%0], 1;\n" : : "l"(turn) : "memory");
+}
 
 }  // namespace cst::cuda::flash
 

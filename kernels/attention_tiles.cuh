@@ -30,7 +30,7 @@ struct AttentionParams {
   const bf16* dout = nullptr;       // (N, H, D)
   float* dout_dot_out = nullptr;    // (H, N): D_i = do_i . o_i
   bf16* dq = nullptr;               // (N, H, D)
-  float* dq_accumulator = nullptr;  // (N, H, D), zeroed: dQ / scale summed by atomics
+  float* dq_accumulator = nullptr;  // (N, H, D): dQ / scale summed by the dK/dV blocks
   bf16* dk = nullptr;               // (N, KVH, D)
   bf16* dv = nullptr;               // (N, KVH, D)
   const int32_t* cu_seqlens = nullptr;  // (S + 1) on the device
@@ -39,7 +39,13 @@ struct AttentionParams {
   int kv_heads = 0;                 // KVH
   int window = 0;                   // 0 = plain causal
   float scale = 0;                  // 1 / sqrt(D)
+  int dq_turns_per_head = 0;        // N / 64 + S
+  int* dq_turns = nullptr;          // (H, N / 64 + S) + 1, zeroed: DqShare::ordered's counters
 };
+// The struct stays within 128 bytes: past that, nvcc stops keeping a kernel's copy of it in
+// registers and reads every field through memory (the 128-query forward then ran 18% more
+// instructions per key tile).
+static_assert(sizeof(AttentionParams) <= 128, "kernel parameters nvcc keeps in registers");
 
 // Which tile of which head of which sequence a block works on.
 struct TileCoordinates {
@@ -375,11 +381,17 @@ CST_FLASH_DEVICE void store_rows(bf16* tensor, int heads_in_tensor, TileSource r
 // tiles, which it forms all 64 columns at once, or in passes of fewer columns at the price of
 // reloading the warp's K and V (or Q and dO) fragments for each pass; the sums run in the same
 // order either way. At D = 128 the dK and dV accumulators alone take 128 registers per thread,
-// and the dK/dV block with atomic dQ needs 32-column passes to stay within 255 registers
+// and the dK/dV block that also forms dQ needs 32-column passes to stay within 255 registers
 // without spilling (docs/attention.md, registers).
-template <int kHeadDim, bool kAccumulateDq>
+// How the dK/dV block takes part in dQ (AttentionBackward, kernels/attention.h): not at all (the
+// dQ kernel recomputes S and dP for it), or it adds each query tile's share dS K to
+// p.dq_accumulator, one key tile after another in a fixed order, or with atomics in whatever
+// order the blocks come.
+enum class DqShare { none, ordered, atomic };
+
+template <int kHeadDim, DqShare kDqShare>
 constexpr int backward_score_columns() {
-  return kHeadDim == 128 && kAccumulateDq ? 32 : kTileRows;
+  return kDqShare != DqShare::none ? 32 : kTileRows;
 }
 
 // ---- forward: one block per (query tile, query head, sequence) ----
@@ -512,7 +524,7 @@ CST_FLASH_DEVICE void forward_block(const AttentionParams& p, char* shared, Tile
 //
 // P = exp2(scale_log2 * s - lse) is written as an explicit fused multiply-add: left to itself the
 // compiler may or may not contract the product and the subtraction, and the dK/dV kernels with
-// and without atomic dQ, which must give the same dk and dv bits, could then round differently.
+// and without a share of dQ, which must give the same dk and dv bits, could then round differently.
 // The emulator computes fmaf exactly as the GPU does.
 
 // Writes a warp's 16 x kColumns tile, held as A fragments (pack_a_fragments), to rows row0..
@@ -528,16 +540,27 @@ CST_FLASH_DEVICE void store_fragment_tile(bf16* tile, const uint32_t (&a)[kColum
     }
 }
 
-// One key tile's share of dQ / scale for the warp's 16 rows of a query tile: dS (16 queries x 64
-// keys) times K (64 keys x D), added to the f32 accumulator in global memory. dS comes from the
-// block's dS^T tile in shared memory (64 keys x 64 queries, every warp's rows), K from the block's
-// K tile. The product is formed 16 columns at a time and added with atomics, since the blocks of
-// the other key tiles add to the same rows at the same time.
+// ---- dQ from the dK/dV blocks ----
+//
+// A dK/dV block's share of dQ / scale for a query tile is dS (64 queries x 64 keys) times its K
+// tile (64 keys x D). Each warp forms its 16 query rows from the block's dS^T tile in shared
+// memory, into an f32 (64, D) tile in shared memory; then the whole block moves that tile to
+// global memory a row at a time, each warp 512 contiguous bytes per instruction.
+
+// Element offset of (row, col) in the f32 (64, D) share: the 16-byte chunk c of row r is stored at
+// chunk c ^ (r % 8), so the 8 rows a warp's fragment store touches fall in different banks.
 template <int kHeadDim>
-CST_FLASH_DEVICE void add_dq_of_key_tile(float* dq_accumulator, int heads, TileSource rows,
-                                         int warp_row0, const bf16* dscores_transposed,
-                                         const bf16* k_tile, int lane) {
-  uint32_t dscores[kTileRows / 16][4];  // A fragments of the warp's dS rows, k = keys
+CST_FLASH_DEVICE int dq_share_offset(int row, int col) {
+  const unsigned r = unsigned(row), c = unsigned(col);
+  return int(r * kHeadDim + (((c / 4) ^ (r % 8)) * 4) + c % 4);
+}
+
+// The warp's 16 rows of dS (A fragments from the dS^T tile, k = keys) times the K tile, 16
+// columns at a time, stored to the share.
+template <int kHeadDim>
+CST_FLASH_DEVICE void form_dq_share(float* share, int warp_row0, const bf16* dscores_transposed,
+                                    const bf16* k_tile, int lane) {
+  uint32_t dscores[kTileRows / 16][4];
   for (int step = 0; step < kTileRows / 16; ++step)
     load_a_fragment_of_transpose<kTileRows>(dscores[step], dscores_transposed, warp_row0,
                                             step * 16, lane);
@@ -549,28 +572,126 @@ CST_FLASH_DEVICE void add_dq_of_key_tile(float* dq_accumulator, int heads, TileS
       mma_bf16_16x8x16(dq[0], dscores[step], b[0], b[1]);
       mma_bf16_16x8x16(dq[1], dscores[step], b[2], b[3]);
     }
-    for (int e = 0; e < 4; ++e) {
-      int row = warp_row0 + fragment_row(lane, e);
-      if (row >= rows.valid_rows) continue;  // past the sequence: another sequence's row
-      float* destination = dq_accumulator +
-                           (int64_t(rows.first_token + row) * heads + rows.head) * kHeadDim +
-                           col16 * 16;
-      for (int n = 0; n < 2; ++n) atomic_add_f32(destination + fragment_col(lane, n, e), dq[n][e]);
-    }
+    for (int n = 0; n < 2; ++n)
+      for (int half = 0; half < 2; ++half) {
+        int row = warp_row0 + fragment_row(lane, 2 * half);
+        int col = col16 * 16 + fragment_col(lane, n, 0);
+        store_shared_f32x2(share + dq_share_offset<kHeadDim>(row, col), dq[n][2 * half],
+                           dq[n][2 * half + 1]);
+      }
   }
 }
 
-// dq = scale * accumulator, rounded to bf16, for the four elements of (N, H, D) from `index` (a
-// multiple of 4), after every dK/dV block has added its share: one 16-byte load, two 4-byte
-// stores.
+// kCount of a thread's chunks of the share, from as many rows: each chunk's four f32, the
+// (N, heads, D) index of its first element, and whether its row lies in the sequence. Moving
+// them together keeps kCount global loads in flight at once, where one chunk at a time would
+// wait for each load's round trip to L2 (at D = 128 a thread moves 16 chunks per share: two
+// batches; 8 keeps the ordered dK/dV kernel within its registers).
+struct DqShareChunks {
+  static constexpr int kCount = 8;
+  float values[kCount][4];
+  int64_t index[kCount];
+  bool valid[kCount];
+};
+
+// Calls move(chunks) for the chunks of the share that thread `thread` moves: chunk t % (D / 4)
+// of rows t / (D / 4), + 128 / (D / 4), ..., so each warp moves whole rows of 512 contiguous
+// bytes of (N, heads, D).
+template <int kHeadDim, class Move>
+CST_FLASH_DEVICE void move_dq_share(const float* share, TileSource rows, int heads, int thread,
+                                    Move move) {
+  constexpr int kChunksPerRow = kHeadDim / 4;
+  constexpr int kRowsPerPass = kThreads / kChunksPerRow;
+  static_assert(kTileRows % (DqShareChunks::kCount * kRowsPerPass) == 0, "whole batches");
+  const int col = (thread % kChunksPerRow) * 4;
+  const int64_t pass_stride = int64_t(kRowsPerPass) * heads * kHeadDim;
+  #pragma unroll 1
+  for (int row0 = thread / kChunksPerRow; row0 < kTileRows;
+       row0 += DqShareChunks::kCount * kRowsPerPass) {
+    DqShareChunks chunks;
+    int64_t index = (int64_t(rows.first_token + row0) * heads + rows.head) * kHeadDim + col;
+    for (int c = 0; c < DqShareChunks::kCount; ++c, index += pass_stride) {
+      const int row = row0 + c * kRowsPerPass;
+      chunks.valid[c] = row < rows.valid_rows;
+      chunks.index[c] = index;
+      load_shared_f32x4(share + dq_share_offset<kHeadDim>(row, col), chunks.values[c]);
+    }
+    move(chunks);
+  }
+}
+
+// dq = scale * sums, rounded to bf16, for four consecutive elements of dq.
+CST_FLASH_DEVICE void store_scaled_dq(bf16* dq, const float (&sums)[4], float scale) {
+  store_bf16x2(dq, pack_bf16x2(sums[0] * scale, sums[1] * scale));
+  store_bf16x2(dq + 2, pack_bf16x2(sums[2] * scale, sums[3] * scale));
+}
+
+// The turn counter of the query tile from position query0 of sequence `sequence` (first token
+// seq_start), for one head. A sequence of L tokens has at most L / 64 + 1 tiles, so the tiles of
+// sequence s can take the counters from seq_start / 64 + s on: N / 64 + S counters per head.
+CST_FLASH_DEVICE int* dq_turn(const AttentionParams& p, int head, int sequence, int seq_start,
+                              int query0) {
+  return p.dq_turns + int64_t(head) * p.dq_turns_per_head + seq_start / kTileRows + sequence +
+         query0 / kTileRows;
+}
+
+// The counter the blocks take their tiles from (kernels/attention.cu): the one after the turns.
+CST_FLASH_DEVICE int* dq_ticket_counter(const AttentionParams& p) {
+  return p.dq_turns + int64_t(p.heads) * p.dq_turns_per_head;
+}
+
+// Adds key tile `key_tile`'s share (in shared memory) to the query tile [query0, query0 + 64)
+// of one head, in the order of the key tiles that see the query tile: the first stores its share
+// to p.dq_accumulator, each next one waits for its turn and adds its share to the sum so far,
+// and the last writes dq = scale * sum. Every dq element is thus the same sum in the same order
+// whatever the order the blocks run in. wait_for_turn's barrier also makes every warp's rows of
+// the share visible to the threads that move them.
+template <int kHeadDim>
+CST_FLASH_DEVICE void add_dq_share_in_key_order(const AttentionParams& p, const float* share,
+                                                TileSource query_rows, int query0, int seq_len,
+                                                int sequence, int seq_start, int key_tile,
+                                                int thread) {
+  int first_key_tile, last_key_tile;
+  key_tile_range(query0, kTileRows, seq_len, p.window, first_key_tile, last_key_tile);
+  int* turn = dq_turn(p, query_rows.head, sequence, seq_start, query0);
+  const bool first = key_tile == first_key_tile, last = key_tile == last_key_tile;
+  wait_for_turn(turn, key_tile - first_key_tile, thread);
+  move_dq_share<kHeadDim>(share, query_rows, p.heads, thread, [&](DqShareChunks& chunks) {
+    if (!first) {
+      float sums[DqShareChunks::kCount][4] = {};
+      for (int c = 0; c < DqShareChunks::kCount; ++c)
+        if (chunks.valid[c]) load_f32x4_l2(p.dq_accumulator + chunks.index[c], sums[c]);
+      for (int c = 0; c < DqShareChunks::kCount; ++c)
+        for (int i = 0; i < 4; ++i) chunks.values[c][i] += sums[c][i];
+    }
+    for (int c = 0; c < DqShareChunks::kCount; ++c) {
+      if (!chunks.valid[c]) continue;
+      if (last) store_scaled_dq(p.dq + chunks.index[c], chunks.values[c], p.scale);
+      else store_f32x4_l2(p.dq_accumulator + chunks.index[c], chunks.values[c]);
+    }
+  });
+  if (!last) pass_turn(turn, thread);
+}
+
+// Adds the share to the zeroed p.dq_accumulator with atomics; dq_from_accumulator scales the sums
+// into dq once every block has added its shares.
+template <int kHeadDim>
+CST_FLASH_DEVICE void add_dq_share_atomically(const AttentionParams& p, const float* share,
+                                              TileSource query_rows, int thread) {
+  block_barrier();  // every warp's rows of the share are in place
+  move_dq_share<kHeadDim>(share, query_rows, p.heads, thread, [&](DqShareChunks& chunks) {
+    for (int c = 0; c < DqShareChunks::kCount; ++c)
+      if (chunks.valid[c]) atomic_add_f32x4(p.dq_accumulator + chunks.index[c], chunks.values[c]);
+  });
+}
+
+// dq = scale * accumulator for the four elements of (N, H, D) from `index` (a multiple of 4),
+// after every dK/dV block has added its shares with atomics.
 constexpr int kDqElementsPerThread = 4;
-CST_FLASH_DEVICE void store_dq_from_accumulator(const AttentionParams& p, int64_t index) {
-  struct alignas(16) Sums {
-    float value[kDqElementsPerThread];
-  };
-  const Sums sums = *reinterpret_cast<const Sums*>(p.dq_accumulator + index);
-  for (int i = 0; i < kDqElementsPerThread; i += 2)
-    store_bf16x2(p.dq + index + i, pack_bf16x2(sums.value[i] * p.scale, sums.value[i + 1] * p.scale));
+CST_FLASH_DEVICE void dq_from_accumulator(const AttentionParams& p, int64_t index) {
+  float sums[kDqElementsPerThread];
+  load_f32x4_l2(p.dq_accumulator + index, sums);
+  store_scaled_dq(p.dq + index, sums, p.scale);
 }
 
 // D_i = do_i . o_i for one (token, head) per warp, summed in f32.
@@ -590,12 +711,14 @@ CST_FLASH_DEVICE void dout_dot_out_warp(const AttentionParams& p, int64_t row, i
   if (lane == 0) p.dout_dot_out[head * p.tokens + token] = sum;
 }
 
-// dK and dV for one (key tile, key/value head, sequence): loops over the query heads of the group
-// and the query tiles that see these keys, so the sums happen in registers, in a fixed order.
-// With kAccumulateDq the block also adds each query tile's share of dQ to p.dq_accumulator
-// (add_dq_of_key_tile), from the dS it has just formed, so no separate dQ pass recomputes S and
-// dP; the order of those additions then depends on timing.
-template <int kHeadDim, bool kAccumulateDq>
+// dK and dV for one (key tile, key/value head, sequence): loops over the query tiles that see
+// these keys and the query heads of the group, so the sums happen in registers, in a fixed
+// order. The query tiles go from the last down: with DqShare::ordered, the block of key tile j
+// adds its share of a query tile after the block of key tile j - 1, which starts no later (the
+// blocks take their tiles by ticket, kernels/attention.cu) and reaches each query tile no later
+// (its last query tile is not after j's), so a block seldom waits for its turn. With
+// DqShare::atomic the adds need no turn, and their order depends on timing.
+template <int kHeadDim, DqShare kDqShare>
 CST_FLASH_DEVICE void backward_dkdv_block(const AttentionParams& p, char* shared,
                                           TileCoordinates at, int thread) {
   const int lane = thread % 32, warp_row0 = (thread / 32) * 16;
@@ -605,32 +728,33 @@ CST_FLASH_DEVICE void backward_dkdv_block(const AttentionParams& p, char* shared
   if (key0 >= seq_len) return;
   const int group_size = p.heads / p.kv_heads;
   const float scale_log2 = p.scale * kLog2e;
-  constexpr int kColumns = backward_score_columns<kHeadDim, kAccumulateDq>();
+  constexpr int kColumns = backward_score_columns<kHeadDim, kDqShare>();
 
   constexpr int kTileElements = kTileRows * kHeadDim;
   bf16* k_tile = reinterpret_cast<bf16*>(shared);
   bf16* v_tile = k_tile + kTileElements;
-  bf16* q_tiles = v_tile + kTileElements;        // two buffers each
-  bf16* dout_tiles = q_tiles + 2 * kTileElements;
-  float* lse_log2 = reinterpret_cast<float*>(dout_tiles + 2 * kTileElements);  // [2][64]
-  float* dots = lse_log2 + 2 * kTileRows;                                       // [2][64]
+  // Two buffers of a Q tile and its dO tile, side by side: 64 x D f32, the size of a dQ share.
+  bf16* query_dout_tiles = v_tile + kTileElements;
+  float* lse_log2 = reinterpret_cast<float*>(query_dout_tiles + 4 * kTileElements);  // [2][64]
+  float* dots = lse_log2 + 2 * kTileRows;                                             // [2][64]
   bf16* dscores_transposed = reinterpret_cast<bf16*>(dots + 2 * kTileRows);  // 64 x 64 (dQ only)
+  auto q_tile_of = [&](int buffer) { return query_dout_tiles + 2 * buffer * kTileElements; };
 
   int first_tile, last_tile;
   query_tile_range(key0, seq_len, p.window, first_tile, last_tile);
-  const int tiles_per_head = last_tile - first_tile + 1;
+  const int steps = group_size * (last_tile - first_tile + 1);
 
-  // Step i: query tile first_tile + i % tiles_per_head of the group's head i / tiles_per_head.
-  auto query_tile_of_step = [&](int i) { return (first_tile + i % tiles_per_head) * kTileRows; };
+  // Step i: query tile last_tile - i / group_size of the group's query head i % group_size.
+  auto query_tile_of_step = [&](int i) { return (last_tile - i / group_size) * kTileRows; };
   auto query_rows_of_step = [&](int i) {
     return tile_source(seq_start, seq_len, query_tile_of_step(i),
-                       at.head * group_size + i / tiles_per_head);
+                       at.head * group_size + i % group_size);
   };
   auto load_step = [&](int i, int buffer) {
     const TileSource query_rows = query_rows_of_step(i);
     const int head = query_rows.head, query0 = query_tile_of_step(i);
-    load_query_dout_tiles<kHeadDim>(q_tiles + buffer * kTileElements,
-                                    dout_tiles + buffer * kTileElements, p, query_rows, thread);
+    bf16* q_tile = q_tile_of(buffer);
+    load_query_dout_tiles<kHeadDim>(q_tile, q_tile + kTileElements, p, query_rows, thread);
     // The rows' lse (log2 domain) and D: plain loads. Rows past the sequence are masked; 0
     // keeps them finite.
     if (thread < kTileRows) {
@@ -646,9 +770,9 @@ CST_FLASH_DEVICE void backward_dkdv_block(const AttentionParams& p, char* shared
 
   float dk[kHeadDim / 8][4] = {};
   float dv[kHeadDim / 8][4] = {};
-  double_buffered_loop(group_size * tiles_per_head, load_step, [&](int i, int buffer) {
-    const bf16* q_tile = q_tiles + buffer * kTileElements;
-    const bf16* dout_tile = dout_tiles + buffer * kTileElements;
+  double_buffered_loop(steps, load_step, [&](int i, int buffer) {
+    bf16* q_tile = q_tile_of(buffer);
+    const bf16* dout_tile = q_tile + kTileElements;
     const float* tile_lse_log2 = lse_log2 + buffer * kTileRows;
     const float* tile_dots = dots + buffer * kTileRows;
     const int query0 = query_tile_of_step(i);
@@ -684,14 +808,22 @@ CST_FLASH_DEVICE void backward_dkdv_block(const AttentionParams& p, char* shared
                                                         column0, lane);
       accumulate_weights_times_tile<kHeadDim, kColumns>(dk, dscore_fragments, q_tile, column0,
                                                         lane);
-      if constexpr (kAccumulateDq)
+      if constexpr (kDqShare != DqShare::none)
         store_fragment_tile<kColumns>(dscores_transposed, dscore_fragments, warp_row0, column0,
                                       lane);
     }
-    if constexpr (kAccumulateDq) {
-      block_barrier();  // every warp's rows of dS^T are in place; the loop's barrier ends the reads
-      add_dq_of_key_tile<kHeadDim>(p.dq_accumulator, p.heads, query_rows_of_step(i), warp_row0,
-                                   dscores_transposed, k_tile, lane);
+    if constexpr (kDqShare != DqShare::none) {
+      // Every warp's rows of dS^T are in place, and every warp is done with the Q and dO tiles,
+      // whose place the share takes (the loop's barrier ends its reads before the buffer is
+      // filled again).
+      block_barrier();
+      float* share = reinterpret_cast<float*>(q_tile);
+      form_dq_share<kHeadDim>(share, warp_row0, dscores_transposed, k_tile, lane);
+      if constexpr (kDqShare == DqShare::ordered)
+        add_dq_share_in_key_order<kHeadDim>(p, share, query_rows_of_step(i), query0, seq_len,
+                                            at.sequence, seq_start, at.tile, thread);
+      else
+        add_dq_share_atomically<kHeadDim>(p, share, query_rows_of_step(i), thread);
     }
   });
 
@@ -712,7 +844,7 @@ CST_FLASH_DEVICE void backward_dq_block(const AttentionParams& p, char* shared,
   if (query0 >= seq_len) return;
   const int kv_head = at.head / (p.heads / p.kv_heads);
   const float scale_log2 = p.scale * kLog2e;
-  constexpr int kColumns = backward_score_columns<kHeadDim, false>();
+  constexpr int kColumns = backward_score_columns<kHeadDim, DqShare::none>();
 
   bf16* q_tile = reinterpret_cast<bf16*>(shared);
   bf16* dout_tile = q_tile + kTileRows * kHeadDim;
@@ -775,10 +907,10 @@ template <int kHeadDim, int kRowBlocks>
 constexpr int forward_shared_bytes() {
   return (kRowBlocks + 4) * kTileRows * kHeadDim * int(sizeof(bf16));  // Q + 2 K + 2 V
 }
-template <int kHeadDim, bool kAccumulateDq>
+template <int kHeadDim, DqShare kDqShare>
 constexpr int dkdv_shared_bytes() {  // K + V + 2 Q + 2 dO, 2 x 64 lse and D, and the dS^T tile
   return 6 * kTileRows * kHeadDim * int(sizeof(bf16)) + 4 * kTileRows * int(sizeof(float)) +
-         (kAccumulateDq ? kTileRows * kTileRows * int(sizeof(bf16)) : 0);
+         (kDqShare != DqShare::none ? kTileRows * kTileRows * int(sizeof(bf16)) : 0);
 }
 template <int kHeadDim>
 constexpr int dq_shared_bytes() {

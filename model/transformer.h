@@ -42,7 +42,7 @@ struct ForwardOptions {
   // (one extra forward of the layers, in exchange for one layer's activations instead of all).
   bool recompute_activations = false;
   // How the CUDA attention backward forms dq (kernels/attention.h).
-  AttentionBackward attention_backward = AttentionBackward::deterministic;
+  AttentionBackward attention_backward = kDefaultAttentionBackward;
 };
 
 struct TokenLogps {

@@ -136,16 +136,26 @@ TEST_P(AttentionCuda, MatchesCpuReference) {
   EXPECT_EQ(to_host_f32(again_dk), to_host_f32(gpu_dk)) << "dk differs between two runs";
   EXPECT_EQ(to_host_f32(again_dv), to_host_f32(gpu_dv)) << "dv differs between two runs";
 
-  // dq added by atomics from the dK/dV blocks (AttentionBackward::atomic_dq): within the
-  // same tolerance, while dk and dv keep the deterministic backward's bits. Flash head dims only;
-  // the others ignore the mode.
-  OwnedTensor atomic_dq(q_shape, DType::bf16, Device::cuda), atomic_dk(kv_shape, DType::bf16, Device::cuda),
-      atomic_dv(kv_shape, DType::bf16, Device::cuda);
-  attention_backward(atomic_dq, atomic_dk, atomic_dv, gpu_dout, gpu_q, gpu_k, gpu_v, gpu_out, gpu_lse,
-                     cu_seqlens, shape, AttentionBackward::atomic_dq);
-  EXPECT_LT(relative_error(to_host_f32(atomic_dq), cpu_dq), kOutputTolerance) << "dq by atomics";
-  EXPECT_EQ(to_host_f32(atomic_dk), to_host_f32(gpu_dk)) << "dk beside the atomic dq";
-  EXPECT_EQ(to_host_f32(atomic_dv), to_host_f32(gpu_dv)) << "dv beside the atomic dq";
+  // dq added by the dK/dV blocks (kernels/attention.h), in key order or by atomics: within the
+  // same tolerance, while dk and dv keep the default backward's bits; in key order, the same dq
+  // bits on a second run. Flash head dims only; the others ignore the mode.
+  for (AttentionBackward mode : {AttentionBackward::ordered_dq, AttentionBackward::atomic_dq}) {
+    const char* name = mode == AttentionBackward::ordered_dq ? "ordered" : "atomic";
+    auto backward_dq = [&] {
+      OwnedTensor mode_dq(q_shape, DType::bf16, Device::cuda), mode_dk(kv_shape, DType::bf16, Device::cuda),
+          mode_dv(kv_shape, DType::bf16, Device::cuda);
+      attention_backward(mode_dq, mode_dk, mode_dv, gpu_dout, gpu_q, gpu_k, gpu_v, gpu_out, gpu_lse,
+                         cu_seqlens, shape, mode);
+      EXPECT_EQ(to_host_f32(mode_dk), to_host_f32(gpu_dk)) << "dk beside the " << name << " dq";
+      EXPECT_EQ(to_host_f32(mode_dv), to_host_f32(gpu_dv)) << "dv beside the " << name << " dq";
+      return to_host_f32(mode_dq);
+    };
+    const std::vector<float> mode_dq = backward_dq();
+    EXPECT_LT(relative_error(mode_dq, cpu_dq), kOutputTolerance) << name << " dq";
+    if (mode == AttentionBackward::ordered_dq) {
+      EXPECT_EQ(backward_dq(), mode_dq) << "ordered dq differs between two runs";
+    }
+  }
 
   // rows64 and rows128 give the op's bits (kernels/attention.h: the same sums in the same order);
   // rows128_steps32 rounds differently and is held to the reference's tolerances.

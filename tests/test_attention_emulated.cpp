@@ -183,33 +183,45 @@ std::string run_kernels(const flash::AttentionParams& p, int longest, int first_
   std::string error = run_forward<kHeadDim, 1>(p, longest, first_sequence, sequences);
   if (error.empty()) error = launch_dout_dot_out<kHeadDim>(p, first_token * p.heads);
   if (error.empty())
-    error = for_blocks(p.kv_heads, flash::dkdv_shared_bytes<kHeadDim, false>(),
-                       flash::backward_dkdv_block<kHeadDim, false>);
+    error = for_blocks(p.kv_heads, flash::dkdv_shared_bytes<kHeadDim, flash::DqShare::none>(),
+                       flash::backward_dkdv_block<kHeadDim, flash::DqShare::none>);
   if (error.empty())
     error = for_blocks(p.heads, flash::dq_shared_bytes<kHeadDim>(),
                        flash::backward_dq_block<kHeadDim>);
   return error;
 }
 
-// The backward with AttentionBackward::atomic_dq, as kernels/attention.cu runs it: D, the
-// dK/dV blocks that also add dQ to the accumulator (which the caller has zeroed), then dq from
-// the accumulator, for the tokens from first_token on.
-template <int kHeadDim>
-std::string run_backward_with_atomic_dq(const flash::AttentionParams& p, int longest,
-                                        int first_sequence, int sequences, int64_t first_token) {
+// The backward with dQ added by the dK/dV blocks, as kernels/attention.cu runs it
+// (AttentionBackward::ordered_dq or atomic_dq): D, the dK/dV blocks that also add dQ to the
+// accumulator (in key order, with the turn counters zeroed; or by atomics, with the accumulator
+// zeroed: the caller sees to both), then, by atomics, dq from the accumulator; for the tokens
+// from first_token on. The blocks run in the order of launch_tiles, key tiles ascending, which is
+// the order the tickets give them on the GPU.
+template <int kHeadDim, flash::DqShare kDqShare>
+std::string run_backward_with_dq_share(const flash::AttentionParams& p, int longest,
+                                       int first_sequence, int sequences, int64_t first_token) {
   const int tiles = (longest + flash::kTileRows - 1) / flash::kTileRows;
   std::string error = launch_dout_dot_out<kHeadDim>(p, first_token * p.heads);
   if (error.empty())
     error = launch_tiles(tiles, p.kv_heads, first_sequence, sequences,
-                         flash::dkdv_shared_bytes<kHeadDim, true>(),
+                         flash::dkdv_shared_bytes<kHeadDim, kDqShare>(),
                          [&](char* shared, flash::TileCoordinates at, int thread) {
-                           flash::backward_dkdv_block<kHeadDim, true>(p, shared, at, thread);
+                           flash::backward_dkdv_block<kHeadDim, kDqShare>(p, shared, at, thread);
                          });
-  if (error.empty())
+  if (error.empty() && kDqShare == flash::DqShare::atomic)
     for (int64_t i = first_token * p.heads * kHeadDim; i < int64_t(p.tokens) * p.heads * kHeadDim;
          i += flash::kDqElementsPerThread)
-      flash::store_dq_from_accumulator(p, i);
+      flash::dq_from_accumulator(p, i);
   return error;
+}
+
+template <flash::DqShare kDqShare>
+std::string run_backward_with_dq_share(int head_dim, const flash::AttentionParams& p, int longest,
+                                       int first_sequence, int sequences, int64_t first_token) {
+  return head_dim == 64 ? run_backward_with_dq_share<64, kDqShare>(p, longest, first_sequence,
+                                                                   sequences, first_token)
+                        : run_backward_with_dq_share<128, kDqShare>(p, longest, first_sequence,
+                                                                    sequences, first_token);
 }
 
 // ---- the comparison with the CPU reference ----
@@ -396,25 +408,38 @@ TEST_P(AttentionEmulated, MatchesCpuReference) {
     EXPECT_EQ(read_lse(gpu->lse, heads, tokens, first_token), gpu_lse) << "lse of the 128-query tiles";
   }
 
-  // The backward with dQ added by atomics from the dK/dV blocks (kernels/attention.h): dq within
-  // the same tolerance (only the order of its f32 additions differs, and the scale is applied
-  // after the sum rather than before the rounding to bf16), dk and dv the same bits.
+  // The backward with dQ added by the dK/dV blocks (kernels/attention.h), in key order and by
+  // atomics: dq within the same tolerance (its f32 sums are grouped by key tile, and the scale
+  // is applied after the sum rather than before the rounding to bf16), dk and dv the same bits.
   if (dim == 64 || dim == 128) {
-    const std::vector<float> deterministic_dk = read_rows(gpu->dk, kv_rows),
-                             deterministic_dv = read_rows(gpu->dv, kv_rows);
-    gpu->dq.poison(q_rows.first(), q_rows.count());
-    for (auto* output : {&gpu->dk, &gpu->dv}) output->poison(kv_rows.first(), kv_rows.count());
-    std::fill_n(gpu->dq_accumulator.data() + q_rows.first(), q_rows.count(), 0.0f);
-    ASSERT_EQ(dim == 64 ? run_backward_with_atomic_dq<64>(params, longest, first_sequence,
-                                                          sequences, first_token)
-                        : run_backward_with_atomic_dq<128>(params, longest, first_sequence,
-                                                           sequences, first_token),
-              "");
-    const double atomic_dq_error = error_against(read_rows(gpu->dq, q_rows), cpu_dq);
-    EXPECT_LT(atomic_dq_error, kOutputTolerance) << "dq added by atomics";
-    EXPECT_EQ(read_rows(gpu->dk, kv_rows), deterministic_dk) << "dk beside the atomic dq";
-    EXPECT_EQ(read_rows(gpu->dv, kv_rows), deterministic_dv) << "dv beside the atomic dq";
-    errors << " atomic dq " << atomic_dq_error;
+    const std::vector<float> default_dk = read_rows(gpu->dk, kv_rows),
+                             default_dv = read_rows(gpu->dv, kv_rows);
+    params.dq_turns_per_head = tokens / flash::kTileRows + sequences;
+    std::vector<int> turns(size_t(heads * params.dq_turns_per_head) + 1);
+    params.dq_turns = turns.data();
+    for (flash::DqShare share : {flash::DqShare::ordered, flash::DqShare::atomic}) {
+      const bool ordered = share == flash::DqShare::ordered;
+      gpu->dq.poison(q_rows.first(), q_rows.count());
+      for (auto* output : {&gpu->dk, &gpu->dv}) output->poison(kv_rows.first(), kv_rows.count());
+      if (ordered) {
+        std::fill(turns.begin(), turns.end(), 0);
+        // The first share of each query tile is stored, never added to: NaN here must not show.
+        gpu->dq_accumulator.poison(q_rows.first(), q_rows.count());
+      } else {
+        std::fill_n(gpu->dq_accumulator.data() + q_rows.first(), q_rows.count(), 0.0f);
+      }
+      ASSERT_EQ(ordered ? run_backward_with_dq_share<flash::DqShare::ordered>(
+                              int(dim), params, longest, first_sequence, sequences, first_token)
+                        : run_backward_with_dq_share<flash::DqShare::atomic>(
+                              int(dim), params, longest, first_sequence, sequences, first_token),
+                "");
+      const char* name = ordered ? "ordered" : "atomic";
+      const double share_dq_error = error_against(read_rows(gpu->dq, q_rows), cpu_dq);
+      EXPECT_LT(share_dq_error, kOutputTolerance) << name << " dq";
+      EXPECT_EQ(read_rows(gpu->dk, kv_rows), default_dk) << "dk beside the " << name << " dq";
+      EXPECT_EQ(read_rows(gpu->dv, kv_rows), default_dv) << "dv beside the " << name << " dq";
+      errors << " " << name << " dq " << share_dq_error;
+    }
     RecordProperty("relative_errors", errors.str());
   }
 

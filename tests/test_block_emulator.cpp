@@ -159,6 +159,24 @@ TEST(BlockEmulator, ShuffledScheduleLetsAThreadFallBehindAcrossABarrier) {
   EXPECT_GT(shuffled_wrong_reads, 0);
 }
 
+// Blocks that take turns through a counter (flash::wait_for_turn, pass_turn): run one at a time,
+// a block whose turn comes after the counter's value would wait forever on the GPU too (or for a
+// block that started after it), and is reported; one whose turn has come goes on and passes it.
+TEST(BlockEmulator, ABlockAheadOfItsTurnIsReported) {
+  int turn = 0;
+  auto take_turn = [&](int value) {
+    return block().run(kThreads, 0, [&](std::byte*, int thread) {
+      flash::wait_for_turn(&turn, value, thread);
+      flash::pass_turn(&turn, thread);
+    });
+  };
+  EXPECT_NE(take_turn(1).find("waits for turn 1 of a counter at 0"), std::string::npos);
+  EXPECT_EQ(turn, 0);
+  EXPECT_EQ(take_turn(0), "");
+  EXPECT_EQ(take_turn(1), "");
+  EXPECT_EQ(turn, 2);
+}
+
 }  // namespace
 }  // namespace cst
 

@@ -371,7 +371,9 @@ TEST(TrainOptions, FlagsConfigFileAndErrors) {
   EXPECT_EQ(parse_error({"m", "d", "--loss_type", "aot_pair"}), "");
   EXPECT_NE(parse_error({"m", "d", "--loss_type", "bco_pair", "--num_processes", "2"}).find("bco_pair"), std::string::npos);
   EXPECT_NE(parse_error({"m", "d", "--system_prompts", "only one"}).find("--system_prompts"), std::string::npos);
-  EXPECT_EQ(parse_error({"m", "d", "--attention_backward", "atomic_dq"}), "");
+  for (const char* mode : {"recompute_dq", "ordered_dq", "atomic_dq"})
+    EXPECT_EQ(parse_error({"m", "d", "--attention_backward", mode}), "") << mode;
+  EXPECT_NE(parse_error({"m", "d", "--attention_backward", "deterministic"}).find("ordered_dq"), std::string::npos);
   EXPECT_NE(parse_error({"m", "d", "--attention_backward", "atomic"}).find("--attention_backward"), std::string::npos);
   EXPECT_NE(parse_error({"m"}).find("missing data path"), std::string::npos);
   EXPECT_NE(train_options_help().find("--gradient_accumulation_steps"), std::string::npos);

@@ -86,8 +86,9 @@ const std::vector<OptionSpec>& option_table() {
       {"lora_target_modules", &T::lora_target_modules, "projections that get adapters, or all-linear"},
       {"gradient_checkpointing", &T::gradient_checkpointing, "keep only layer inputs; recompute the rest in backward"},
       {"attention_backward", &T::attention_backward,
-       "deterministic (the same bits every run) or atomic_dq (CUDA, head dims 64 and 128: dq summed with "
-       "atomics as FlashAttention-2 does; less work, its last bits vary)"},
+       "how the CUDA attention backward (head dims 64 and 128) forms dq: recompute_dq (a pass of its own), "
+       "ordered_dq (added by the dK/dV blocks in a fixed order: less work), both the same bits every run; "
+       "or atomic_dq (added with atomics as FlashAttention-2 does: its last bits vary)"},
       {"demo", &T::demo, "run the embedded demo (tiny model, synthetic CST data, DPO vs CST)"},
   };
   return table;

@@ -14,6 +14,7 @@
 #include "data/chat_template.h"
 #include "data/pair_tokenizer.h"
 #include "data/preference.h"
+#include "kernels/attention.h"
 
 namespace cst {
 
@@ -88,7 +89,7 @@ struct TrainOptions {
   std::vector<std::string> lora_target_modules = {"q_proj", "k_proj", "v_proj", "o_proj",
                                                   "gate_proj", "up_proj", "down_proj"};
   bool gradient_checkpointing = false;      // recompute layer activations in backward
-  std::string attention_backward = "deterministic";  // or atomic_dq (kernels/attention.h)
+  std::string attention_backward = attention_backward_name(kDefaultAttentionBackward);  // kernels/attention.h
 
   // The embedded demo.
   bool demo = false;

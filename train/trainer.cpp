@@ -193,7 +193,7 @@ class Trainer {
   WorkerGroup& group_;
   ModelSession session_;
   ObjectiveConfig objective_;
-  AttentionBackward attention_backward_ = AttentionBackward::deterministic;  // --attention_backward
+  AttentionBackward attention_backward_ = kDefaultAttentionBackward;  // --attention_backward
   std::vector<TokenizedPair> train_pairs_, eval_pairs_;
   std::vector<std::string> eval_systems_;  // see find_eval_systems
   std::unique_ptr<LoraAdapter> lora_;

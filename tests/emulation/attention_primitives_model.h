@@ -29,8 +29,16 @@
 //       fast_exp2  "ex2" .approx.ftz.f32: exp2f with results below 2^-126 flushed to 0 (the
 //       device's approximation is within 2 ulp of exp2f, far inside the tests' tolerances);
 //   store_shared_bf16x2  a 32-bit "st.shared", checked by the emulator for place and races;
-//   atomic_add_f32  "red.global.add.f32": a plain add, since the emulated blocks run one at a time
-//       (the schedule decides the order of the adds, as the GPU's timing does).
+//   store_shared_f32x2, load_shared_f32x4  "st.shared.v2.f32", "ld.shared.v4.f32", checked by
+//       the emulator for place and races like the other shared accesses;
+//   load_f32x4_l2, store_f32x4_l2  "ld.global.cg.v4.f32", "st.global.cg.v4.f32", 16-byte aligned;
+//   atomic_add_f32x4  "red.global.add.v4.f32": plain adds, since the emulated blocks run one at a
+//       time (the schedule decides the order of the adds, as the GPU's timing does);
+//   take_ticket  "atom.global.add.u32" of 1, the old value returned;
+//   wait_for_turn, pass_turn  an acquire poll by thread 0 and "bar.sync"; "bar.sync" and a release
+//       add by thread 0. Blocks run one at a time, so a block that finds the counter short of
+//       its turn would wait forever on the GPU too, or at best for a block that started after
+//       it: the emulator reports it.
 //
 // A copy is modelled as landing in shared memory when its thread waits for its group, the
 // latest moment the ISA allows, so a kernel that reads a tile before waiting sees stale data.
@@ -40,6 +48,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
 
 #include "kernels/tensor.h"
 #include "tests/emulation/block_emulator.h"
@@ -186,6 +195,48 @@ inline void store_shared_bf16x2(bf16* shared_destination, uint32_t packed) {
   emulation::block().store_shared(shared_destination, &packed, sizeof(packed));
 }
 
-inline void atomic_add_f32(float* destination, float value) { *destination += value; }
+inline void store_shared_f32x2(float* shared_destination, float low, float high) {
+  const float values[2] = {low, high};
+  emulation::block().store_shared(shared_destination, values, sizeof(values));
+}
+
+inline void load_shared_f32x4(const float* shared_source, float (&values)[4]) {
+  std::memcpy(values, emulation::block().shared_row_for_read(shared_source, "ld.shared.v4.f32"),
+              sizeof(values));
+}
+
+inline void check_16_byte_aligned(const void* address, const char* what) {
+  CST_CHECK(reinterpret_cast<uintptr_t>(address) % 16 == 0, what,
+            " of 16 bytes at an address not aligned to 16");
+}
+
+inline void load_f32x4_l2(const float* source, float (&values)[4]) {
+  check_16_byte_aligned(source, "ld.global.cg.v4.f32");
+  std::memcpy(values, source, sizeof(values));
+}
+
+inline void store_f32x4_l2(float* destination, const float (&values)[4]) {
+  check_16_byte_aligned(destination, "st.global.cg.v4.f32");
+  std::memcpy(destination, values, sizeof(values));
+}
+
+inline void atomic_add_f32x4(float* destination, const float (&values)[4]) {
+  check_16_byte_aligned(destination, "red.global.add.v4.f32");
+  for (int i = 0; i < 4; ++i) destination[i] += values[i];
+}
+
+inline int take_ticket(int* counter) { return (*counter)++; }
+
+inline void wait_for_turn(const int* turn, int value, int thread) {
+  if (thread == 0 && *turn != value)
+    emulation::block().fail("waits for turn " + std::to_string(value) + " of a counter at " +
+                            std::to_string(*turn) + ", which no block that ran before it passed on");
+  emulation::block().block_barrier();
+}
+
+inline void pass_turn(int* turn, int thread) {
+  emulation::block().block_barrier();
+  if (thread == 0) ++*turn;
+}
 
 }  // namespace cst::cuda::flash

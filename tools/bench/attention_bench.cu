@@ -1,8 +1,9 @@
 // Flash attention speed: TFLOP/s of the forward and backward at head dim 128, causal, 32 query
 // heads over 8 key/value heads, 16k tokens per batch split into equal sequences of 512..4096; the
-// forward also with each query tile (64 rows, 16 per warp; 128 rows, 32 per warp), which give
-// the same bits, so that one run tells which to make the default, and the backward also with dq
-// added by atomics (AttentionBackward::atomic_dq) beside the deterministic default.
+// forward also with each query tile (64 rows, 16 per warp; 128 rows, 32 per warp; 128 rows in
+// 32-key steps), and the backward with each way of forming dq (AttentionBackward: recomputed in
+// a pass of its own, the default; added by the dK/dV blocks in key order; by atomics), so that
+// one run tells which to make the default.
 // Causal FLOPs count only the visible half: forward 4 * N * T * H * D / 2 (two matmuls, 2 FLOPs
 // per multiply-add) for N tokens in sequences of T; backward 2.5x that (five matmuls, none
 // recounted for the recomputation it does). tools/python/bench_sdpa.py prints the same table for
@@ -83,7 +84,7 @@ void forward_with_tile(const Inputs& in, const std::vector<int32_t>& cu_seqlens,
 
 void backward(const Inputs& in, const std::vector<int32_t>& cu_seqlens,
               const cst::AttentionShape& shape,
-              cst::AttentionBackward mode = cst::AttentionBackward::deterministic) {
+              cst::AttentionBackward mode = cst::AttentionBackward::recompute_dq) {
   cst::attention_backward(in.dq, in.dk, in.dv, in.dout, in.q, in.k, in.v, in.out, in.lse,
                           cu_seqlens, shape, mode);
 }
@@ -128,6 +129,8 @@ nlohmann::json benchmark(Inputs& in, int seqlen) {
   // The op's forward is the default tile's: timed above, not again.
   double forward_ms = forward_tile_ms.at(cst::cuda::kDefaultForwardQueryTile);
   double backward_ms = time_ms([&] { backward(in, cu_seqlens, kShape); }, 20);
+  double backward_ordered_ms = time_ms(
+      [&] { backward(in, cu_seqlens, kShape, cst::AttentionBackward::ordered_dq); }, 20);
   double backward_atomic_ms = time_ms(
       [&] { backward(in, cu_seqlens, kShape, cst::AttentionBackward::atomic_dq); }, 20);
   double forward_flops = 4.0 * double(kTokens) * seqlen * kShape.heads * kShape.head_dim / 2;
@@ -147,6 +150,8 @@ nlohmann::json benchmark(Inputs& in, int seqlen) {
            forward_flops / forward_tile_ms.at(ForwardQueryTile::rows128_steps32) * 1e-9},
           {"backward_ms", backward_ms},
           {"backward_tflops", backward_flops / backward_ms * 1e-9},
+          {"backward_ordered_dq_ms", backward_ordered_ms},
+          {"backward_ordered_dq_tflops", backward_flops / backward_ordered_ms * 1e-9},
           {"backward_atomic_dq_ms", backward_atomic_ms},
           {"backward_atomic_dq_tflops", backward_flops / backward_atomic_ms * 1e-9}};
 }
@@ -160,19 +165,20 @@ void write_raw(const std::filesystem::path& path, const cst::Tensor& device) {
 }
 
 // One forward and each backward once and nothing else, so that a profiler sees each attention
-// kernel once (forward, then D, dK/dV and dQ; then D, dK/dV with atomic dQ and the conversion of
-// its accumulator; then the forward in 32-key steps): no warm-up, since a profiler replays each
-// launch itself.
+// kernel once (forward, then D, dK/dV and dQ; then D and dK/dV with dQ in key order; then D,
+// dK/dV with atomic dQ and the conversion of its accumulator; then the forward in 32-key steps):
+// no warm-up, since a profiler replays each launch itself.
 void profile_once(int seqlen) {
   const std::vector<int32_t> cu_seqlens = equal_sequences(seqlen);
   Inputs in = make_inputs(kTokens, kShape, 1);
   forward(in, cu_seqlens, kShape);
   backward(in, cu_seqlens, kShape);
+  backward(in, cu_seqlens, kShape, cst::AttentionBackward::ordered_dq);
   backward(in, cu_seqlens, kShape, cst::AttentionBackward::atomic_dq);
   forward_with_tile(in, cu_seqlens, kShape, cst::cuda::ForwardQueryTile::rows128_steps32);
   cst::cuda::synchronize();
-  std::printf("attention_bench --profile: one forward and both backwards (deterministic, atomic dq), "
-              "then the forward in 32-key steps, "
+  std::printf("attention_bench --profile: one forward and the three backwards (dq recomputed, "
+              "ordered, atomic), then the forward in 32-key steps, "
               "%lld tokens in sequences of %d, %d heads / %d kv heads of %d\n",
               static_cast<long long>(kTokens), seqlen, kShape.heads, kShape.kv_heads, kShape.head_dim);
 }
@@ -238,20 +244,21 @@ int run(int argc, char** argv) {
     return 0;
   }
   std::printf("cst flash attention, head_dim 128, causal, 32 heads / 8 kv heads, 16384 tokens\n");
-  std::printf("%8s %6s %10s %10s %10s %10s %12s %12s %14s %14s\n", "seqlen", "batch", "fwd ms",
-              "fwd TF/s", "bwd ms", "bwd TF/s", "fwd64 TF/s", "fwd128 TF/s", "fwd128/32 TF/s",
-              "bwd atomic TF/s");
+  std::printf("%8s %6s %10s %10s %10s %10s %12s %12s %14s %16s %15s\n", "seqlen", "batch",
+              "fwd ms", "fwd TF/s", "bwd ms", "bwd TF/s", "fwd64 TF/s", "fwd128 TF/s",
+              "fwd128/32 TF/s", "bwd ordered TF/s", "bwd atomic TF/s");
   nlohmann::json rows = nlohmann::json::array();
   Inputs in = make_inputs(kTokens, kShape, 1);
   for (int seqlen : {512, 1024, 2048, 4096}) {
     nlohmann::json row = benchmark(in, seqlen);
-    std::printf("%8d %6d %10.3f %10.1f %10.3f %10.1f %12.1f %12.1f %14.1f %14.1f\n", seqlen,
+    std::printf("%8d %6d %10.3f %10.1f %10.3f %10.1f %12.1f %12.1f %14.1f %16.1f %15.1f\n", seqlen,
                 row["batch"].get<int>(), row["forward_ms"].get<double>(),
                 row["forward_tflops"].get<double>(), row["backward_ms"].get<double>(),
                 row["backward_tflops"].get<double>(),
                 row["forward_64_query_tile_tflops"].get<double>(),
                 row["forward_128_query_tile_tflops"].get<double>(),
                 row["forward_128_query_tile_32_key_steps_tflops"].get<double>(),
+                row["backward_ordered_dq_tflops"].get<double>(),
                 row["backward_atomic_dq_tflops"].get<double>());
     rows.push_back(row);
   }

@@ -22,7 +22,7 @@
 //   model_bench [--device cpu|cuda] [--shape v32k|v8k|1b|all] [--step logps|dpo|generate]
 //               [--sequences 4] [--sequence_length 256] [--new_tokens 64] [--lora_alpha 32]
 //               [--threads N] [--warmup 2] [--iterations 7] [--breakdown]
-//               [--attention_backward deterministic|atomic_dq]
+//               [--attention_backward recompute_dq|ordered_dq|atomic_dq]
 //
 // --shape all runs the two small shapes (v32k, v8k). Prints one "RESULT ..." line per shape
 // (tools/bench/run_bench.sh and tools/gpu_check.sh collect them). --breakdown also times every op
@@ -113,7 +113,7 @@ struct Options {
   int warmup = 2;
   int iterations = 7;
   bool breakdown = false;
-  AttentionBackward attention_backward = AttentionBackward::deterministic;  // kernels/attention.h
+  AttentionBackward attention_backward = kDefaultAttentionBackward;  // kernels/attention.h
 };
 
 AdamWConfig adamw_config() {
@@ -496,13 +496,13 @@ OpTime time_op(const std::string& name, int calls_per_step, Device device,
 // forward op twice (the reference forward, with the adapters off, and the policy forward) and
 // ends with the optimizer; a logps step runs one forward and no optimizer.
 std::vector<OpTime> time_step_ops(LoadedModel& model, const Batch& batch, Device device,
-                                  const std::string& step) {
+                                  const Options& options) {
   const ModelConfig& config = model.file.config();
   const int64_t n = int64_t(batch.tokens.size()), C = config.hidden_size,
                 F = config.intermediate_size, H = config.num_heads, KVH = config.num_kv_heads,
                 D = config.head_dim;
   const int layers = config.num_layers;
-  const bool dpo = step == "dpo";
+  const bool dpo = options.step == "dpo";
   const int forwards = dpo ? 2 : 1;
   demo::DemoRandom random(7);
   Arena scratch(device);
@@ -561,7 +561,8 @@ std::vector<OpTime> time_step_ops(LoadedModel& model, const Batch& batch, Device
     attention_forward(out, lse, q, k, v, batch.cu_seqlens, attention);
   }));
   ops.push_back(time_op("attention backward", layers, device, [&] {
-    attention_backward(dq, dk, dv, out, q, k, v, out, lse, batch.cu_seqlens, attention);
+    attention_backward(dq, dk, dv, out, q, k, v, out, lse, batch.cu_seqlens, attention,
+                       options.attention_backward);
   }));
   ops.push_back(time_op("rmsnorm forward", forwards * (2 * layers + 1), device,
                         [&] { rmsnorm_forward(y, rstd, x, norm_weight, 1e-5f); }));
@@ -739,7 +740,7 @@ void run_shape(const BenchShape& s, const Options& options) {
                                                 : time_logps_steps(transformer, model, batch, device, options);
   print_result(s, options, times, options.sequences, batch.tokens.size(), device);
   if (options.breakdown)
-    print_breakdown(s, options, time_step_ops(model, batch, device, options.step), median(times.step_ms));
+    print_breakdown(s, options, time_step_ops(model, batch, device, options), median(times.step_ms));
 }
 
 int parse_count(const char* flag, const char* text, int minimum) {
@@ -781,7 +782,7 @@ Options parse_options(int argc, char** argv) {
     else fail("unknown flag ", flag, " (flags: --device cpu|cuda, --shape v32k|v8k|1b|all, ",
               "--step logps|dpo|generate, --sequences N, --sequence_length N, --new_tokens N, --lora_alpha A, ",
               "--threads N, ",
-              "--warmup N, --iterations N, --breakdown, --attention_backward deterministic|atomic_dq)");
+              "--warmup N, --iterations N, --breakdown, --attention_backward recompute_dq|ordered_dq|atomic_dq)");
   }
   const bool known_shape = options.shape == "all" || std::any_of(std::begin(kShapes), std::end(kShapes),
                                                                  [&](const BenchShape& s) { return options.shape == s.name; });
