@@ -201,12 +201,17 @@ CST_FLASH_DEVICE int take_ticket(int* counter) { return atomicAdd(counter, 1); }
 // does its work, and passes the turn on (adds 1). Thread 0 polls with acquire loads, and the
 // barrier that follows lets every thread of the block go on: each then sees what the blocks
 // before it wrote before passing the turn. Every thread of the block calls both.
+// A turn that has not come after 2^32 cycles (over 2 s) never will: the kernel traps, and the
+// launch fails with an error instead of hanging the GPU.
 CST_FLASH_DEVICE void wait_for_turn(const int* turn, int value, int thread) {
   if (thread == 0) {
+    const long long start = clock64();
     int seen;
-    do {
+    for (;;) {
       asm volatile("ld.acquire.gpu.b32 %0, [%1];\n" : "=r"(seen) : "l"(turn) : "memory");
-    } while (seen != value);
+      if (seen == value) break;
+      if (clock64() - start > (1ll << 32)) __trap();
+    }
   }
   __syncthreads();
 }
