@@ -183,7 +183,8 @@ CST_FLASH_DEVICE void store_f32x4_l2(float* destination, const float (&values)[4
 }
 
 // Adds four f32 to 16-byte-aligned global memory; the results are not used, so these compile to
-// reductions (RED), which do not wait for L2. sm_90 adds the four in one vector reduction.
+// reductions (RED), which do not wait for L2. sm_90 adds the four in one vector reduction. Like
+// every f32 reduction (PTX ISA, "red"), they flush subnormal inputs and sums to zero.
 CST_FLASH_DEVICE void atomic_add_f32x4(float* destination, const float (&values)[4]) {
 #if __CUDA_ARCH__ >= 900
   atomicAdd(reinterpret_cast<float4*>(destination),

@@ -642,8 +642,10 @@ CST_FLASH_DEVICE int* dq_ticket_counter(const AttentionParams& p) {
 
 // Adds key tile `key_tile`'s share (in shared memory) to the query tile [query0, query0 + 64)
 // of one head, in the order of the key tiles that see the query tile: the first stores its share
-// to p.dq_accumulator, each next one waits for its turn and adds its share to the sum so far,
-// and the last writes dq = scale * sum. Every dq element is thus the same sum in the same order
+// to p.dq_accumulator, each next one waits for its turn and adds its share to the sum so far with
+// reductions, which L2 performs without a round trip to the SM (pass_turn's release waits until
+// they are done, so the next key tile adds to the finished sum), and the last reads the sum and
+// writes dq = scale * (sum + share). Every dq element is thus the same sum in the same order
 // whatever the order the blocks run in. wait_for_turn's barrier also makes every warp's rows of
 // the share visible to the threads that move them.
 template <int kHeadDim>
@@ -657,17 +659,23 @@ CST_FLASH_DEVICE void add_dq_share_in_key_order(const AttentionParams& p, const 
   const bool first = key_tile == first_key_tile, last = key_tile == last_key_tile;
   wait_for_turn(turn, key_tile - first_key_tile, thread);
   move_dq_share<kHeadDim>(share, query_rows, p.heads, thread, [&](DqShareChunks& chunks) {
-    if (!first) {
-      float sums[DqShareChunks::kCount][4] = {};
+    if (last && !first) {
+      float sums[DqShareChunks::kCount][4];
       for (int c = 0; c < DqShareChunks::kCount; ++c)
         if (chunks.valid[c]) load_f32x4_l2(p.dq_accumulator + chunks.index[c], sums[c]);
       for (int c = 0; c < DqShareChunks::kCount; ++c)
-        for (int i = 0; i < 4; ++i) chunks.values[c][i] += sums[c][i];
+        if (chunks.valid[c])
+          for (int i = 0; i < 4; ++i) chunks.values[c][i] += sums[c][i];
     }
-    for (int c = 0; c < DqShareChunks::kCount; ++c) {
-      if (!chunks.valid[c]) continue;
-      if (last) store_scaled_dq(p.dq + chunks.index[c], chunks.values[c], p.scale);
-      else store_f32x4_l2(p.dq_accumulator + chunks.index[c], chunks.values[c]);
+    if (last) {
+      for (int c = 0; c < DqShareChunks::kCount; ++c)
+        if (chunks.valid[c]) store_scaled_dq(p.dq + chunks.index[c], chunks.values[c], p.scale);
+    } else if (first) {
+      for (int c = 0; c < DqShareChunks::kCount; ++c)
+        if (chunks.valid[c]) store_f32x4_l2(p.dq_accumulator + chunks.index[c], chunks.values[c]);
+    } else {
+      for (int c = 0; c < DqShareChunks::kCount; ++c)
+        if (chunks.valid[c]) atomic_add_f32x4(p.dq_accumulator + chunks.index[c], chunks.values[c]);
     }
   });
   if (!last) pass_turn(turn, thread);
