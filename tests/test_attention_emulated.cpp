@@ -194,9 +194,10 @@ std::string run_kernels(const flash::AttentionParams& p, int longest, int first_
 // The backward with dQ added by the dK/dV blocks, as kernels/attention.cu runs it
 // (AttentionBackward::ordered_dq or atomic_dq): D, the dK/dV blocks that also add dQ to the
 // accumulator (in key order, with the turn counters zeroed; or by atomics, with the accumulator
-// zeroed: the caller sees to both), then, by atomics, dq from the accumulator; for the tokens
-// from first_token on. The blocks run in the order of launch_tiles, key tiles ascending, which is
-// the order the tickets give them on the GPU.
+// zeroed: the caller sees to both), then, for the atomics only, dq from the accumulator; for the
+// tokens from first_token on. The blocks run in the order of launch_tiles, key tiles ascending,
+// which is the order the tickets give them on the GPU (the emulated CUDA test runs the tickets
+// themselves, under every block order).
 template <int kHeadDim, flash::DqShare kDqShare>
 std::string run_backward_with_dq_share(const flash::AttentionParams& p, int longest,
                                        int first_sequence, int sequences, int64_t first_token) {
