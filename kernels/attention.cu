@@ -199,11 +199,15 @@ void forward_for_head_dim(const AttentionParams& params, const DeviceOffsets& of
   }
 }
 
-// The f32 (N, H, D) accumulator of dq / scale that the dK/dV blocks add their shares to.
-float* dq_accumulator(const AttentionParams& params, int head_dim) {
+// Elements of dq, (N, H, D).
+int64_t dq_elements(const AttentionParams& params, int head_dim) {
+  return int64_t(params.tokens) * params.heads * head_dim;
+}
+
+// The f32 accumulator of dq / scale that the dK/dV blocks add their shares to.
+float* dq_accumulator(int64_t elements) {
   static ScratchBuffer accumulator;
-  return static_cast<float*>(accumulator.reserve(size_t(params.tokens) * params.heads * head_dim *
-                                                 sizeof(float)));
+  return static_cast<float*>(accumulator.reserve(size_t(elements) * sizeof(float)));
 }
 
 // dq by the dK/dV blocks in key order: the turn counters (N / 64 + S per head) and the ticket
@@ -212,7 +216,7 @@ float* dq_accumulator(const AttentionParams& params, int head_dim) {
 template <int kHeadDim>
 void dkdv_and_ordered_dq(AttentionParams params, const DeviceOffsets& offsets, int tiles) {
   static ScratchBuffer counters;
-  params.dq_accumulator = dq_accumulator(params, kHeadDim);
+  params.dq_accumulator = dq_accumulator(dq_elements(params, kHeadDim));
   params.dq_turns_per_head = params.tokens / flash::kTileRows + offsets.sequences;
   const size_t bytes = (size_t(params.dq_turns_per_head) * params.heads + 1) * sizeof(int);
   params.dq_turns = static_cast<int*>(counters.reserve(bytes));
@@ -225,8 +229,8 @@ void dkdv_and_ordered_dq(AttentionParams params, const DeviceOffsets& offsets, i
 // dq through the f32 accumulator: zeroed, filled by the dK/dV blocks' atomics, scaled into dq.
 template <int kHeadDim>
 void dkdv_and_atomic_dq(AttentionParams params, const DeviceOffsets& offsets, int tiles) {
-  const int64_t elements = int64_t(params.tokens) * params.heads * kHeadDim;
-  params.dq_accumulator = dq_accumulator(params, kHeadDim);
+  const int64_t elements = dq_elements(params, kHeadDim);
+  params.dq_accumulator = dq_accumulator(elements);
   CUDA_CHECK(cudaMemsetAsync(params.dq_accumulator, 0, size_t(elements) * sizeof(float), stream()));
   launch_tiles(dkdv_kernel<kHeadDim, flash::DqShare::atomic>,
                flash::dkdv_shared_bytes<kHeadDim, flash::DqShare::atomic>(), tiles,

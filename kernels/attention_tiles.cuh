@@ -640,8 +640,8 @@ CST_FLASH_DEVICE int* dq_ticket_counter(const AttentionParams& p) {
   return p.dq_turns + int64_t(p.heads) * p.dq_turns_per_head;
 }
 
-// Adds key tile `key_tile`'s share (in shared memory) to the query tile [query0, query0 + 64)
-// of one head, in the order of the key tiles that see the query tile: the first stores its share
+// Adds the share (in shared memory) of the block's key tile `at` to the query tile [query0,
+// query0 + 64) of one head, in the order of the key tiles that see it: the first stores its share
 // to p.dq_accumulator, each next one waits for its turn and adds its share to the sum so far with
 // reductions, which L2 performs without a round trip to the SM (pass_turn's release waits until
 // they are done, so the next key tile adds to the finished sum), and the last reads the sum and
@@ -651,11 +651,11 @@ CST_FLASH_DEVICE int* dq_ticket_counter(const AttentionParams& p) {
 template <int kHeadDim>
 CST_FLASH_DEVICE void add_dq_share_in_key_order(const AttentionParams& p, const float* share,
                                                 TileSource query_rows, int query0, int seq_len,
-                                                int sequence, int seq_start, int key_tile,
-                                                int thread) {
+                                                int seq_start, TileCoordinates at, int thread) {
+  const int key_tile = at.tile;
   int first_key_tile, last_key_tile;
   key_tile_range(query0, kTileRows, seq_len, p.window, first_key_tile, last_key_tile);
-  int* turn = dq_turn(p, query_rows.head, sequence, seq_start, query0);
+  int* turn = dq_turn(p, query_rows.head, at.sequence, seq_start, query0);
   const bool first = key_tile == first_key_tile, last = key_tile == last_key_tile;
   wait_for_turn(turn, key_tile - first_key_tile, thread);
   move_dq_share<kHeadDim>(share, query_rows, p.heads, thread, [&](DqShareChunks& chunks) {
@@ -829,7 +829,7 @@ CST_FLASH_DEVICE void backward_dkdv_block(const AttentionParams& p, char* shared
       form_dq_share<kHeadDim>(share, warp_row0, dscores_transposed, k_tile, lane);
       if constexpr (kDqShare == DqShare::ordered)
         add_dq_share_in_key_order<kHeadDim>(p, share, query_rows_of_step(i), query0, seq_len,
-                                            at.sequence, seq_start, at.tile, thread);
+                                            seq_start, at, thread);
       else
         add_dq_share_atomically<kHeadDim>(p, share, query_rows_of_step(i), thread);
     }

@@ -434,11 +434,10 @@ check_attention_against_torch() {
 
 # Nsight Compute over one forward and the three backwards of the attention benchmark's T = 2048
 # row: nine kernels (forward; D, dK/dV, dQ; D, dK/dV with dQ in key order; D, dK/dV with atomic
-# dQ; the forward in 32-key steps),
-# each replayed to collect its sections, the text report into bench.log. The clocks stay as the
-# card runs them (--clock-control none), as in every other timing here. ncu runs in this
-# machine's own environment; only the profiled program gets cst's libraries. The step fails
-# when the report holds fewer than the nine kernels.
+# dQ; the forward in 32-key steps), each replayed to collect its sections, the text report into
+# bench.log. The clocks stay as the card runs them (--clock-control none), as in every other
+# timing here. ncu runs in this machine's own environment; only the profiled program gets cst's
+# libraries. The step fails when the report holds fewer than the nine kernels.
 # shellcheck disable=SC2317 # run through bash -c, which shellcheck does not follow
 profile_attention() {
   local report="$SCRATCH/ncu.txt" status profiled
