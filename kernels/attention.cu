@@ -20,6 +20,7 @@
 #include "kernels/attention.h"
 #include "kernels/attention_rowwise.cuh"
 #include "kernels/attention_tiles.cuh"
+#include "kernels/attention_warpgroup.cuh"
 #include "kernels/cuda_common.cuh"
 #include "kernels/device.h"
 
@@ -45,6 +46,16 @@ __global__ void __launch_bounds__(flash::kThreads) forward_kernel(AttentionParam
   flash::forward_block<kHeadDim, kRowBlocks, kScoreColumns>(params, shared,
                                                             query_tile_coordinates(),
                                                             int(threadIdx.x));
+}
+
+// Compiled for every architecture, but its warpgroup multiplies exist only on sm_90a: elsewhere
+// they trap, and forward_for_head_dim launches it only on a device of compute capability 9.0.
+template <int kHeadDim>
+__global__ void __launch_bounds__(flash::kWarpgroupForwardThreads)
+    forward_warpgroups_kernel(AttentionParams params) {
+  char* shared = reinterpret_cast<char*>(dynamic_shared_memory());
+  flash::forward_warpgroups_block<kHeadDim>(params, shared, query_tile_coordinates(),
+                                            int(threadIdx.x));
 }
 
 // The dK/dV blocks that add dQ in key order take their tiles by ticket, in the order they start:
@@ -168,14 +179,15 @@ AttentionParams make_params(const Tensor& q, const Tensor& k, const Tensor& v, c
 }
 
 // Raises the kernel's dynamic shared memory limit (over 48 KiB needs an explicit opt-in) and
-// launches one block per (tile, head, sequence).
+// launches one block of `threads` per (tile, head, sequence).
 template <class Kernel>
 void launch_tiles(Kernel kernel, int shared_bytes, int tiles, int heads,
-                  const DeviceOffsets& offsets, const AttentionParams& params) {
+                  const DeviceOffsets& offsets, const AttentionParams& params,
+                  int threads = flash::kThreads) {
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   shared_bytes));
   dim3 grid(tiles, heads, offsets.sequences);
-  CST_LAUNCH(grid, flash::kThreads, shared_bytes, kernel)(params);
+  CST_LAUNCH(grid, threads, shared_bytes, kernel)(params);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -189,9 +201,20 @@ void forward_with_row_blocks(const AttentionParams& params, const DeviceOffsets&
 }
 
 template <int kHeadDim>
+void forward_with_warpgroups(const AttentionParams& params, const DeviceOffsets& offsets) {
+  constexpr int kQueryRows = flash::kForwardWarpgroups * flash::kTileRows;
+  launch_tiles(forward_warpgroups_kernel<kHeadDim>,
+               flash::forward_warpgroups_shared_bytes<kHeadDim>(),
+               ceil_div(offsets.max_seqlen, kQueryRows), params.heads, offsets, params,
+               flash::kWarpgroupForwardThreads);
+}
+
+template <int kHeadDim>
 void forward_for_head_dim(const AttentionParams& params, const DeviceOffsets& offsets,
                           ForwardQueryTile tile) {
   switch (tile) {
+    case ForwardQueryTile::rows128_warpgroups:
+      return forward_with_warpgroups<kHeadDim>(params, offsets);
     case ForwardQueryTile::rows64: return forward_with_row_blocks<kHeadDim, 1>(params, offsets);
     case ForwardQueryTile::rows128: return forward_with_row_blocks<kHeadDim, 2>(params, offsets);
     case ForwardQueryTile::rows128_steps32:
@@ -263,6 +286,28 @@ void backward_for_head_dim(const AttentionParams& params, const DeviceOffsets& o
 
 }  // namespace
 
+bool forward_query_tile_runs(ForwardQueryTile tile) {
+  if (tile != ForwardQueryTile::rows128_warpgroups) return true;
+  static const bool hopper = [] {
+    int device = 0, major = 0, minor = 0;
+    CUDA_CHECK(cudaGetDevice(&device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+    return major == 9 && minor == 0;
+  }();
+  return hopper;
+}
+
+const char* forward_query_tile_name(ForwardQueryTile tile) {
+  switch (tile) {
+    case ForwardQueryTile::rows64: return "rows64";
+    case ForwardQueryTile::rows128: return "rows128";
+    case ForwardQueryTile::rows128_steps32: return "rows128_steps32";
+    case ForwardQueryTile::rows128_warpgroups: return "rows128_warpgroups";
+  }
+  return "?";
+}
+
 void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
                        const Tensor& v, const std::vector<int32_t>& cu_seqlens,
                        const AttentionShape& shape) {
@@ -273,6 +318,10 @@ void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, co
                        const Tensor& v, const std::vector<int32_t>& cu_seqlens,
                        const AttentionShape& shape, ForwardQueryTile tile) {
   AttentionParams params = make_params(q, k, v, out, lse, shape);
+  if (tile == ForwardQueryTile::rows128_warpgroups && has_flash_kernels(shape.head_dim) &&
+      !forward_query_tile_runs(tile))
+    fail("attention on cuda: the ", forward_query_tile_name(tile),
+         " forward needs a GPU of compute capability 9.0 (sm_90a)");
   if (params.tokens == 0) return;
   DeviceOffsets offsets = upload_offsets(cu_seqlens);
   params.cu_seqlens = offsets.data;

@@ -86,11 +86,21 @@ void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, co
 // softmax stepping over 32 keys at a time instead of 64: at D = 128 it holds half the scores,
 // which keeps the kernel within its registers (the 64-key step spills), but reads Q twice per
 // key tile and rounds differently (within the same tolerance of the reference).
-enum class ForwardQueryTile { rows64, rows128, rows128_steps32 };
-// Every tile, for the tests and attention_bench.
+// rows128_warpgroups (Hopper only: compute capability 9.0, code for sm_90a) is the 128-row tile
+// on two warpgroups of 64 rows, whose products are warpgroup multiplies (wgmma) reading K, V and
+// Q straight from shared memory (kernels/attention_warpgroup.cuh); its sums are the tensor
+// cores', grouped differently, so it rounds differently within the same tolerance.
+enum class ForwardQueryTile { rows64, rows128, rows128_steps32, rows128_warpgroups };
+// Every tile, for the tests and attention_bench (which skip those the GPU cannot run).
 constexpr ForwardQueryTile kForwardQueryTiles[] = {
-    ForwardQueryTile::rows64, ForwardQueryTile::rows128, ForwardQueryTile::rows128_steps32};
+    ForwardQueryTile::rows64, ForwardQueryTile::rows128, ForwardQueryTile::rows128_steps32,
+    ForwardQueryTile::rows128_warpgroups};
 constexpr ForwardQueryTile kDefaultForwardQueryTile = ForwardQueryTile::rows128;
+// Whether this process's GPU runs the tile's kernels (rows128_warpgroups needs compute
+// capability 9.0; the others run everywhere); the forward with a tile it cannot run throws.
+bool forward_query_tile_runs(ForwardQueryTile tile);
+// The tile's name: "rows64", "rows128", "rows128_steps32" or "rows128_warpgroups".
+const char* forward_query_tile_name(ForwardQueryTile tile);
 void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
                        const Tensor& v, const std::vector<int32_t>& cu_seqlens,
                        const AttentionShape& shape, ForwardQueryTile tile);

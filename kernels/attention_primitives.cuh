@@ -15,6 +15,11 @@
 //   atomic_add_f32x4                        four f32 adds to global memory that no other add
 //                                           can interleave with (their order is not fixed)
 //   take_ticket, wait_for_turn, pass_turn   counters in global memory that order blocks
+//   shared_address                          the 32-bit shared-window address of a pointer
+//   warpgroup_fence, warpgroup_commit,      the sm_90a warpgroup matrix multiplies (wgmma) and
+//   warpgroup_wait, async_proxy_fence,      their ordering: below, "Warpgroup matrix multiplies"
+//   warpgroup_multiply_shared,
+//   warpgroup_multiply_registers
 //
 // Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type"),
 // with group = lane / 4 and pair = lane % 4; each 32-bit register holds two bf16, the lower
@@ -223,6 +228,126 @@ CST_FLASH_DEVICE void pass_turn(int* turn, int thread) {
   __syncthreads();
   if (thread == 0) asm volatile("red.release.gpu.add.s32 [%0], 1;\n" : : "l"(turn) : "memory");
 }
+
+// ---- Warpgroup matrix multiplies (sm_90a; PTX ISA, "Asynchronous Warpgroup Level Matrix
+// Multiply-Accumulate Instructions") ----
+//
+// A warpgroup is four consecutive warps whose first is a multiple of four. wgmma.mma_async
+// computes D (64 x N, f32) = A (64 x 16) * B (16 x N) + D for the whole warpgroup: warp w of the
+// group holds rows 16w .. 16w+15 of D as N/8 mma C fragments (d[n][e] is element e of n8 tile n,
+// the layout mma_bf16_16x8x16 gives) and, when A comes from registers, rows 16w .. of A as one
+// mma A fragment. Operands in shared memory are named by a 64-bit descriptor (start address,
+// the byte offsets between 8-row groups and between 64-column panels, the swizzle:
+// kernels/attention_warpgroup.cuh builds them), and read by the tensor cores themselves, no
+// ldmatrix. The multiply runs asynchronously:
+//   warpgroup_fence      before the first multiply of a sequence, once the thread's own
+//                        instructions have written the accumulator or A registers
+//   warpgroup_commit     closes the group of multiplies issued since the last commit
+//   warpgroup_wait<n>    waits until at most n groups are pending: only then may the accumulator
+//                        be read, or the shared memory the multiplies read be written
+//   async_proxy_fence    the multiplies read shared memory through the "async proxy": what this
+//                        thread wrote through ordinary stores or cp.async becomes visible to them
+//                        after this fence, then a barrier for the other threads' writes
+// The instructions exist only in code compiled for sm_90a; elsewhere these functions trap, and
+// the host launches the kernels that use them only on a device of compute capability 9.0.
+
+// Four f32 accumulators of one n8 tile, as asm read-write operands.
+#define CST_WGMMA_TILE(d, n) "+f"(d[n][0]), "+f"(d[n][1]), "+f"(d[n][2]), "+f"(d[n][3])
+#define CST_WGMMA_EIGHT_TILES(d, n)                                                        \
+  CST_WGMMA_TILE(d, n), CST_WGMMA_TILE(d, n + 1), CST_WGMMA_TILE(d, n + 2),                \
+      CST_WGMMA_TILE(d, n + 3), CST_WGMMA_TILE(d, n + 4), CST_WGMMA_TILE(d, n + 5),        \
+      CST_WGMMA_TILE(d, n + 6), CST_WGMMA_TILE(d, n + 7)
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define CST_HAS_WGMMA 1
+#else
+#define CST_HAS_WGMMA 0
+#endif
+
+CST_FLASH_DEVICE void warpgroup_fence() {
+#if CST_HAS_WGMMA
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#else
+  __trap();
+#endif
+}
+
+CST_FLASH_DEVICE void warpgroup_commit() {
+#if CST_HAS_WGMMA
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#else
+  __trap();
+#endif
+}
+
+template <int pending>
+CST_FLASH_DEVICE void warpgroup_wait() {
+#if CST_HAS_WGMMA
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" : : "n"(pending) : "memory");
+#else
+  __trap();
+#endif
+}
+
+CST_FLASH_DEVICE void async_proxy_fence() {
+#if CST_HAS_WGMMA
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#else
+  __trap();
+#endif
+}
+
+// d (64 x 64) = A (64 x 16, shared, K-major: rows of A along the descriptor's 8-row groups) times
+// B (16 x 64, shared, K-major: B's columns are the rows of a row-major tile) + (accumulate ? d : 0).
+CST_FLASH_DEVICE void warpgroup_multiply_shared(float (&d)[8][4], uint64_t a_descriptor,
+                                                uint64_t b_descriptor, bool accumulate) {
+#if CST_HAS_WGMMA
+  asm volatile(
+      "{\n.reg .pred accumulate;\nsetp.ne.b32 accumulate, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
+      "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "%32, %33, accumulate, 1, 1, 0, 0;\n}\n"
+      : CST_WGMMA_EIGHT_TILES(d, 0)
+      : "l"(a_descriptor), "l"(b_descriptor), "r"(int(accumulate)));
+#else
+  __trap();
+#endif
+}
+
+// d (64 x kColumns) += A (64 x 16, this warp's rows as one mma A fragment) times B (16 x
+// kColumns, shared, MN-major: the rows of a row-major tile are B's rows), kColumns 64 or 128.
+template <int kColumns>
+CST_FLASH_DEVICE void warpgroup_multiply_registers(float (&d)[kColumns / 8][4],
+                                                   const uint32_t (&a)[4], uint64_t b_descriptor) {
+  static_assert(kColumns == 64 || kColumns == 128, "the head dims of the flash kernels");
+#if CST_HAS_WGMMA
+  if constexpr (kColumns == 64) {
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
+        "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "{%32, %33, %34, %35}, %36, 1, 1, 1, 1;\n"
+        : CST_WGMMA_EIGHT_TILES(d, 0)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_descriptor));
+  } else {
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
+        "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, "
+        "%36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, "
+        "%53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+        "{%64, %65, %66, %67}, %68, 1, 1, 1, 1;\n"
+        : CST_WGMMA_EIGHT_TILES(d, 0), CST_WGMMA_EIGHT_TILES(d, 8)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_descriptor));
+  }
+#else
+  __trap();
+#endif
+}
+
+#undef CST_WGMMA_TILE
+#undef CST_WGMMA_EIGHT_TILES
+#undef CST_HAS_WGMMA
 
 }  // namespace cst::cuda::flash
 

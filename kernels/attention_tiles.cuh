@@ -6,7 +6,8 @@
 //
 // Shared-memory tiles hold 64 rows x head_dim bf16. The 16-byte chunk c of row r is stored at
 // chunk c ^ (r % 8): the eight row addresses an ldmatrix reads then fall in eight different bank
-// groups instead of one.
+// groups instead of one. The Hopper forward (kernels/attention_warpgroup.cuh) stores its tiles
+// as panels of 64 columns instead (TileLayout below), the layout its tensor cores read.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -116,6 +117,24 @@ CST_FLASH_DEVICE int swizzled_offset(int row, int col) {
   return int(r * kWidth + (((c / 8) ^ (r % 8)) * 8));
 }
 
+// The layout of a 64-row tile in shared memory. `rows`: row-major, each row's 16-byte chunks
+// swizzled as above. `panels`: the columns split into panels of 64 (one for D = 64, where the
+// two layouts are the same; two for D = 128), each panel 64 rows of 128 bytes with chunk c of
+// row r at c ^ (r % 8): the canonical "128-byte swizzle" layout of the warpgroup multiplies
+// (PTX ISA, "Shared Memory Matrix Layout"), which they read for either operand order, and
+// conflict-free for 8-row accesses like the other.
+enum class TileLayout { rows, panels };
+
+template <int kWidth, TileLayout kLayout = TileLayout::rows>
+CST_FLASH_DEVICE int tile_offset(int row, int col) {
+  if constexpr (kLayout == TileLayout::rows) {
+    return swizzled_offset<kWidth>(row, col);
+  } else {
+    const unsigned r = unsigned(row), c = unsigned(col);
+    return int((c / 64) * (kTileRows * 64) + r * 64 + ((((c % 64) / 8) ^ (r % 8)) * 8));
+  }
+}
+
 // Where a tile's 64 rows come from: tokens [first_token, first_token + 64) of one head of a
 // (N, heads, D) tensor, of which the first valid_rows belong to the sequence.
 struct TileSource {
@@ -130,15 +149,16 @@ CST_FLASH_DEVICE TileSource tile_source(int seq_start, int seq_len, int row0, in
 }
 
 // Starts copying a tile into shared memory; rows at or past valid_rows are zero-filled. Thread t
-// copies the 16-byte chunk t % (D / 8) of rows t / (D / 8), + 128 / (D / 8), ...: its column and
+// (of kBlockThreads) copies the 16-byte chunk t % (D / 8) of rows t / (D / 8), + kBlockThreads /
+// (D / 8), ...: its column and
 // its rows' swizzle stay the same from one row to the next, and its source advances by a fixed
 // stride, so a row costs a pointer increment and a bounds check rather than a 64-bit offset
 // computed afresh. An invalid row copies from the tensor's base, which is always readable.
-template <int kHeadDim>
+template <int kHeadDim, TileLayout kLayout = TileLayout::rows, int kBlockThreads = kThreads>
 CST_FLASH_DEVICE void load_tile_async(bf16* tile, const bf16* tensor, int heads_in_tensor,
                                       TileSource rows, int thread) {
   constexpr int kChunksPerRow = kHeadDim / 8;
-  constexpr int kRowsPerPass = kThreads / kChunksPerRow;
+  constexpr int kRowsPerPass = kBlockThreads / kChunksPerRow;
   const int first_row = thread / kChunksPerRow, col = (thread % kChunksPerRow) * 8;
   const int64_t pass_stride = int64_t(kRowsPerPass) * heads_in_tensor * kHeadDim;
   const bf16* source =
@@ -146,18 +166,18 @@ CST_FLASH_DEVICE void load_tile_async(bf16* tile, const bf16* tensor, int heads_
   for (int pass = 0; pass < kTileRows / kRowsPerPass; ++pass) {
     const int row = first_row + pass * kRowsPerPass;
     const bool valid = row < rows.valid_rows;
-    copy_async_16(tile + swizzled_offset<kHeadDim>(row, col), valid ? source : tensor, valid);
+    copy_async_16(tile + tile_offset<kHeadDim, kLayout>(row, col), valid ? source : tensor, valid);
     source += pass_stride;
   }
 }
 
 // The two tiles every kernel streams through: K and V of a key tile, or Q and dO of a query
 // tile (each pair shares its rows).
-template <int kHeadDim>
+template <int kHeadDim, TileLayout kLayout = TileLayout::rows, int kBlockThreads = kThreads>
 CST_FLASH_DEVICE void load_key_value_tiles(bf16* k_tile, bf16* v_tile, const AttentionParams& p,
                                            TileSource rows, int thread) {
-  load_tile_async<kHeadDim>(k_tile, p.k, p.kv_heads, rows, thread);
-  load_tile_async<kHeadDim>(v_tile, p.v, p.kv_heads, rows, thread);
+  load_tile_async<kHeadDim, kLayout, kBlockThreads>(k_tile, p.k, p.kv_heads, rows, thread);
+  load_tile_async<kHeadDim, kLayout, kBlockThreads>(v_tile, p.v, p.kv_heads, rows, thread);
 }
 
 template <int kHeadDim>
@@ -169,8 +189,9 @@ CST_FLASH_DEVICE void load_query_dout_tiles(bf16* q_tile, bf16* dout_tile,
 }
 
 // The key tiles a query tile attends to, streamed through two shared-memory buffers of K and V
-// (the forward and dQ kernels): the range its causal window reaches, and tile i of that range.
-template <int kHeadDim>
+// (the forward and dQ kernels): the range its causal window reaches, and tile i of that range,
+// loaded in kLayout by kBlockThreads threads.
+template <int kHeadDim, TileLayout kLayout = TileLayout::rows, int kBlockThreads = kThreads>
 struct KeyTileStream {
   static constexpr int kTileElements = kTileRows * kHeadDim;
   bf16* k_tiles;  // two buffers each: compute on one, fill the other
@@ -184,28 +205,39 @@ struct KeyTileStream {
   // Starts the copies of tile i into a buffer.
   CST_FLASH_DEVICE void load(int i, int buffer, const AttentionParams& p, int seq_start, int seq_len,
                              int kv_head, int thread) const {
-    load_key_value_tiles<kHeadDim>(k_tiles + buffer * kTileElements, v_tiles + buffer * kTileElements, p,
-                                   tile_source(seq_start, seq_len, key0(i), kv_head), thread);
+    load_key_value_tiles<kHeadDim, kLayout, kBlockThreads>(
+        k_tiles + buffer * kTileElements, v_tiles + buffer * kTileElements, p,
+        tile_source(seq_start, seq_len, key0(i), kv_head), thread);
   }
 };
 
 // The stream of the query tile [query0, query0 + query_rows), its buffers at k_tiles (two K
 // tiles, then two V tiles).
-template <int kHeadDim>
-CST_FLASH_DEVICE KeyTileStream<kHeadDim> key_tile_stream(bf16* k_tiles, int query0, int query_rows,
-                                                         int seq_len, int window) {
-  KeyTileStream<kHeadDim> stream{k_tiles, k_tiles + 2 * KeyTileStream<kHeadDim>::kTileElements, 0, 0};
+template <int kHeadDim, TileLayout kLayout = TileLayout::rows, int kBlockThreads = kThreads>
+CST_FLASH_DEVICE KeyTileStream<kHeadDim, kLayout, kBlockThreads> key_tile_stream(
+    bf16* k_tiles, int query0, int query_rows, int seq_len, int window) {
+  using Stream = KeyTileStream<kHeadDim, kLayout, kBlockThreads>;
+  Stream stream{k_tiles, k_tiles + 2 * Stream::kTileElements, 0, 0};
   key_tile_range(query0, query_rows, seq_len, window, stream.first_tile, stream.last_tile);
   return stream;
+}
+
+// The copies this thread started have landed (all but `pending` groups), and, for kernels whose
+// warpgroup multiplies read the tiles (kAsyncProxyReads), are visible to those too; the barrier
+// that follows makes every thread's copies visible to all.
+template <int pending, bool kAsyncProxyReads>
+CST_FLASH_DEVICE void wait_for_copies() {
+  copy_async_wait<pending>();
+  if constexpr (kAsyncProxyReads) async_proxy_fence();
 }
 
 // The pipeline of every kernel: compute(i, buffer) for i = 0 .. count-1 with tile i in buffer
 // i % 2, while the copies of tile i + 1 (started by load(i + 1, buffer)) fill the other buffer.
 // The caller has started tile 0's copies, and any others it needs from the start.
-template <class Load, class Compute>
+template <bool kAsyncProxyReads = false, class Load, class Compute>
 CST_FLASH_DEVICE void double_buffered_loop(int count, Load load, Compute compute) {
   copy_async_commit();
-  copy_async_wait<0>();
+  wait_for_copies<0, kAsyncProxyReads>();
   block_barrier();
   for (int i = 0; i < count; ++i) {
     const bool prefetch = i + 1 < count;
@@ -214,7 +246,7 @@ CST_FLASH_DEVICE void double_buffered_loop(int count, Load load, Compute compute
       copy_async_commit();
     }
     compute(i, i % 2);
-    if (prefetch) copy_async_wait<0>();
+    if (prefetch) wait_for_copies<0, kAsyncProxyReads>();
     block_barrier();  // tile i + 1 is in place for every warp, and nobody reads buffer i % 2
   }
 }
@@ -433,6 +465,25 @@ CST_FLASH_DEVICE void online_softmax_step(float (&scores)[kColumns / 8][4], floa
       for (int e = 0; e < 4; ++e) output[n][e] *= correction[e / 2];
 }
 
+// The end of the forward for a warp's 16 rows (warp_row0.. of the 64 rows `rows`): the output
+// divided by the softmax sum, and the lse = ln(sum) + max (the max is in the log2 domain).
+template <int kHeadDim>
+CST_FLASH_DEVICE void store_forward_rows(const AttentionParams& p, int head, TileSource rows,
+                                         int warp_row0, const float (&row_max)[2],
+                                         const float (&row_sum)[2],
+                                         const float (&output)[kHeadDim / 8][4], int lane) {
+  float inverse_sum[2];
+  for (int half = 0; half < 2; ++half) {
+    float total = quad_sum(row_sum[half]);
+    inverse_sum[half] = total > 0.0f ? 1.0f / total : 0.0f;
+    int row = warp_row0 + fragment_row(lane, 2 * half);
+    if (lane % 4 == 0 && row < rows.valid_rows)
+      p.lse[int64_t(head) * p.tokens + rows.first_token + row] =
+          (row_max[half] + log2f(total)) * kLn2;
+  }
+  store_rows<kHeadDim>(p.out, p.heads, rows, warp_row0, output, inverse_sum, lane);
+}
+
 // A forward query tile is kRowBlocks blocks of 64 rows; warp w owns rows 64 r + 16 w .. + 15 of
 // each block r. With two blocks (128-query tiles, 32 rows per warp) every K and V fragment a warp
 // loads from shared memory serves twice the rows, at the price of twice the registers for the
@@ -505,19 +556,9 @@ CST_FLASH_DEVICE void forward_block(const AttentionParams& p, char* shared, Tile
   });
 
   #pragma unroll
-  for (int r = 0; r < kRowBlocks; ++r) {
-    const int block_query0 = query0 + r * kTileRows;
-    float inverse_sum[2];
-    for (int half = 0; half < 2; ++half) {
-      float total = quad_sum(row_sum[r][half]);
-      inverse_sum[half] = total > 0.0f ? 1.0f / total : 0.0f;
-      int row = warp_row0 + fragment_row(lane, 2 * half);
-      if (lane % 4 == 0 && block_query0 + row < seq_len)
-        p.lse[int64_t(at.head) * p.tokens + seq_start + block_query0 + row] =
-            (row_max[r][half] + log2f(total)) * kLn2;
-    }
-    store_rows<kHeadDim>(p.out, p.heads, query_rows(r), warp_row0, output[r], inverse_sum, lane);
-  }
+  for (int r = 0; r < kRowBlocks; ++r)
+    store_forward_rows<kHeadDim>(p, at.head, query_rows(r), warp_row0, row_max[r], row_sum[r],
+                                 output[r], lane);
 }
 
 // ---- backward ----

@@ -158,14 +158,14 @@ TEST_P(AttentionCuda, MatchesCpuReference) {
   }
 
   // rows64 and rows128 give the op's bits (kernels/attention.h: the same sums in the same order);
-  // rows128_steps32 rounds differently and is held to the reference's tolerances.
+  // rows128_steps32 rounds differently and is held to the reference's tolerances;
+  // rows128_warpgroups has a suite of its own (AttentionHopper, below).
   for (auto tile : cuda::kForwardQueryTiles) {
+    if (tile == cuda::ForwardQueryTile::rows128_warpgroups) continue;
+    const std::string name = std::string("forward tile ") + cuda::forward_query_tile_name(tile);
     OwnedTensor tile_out(q_shape, DType::bf16, Device::cuda);
     OwnedTensor tile_lse(lse_shape, DType::f32, Device::cuda);
     cuda::attention_forward(tile_out, tile_lse, gpu_q, gpu_k, gpu_v, cu_seqlens, shape, tile);
-    const char* name = tile == cuda::ForwardQueryTile::rows64    ? "64-query tiles"
-                       : tile == cuda::ForwardQueryTile::rows128 ? "128-query tiles"
-                                                                 : "128-query tiles in 32-key steps";
     if (tile == cuda::ForwardQueryTile::rows128_steps32) {
       EXPECT_LT(relative_error(to_host_f32(tile_out), cpu_out), kOutputTolerance) << "out of the " << name;
       EXPECT_LT(relative_error(to_host_f32(tile_lse), cpu_lse), kLseTolerance) << "lse of the " << name;
@@ -176,29 +176,86 @@ TEST_P(AttentionCuda, MatchesCpuReference) {
   }
 }
 
+// The Hopper forward (ForwardQueryTile::rows128_warpgroups: warpgroup multiplies, sm_90a) on the
+// flash head dims, in a suite of its own so that tools/gpu_check.sh runs it in a process of its
+// own: a kernel that faults poisons the CUDA context of every test after it in its process.
+class AttentionHopper : public ::testing::TestWithParam<AttentionCase> {
+ protected:
+  void SetUp() override {
+    if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU visible: the attention kernels need one";
+    if (!cuda::forward_query_tile_runs(cuda::ForwardQueryTile::rows128_warpgroups))
+      GTEST_SKIP() << "the warpgroup forward needs a GPU of compute capability 9.0";
+  }
+};
+
+// Against the CPU reference within the tolerances above (its sums are the tensor cores', grouped
+// unlike the other tiles'), and the same bits on a second run.
+TEST_P(AttentionHopper, WarpgroupForwardMatchesCpuReference) {
+  const AttentionCase& c = GetParam();
+  const AttentionShape& shape = c.shape;
+  const std::vector<int32_t> cu_seqlens = offsets_of(c.lengths);
+  const int64_t tokens = cu_seqlens.back(), heads = shape.heads, kv_heads = shape.kv_heads,
+                dim = shape.head_dim;
+  const std::vector<int64_t> q_shape = {tokens, heads, dim}, kv_shape = {tokens, kv_heads, dim},
+                             lse_shape = {heads, tokens};
+  test::Rng rng(3000 + tokens * 7 + heads);
+  std::vector<float> q = bf16_values(rng, tokens * heads * dim, 2.0);
+  std::vector<float> k = bf16_values(rng, tokens * kv_heads * dim, 2.0);
+  std::vector<float> v = bf16_values(rng, tokens * kv_heads * dim, 1.0);
+  OwnedTensor cpu_out(q_shape, DType::f32, Device::cpu), cpu_lse(lse_shape, DType::f32, Device::cpu);
+  attention_forward(cpu_out, cpu_lse, on_cpu(q_shape, q), on_cpu(kv_shape, k), on_cpu(kv_shape, v),
+                    cu_seqlens, shape);
+  OwnedTensor gpu_q = on_gpu_bf16(q_shape, q), gpu_k = on_gpu_bf16(kv_shape, k),
+              gpu_v = on_gpu_bf16(kv_shape, v);
+  auto forward = [&] {
+    OwnedTensor out(q_shape, DType::bf16, Device::cuda), lse(lse_shape, DType::f32, Device::cuda);
+    cuda::attention_forward(out, lse, gpu_q, gpu_k, gpu_v, cu_seqlens, shape,
+                            cuda::ForwardQueryTile::rows128_warpgroups);
+    return std::pair{to_host_f32(out), to_host_f32(lse)};
+  };
+  const auto [out, lse] = forward();
+  const double out_error = relative_error(out, cpu_out), lse_error = relative_error(lse, cpu_lse);
+  EXPECT_LT(out_error, kOutputTolerance) << "out";
+  EXPECT_LT(lse_error, kLseTolerance) << "lse";
+  RecordProperty("relative_errors", "out " + std::to_string(out_error) + " lse " + std::to_string(lse_error));
+  const auto [out_again, lse_again] = forward();
+  EXPECT_EQ(out_again, out) << "out differs between two runs";
+  EXPECT_EQ(lse_again, lse) << "lse differs between two runs";
+}
+
 // Lengths cover 0, 1, odd lengths, exact tiles (64) and tails (65, 130, 200); windows below, at and
 // above the 64-row tile; GQA group sizes 1, 4 and 8; head dims 64 and 128 (the flash kernels) and
 // others (the row-wise kernels). A query that sees only
 // itself (length 1, window 1) has dq = dk = 0 exactly, so such rows are mixed into batches with
 // longer sequences: a whole tensor of zeros has no relative error to measure.
-INSTANTIATE_TEST_SUITE_P(
-    Shapes, AttentionCuda,
-    ::testing::Values(
-        AttentionCase{"causal_mha_d64", {1, 17, 64, 130}, {4, 4, 64, 0}},
-        AttentionCase{"causal_gqa4_d128", {200, 1, 63}, {8, 2, 128, 0}},
-        AttentionCase{"window48_gqa8_d128", {129, 5, 1}, {8, 1, 128, 48}},
-        AttentionCase{"window64_gqa8_d64", {257}, {16, 2, 64, 64}},
-        AttentionCase{"window100_gqa4_d64", {3, 190, 65}, {4, 1, 64, 100}},
-        AttentionCase{"window2_mha_d128", {70, 1, 2}, {2, 2, 128, 2}},
-        AttentionCase{"empty_sequences_d64", {0, 150, 0, 3}, {2, 2, 64, 64}},
-        // Other head dims run the row-wise kernels (kernels/attention_rowwise.cuh): the test and
-        // demo models' 12, 16 and 24, one that is not a multiple of 32, and the largest.
-        AttentionCase{"rowwise_causal_gqa2_d12", {1, 17, 70, 5}, {4, 2, 12, 0}},
-        AttentionCase{"rowwise_window8_gqa4_d16", {0, 40, 3}, {8, 2, 16, 8}},
-        AttentionCase{"rowwise_causal_mha_d24", {33, 1, 64}, {3, 3, 24, 0}},
-        AttentionCase{"rowwise_window2_gqa8_d100", {45, 1, 2}, {8, 1, 100, 2}},
-        AttentionCase{"rowwise_causal_gqa2_d256", {20, 9}, {2, 1, 256, 0}}),
-    [](const ::testing::TestParamInfo<AttentionCase>& info) { return std::string(info.param.name); });
+const std::vector<AttentionCase> kCases = {
+    AttentionCase{"causal_mha_d64", {1, 17, 64, 130}, {4, 4, 64, 0}},
+    AttentionCase{"causal_gqa4_d128", {200, 1, 63}, {8, 2, 128, 0}},
+    AttentionCase{"window48_gqa8_d128", {129, 5, 1}, {8, 1, 128, 48}},
+    AttentionCase{"window64_gqa8_d64", {257}, {16, 2, 64, 64}},
+    AttentionCase{"window100_gqa4_d64", {3, 190, 65}, {4, 1, 64, 100}},
+    AttentionCase{"window2_mha_d128", {70, 1, 2}, {2, 2, 128, 2}},
+    AttentionCase{"empty_sequences_d64", {0, 150, 0, 3}, {2, 2, 64, 64}},
+    // Other head dims run the row-wise kernels (kernels/attention_rowwise.cuh): the test and
+    // demo models' 12, 16 and 24, one that is not a multiple of 32, and the largest.
+    AttentionCase{"rowwise_causal_gqa2_d12", {1, 17, 70, 5}, {4, 2, 12, 0}},
+    AttentionCase{"rowwise_window8_gqa4_d16", {0, 40, 3}, {8, 2, 16, 8}},
+    AttentionCase{"rowwise_causal_mha_d24", {33, 1, 64}, {3, 3, 24, 0}},
+    AttentionCase{"rowwise_window2_gqa8_d100", {45, 1, 2}, {8, 1, 100, 2}},
+    AttentionCase{"rowwise_causal_gqa2_d256", {20, 9}, {2, 1, 256, 0}}};
+
+std::string case_name(const ::testing::TestParamInfo<AttentionCase>& info) { return info.param.name; }
+
+// The cases of the flash head dims, 64 and 128.
+std::vector<AttentionCase> flash_cases() {
+  std::vector<AttentionCase> cases;
+  for (const AttentionCase& c : kCases)
+    if (c.shape.head_dim == 64 || c.shape.head_dim == 128) cases.push_back(c);
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, AttentionCuda, ::testing::ValuesIn(kCases), case_name);
+INSTANTIATE_TEST_SUITE_P(Shapes, AttentionHopper, ::testing::ValuesIn(flash_cases()), case_name);
 
 // Head dims above 256 would need more than 8 values per lane in the row-wise kernels.
 TEST(AttentionCudaArguments, RejectsUnsupportedHeadDim) {

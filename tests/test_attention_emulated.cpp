@@ -33,6 +33,7 @@
 
 #include "kernels/attention_rowwise.cuh"
 #include "kernels/attention_tiles.cuh"
+#include "kernels/attention_warpgroup.cuh"
 
 namespace cst {
 namespace {
@@ -89,18 +90,20 @@ struct EmulatedTensors {
         dv(kv_size), lse(lse_size), dout_dot_out(lse_size), dq_accumulator(q_size) {}
 };
 
-// Runs one block per (tile, head, sequence) for sequences [first_sequence, sequences), like
-// launch_tiles in kernels/attention.cu (blocks are independent, so leaving out the blocks of
-// other sequences changes nothing for these). Returns "" or the first problem and its block.
+// Runs one block of `threads` per (tile, head, sequence) for sequences [first_sequence,
+// sequences), like launch_tiles in kernels/attention.cu (blocks are independent, so leaving out
+// the blocks of other sequences changes nothing for these). Returns "" or the first problem and
+// its block.
 std::string launch_tiles(
     int tiles, int heads, int first_sequence, int sequences, int shared_bytes,
-    const std::function<void(char*, flash::TileCoordinates, int)>& block_body) {
+    const std::function<void(char*, flash::TileCoordinates, int)>& block_body,
+    int threads = flash::kThreads) {
   for (int sequence = first_sequence; sequence < sequences; ++sequence)
     for (int head = 0; head < heads; ++head)
       for (int tile = 0; tile < tiles; ++tile) {
         flash::TileCoordinates at{tile, head, sequence};
         std::string error =
-            block().run(flash::kThreads, size_t(shared_bytes), [&](std::byte* shared, int thread) {
+            block().run(threads, size_t(shared_bytes), [&](std::byte* shared, int thread) {
               block_body(reinterpret_cast<char*>(shared), at, thread);
             });
         if (!error.empty())
@@ -166,6 +169,20 @@ std::string run_forward(const flash::AttentionParams& p, int longest, int first_
                         flash::forward_block<kHeadDim, kRowBlocks, kScoreColumns>(p, shared, at,
                                                                                   thread);
                       });
+}
+
+// The Hopper forward: 128-query tiles on two warpgroups, for the sequences from first_sequence on.
+template <int kHeadDim>
+std::string run_forward_warpgroups(const flash::AttentionParams& p, int longest,
+                                   int first_sequence, int sequences) {
+  constexpr int kQueryRows = flash::kForwardWarpgroups * flash::kTileRows;
+  return launch_tiles(
+      (longest + kQueryRows - 1) / kQueryRows, p.heads, first_sequence, sequences,
+      flash::forward_warpgroups_shared_bytes<kHeadDim>(),
+      [&](char* shared, flash::TileCoordinates at, int thread) {
+        flash::forward_warpgroups_block<kHeadDim>(p, shared, at, thread);
+      },
+      flash::kWarpgroupForwardThreads);
 }
 
 // The forward (64-query tiles) and the three backward kernels, in the order kernels/attention.cu
@@ -456,6 +473,21 @@ TEST_P(AttentionEmulated, MatchesCpuReference) {
         << "out of the 128-query tiles in 32-key steps";
     EXPECT_LT(error_against(read_lse(gpu->lse, heads, tokens, first_token), cpu_lse), kLseTolerance)
         << "lse of the 128-query tiles in 32-key steps";
+  }
+
+  // The Hopper forward's warpgroup multiplies, modelled from the PTX ISA: the same tolerances.
+  if (dim == 64 || dim == 128) {
+    poison_forward_outputs();
+    const std::string error =
+        dim == 64 ? run_forward_warpgroups<64>(params, longest, first_sequence, sequences)
+                  : run_forward_warpgroups<128>(params, longest, first_sequence, sequences);
+    ASSERT_EQ(error, "");
+    const double warpgroups_out_error = error_against(read_rows(gpu->out, q_rows), cpu_out);
+    EXPECT_LT(warpgroups_out_error, kOutputTolerance) << "out of the warpgroup forward";
+    EXPECT_LT(error_against(read_lse(gpu->lse, heads, tokens, first_token), cpu_lse), kLseTolerance)
+        << "lse of the warpgroup forward";
+    errors << " warpgroups out " << warpgroups_out_error;
+    RecordProperty("relative_errors", errors.str());
   }
 
   EXPECT_TRUE(gpu->out.guards_intact() && gpu->lse.guards_intact() && gpu->dq.guards_intact() &&

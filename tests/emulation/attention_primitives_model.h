@@ -39,12 +39,35 @@
 //       add by thread 0. Blocks run one at a time, so a block that finds the counter short of
 //       its turn would wait forever on the GPU too, or at best for a block that started after
 //       it: the emulator reports it.
+//   shared_address  the block's dynamic shared memory starts kSharedWindowStart bytes into the
+//       shared window: 16-byte aligned, as on the GPU, but not 1024-byte aligned, so a kernel
+//       that takes its swizzle atoms' alignment for granted gets wrong products here.
+//   warpgroup_multiply_shared / _registers  "wgmma.mma_async" .m64nNk16.f32.bf16.bf16 (N = 64 or
+//       128; "Register Fragments and Shared Memory Matrix Layouts"): warp w of the warpgroup
+//       (threads 128g .. 128g + 127) holds D rows 16w .. 16w + 15 as mma C fragments, and A's
+//       same rows as an mma A fragment when A is in registers. A shared operand is read through
+//       its descriptor ("Matrix Descriptor Format": start address, leading and stride byte
+//       offsets in 16-byte units at bits 0, 16 and 32, swizzle mode at bit 62, of which only the
+//       128-byte swizzle, 1, with base offset 0, is modelled) in the canonical layouts
+//       ("Canonical Layouts", T = 8 bf16 per 16 bytes): K-major element (row, k) at byte
+//       (row / 8) * stride + (row % 8) * 128 + k * 2, MN-major element (k, col) at
+//       (col / 64) * leading + (col % 64) * 2 + (k / 8) * stride + (k % 8) * 128, each added to
+//       the start address, whose bits 4-6 are then XORed with its bits 7-9. The sums run like
+//       mma's, in k order in f32.
+//   warpgroup_fence, warpgroup_commit, warpgroup_wait  "wgmma.fence", "wgmma.commit_group",
+//       "wgmma.wait_group": a multiply is modelled as done, reading shared memory and writing
+//       its accumulator, when its thread waits for its group, the latest moment the ISA allows,
+//       so a kernel that reads the accumulator early sees it unchanged, and one that overwrites
+//       an operand before waiting feeds it the new data (and the emulator reports the race).
+//   async_proxy_fence  "fence.proxy.async.shared::cta": recorded; the emulator reports a
+//       multiply that reads a row whose writer did not pass one and a barrier after writing.
 //
 // A copy is modelled as landing in shared memory when its thread waits for its group, the
 // latest moment the ISA allows, so a kernel that reads a tile before waiting sees stale data.
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -237,6 +260,99 @@ inline void wait_for_turn(const int* turn, int value, int thread) {
 inline void pass_turn(int* turn, int thread) {
   emulation::block().block_barrier();
   if (thread == 0) ++*turn;
+}
+
+// ---- warpgroup multiplies ----
+
+constexpr uint32_t kSharedWindowStart = 0x410;
+
+inline uint32_t shared_address(const void* pointer) {
+  const auto offset = static_cast<const std::byte*>(pointer) - emulation::block().dynamic_shared();
+  return kSharedWindowStart + uint32_t(offset);
+}
+
+inline void async_proxy_fence() { emulation::block().async_proxy_fence(); }
+inline void warpgroup_fence() {}
+inline void warpgroup_commit() { emulation::block().commit_async(); }
+template <int pending>
+inline void warpgroup_wait() {
+  emulation::block().wait_async(pending);
+}
+
+struct SharedMatrix {
+  uint32_t start, leading_bytes, stride_bytes;
+};
+
+inline SharedMatrix decode_descriptor(uint64_t descriptor) {
+  auto field = [&](int bit) { return uint32_t((descriptor >> bit) & 0x3FFF) << 4; };
+  if ((descriptor >> 62) != 1 || ((descriptor >> 49) & 7) != 0)
+    emulation::block().fail("a wgmma descriptor whose swizzle is not 128 bytes with base offset 0");
+  return {field(0), field(16), field(32)};
+}
+
+// The bf16 at a shared-window address after the 128-byte swizzle, read through the async proxy.
+inline float swizzled_shared_bf16(uint32_t address) {
+  address ^= ((address >> 7) & 7) << 4;
+  const std::byte* row = emulation::block().dynamic_shared() + (address & ~15u) - kSharedWindowStart;
+  return bf16_to_f32(uint16_t(element_bits(
+      emulation::block().shared_row_for_async_read(row, "wgmma"), int(address & 15) / 2)));
+}
+
+inline float k_major_element(const SharedMatrix& m, int row, int k) {
+  return swizzled_shared_bf16(m.start + uint32_t((row / 8) * m.stride_bytes + (row % 8) * 128 + k * 2));
+}
+
+inline float mn_major_element(const SharedMatrix& m, int k, int col) {
+  return swizzled_shared_bf16(m.start + uint32_t((col / 64) * m.leading_bytes + (col % 64) * 2 +
+                                                 (k / 8) * m.stride_bytes + (k % 8) * 128));
+}
+
+// Starts d (kColumns / 8 n8 tiles of this thread) = a(row, k) * b(k, col) summed over k + (accumulate
+// ? d : 0), rows counted within the warpgroup, done when the thread waits for it.
+template <int kColumns, class A, class B>
+void start_warpgroup_multiply(float (&d)[kColumns / 8][4], A a, B b, bool accumulate) {
+  const int lane = emulation::block().lane();
+  const int warp_row0 = emulation::block().thread() % 128 / 32 * 16;
+  emulation::block().start_async([&d, a, b, accumulate, lane, warp_row0] {
+    for (int n = 0; n < kColumns / 8; ++n)
+      for (int e = 0; e < 4; ++e) {
+        const int row = warp_row0 + lane / 4 + (e / 2) * 8, col = n * 8 + (lane % 4) * 2 + e % 2;
+        float sum = accumulate ? d[n][e] : 0.0f;
+        for (int k = 0; k < 16; ++k) sum += a(row, k) * b(k, col);
+        d[n][e] = sum;
+      }
+  });
+}
+
+inline void warpgroup_multiply_shared(float (&d)[8][4], uint64_t a_descriptor,
+                                      uint64_t b_descriptor, bool accumulate) {
+  emulation::block().exchange(emulation::Collective::warpgroup_multiply, "wgmma",
+                              [](emulation::WarpExchange::Slot&) {});
+  const SharedMatrix a = decode_descriptor(a_descriptor), b = decode_descriptor(b_descriptor);
+  start_warpgroup_multiply<64>(
+      d, [a](int row, int k) { return k_major_element(a, row, k); },
+      [b](int k, int col) { return k_major_element(b, col, k); }, accumulate);
+}
+
+template <int kColumns>
+inline void warpgroup_multiply_registers(float (&d)[kColumns / 8][4], const uint32_t (&a)[4],
+                                         uint64_t b_descriptor) {
+  using namespace cst::emulation;
+  const WarpExchange::Slot& slot =
+      block().exchange(Collective::warpgroup_multiply, "wgmma", [&](WarpExchange::Slot& s) {
+        std::copy(a, a + 4, s.a[block().lane()]);
+      });
+  // The warp's A fragment, as mma_bf16_16x8x16 reads it; rows within the warpgroup.
+  std::array<std::array<uint32_t, 4>, kWarpSize> fragments;
+  for (int l = 0; l < kWarpSize; ++l) std::copy(slot.a[l], slot.a[l] + 4, fragments[size_t(l)].begin());
+  auto a_value = [fragments](int row, int k) {
+    row %= 16;
+    const int lane = (row % 8) * 4 + (k % 8) / 2, reg = row / 8 + 2 * (k / 8);
+    return bf16_half(fragments[size_t(lane)][size_t(reg)], k % 2);
+  };
+  const SharedMatrix b = decode_descriptor(b_descriptor);
+  start_warpgroup_multiply<kColumns>(
+      d, a_value, [b](int k, int col) { return mn_major_element(b, k, col); }, true);
 }
 
 }  // namespace cst::cuda::flash

@@ -15,7 +15,11 @@
 //     waited for;
 //   - plain stores to shared memory made through the model's store_shared (st.shared): misplaced
 //     or misaligned, into a row a copy is still filling or another warp read since the last
-//     barrier, and ldmatrix or cp.async of a row another warp stored to since the last barrier.
+//     barrier, and ldmatrix or cp.async of a row another warp stored to since the last barrier;
+//   - asynchronous work (the warpgroup multiplies, which read shared memory when they run, i.e.
+//     when their thread waits for them): a thread ending with some never waited for, and reads
+//     through the async proxy of a row whose writer (by cp.async or st.shared) did not pass a
+//     fence.proxy.async and then a barrier after writing it.
 // The fibers take turns only at collectives and barriers, so timing-dependent races between them
 // cannot be provoked here: compute-sanitizer racecheck on the GPU covers those. What can be
 // provoked is a race whose outcome depends on which thread or block goes first: the schedule
@@ -95,7 +99,7 @@ struct Barrier {
   uint64_t releases = 0;
 };
 
-enum class Collective { ldmatrix, ldmatrix_transposed, mma, shuffle };
+enum class Collective { ldmatrix, ldmatrix_transposed, mma, shuffle, warpgroup_multiply };
 
 // The order in which the fibers of a block take their turns, and the blocks of a grid run:
 // thread (block) 0 first, the last first, or a fresh random order for every round of turns and
@@ -152,6 +156,8 @@ struct PendingCopy {
 // Who touched a 16-byte row of shared memory, and in which barrier interval (epoch).
 struct ChunkHistory {
   int copies_in_flight = 0;
+  int writer = -1;                  // the thread whose cp.async landed, or st.shared wrote, last
+  uint64_t writer_proxy_fences = 0;  // the fence.proxy.async that thread had passed by then
   int64_t landed_epoch = -1;
   int64_t read_epoch = -1;
   int reader_warp = -1;  // kSeveralWarps when more than one warp read it in read_epoch
@@ -168,6 +174,10 @@ struct Fiber {
   uint64_t collectives = 0;     // selects the exchange slot
   std::vector<PendingCopy> uncommitted;
   std::deque<std::vector<PendingCopy>> committed;
+  std::vector<std::function<void()>> uncommitted_async;  // the same for asynchronous work
+  std::deque<std::vector<std::function<void()>>> committed_async;
+  uint64_t proxy_fences = 0;             // fence.proxy.async passed
+  uint64_t proxy_fences_at_barrier = 0;  // of which before its last block barrier
 };
 
 // One block at a time: its fibers, shared memory and the bookkeeping of the checks.
@@ -221,7 +231,7 @@ class BlockEmulator {
       if (!lagging) error_ = deadlock_report();
       std::fill(rounds_to_sit_out_.begin(), rounds_to_sit_out_.end(), 0);
     }
-    if (error_.empty()) check_copies_waited();
+    if (error_.empty()) check_nothing_left_pending();
     return error_;
   }
 
@@ -319,7 +329,40 @@ class BlockEmulator {
     return slot.value[source];
   }
 
-  void block_barrier() { arrive_and_wait(block_barrier_, "block_barrier"); }
+  void block_barrier() {
+    fiber().proxy_fences_at_barrier = fiber().proxy_fences;
+    arrive_and_wait(block_barrier_, "block_barrier");
+  }
+
+  void async_proxy_fence() { ++fiber().proxy_fences; }
+
+  // The shared row at `address` as the async proxy reads it (a warpgroup multiply): the checks
+  // of shared_row_for_read, and its writer's fence.proxy.async before a barrier.
+  const std::byte* shared_row_for_async_read(const void* address, const char* what) {
+    const std::byte* row = shared_row_for_read(address, what);
+    const ChunkHistory& history = chunk(address, what);
+    if (history.writer >= 0 &&
+        fibers_[size_t(history.writer)].proxy_fences_at_barrier <= history.writer_proxy_fences)
+      fail(std::string(what) + " reads a shared row that thread " + std::to_string(history.writer) +
+           " wrote without a fence.proxy.async and a barrier after it");
+    return row;
+  }
+
+  // Asynchronous work of the running thread, done when the thread waits for its group: started,
+  // closed in groups by commit_async, and wait_async(n) returns once at most n groups are left.
+  void start_async(std::function<void()> work) { fiber().uncommitted_async.push_back(std::move(work)); }
+  void commit_async() {
+    fiber().committed_async.push_back(std::move(fiber().uncommitted_async));
+    fiber().uncommitted_async.clear();
+  }
+  void wait_async(size_t pending) {
+    auto& committed = fiber().committed_async;
+    while (committed.size() > pending) {
+      std::vector<std::function<void()>> group = std::move(committed.front());
+      committed.pop_front();
+      for (auto& work : group) work();
+    }
+  }
 
   // The shared row at `address` as ldmatrix reads it: checked for place and races.
   const std::byte* shared_row_for_read(const void* address, const char* what) {
@@ -369,6 +412,7 @@ class BlockEmulator {
       fail("st.shared overwrites a shared row another warp read since the last barrier");
     history.storer_warp = stored_by_another_warp(history) ? kSeveralWarps : warp_index();
     history.stored_epoch = epoch_;
+    note_writer(history);
     std::memcpy(destination, value, bytes);
   }
 
@@ -385,6 +429,7 @@ class BlockEmulator {
         ChunkHistory& history = chunk(copy.destination, "cp.async");
         --history.copies_in_flight;
         history.landed_epoch = epoch_;
+        note_writer(history);
       }
       committed.pop_front();
     }
@@ -431,6 +476,9 @@ class BlockEmulator {
       fiber.collectives = 0;
       fiber.uncommitted.clear();
       fiber.committed.clear();
+      fiber.uncommitted_async.clear();
+      fiber.committed_async.clear();
+      fiber.proxy_fences = fiber.proxy_fences_at_barrier = 0;
       fiber.stack_pointer = start_stack(fiber.stack.get(), kStackBytes, &BlockEmulator::fiber_main);
     }
   }
@@ -441,6 +489,11 @@ class BlockEmulator {
       fail(std::string(what) + " address outside the block's shared memory");
     if (offset % kChunkBytes != 0) fail(std::string(what) + " address not 16-byte aligned");
     return chunks_[size_t(offset) / kChunkBytes];
+  }
+
+  void note_writer(ChunkHistory& history) {
+    history.writer = current_;
+    history.writer_proxy_fences = fiber().proxy_fences;
   }
 
   bool stored_by_another_warp(const ChunkHistory& history) const {
@@ -456,10 +509,15 @@ class BlockEmulator {
     return false;
   }
 
-  void check_copies_waited() {
+  void check_nothing_left_pending() {
     for (int t = 0; t < threads_; ++t)
       if (!fibers_[t].uncommitted.empty() || !fibers_[t].committed.empty()) {
         error_ = "thread " + std::to_string(t) + " ends with cp.async copies never waited for";
+        return;
+      }
+    for (int t = 0; t < threads_; ++t)
+      if (!fibers_[t].uncommitted_async.empty() || !fibers_[t].committed_async.empty()) {
+        error_ = "thread " + std::to_string(t) + " ends with asynchronous work never waited for";
         return;
       }
   }

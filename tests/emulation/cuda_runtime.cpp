@@ -294,12 +294,17 @@ const char* cudaGetErrorString(cudaError_t error) {
 }
 
 // A small GPU, so that kernels whose grid is what the GPU holds at once (resident_grid) give
-// each block several items and the tests walk those loops.
+// each block several items and the tests walk those loops; of compute capability 9.0, so that
+// the kernels for Hopper run too, their warpgroup multiplies on the models of
+// tests/emulation/attention_primitives_model.h.
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int device) {
   if (device < 0 || device >= cst::emulation::kDeviceCount) return cudaErrorInvalidDevice;
-  if (attribute != cudaDevAttrMultiProcessorCount) return cudaErrorInvalidValue;
-  *value = cst::emulation::kMultiprocessors;
-  return cudaSuccess;
+  switch (attribute) {
+    case cudaDevAttrMultiProcessorCount: *value = cst::emulation::kMultiprocessors; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *value = 9; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor: *value = 0; return cudaSuccess;
+    default: return cudaErrorInvalidValue;
+  }
 }
 
 cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, const void*, int, size_t) {

@@ -3,7 +3,10 @@
 // forward also with each query tile (64 rows, 16 per warp; 128 rows, 32 per warp; 128 rows in
 // 32-key steps), and the backward with each way of forming dq (AttentionBackward: recomputed in
 // a pass of its own, the default; added by the dK/dV blocks in key order; by atomics), so that
-// one run tells which to make the default.
+// one run tells which to make the default. The Hopper forward (ForwardQueryTile::
+// rows128_warpgroups, compute capability 9.0 only) has a table of its own, --hopper, which
+// tools/gpu_check.sh runs as a process of its own: a kernel that faults would take the whole
+// process's CUDA context, and the main table with it.
 // Causal FLOPs count only the visible half: forward 4 * N * T * H * D / 2 (two matmuls, 2 FLOPs
 // per multiply-add) for N tokens in sequences of T; backward 2.5x that (five matmuls, none
 // recounted for the recomputation it does). tools/python/bench_sdpa.py prints the same table for
@@ -12,6 +15,7 @@
 //   attention_bench [--json FILE]          the table, and optionally the rows as JSON
 //   attention_bench --dump DIR [--window W]  runs one small mixed-length case and writes its
 //       inputs and outputs for tools/python/check_attention_sdpa.py
+//   attention_bench --hopper               the Hopper forward beside the default one, per length
 //   attention_bench --profile T            exactly one forward and one backward of each kind
 //       over the table's batch in sequences of T, for a profiler: under `ncu` each kernel launch
 //       is one profiled result (tools/gpu_check.sh, docs/benchmarks.md)
@@ -125,7 +129,8 @@ nlohmann::json benchmark(Inputs& in, int seqlen) {
   using cst::cuda::ForwardQueryTile;
   std::map<ForwardQueryTile, double> forward_tile_ms;
   for (ForwardQueryTile tile : cst::cuda::kForwardQueryTiles)
-    forward_tile_ms[tile] = time_ms([&] { forward_with_tile(in, cu_seqlens, kShape, tile); }, 20);
+    if (tile != ForwardQueryTile::rows128_warpgroups)  // --hopper
+      forward_tile_ms[tile] = time_ms([&] { forward_with_tile(in, cu_seqlens, kShape, tile); }, 20);
   // The op's forward is the default tile's: timed above, not again.
   double forward_ms = forward_tile_ms.at(cst::cuda::kDefaultForwardQueryTile);
   double backward_ms = time_ms([&] { backward(in, cu_seqlens, kShape); }, 20);
@@ -156,6 +161,28 @@ nlohmann::json benchmark(Inputs& in, int seqlen) {
           {"backward_atomic_dq_tflops", backward_flops / backward_atomic_ms * 1e-9}};
 }
 
+// The Hopper forward against the default forward, at every length of the table.
+void hopper_table() {
+  using cst::cuda::ForwardQueryTile;
+  if (!cst::cuda::forward_query_tile_runs(ForwardQueryTile::rows128_warpgroups))
+    cst::fail("attention_bench: --hopper: the warpgroup forward needs a GPU of compute capability 9.0");
+  std::printf("cst flash attention forward on Hopper (warpgroup multiplies), head_dim 128, causal, "
+              "32 heads / 8 kv heads, 16384 tokens\n");
+  std::printf("%8s %18s %18s %10s\n", "seqlen", "default fwd TF/s", "warpgroup fwd TF/s", "ratio");
+  Inputs in = make_inputs(kTokens, kShape, 1);
+  for (int seqlen : {512, 1024, 2048, 4096}) {
+    const std::vector<int32_t> cu_seqlens = equal_sequences(seqlen);
+    auto tflops = [&](ForwardQueryTile tile) {
+      const double ms = time_ms([&] { forward_with_tile(in, cu_seqlens, kShape, tile); }, 20);
+      return 4.0 * double(kTokens) * seqlen * kShape.heads * kShape.head_dim / 2 / ms * 1e-9;
+    };
+    const double default_tflops = tflops(cst::cuda::kDefaultForwardQueryTile);
+    const double hopper_tflops = tflops(ForwardQueryTile::rows128_warpgroups);
+    std::printf("%8d %18.1f %18.1f %9.2fx\n", seqlen, default_tflops, hopper_tflops,
+                hopper_tflops / default_tflops);
+  }
+}
+
 void write_raw(const std::filesystem::path& path, const cst::Tensor& device) {
   std::vector<char> bytes(device.nbytes());
   cst::cuda::copy_bytes(bytes.data(), device.data, bytes.size());
@@ -166,8 +193,9 @@ void write_raw(const std::filesystem::path& path, const cst::Tensor& device) {
 
 // One forward and each backward once and nothing else, so that a profiler sees each attention
 // kernel once (forward, then D, dK/dV and dQ; then D and dK/dV with dQ in key order; then D,
-// dK/dV with atomic dQ and the conversion of its accumulator; then the forward in 32-key steps):
-// no warm-up, since a profiler replays each launch itself.
+// dK/dV with atomic dQ and the conversion of its accumulator; then the forward in 32-key steps,
+// and last, on Hopper, the warpgroup forward): no warm-up, since a profiler replays each launch
+// itself.
 void profile_once(int seqlen) {
   const std::vector<int32_t> cu_seqlens = equal_sequences(seqlen);
   Inputs in = make_inputs(kTokens, kShape, 1);
@@ -176,11 +204,17 @@ void profile_once(int seqlen) {
   backward(in, cu_seqlens, kShape, cst::AttentionBackward::ordered_dq);
   backward(in, cu_seqlens, kShape, cst::AttentionBackward::atomic_dq);
   forward_with_tile(in, cu_seqlens, kShape, cst::cuda::ForwardQueryTile::rows128_steps32);
+  const bool hopper =
+      cst::cuda::forward_query_tile_runs(cst::cuda::ForwardQueryTile::rows128_warpgroups);
+  if (hopper)
+    forward_with_tile(in, cu_seqlens, kShape, cst::cuda::ForwardQueryTile::rows128_warpgroups);
   cst::cuda::synchronize();
   std::printf("attention_bench --profile: one forward and the three backwards (dq recomputed, "
-              "ordered, atomic), then the forward in 32-key steps, "
-              "%lld tokens in sequences of %d, %d heads / %d kv heads of %d\n",
-              static_cast<long long>(kTokens), seqlen, kShape.heads, kShape.kv_heads, kShape.head_dim);
+              "ordered, atomic), then the forward in 32-key steps%s, ",
+              hopper ? " and the warpgroup forward" : "");
+  std::printf("%lld tokens in sequences of %d, %d heads / %d kv heads of %d\n",
+              static_cast<long long>(kTokens), seqlen, kShape.heads, kShape.kv_heads,
+              kShape.head_dim);
 }
 
 // A small case with lengths that are not multiples of the tile, for an outside check.
@@ -224,15 +258,20 @@ int parse_seqlen(const char* text) {
 int run(int argc, char** argv) {
   std::string json_path, dump_directory;
   int window = 0, profile_seqlen = 0;
+  bool hopper = false;
   for (int i = 1; i < argc; ++i) {
     std::string flag = argv[i];
+    if (flag == "--hopper") {
+      hopper = true;
+      continue;
+    }
     if (i + 1 >= argc) cst::fail("attention_bench: ", flag, " needs a value");
     if (flag == "--json") json_path = argv[++i];
     else if (flag == "--dump") dump_directory = argv[++i];
     else if (flag == "--window") window = std::stoi(argv[++i]);
     else if (flag == "--profile") profile_seqlen = parse_seqlen(argv[++i]);
     else cst::fail("attention_bench: unknown flag ", flag,
-                   " (--json FILE, --dump DIR, --window W, --profile T)");
+                   " (--json FILE, --dump DIR, --window W, --profile T, --hopper)");
   }
   if (!cst::cuda_available()) cst::fail("attention_bench: no CUDA GPU visible");
   if (!dump_directory.empty()) {
@@ -241,6 +280,10 @@ int run(int argc, char** argv) {
   }
   if (profile_seqlen > 0) {
     profile_once(profile_seqlen);
+    return 0;
+  }
+  if (hopper) {
+    hopper_table();
     return 0;
   }
   std::printf("cst flash attention, head_dim 128, causal, 32 heads / 8 kv heads, 16384 tokens\n");
