@@ -298,6 +298,12 @@ bool forward_query_tile_runs(ForwardQueryTile tile) {
   return hopper;
 }
 
+ForwardQueryTile default_forward_query_tile() {
+  return kWarpgroupForwardOnHopper && forward_query_tile_runs(ForwardQueryTile::rows128_warpgroups)
+             ? ForwardQueryTile::rows128_warpgroups
+             : kDefaultForwardQueryTile;
+}
+
 const char* forward_query_tile_name(ForwardQueryTile tile) {
   switch (tile) {
     case ForwardQueryTile::rows64: return "rows64";
@@ -311,7 +317,7 @@ const char* forward_query_tile_name(ForwardQueryTile tile) {
 void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
                        const Tensor& v, const std::vector<int32_t>& cu_seqlens,
                        const AttentionShape& shape) {
-  attention_forward(out, lse, q, k, v, cu_seqlens, shape, kDefaultForwardQueryTile);
+  attention_forward(out, lse, q, k, v, cu_seqlens, shape, default_forward_query_tile());
 }
 
 void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,

@@ -78,9 +78,9 @@ void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, co
                        const AttentionShape& shape);
 // The flash forward's query tile (head dims 64 and 128): 64 rows, 16 per warp, or 128 rows, 32
 // per warp (each K/V fragment read from shared memory then serves twice the rows). The op above
-// runs kDefaultForwardQueryTile, the 128-row tile: 8% to 15% faster than the 64-row one at every
-// length of attention_bench on an H200 (docs/attention.md, speed); the tests and attention_bench
-// run every tile. rows64 and rows128 give the same bits: each output sums the same products in
+// runs default_forward_query_tile(), so far kDefaultForwardQueryTile, the 128-row tile: 8% to
+// 15% faster than the 64-row one at every length of attention_bench on an H200
+// (docs/attention.md, speed); the tests and attention_bench run every tile. rows64 and rows128 give the same bits: each output sums the same products in
 // the same order, and the key tiles a 128-row tile visits for one of its row blocks are fully
 // masked, adding exact zeros, for the other. rows128_steps32 is the 128-row tile with the online
 // softmax stepping over 32 keys at a time instead of 64: at D = 128 it holds half the scores,
@@ -96,6 +96,13 @@ constexpr ForwardQueryTile kForwardQueryTiles[] = {
     ForwardQueryTile::rows64, ForwardQueryTile::rows128, ForwardQueryTile::rows128_steps32,
     ForwardQueryTile::rows128_warpgroups};
 constexpr ForwardQueryTile kDefaultForwardQueryTile = ForwardQueryTile::rows128;
+// Whether the op runs rows128_warpgroups instead where the GPU can (compute capability 9.0):
+// off until the Hopper forward has passed its tests and beaten the default on such a GPU
+// (tools/gpu_check.sh: the AttentionHopper tests, attention_bench --hopper).
+constexpr bool kWarpgroupForwardOnHopper = false;
+// The tile the op runs on this process's GPU: kDefaultForwardQueryTile, or rows128_warpgroups
+// where kWarpgroupForwardOnHopper and forward_query_tile_runs allow.
+ForwardQueryTile default_forward_query_tile();
 // Whether this process's GPU runs the tile's kernels (rows128_warpgroups needs compute
 // capability 9.0; the others run everywhere); the forward with a tile it cannot run throws.
 bool forward_query_tile_runs(ForwardQueryTile tile);

@@ -19,7 +19,7 @@
 //   warpgroup_fence, warpgroup_commit,      the sm_90a warpgroup matrix multiplies (wgmma) and
 //   warpgroup_wait, async_proxy_fence,      their ordering: below, "Warpgroup matrix multiplies"
 //   warpgroup_multiply_shared,
-//   warpgroup_multiply_registers
+//   warpgroup_multiply_registers, hold_registers
 //
 // Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type"),
 // with group = lane / 4 and pair = lane % 4; each 32-bit register holds two bf16, the lower
@@ -248,6 +248,13 @@ CST_FLASH_DEVICE void pass_turn(int* turn, int thread) {
 //   async_proxy_fence    the multiplies read shared memory through the "async proxy": what this
 //                        thread wrote through ordinary stores or cp.async becomes visible to them
 //                        after this fence, then a barrier for the other threads' writes
+//   hold_registers       no instruction: tells the compiler the registers are read and written
+//                        there. To the compiler a multiply's asm statement reads its operands and
+//                        writes its accumulators where it stands; the tensor cores do so until
+//                        the wait. Held right after the wait, the A operand stays live until
+//                        then (its registers are not reused for other values meanwhile) and the
+//                        accumulators are read no earlier. Otherwise ptxas, which does see the
+//                        true lifetimes, keeps the code correct by serializing the multiplies.
 // The instructions exist only in code compiled for sm_90a; elsewhere these functions trap, and
 // the host launches the kernels that use them only on a device of compute capability 9.0.
 
@@ -286,6 +293,18 @@ CST_FLASH_DEVICE void warpgroup_wait() {
 #else
   __trap();
 #endif
+}
+
+template <int kRows, int kColumns>
+CST_FLASH_DEVICE void hold_registers(float (&values)[kRows][kColumns]) {
+  for (int r = 0; r < kRows; ++r)
+    for (int c = 0; c < kColumns; ++c) asm volatile("" : "+f"(values[r][c])::"memory");
+}
+
+template <int kRows, int kColumns>
+CST_FLASH_DEVICE void hold_registers(uint32_t (&values)[kRows][kColumns]) {
+  for (int r = 0; r < kRows; ++r)
+    for (int c = 0; c < kColumns; ++c) asm volatile("" : "+r"(values[r][c])::"memory");
 }
 
 CST_FLASH_DEVICE void async_proxy_fence() {

@@ -173,11 +173,11 @@ CST_FLASH_DEVICE void load_tile_async(bf16* tile, const bf16* tensor, int heads_
 
 // The two tiles every kernel streams through: K and V of a key tile, or Q and dO of a query
 // tile (each pair shares its rows).
-template <int kHeadDim, TileLayout kLayout = TileLayout::rows, int kBlockThreads = kThreads>
+template <int kHeadDim>
 CST_FLASH_DEVICE void load_key_value_tiles(bf16* k_tile, bf16* v_tile, const AttentionParams& p,
                                            TileSource rows, int thread) {
-  load_tile_async<kHeadDim, kLayout, kBlockThreads>(k_tile, p.k, p.kv_heads, rows, thread);
-  load_tile_async<kHeadDim, kLayout, kBlockThreads>(v_tile, p.v, p.kv_heads, rows, thread);
+  load_tile_async<kHeadDim>(k_tile, p.k, p.kv_heads, rows, thread);
+  load_tile_async<kHeadDim>(v_tile, p.v, p.kv_heads, rows, thread);
 }
 
 template <int kHeadDim>
@@ -205,8 +205,20 @@ struct KeyTileStream {
   // Starts the copies of tile i into a buffer.
   CST_FLASH_DEVICE void load(int i, int buffer, const AttentionParams& p, int seq_start, int seq_len,
                              int kv_head, int thread) const {
-    load_key_value_tiles<kHeadDim, kLayout, kBlockThreads>(
-        k_tiles + buffer * kTileElements, v_tiles + buffer * kTileElements, p,
+    load_keys(i, buffer, p, seq_start, seq_len, kv_head, thread);
+    load_values(i, buffer, p, seq_start, seq_len, kv_head, thread);
+  }
+  // The same for K alone, or V alone (the Hopper forward streams V one tile behind K).
+  CST_FLASH_DEVICE void load_keys(int i, int buffer, const AttentionParams& p, int seq_start,
+                                  int seq_len, int kv_head, int thread) const {
+    load_tile_async<kHeadDim, kLayout, kBlockThreads>(
+        k_tiles + buffer * kTileElements, p.k, p.kv_heads,
+        tile_source(seq_start, seq_len, key0(i), kv_head), thread);
+  }
+  CST_FLASH_DEVICE void load_values(int i, int buffer, const AttentionParams& p, int seq_start,
+                                    int seq_len, int kv_head, int thread) const {
+    load_tile_async<kHeadDim, kLayout, kBlockThreads>(
+        v_tiles + buffer * kTileElements, p.v, p.kv_heads,
         tile_source(seq_start, seq_len, key0(i), kv_head), thread);
   }
 };
@@ -222,22 +234,13 @@ CST_FLASH_DEVICE KeyTileStream<kHeadDim, kLayout, kBlockThreads> key_tile_stream
   return stream;
 }
 
-// The copies this thread started have landed (all but `pending` groups), and, for kernels whose
-// warpgroup multiplies read the tiles (kAsyncProxyReads), are visible to those too; the barrier
-// that follows makes every thread's copies visible to all.
-template <int pending, bool kAsyncProxyReads>
-CST_FLASH_DEVICE void wait_for_copies() {
-  copy_async_wait<pending>();
-  if constexpr (kAsyncProxyReads) async_proxy_fence();
-}
-
 // The pipeline of every kernel: compute(i, buffer) for i = 0 .. count-1 with tile i in buffer
 // i % 2, while the copies of tile i + 1 (started by load(i + 1, buffer)) fill the other buffer.
 // The caller has started tile 0's copies, and any others it needs from the start.
-template <bool kAsyncProxyReads = false, class Load, class Compute>
+template <class Load, class Compute>
 CST_FLASH_DEVICE void double_buffered_loop(int count, Load load, Compute compute) {
   copy_async_commit();
-  wait_for_copies<0, kAsyncProxyReads>();
+  copy_async_wait<0>();
   block_barrier();
   for (int i = 0; i < count; ++i) {
     const bool prefetch = i + 1 < count;
@@ -246,7 +249,7 @@ CST_FLASH_DEVICE void double_buffered_loop(int count, Load load, Compute compute
       copy_async_commit();
     }
     compute(i, i % 2);
-    if (prefetch) wait_for_copies<0, kAsyncProxyReads>();
+    if (prefetch) copy_async_wait<0>();
     block_barrier();  // tile i + 1 is in place for every warp, and nobody reads buffer i % 2
   }
 }
@@ -430,18 +433,15 @@ constexpr int backward_score_columns() {
 
 // Folds a step's scores (16 rows x kColumns keys of a warp, q . k, masked keys -inf) into the
 // online softmax of this thread's two rows, which works in the log2 domain x = scale_log2 * s:
-// the running output and sum are rescaled by exp2(old max - new max), and scores become the
+// the running sum is rescaled by correction = exp2(old max - new max), and scores become the
 // tile's weights exp2(scale_log2 * s - new max), an explicit fused multiply-add (left to itself
 // the compiler may or may not contract it, and the two query tiles must round alike). The max of
 // x is scale_log2 times the max of s, rounding included: scale_log2 > 0 and rounding is monotone.
-// Once a row's max has settled the factor is exactly 1, and multiplying by it changes no bit;
-// the output's rescaling (kHeadDim / 4 multiplies) is then skipped. The branch is per thread,
-// so a warp runs it when any of its rows got a new max.
-template <int kHeadDim, int kColumns>
-CST_FLASH_DEVICE void online_softmax_step(float (&scores)[kColumns / 8][4], float scale_log2,
-                                          float (&row_max)[2], float (&row_sum)[2],
-                                          float (&output)[kHeadDim / 8][4]) {
-  float correction[2];
+// The running output is the caller's to rescale by the same correction (rescale_output).
+template <int kColumns>
+CST_FLASH_DEVICE void softmax_weights(float (&scores)[kColumns / 8][4], float scale_log2,
+                                      float (&row_max)[2], float (&row_sum)[2],
+                                      float (&correction)[2]) {
   for (int half = 0; half < 2; ++half) {
     float tile_max = -INFINITY;
     for (int n = 0; n < kColumns / 8; ++n)
@@ -460,9 +460,28 @@ CST_FLASH_DEVICE void online_softmax_step(float (&scores)[kColumns / 8][4], floa
       }
     row_sum[half] = fmaf(row_sum[half], correction[half], tile_sum);
   }
+}
+
+// The running output of the thread's two rows times their corrections. Once a row's max has
+// settled the factor is exactly 1, and multiplying by it changes no bit; the rescaling
+// (kHeadDim / 4 multiplies) is then skipped. The branch is per thread, so a warp runs it when
+// any of its rows got a new max.
+template <int kHeadDim>
+CST_FLASH_DEVICE void rescale_output(float (&output)[kHeadDim / 8][4],
+                                     const float (&correction)[2]) {
   if (correction[0] != 1.0f || correction[1] != 1.0f)
     for (int n = 0; n < kHeadDim / 8; ++n)
       for (int e = 0; e < 4; ++e) output[n][e] *= correction[e / 2];
+}
+
+// Both at once, for the kernels whose output is not in flight in an asynchronous multiply.
+template <int kHeadDim, int kColumns>
+CST_FLASH_DEVICE void online_softmax_step(float (&scores)[kColumns / 8][4], float scale_log2,
+                                          float (&row_max)[2], float (&row_sum)[2],
+                                          float (&output)[kHeadDim / 8][4]) {
+  float correction[2];
+  softmax_weights<kColumns>(scores, scale_log2, row_max, row_sum, correction);
+  rescale_output<kHeadDim>(output, correction);
 }
 
 // The end of the forward for a warp's 16 rows (warp_row0.. of the 64 rows `rows`): the output

@@ -18,6 +18,15 @@
 // Neither product touches ldmatrix, and one instruction does the work of 32 (S) or 64 (O, at
 // D = 128) mma.sync, which leaves the issue slots to the softmax.
 //
+// The multiplies run asynchronously, and the loop keeps the tensor cores busy while the
+// softmax runs (FlashAttention-3's overlap within a warpgroup): step i issues S_i = Q K_i^T and
+// then O += P_{i-1} V_{i-1} with the previous step's weights, waits for S_i alone, runs the
+// softmax of S_i while the second product is still going, and only then waits for it and scales
+// O by the step's correction exp2(old max - new max). Summing P_{i-1} V_{i-1} into O before
+// the rescale that follows it gives exactly the order of the other kernels' online softmax. So
+// V is streamed one tile behind K: step i needs K_i and V_{i-1}, and the step after the last key
+// tile does the last product alone.
+//
 // Shared memory: the two Q tiles, two K and two V buffers, each 64 rows in TileLayout::panels,
 // the layout the multiplies read with the 128-byte swizzle. That swizzle XORs bits 4-6 of each
 // shared address with bits 7-9, so every tile starts on a 1024-byte boundary: the block aligns
@@ -77,38 +86,42 @@ constexpr int forward_warpgroups_shared_bytes() {  // 2 Q + 2 K + 2 V, and room 
   return (kForwardWarpgroups + 4) * kTileRows * kHeadDim * int(sizeof(bf16)) + kSwizzleAtomBytes;
 }
 
-// ---- the two products of a warpgroup ----
+// Every thread's copies have landed and are visible to the multiplies, which read shared
+// memory through the async proxy: each thread's fence orders its own copies, the barrier all.
+CST_FLASH_DEVICE void wait_for_tiles() {
+  copy_async_wait<0>();
+  async_proxy_fence();
+  block_barrier();
+}
+
+// ---- the two products of a warpgroup, started asynchronously ----
 
 // scores (64 x 64 over the warpgroup) = the Q tile times the K tile, transposed: step s reads
-// columns 16 s .. 16 s + 15 of both, 32 bytes further into a 128-byte row of a panel.
+// columns 16 s .. 16 s + 15 of both, 32 bytes further into a 128-byte row of a panel. One group.
 template <int kHeadDim>
-CST_FLASH_DEVICE void warpgroup_scores(float (&scores)[kTileRows / 8][4], const bf16* q_tile,
-                                       const bf16* k_tile) {
+CST_FLASH_DEVICE void start_scores(float (&scores)[kTileRows / 8][4], const bf16* q_tile,
+                                   const bf16* k_tile) {
   const uint64_t q = k_major_descriptor(q_tile), k = k_major_descriptor(k_tile);
-  warpgroup_fence();
   for (int step = 0; step < kHeadDim / 16; ++step) {
     const int offset = tile_offset<kHeadDim, TileLayout::panels>(0, 16 * step);
     warpgroup_multiply_shared(scores, advance_descriptor(q, offset), advance_descriptor(k, offset),
                               step > 0);
   }
   warpgroup_commit();
-  warpgroup_wait<0>();
 }
 
 // output (64 x D) += the weights (64 x 64, A fragments of the warp's rows) times the V tile:
-// step s reads V's rows 16 s .. 16 s + 15.
+// step s reads V's rows 16 s .. 16 s + 15. One group.
 template <int kHeadDim>
-CST_FLASH_DEVICE void warpgroup_accumulate_values(float (&output)[kHeadDim / 8][4],
-                                                  const uint32_t (&weights)[kTileRows / 16][4],
-                                                  const bf16* v_tile) {
+CST_FLASH_DEVICE void start_accumulate_values(float (&output)[kHeadDim / 8][4],
+                                              const uint32_t (&weights)[kTileRows / 16][4],
+                                              const bf16* v_tile) {
   const uint64_t v = mn_major_descriptor(v_tile);
-  warpgroup_fence();
   for (int step = 0; step < kTileRows / 16; ++step)
     warpgroup_multiply_registers<kHeadDim>(
         output, weights[step],
         advance_descriptor(v, tile_offset<kHeadDim, TileLayout::panels>(16 * step, 0)));
   warpgroup_commit();
-  warpgroup_wait<0>();
 }
 
 // ---- forward: one block per (128-query tile, query head, sequence) ----
@@ -130,39 +143,78 @@ CST_FLASH_DEVICE void forward_warpgroups_block(const AttentionParams& p, char* s
   bf16* q_tiles = align_to_swizzle_atom(shared);  // one per warpgroup
   const auto keys = key_tile_stream<kHeadDim, TileLayout::panels, kWarpgroupForwardThreads>(
       q_tiles + kForwardWarpgroups * kTileElements, query0, kQueryRows, seq_len, p.window);
-  auto load_key_tile = [&](int i, int buffer) {
-    keys.load(i, buffer, p, seq_start, seq_len, kv_head, thread);
-  };
   for (int g = 0; g < kForwardWarpgroups; ++g)
     load_tile_async<kHeadDim, TileLayout::panels, kWarpgroupForwardThreads>(
         q_tiles + g * kTileElements, p.q, p.heads,
         tile_source(seq_start, seq_len, query0 + g * kTileRows, at.head), thread);
-  load_key_tile(0, 0);
 
-  // This warpgroup's queries, and the key tiles (indices into the stream) with a key any of them
-  // sees: the others would add exact zeros, so the warpgroup skips them (none when its queries
-  // are all past the sequence's end).
+  // This warpgroup's queries. It runs every key tile of the block's stream, those its queries
+  // cannot see included (the causal diagonal's last tile for the first warpgroup): they add
+  // exact zeros, as in the 128-row tiles of forward_block, and every branch around a multiply
+  // stays the same for the whole block, which ptxas needs to keep the multiplies overlapping.
   const int group_query0 = query0 + warpgroup * kTileRows;
   const bf16* q_tile = q_tiles + warpgroup * kTileElements;
-  int group_first, group_last;
-  key_tile_range(group_query0, kTileRows, seq_len, p.window, group_first, group_last);
-  if (group_query0 >= seq_len) group_last = group_first - 1;
-
   float output[kHeadDim / 8][4] = {};
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
-  double_buffered_loop<true>(keys.count(), load_key_tile, [&](int i, int buffer) {
-    const int tile = keys.first_tile + i, key0 = keys.key0(i);
-    if (tile < group_first || tile > group_last) return;  // the same for the whole warpgroup
-    float scores[kTileRows / 8][4];
-    warpgroup_scores<kHeadDim>(scores, q_tile, keys.k(buffer));
+  // Step i (0 .. count) brings K_i and V_{i-1} (load_step(i), into buffer i % 2 and the other).
+  auto load_step = [&](int i, int buffer) {
+    if (i < keys.count()) keys.load_keys(i, buffer, p, seq_start, seq_len, kv_head, thread);
+    if (i > 0) keys.load_values(i - 1, 1 - buffer, p, seq_start, seq_len, kv_head, thread);
+  };
+  // The softmax of S_i: masked, folded into the rows' statistics, packed as P_i.
+  auto softmax_of_scores = [&](int i, float (&scores)[kTileRows / 8][4],
+                               uint32_t (&weights)[kTileRows / 16][4], float (&correction)[2]) {
+    const int key0 = keys.key0(i);
     if (!tiles_fully_visible(group_query0, key0, seq_len, p.window))
       for_each_hidden<kTileRows, false>(group_query0 + warp_row0, key0, seq_len, p.window, lane,
                                         [&](int n, int e) { scores[n][e] = -INFINITY; });
-    online_softmax_step<kHeadDim, kTileRows>(scores, scale_log2, row_max, row_sum, output);
-    uint32_t weights[kTileRows / 16][4];
+    softmax_weights<kTileRows>(scores, scale_log2, row_max, row_sum, correction);
     pack_a_fragments<kTileRows>(weights, scores);
-    warpgroup_accumulate_values<kHeadDim>(output, weights, keys.v(buffer));
-  });
+  };
+
+  // Step 0: S_0 alone (the output is still zero, nothing to rescale).
+  load_step(0, 0);
+  copy_async_commit();
+  wait_for_tiles();
+  load_step(1, 1);
+  copy_async_commit();
+  uint32_t weights[kTileRows / 16][4];  // P_{i-1}, read by its product until that is waited for
+  {
+    float scores[kTileRows / 8][4], correction[2];
+    warpgroup_fence();
+    start_scores<kHeadDim>(scores, q_tile, keys.k(0));
+    warpgroup_wait<0>();
+    hold_registers(scores);
+    softmax_of_scores(0, scores, weights, correction);
+  }
+  wait_for_tiles();
+  // Steps 1 .. count - 1: S_i beside P_{i-1} V_{i-1}; the softmax of S_i runs while the second
+  // product does, so the step's weights go to other registers until it is done.
+  for (int i = 1; i < keys.count(); ++i) {
+    const int buffer = i % 2;
+    load_step(i + 1, 1 - buffer);
+    copy_async_commit();
+    float scores[kTileRows / 8][4], correction[2];
+    uint32_t next_weights[kTileRows / 16][4];
+    warpgroup_fence();  // orders this thread's writes of output and weights before the products
+    start_scores<kHeadDim>(scores, q_tile, keys.k(buffer));
+    start_accumulate_values<kHeadDim>(output, weights, keys.v(1 - buffer));
+    warpgroup_wait<1>();  // S_i; P_{i-1} V_{i-1} may still run
+    hold_registers(scores);
+    softmax_of_scores(i, scores, next_weights, correction);
+    warpgroup_wait<0>();
+    hold_registers(output);
+    hold_registers(weights);
+    rescale_output<kHeadDim>(output, correction);
+    for (int step = 0; step < kTileRows / 16; ++step)
+      for (int r = 0; r < 4; ++r) weights[step][r] = next_weights[step][r];
+    wait_for_tiles();
+  }
+  // The last product alone.
+  warpgroup_fence();
+  start_accumulate_values<kHeadDim>(output, weights, keys.v((keys.count() - 1) % 2));
+  warpgroup_wait<0>();
+  hold_registers(output);
 
   store_forward_rows<kHeadDim>(p, at.head, tile_source(seq_start, seq_len, group_query0, at.head),
                                warp_row0, row_max, row_sum, output, lane);

@@ -13,6 +13,8 @@
 
 #include "tests/emulation/attention_primitives_model.h"
 
+#include "kernels/attention_warpgroup.cuh"
+
 namespace cst {
 namespace {
 
@@ -175,6 +177,72 @@ TEST(BlockEmulator, ABlockAheadOfItsTurnIsReported) {
   EXPECT_EQ(take_turn(0), "");
   EXPECT_EQ(take_turn(1), "");
   EXPECT_EQ(turn, 2);
+}
+
+// A warpgroup multiply (the Hopper forward's S = Q K^T, one k16 step) on two 64 x 64 tiles that
+// warp 0 stores with plain stores: small integers, so the f32 sums are exact. Returns the
+// emulator's report and, unless it reports, the elements of D that differ from the sums computed
+// here. The thread checks its accumulator before the wait too: the multiply lands at the wait.
+struct MultiplyOutcome {
+  std::string error;
+  int wrong_elements = 0;
+  int early_elements = 0;  // written before the wait
+};
+
+MultiplyOutcome multiply_stored_tiles(bool proxy_fence, bool wait) {
+  constexpr int kTileElements = flash::kTileRows * 64;
+  auto a = [](int row, int k) { return float((row * 3 + k) % 7 - 3); };
+  auto b = [](int col, int k) { return float((col + 2 * k) % 5 - 2); };
+  MultiplyOutcome outcome;
+  const size_t bytes = 2 * kTileElements * sizeof(uint16_t) + flash::kSwizzleAtomBytes;
+  outcome.error = block().run(flash::kWarpgroupThreads, bytes, [&](std::byte* shared, int thread) {
+    flash::bf16* a_tile = flash::align_to_swizzle_atom(reinterpret_cast<char*>(shared));
+    flash::bf16* b_tile = a_tile + kTileElements;
+    if (thread < 32)
+      for (int row = 2 * thread; row < 2 * thread + 2; ++row)
+        for (int col = 0; col < 64; col += 2) {
+          const int at = flash::tile_offset<64, flash::TileLayout::panels>(row, col & ~7) + col % 8;
+          flash::store_shared_bf16x2(a_tile + at, flash::pack_bf16x2(a(row, col), a(row, col + 1)));
+          flash::store_shared_bf16x2(b_tile + at, flash::pack_bf16x2(b(row, col), b(row, col + 1)));
+        }
+    if (proxy_fence) flash::async_proxy_fence();
+    flash::block_barrier();
+    float d[8][4] = {};
+    flash::warpgroup_fence();
+    flash::warpgroup_multiply_shared(d, flash::k_major_descriptor(a_tile),
+                                     flash::k_major_descriptor(b_tile), false);
+    flash::warpgroup_commit();
+    for (int n = 0; n < 8; ++n)
+      for (int e = 0; e < 4; ++e) outcome.early_elements += d[n][e] != 0.0f;
+    if (!wait) return;
+    flash::warpgroup_wait<0>();
+    const int lane = thread % 32, row0 = thread / 32 * 16;
+    for (int n = 0; n < 8; ++n)
+      for (int e = 0; e < 4; ++e) {
+        const int row = row0 + flash::fragment_row(lane, e), col = flash::fragment_col(lane, n, e);
+        float sum = 0.0f;
+        for (int k = 0; k < 16; ++k) sum += a(row, k) * b(col, k);
+        outcome.wrong_elements += d[n][e] != sum;
+      }
+  });
+  return outcome;
+}
+
+TEST(BlockEmulator, WarpgroupMultiplyReadsFencedTilesAtItsWait) {
+  const MultiplyOutcome outcome = multiply_stored_tiles(true, true);
+  EXPECT_EQ(outcome.error, "");
+  EXPECT_EQ(outcome.wrong_elements, 0);
+  EXPECT_EQ(outcome.early_elements, 0);
+}
+
+TEST(BlockEmulator, WarpgroupMultiplyOfTilesWrittenWithoutAProxyFenceIsReported) {
+  EXPECT_NE(multiply_stored_tiles(false, true).error.find("wrote without a fence.proxy.async"),
+            std::string::npos);
+}
+
+TEST(BlockEmulator, WarpgroupMultiplyNeverWaitedForIsReported) {
+  EXPECT_NE(multiply_stored_tiles(true, false).error.find("asynchronous work never waited for"),
+            std::string::npos);
 }
 
 }  // namespace

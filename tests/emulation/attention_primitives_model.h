@@ -61,6 +61,7 @@
 //       an operand before waiting feeds it the new data (and the emulator reports the race).
 //   async_proxy_fence  "fence.proxy.async.shared::cta": recorded; the emulator reports a
 //       multiply that reads a row whose writer did not pass one and a barrier after writing.
+//   hold_registers  no instruction, nothing to model.
 //
 // A copy is modelled as landing in shared memory when its thread waits for its group, the
 // latest moment the ISA allows, so a kernel that reads a tile before waiting sees stale data.
@@ -272,6 +273,8 @@ inline uint32_t shared_address(const void* pointer) {
 }
 
 inline void async_proxy_fence() { emulation::block().async_proxy_fence(); }
+template <class T, int kRows, int kColumns>
+inline void hold_registers(T (&)[kRows][kColumns]) {}
 inline void warpgroup_fence() {}
 inline void warpgroup_commit() { emulation::block().commit_async(); }
 template <int pending>
