@@ -92,6 +92,22 @@ __global__ void __launch_bounds__(flash::kThreads) dq_kernel(AttentionParams par
   flash::backward_dq_block<kHeadDim>(params, shared, query_tile_coordinates(), int(threadIdx.x));
 }
 
+// As forward_warpgroups_kernel: launched only on a device of compute capability 9.0.
+template <int kHeadDim>
+__global__ void __launch_bounds__(flash::kThreads) dkdv_warpgroup_kernel(AttentionParams params) {
+  char* shared = reinterpret_cast<char*>(dynamic_shared_memory());
+  flash::backward_dkdv_warpgroup_block<kHeadDim>(params, shared, key_tile_coordinates(),
+                                                 int(threadIdx.x));
+}
+
+template <int kHeadDim>
+__global__ void __launch_bounds__(flash::kWarpgroupForwardThreads)
+    dq_warpgroups_kernel(AttentionParams params) {
+  char* shared = reinterpret_cast<char*>(dynamic_shared_memory());
+  flash::backward_dq_warpgroups_block<kHeadDim>(params, shared, query_tile_coordinates(),
+                                                int(threadIdx.x));
+}
+
 template <int kHeadDim>
 __global__ void dout_dot_out_kernel(AttentionParams params) {
   int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
@@ -263,9 +279,41 @@ void dkdv_and_atomic_dq(AttentionParams params, const DeviceOffsets& offsets, in
   CUDA_CHECK_LAUNCH();
 }
 
+bool uses_warpgroup_dq(BackwardKernels kernels) {
+  return kernels == BackwardKernels::warpgroup_dq || kernels == BackwardKernels::warpgroups;
+}
+bool uses_warpgroup_dkdv(BackwardKernels kernels) {
+  return kernels == BackwardKernels::warpgroup_dkdv || kernels == BackwardKernels::warpgroups;
+}
+
+// The two passes of recompute_dq, each on mma.sync or on Hopper's warpgroups.
+template <int kHeadDim>
+void dkdv_and_dq_passes(const AttentionParams& params, const DeviceOffsets& offsets,
+                        BackwardKernels kernels) {
+  const int key_tiles = ceil_div(offsets.max_seqlen, flash::kTileRows);
+  if (uses_warpgroup_dkdv(kernels))
+    launch_tiles(dkdv_warpgroup_kernel<kHeadDim>,
+                 flash::backward_dkdv_warpgroup_shared_bytes<kHeadDim>(), key_tiles,
+                 params.kv_heads, offsets, params);
+  else
+    launch_tiles(dkdv_kernel<kHeadDim, flash::DqShare::none>,
+                 flash::dkdv_shared_bytes<kHeadDim, flash::DqShare::none>(), key_tiles,
+                 params.kv_heads, offsets, params);
+  if (uses_warpgroup_dq(kernels)) {
+    constexpr int kQueryRows = flash::kForwardWarpgroups * flash::kTileRows;
+    launch_tiles(dq_warpgroups_kernel<kHeadDim>,
+                 flash::backward_dq_warpgroups_shared_bytes<kHeadDim>(),
+                 ceil_div(offsets.max_seqlen, kQueryRows), params.heads, offsets, params,
+                 flash::kWarpgroupForwardThreads);
+  } else {
+    launch_tiles(dq_kernel<kHeadDim>, flash::dq_shared_bytes<kHeadDim>(),
+                 ceil_div(offsets.max_seqlen, flash::kTileRows), params.heads, offsets, params);
+  }
+}
+
 template <int kHeadDim>
 void backward_for_head_dim(const AttentionParams& params, const DeviceOffsets& offsets,
-                           AttentionBackward mode) {
+                           AttentionBackward mode, BackwardKernels kernels) {
   int64_t warps = int64_t(params.tokens) * params.heads;
   int blocks = ceil_div(warps * 32, 256);
   CST_LAUNCH(blocks, 256, 0, dout_dot_out_kernel<kHeadDim>)(params);
@@ -275,19 +323,13 @@ void backward_for_head_dim(const AttentionParams& params, const DeviceOffsets& o
     case AttentionBackward::ordered_dq: return dkdv_and_ordered_dq<kHeadDim>(params, offsets, tiles);
     case AttentionBackward::atomic_dq: return dkdv_and_atomic_dq<kHeadDim>(params, offsets, tiles);
     case AttentionBackward::recompute_dq:
-      launch_tiles(dkdv_kernel<kHeadDim, flash::DqShare::none>,
-                   flash::dkdv_shared_bytes<kHeadDim, flash::DqShare::none>(), tiles,
-                   params.kv_heads, offsets, params);
-      launch_tiles(dq_kernel<kHeadDim>, flash::dq_shared_bytes<kHeadDim>(), tiles, params.heads,
-                   offsets, params);
-      return;
+      return dkdv_and_dq_passes<kHeadDim>(params, offsets, kernels);
   }
 }
 
 }  // namespace
 
-bool forward_query_tile_runs(ForwardQueryTile tile) {
-  if (tile != ForwardQueryTile::rows128_warpgroups) return true;
+bool warpgroup_kernels_run() {
   static const bool hopper = [] {
     int device = 0, major = 0, minor = 0;
     CUDA_CHECK(cudaGetDevice(&device));
@@ -299,9 +341,24 @@ bool forward_query_tile_runs(ForwardQueryTile tile) {
 }
 
 ForwardQueryTile default_forward_query_tile() {
-  return kWarpgroupForwardOnHopper && forward_query_tile_runs(ForwardQueryTile::rows128_warpgroups)
-             ? ForwardQueryTile::rows128_warpgroups
-             : kDefaultForwardQueryTile;
+  return kWarpgroupForwardOnHopper && warpgroup_kernels_run() ? ForwardQueryTile::rows128_warpgroups
+                                                              : kDefaultForwardQueryTile;
+}
+
+BackwardKernels default_backward_kernels() {
+  return kBackwardKernelsOnHopper != BackwardKernels::mma && warpgroup_kernels_run()
+             ? kBackwardKernelsOnHopper
+             : BackwardKernels::mma;
+}
+
+const char* backward_kernels_name(BackwardKernels kernels) {
+  switch (kernels) {
+    case BackwardKernels::mma: return "mma";
+    case BackwardKernels::warpgroup_dq: return "warpgroup_dq";
+    case BackwardKernels::warpgroup_dkdv: return "warpgroup_dkdv";
+    case BackwardKernels::warpgroups: return "warpgroups";
+  }
+  return "?";
 }
 
 const char* forward_query_tile_name(ForwardQueryTile tile) {
@@ -325,9 +382,9 @@ void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, co
                        const AttentionShape& shape, ForwardQueryTile tile) {
   AttentionParams params = make_params(q, k, v, out, lse, shape);
   if (tile == ForwardQueryTile::rows128_warpgroups && has_flash_kernels(shape.head_dim) &&
-      !forward_query_tile_runs(tile))
-    fail("attention on cuda: the ", forward_query_tile_name(tile),
-         " forward needs a GPU of compute capability 9.0 (sm_90a)");
+      !warpgroup_kernels_run())
+    fail("attention on cuda: the rows128_warpgroups forward needs a GPU of compute capability "
+         "9.0 (sm_90a)");
   if (params.tokens == 0) return;
   DeviceOffsets offsets = upload_offsets(cu_seqlens);
   params.cu_seqlens = offsets.data;
@@ -339,8 +396,13 @@ void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, co
 void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
                         const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, const std::vector<int32_t>& cu_seqlens,
-                        const AttentionShape& shape, AttentionBackward mode) {
+                        const AttentionShape& shape, AttentionBackward mode,
+                        BackwardKernels kernels) {
   AttentionParams params = make_params(q, k, v, out, lse, shape);
+  if (kernels != BackwardKernels::mma && has_flash_kernels(shape.head_dim) &&
+      !warpgroup_kernels_run())
+    fail("attention on cuda: the ", backward_kernels_name(kernels),
+         " backward needs a GPU of compute capability 9.0 (sm_90a)");
   check_operand(dout, DType::bf16, "dout", shape.head_dim);
   check_operand(dq, DType::bf16, "dq", shape.head_dim);
   check_operand(dk, DType::bf16, "dk", shape.head_dim);
@@ -355,8 +417,8 @@ void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, co
   static ScratchBuffer dout_dot_out;
   params.dout_dot_out =
       static_cast<float*>(dout_dot_out.reserve(size_t(params.tokens) * shape.heads * sizeof(float)));
-  if (shape.head_dim == 64) backward_for_head_dim<64>(params, offsets, mode);
-  else if (shape.head_dim == 128) backward_for_head_dim<128>(params, offsets, mode);
+  if (shape.head_dim == 64) backward_for_head_dim<64>(params, offsets, mode, kernels);
+  else if (shape.head_dim == 128) backward_for_head_dim<128>(params, offsets, mode, kernels);
   else rowwise::backward(params, offsets.sequences, shape.head_dim);
 }
 

@@ -80,9 +80,10 @@ void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, co
 // per warp (each K/V fragment read from shared memory then serves twice the rows). The op above
 // runs default_forward_query_tile(), so far kDefaultForwardQueryTile, the 128-row tile: 8% to
 // 15% faster than the 64-row one at every length of attention_bench on an H200
-// (docs/attention.md, speed); the tests and attention_bench run every tile. rows64 and rows128 give the same bits: each output sums the same products in
-// the same order, and the key tiles a 128-row tile visits for one of its row blocks are fully
-// masked, adding exact zeros, for the other. rows128_steps32 is the 128-row tile with the online
+// (docs/attention.md, speed); the tests and attention_bench run every tile. rows64 and rows128
+// give the same bits: each output sums the same products in the same order, and the key tiles a
+// 128-row tile visits for one of its row blocks are fully masked, adding exact zeros, for the
+// other. rows128_steps32 is the 128-row tile with the online
 // softmax stepping over 32 keys at a time instead of 64: at D = 128 it holds half the scores,
 // which keeps the kernel within its registers (the 64-key step spills), but reads Q twice per
 // key tile and rounds differently (within the same tolerance of the reference).
@@ -101,20 +102,41 @@ constexpr ForwardQueryTile kDefaultForwardQueryTile = ForwardQueryTile::rows128;
 // (tools/gpu_check.sh: the AttentionHopper tests, attention_bench --hopper).
 constexpr bool kWarpgroupForwardOnHopper = false;
 // The tile the op runs on this process's GPU: kDefaultForwardQueryTile, or rows128_warpgroups
-// where kWarpgroupForwardOnHopper and forward_query_tile_runs allow.
+// where kWarpgroupForwardOnHopper and warpgroup_kernels_run allow.
 ForwardQueryTile default_forward_query_tile();
-// Whether this process's GPU runs the tile's kernels (rows128_warpgroups needs compute
-// capability 9.0; the others run everywhere); the forward with a tile it cannot run throws.
-bool forward_query_tile_runs(ForwardQueryTile tile);
 // The tile's name: "rows64", "rows128", "rows128_steps32" or "rows128_warpgroups".
 const char* forward_query_tile_name(ForwardQueryTile tile);
 void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
                        const Tensor& v, const std::vector<int32_t>& cu_seqlens,
                        const AttentionShape& shape, ForwardQueryTile tile);
+
+// The kernels of AttentionBackward::recompute_dq's two passes (head dims 64 and 128): mma.sync
+// for both (every GPU), or, on Hopper, warpgroup multiplies (kernels/attention_warpgroup.cuh)
+// for the dQ pass (128-query tiles on two warpgroups), the dK/dV pass (64-key tiles on one) or
+// both. A warpgroup pass rounds its outputs differently (its sums are the tensor cores'),
+// within the same tolerance and the same on every run; the other pass's outputs keep their
+// bits. The other modes ignore it.
+enum class BackwardKernels { mma, warpgroup_dq, warpgroup_dkdv, warpgroups };
+// Every choice, for the tests and attention_bench.
+constexpr BackwardKernels kBackwardKernels[] = {
+    BackwardKernels::mma, BackwardKernels::warpgroup_dq, BackwardKernels::warpgroup_dkdv,
+    BackwardKernels::warpgroups};
+// As kWarpgroupForwardOnHopper, for the backward: the kernels the op runs on Hopper once the
+// GPU check has told which are the fastest (mma until then).
+constexpr BackwardKernels kBackwardKernelsOnHopper = BackwardKernels::mma;
+BackwardKernels default_backward_kernels();
+// "mma", "warpgroup_dq", "warpgroup_dkdv" or "warpgroups".
+const char* backward_kernels_name(BackwardKernels kernels);
 void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
                         const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, const std::vector<int32_t>& cu_seqlens,
-                        const AttentionShape& shape, AttentionBackward mode);
+                        const AttentionShape& shape, AttentionBackward mode,
+                        BackwardKernels kernels = default_backward_kernels());
+
+// Whether this process's GPU runs the warpgroup kernels (rows128_warpgroups of either kind):
+// compute capability 9.0, for which they are built (sm_90a). Asked for on another GPU, the op
+// throws.
+bool warpgroup_kernels_run();
 }
 
 }  // namespace cst

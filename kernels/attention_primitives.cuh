@@ -315,8 +315,9 @@ CST_FLASH_DEVICE void async_proxy_fence() {
 #endif
 }
 
-// d (64 x 64) = A (64 x 16, shared, K-major: rows of A along the descriptor's 8-row groups) times
-// B (16 x 64, shared, K-major: B's columns are the rows of a row-major tile) + (accumulate ? d : 0).
+// d (64 x 64) = A (64 x 16, shared, K-major: rows of A along the descriptor's 8-row groups)
+// times B (16 x 64, shared, K-major: B's columns are the rows of a row-major tile), plus d when
+// `accumulate`.
 CST_FLASH_DEVICE void warpgroup_multiply_shared(float (&d)[8][4], uint64_t a_descriptor,
                                                 uint64_t b_descriptor, bool accumulate) {
 #if CST_HAS_WGMMA

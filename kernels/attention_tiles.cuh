@@ -150,10 +150,10 @@ CST_FLASH_DEVICE TileSource tile_source(int seq_start, int seq_len, int row0, in
 
 // Starts copying a tile into shared memory; rows at or past valid_rows are zero-filled. Thread t
 // (of kBlockThreads) copies the 16-byte chunk t % (D / 8) of rows t / (D / 8), + kBlockThreads /
-// (D / 8), ...: its column and
-// its rows' swizzle stay the same from one row to the next, and its source advances by a fixed
-// stride, so a row costs a pointer increment and a bounds check rather than a 64-bit offset
-// computed afresh. An invalid row copies from the tensor's base, which is always readable.
+// (D / 8), ...: its column and its rows' swizzle stay the same from one row to the next, and its
+// source advances by a fixed stride, so a row costs a pointer increment and a bounds check
+// rather than a 64-bit offset computed afresh. An invalid row copies from the tensor's base,
+// which is always readable.
 template <int kHeadDim, TileLayout kLayout = TileLayout::rows, int kBlockThreads = kThreads>
 CST_FLASH_DEVICE void load_tile_async(bf16* tile, const bf16* tensor, int heads_in_tensor,
                                       TileSource rows, int thread) {
@@ -194,8 +194,8 @@ CST_FLASH_DEVICE void load_query_dout_tiles(bf16* q_tile, bf16* dout_tile,
 template <int kHeadDim, TileLayout kLayout = TileLayout::rows, int kBlockThreads = kThreads>
 struct KeyTileStream {
   static constexpr int kTileElements = kTileRows * kHeadDim;
-  bf16* k_tiles;  // two buffers each: compute on one, fill the other
-  bf16* v_tiles;
+  bf16* k_tiles;  // two buffers each (three of K in the Hopper dQ pass): compute on one, fill
+  bf16* v_tiles;  // the other
   int first_tile, last_tile;
 
   CST_FLASH_DEVICE int count() const { return last_tile - first_tile + 1; }
@@ -223,13 +223,13 @@ struct KeyTileStream {
   }
 };
 
-// The stream of the query tile [query0, query0 + query_rows), its buffers at k_tiles (two K
-// tiles, then two V tiles).
+// The stream of the query tile [query0, query0 + query_rows), its buffers at k_tiles (k_buffers
+// K tiles, then two V tiles).
 template <int kHeadDim, TileLayout kLayout = TileLayout::rows, int kBlockThreads = kThreads>
 CST_FLASH_DEVICE KeyTileStream<kHeadDim, kLayout, kBlockThreads> key_tile_stream(
-    bf16* k_tiles, int query0, int query_rows, int seq_len, int window) {
+    bf16* k_tiles, int query0, int query_rows, int seq_len, int window, int k_buffers = 2) {
   using Stream = KeyTileStream<kHeadDim, kLayout, kBlockThreads>;
-  Stream stream{k_tiles, k_tiles + 2 * Stream::kTileElements, 0, 0};
+  Stream stream{k_tiles, k_tiles + k_buffers * Stream::kTileElements, 0, 0};
   key_tile_range(query0, query_rows, seq_len, window, stream.first_tile, stream.last_tile);
   return stream;
 }
@@ -779,6 +779,69 @@ CST_FLASH_DEVICE void dout_dot_out_warp(const AttentionParams& p, int64_t row, i
   if (lane == 0) p.dout_dot_out[head * p.tokens + token] = sum;
 }
 
+// The steps of a dK/dV block: step i is query tile last_tile - i / group_size of the group's
+// query head i % group_size, over the query tiles that see the block's keys.
+struct QueryTileSteps {
+  int first_tile, last_tile, group_size;
+  CST_FLASH_DEVICE int count() const { return group_size * (last_tile - first_tile + 1); }
+  CST_FLASH_DEVICE int query0(int i) const { return (last_tile - i / group_size) * kTileRows; }
+  CST_FLASH_DEVICE int head(int i, int kv_head) const {
+    return kv_head * group_size + i % group_size;
+  }
+};
+
+CST_FLASH_DEVICE QueryTileSteps query_tile_steps(int key0, int seq_len, int window,
+                                                 int group_size) {
+  QueryTileSteps steps{0, 0, group_size};
+  query_tile_range(key0, seq_len, window, steps.first_tile, steps.last_tile);
+  return steps;
+}
+
+// The lse (log2 domain) and D of the 64 query rows from query0 (of head `head`) into shared
+// memory, by threads 0..63 with plain loads and stores. Rows past the sequence are masked; 0
+// keeps them finite.
+CST_FLASH_DEVICE void load_tile_statistics(const AttentionParams& p, int head, int seq_start,
+                                           int seq_len, int query0, int thread, float* lse_log2,
+                                           float* dots) {
+  if (thread < kTileRows) {
+    int query = query0 + thread;
+    int64_t index = int64_t(head) * p.tokens + seq_start + query;
+    lse_log2[thread] = query < seq_len ? p.lse[index] * kLog2e : 0.0f;
+    dots[thread] = query < seq_len ? p.dout_dot_out[index] : 0.0f;
+  }
+}
+
+// P^T = exp2(scale_log2 * S^T - lse) and dS^T = P^T (dP^T - D) of a warp's 16 key rows x
+// kColumns query columns from column0 on (C layout; the tiles are transposed here: rows are
+// keys, columns are queries) from S^T and dP^T, with the query tile's lse (log2 domain) and D
+// from tile_lse_log2 and tile_dots; packed as A fragments. Where `masked`, the hidden pairs (rows
+// from key_row0, columns from query0 + column0) get 0: they may have overflowed to inf or NaN,
+// so they are overwritten, not scaled.
+template <int kColumns>
+CST_FLASH_DEVICE void transposed_weight_fragments(
+    uint32_t (&probability_fragments)[kColumns / 16][4],
+    uint32_t (&dscore_fragments)[kColumns / 16][4], float (&probabilities)[kColumns / 8][4],
+    float (&dscores)[kColumns / 8][4], float scale_log2, const float* tile_lse_log2,
+    const float* tile_dots, int column0, bool masked, int key_row0, int query0, int seq_len,
+    int window, int lane) {
+  for (int n = 0; n < kColumns / 8; ++n)
+    for (int e = 0; e < 4; ++e) {
+      int column = column0 + fragment_col(lane, n, e);
+      float probability =
+          fast_exp2(fmaf(probabilities[n][e], scale_log2, -tile_lse_log2[column]));
+      probabilities[n][e] = probability;
+      dscores[n][e] = probability * (dscores[n][e] - tile_dots[column]);
+    }
+  if (masked)
+    for_each_hidden<kColumns, true>(key_row0, query0 + column0, seq_len, window, lane,
+                                    [&](int n, int e) {
+                                      probabilities[n][e] = 0.0f;
+                                      dscores[n][e] = 0.0f;
+                                    });
+  pack_a_fragments<kColumns>(probability_fragments, probabilities);
+  pack_a_fragments<kColumns>(dscore_fragments, dscores);
+}
+
 // dK and dV for one (key tile, key/value head, sequence): loops over the query tiles that see
 // these keys and the query heads of the group, so the sums happen in registers, in a fixed
 // order. The query tiles go from the last down: with DqShare::ordered, the block of key tile j
@@ -808,29 +871,18 @@ CST_FLASH_DEVICE void backward_dkdv_block(const AttentionParams& p, char* shared
   bf16* dscores_transposed = reinterpret_cast<bf16*>(dots + 2 * kTileRows);  // 64 x 64 (dQ only)
   auto q_tile_of = [&](int buffer) { return query_dout_tiles + 2 * buffer * kTileElements; };
 
-  int first_tile, last_tile;
-  query_tile_range(key0, seq_len, p.window, first_tile, last_tile);
-  const int steps = group_size * (last_tile - first_tile + 1);
-
-  // Step i: query tile last_tile - i / group_size of the group's query head i % group_size.
-  auto query_tile_of_step = [&](int i) { return (last_tile - i / group_size) * kTileRows; };
+  const QueryTileSteps query_steps = query_tile_steps(key0, seq_len, p.window, group_size);
+  const int steps = query_steps.count();
+  auto query_tile_of_step = [&](int i) { return query_steps.query0(i); };
   auto query_rows_of_step = [&](int i) {
-    return tile_source(seq_start, seq_len, query_tile_of_step(i),
-                       at.head * group_size + i % group_size);
+    return tile_source(seq_start, seq_len, query_steps.query0(i), query_steps.head(i, at.head));
   };
   auto load_step = [&](int i, int buffer) {
     const TileSource query_rows = query_rows_of_step(i);
-    const int head = query_rows.head, query0 = query_tile_of_step(i);
     bf16* q_tile = q_tile_of(buffer);
     load_query_dout_tiles<kHeadDim>(q_tile, q_tile + kTileElements, p, query_rows, thread);
-    // The rows' lse (log2 domain) and D: plain loads. Rows past the sequence are masked; 0
-    // keeps them finite.
-    if (thread < kTileRows) {
-      int query = query0 + thread;
-      int64_t index = int64_t(head) * p.tokens + seq_start + query;
-      lse_log2[buffer * kTileRows + thread] = query < seq_len ? p.lse[index] * kLog2e : 0.0f;
-      dots[buffer * kTileRows + thread] = query < seq_len ? p.dout_dot_out[index] : 0.0f;
-    }
+    load_tile_statistics(p, query_rows.head, seq_start, seq_len, query_tile_of_step(i), thread,
+                         lse_log2 + buffer * kTileRows, dots + buffer * kTileRows);
   };
   const TileSource key_rows = tile_source(seq_start, seq_len, key0, at.head);
   load_key_value_tiles<kHeadDim>(k_tile, v_tile, p, key_rows, thread);
@@ -853,25 +905,11 @@ CST_FLASH_DEVICE void backward_dkdv_block(const AttentionParams& p, char* shared
       float dscores[kColumns / 8][4];  // dP^T, then dS^T
       multiply_rows_by_rows<kHeadDim, kColumns>(dscores, v_tile, warp_row0, dout_tile, column0,
                                                 lane);
-      // Tiles are transposed here: rows are keys, columns are queries.
-      for (int n = 0; n < kColumns / 8; ++n)
-        for (int e = 0; e < 4; ++e) {
-          int column = column0 + fragment_col(lane, n, e);
-          float probability =
-              fast_exp2(fmaf(probabilities[n][e], scale_log2, -tile_lse_log2[column]));
-          probabilities[n][e] = probability;
-          dscores[n][e] = probability * (dscores[n][e] - tile_dots[column]);
-        }
-      // Hidden pairs may have overflowed to inf or NaN above; they are overwritten, not scaled.
-      if (masked)
-        for_each_hidden<kColumns, true>(key0 + warp_row0, query0 + column0, seq_len, p.window,
-                                        lane, [&](int n, int e) {
-                                          probabilities[n][e] = 0.0f;
-                                          dscores[n][e] = 0.0f;
-                                        });
       uint32_t probability_fragments[kColumns / 16][4], dscore_fragments[kColumns / 16][4];
-      pack_a_fragments<kColumns>(probability_fragments, probabilities);
-      pack_a_fragments<kColumns>(dscore_fragments, dscores);
+      transposed_weight_fragments<kColumns>(probability_fragments, dscore_fragments,
+                                            probabilities, dscores, scale_log2, tile_lse_log2,
+                                            tile_dots, column0, masked, key0 + warp_row0, query0,
+                                            seq_len, p.window, lane);
       accumulate_weights_times_tile<kHeadDim, kColumns>(dv, probability_fragments, dout_tile,
                                                         column0, lane);
       accumulate_weights_times_tile<kHeadDim, kColumns>(dk, dscore_fragments, q_tile, column0,
@@ -900,6 +938,42 @@ CST_FLASH_DEVICE void backward_dkdv_block(const AttentionParams& p, char* shared
   store_rows<kHeadDim>(p.dv, p.kv_heads, key_rows, warp_row0, dv, dv_factor, lane);
 }
 
+// The lse (log2 domain) and D of a thread's two query rows (of the warp's 16 from the sequence
+// position query_row0), straight from global memory; 0 for rows past the sequence.
+CST_FLASH_DEVICE void load_row_statistics(const AttentionParams& p, int head, int seq_start,
+                                          int seq_len, int query_row0, int lane,
+                                          float (&row_lse_log2)[2], float (&row_dot)[2]) {
+  for (int half = 0; half < 2; ++half) {
+    int query = query_row0 + fragment_row(lane, 2 * half);
+    int64_t index = int64_t(head) * p.tokens + seq_start + query;
+    row_lse_log2[half] = query < seq_len ? p.lse[index] * kLog2e : 0.0f;
+    row_dot[half] = query < seq_len ? p.dout_dot_out[index] : 0.0f;
+  }
+}
+
+// dS = P (dP - D) of a warp's 16 query rows x kColumns keys from the scores s and dP (C
+// layout), P = exp2(scale_log2 * s - lse), packed as A fragments. Where `masked`, the hidden
+// pairs (rows from query_row0, columns from key_column0) get 0: they may have overflowed to inf
+// or NaN, so they are overwritten, not scaled.
+template <int kColumns>
+CST_FLASH_DEVICE void score_gradient_fragments(uint32_t (&dscore_fragments)[kColumns / 16][4],
+                                               const float (&scores)[kColumns / 8][4],
+                                               float (&dscores)[kColumns / 8][4],
+                                               float scale_log2, const float (&row_lse_log2)[2],
+                                               const float (&row_dot)[2], bool masked,
+                                               int query_row0, int key_column0, int seq_len,
+                                               int window, int lane) {
+  for (int n = 0; n < kColumns / 8; ++n)
+    for (int e = 0; e < 4; ++e) {
+      float probability = fast_exp2(fmaf(scores[n][e], scale_log2, -row_lse_log2[e / 2]));
+      dscores[n][e] = probability * (dscores[n][e] - row_dot[e / 2]);
+    }
+  if (masked)
+    for_each_hidden<kColumns, false>(query_row0, key_column0, seq_len, window, lane,
+                                     [&](int n, int e) { dscores[n][e] = 0.0f; });
+  pack_a_fragments<kColumns>(dscore_fragments, dscores);
+}
+
 // dQ for one (query tile, query head, sequence): loops over the key tiles that query tile sees,
 // recomputing P and dS, so dQ is summed in registers without atomics.
 template <int kHeadDim>
@@ -926,14 +1000,9 @@ CST_FLASH_DEVICE void backward_dq_block(const AttentionParams& p, char* shared,
   load_query_dout_tiles<kHeadDim>(q_tile, dout_tile, p, query_rows, thread);
   load_key_tile(0, 0);
 
-  // This thread's two rows: their lse (log2 domain) and D, straight from global memory.
   float row_lse_log2[2], row_dot[2];
-  for (int half = 0; half < 2; ++half) {
-    int query = query0 + warp_row0 + fragment_row(lane, 2 * half);
-    int64_t index = int64_t(at.head) * p.tokens + seq_start + query;
-    row_lse_log2[half] = query < seq_len ? p.lse[index] * kLog2e : 0.0f;
-    row_dot[half] = query < seq_len ? p.dout_dot_out[index] : 0.0f;
-  }
+  load_row_statistics(p, at.head, seq_start, seq_len, query0 + warp_row0, lane, row_lse_log2,
+                      row_dot);
 
   float dq[kHeadDim / 8][4] = {};
   double_buffered_loop(keys.count(), load_key_tile, [&](int i, int buffer) {
@@ -949,18 +1018,10 @@ CST_FLASH_DEVICE void backward_dq_block(const AttentionParams& p, char* shared,
       float dscores[kColumns / 8][4];  // dP, then dS
       multiply_rows_by_rows<kHeadDim, kColumns>(dscores, dout_tile, warp_row0, v_tile, column0,
                                                 lane);
-      for (int n = 0; n < kColumns / 8; ++n)
-        for (int e = 0; e < 4; ++e) {
-          float probability =
-              fast_exp2(fmaf(probabilities[n][e], scale_log2, -row_lse_log2[e / 2]));
-          dscores[n][e] = probability * (dscores[n][e] - row_dot[e / 2]);
-        }
-      // Hidden pairs may have overflowed to inf or NaN above; they are overwritten, not scaled.
-      if (masked)
-        for_each_hidden<kColumns, false>(query0 + warp_row0, key0 + column0, seq_len, p.window,
-                                         lane, [&](int n, int e) { dscores[n][e] = 0.0f; });
       uint32_t dscore_fragments[kColumns / 16][4];
-      pack_a_fragments<kColumns>(dscore_fragments, dscores);
+      score_gradient_fragments<kColumns>(dscore_fragments, probabilities, dscores, scale_log2,
+                                         row_lse_log2, row_dot, masked, query0 + warp_row0,
+                                         key0 + column0, seq_len, p.window, lane);
       accumulate_weights_times_tile<kHeadDim, kColumns>(dq, dscore_fragments, k_tile, column0,
                                                         lane);
     }

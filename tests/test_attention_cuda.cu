@@ -23,6 +23,7 @@
 // size of these whole-tensor errors.
 #include <gtest/gtest.h>
 
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,8 @@ struct AttentionCase {
   std::vector<int32_t> lengths;  // one entry per packed sequence
   AttentionShape shape;
 };
+
+void PrintTo(const AttentionCase& c, std::ostream* out) { *out << c.name; }
 
 std::vector<int32_t> offsets_of(const std::vector<int32_t>& lengths) {
   std::vector<int32_t> offsets = {0};
@@ -73,6 +76,34 @@ double relative_error(const std::vector<float>& gpu, const Tensor& cpu) {
   return test::relative_error(gpu, test::to_double(test::to_vector(cpu)));
 }
 
+// A case's inputs, drawn and rounded to bf16 so that both backends see the same numbers: q, k,
+// v and dout as floats for the CPU and as bf16 tensors on the GPU, with the shapes of every
+// tensor. |q|, |k| up to 2 spread the scores over several units, so the softmax is neither flat
+// nor one-hot and every key's contribution matters.
+struct AttentionProblem {
+  std::vector<int32_t> cu_seqlens;
+  std::vector<int64_t> q_shape, kv_shape, lse_shape;
+  std::vector<float> q, k, v, dout;
+  OwnedTensor gpu_q, gpu_k, gpu_v, gpu_dout;
+
+  AttentionProblem(const AttentionCase& c, uint64_t seed) : cu_seqlens(offsets_of(c.lengths)) {
+    const int64_t tokens = cu_seqlens.back(), heads = c.shape.heads,
+                  kv_heads = c.shape.kv_heads, dim = c.shape.head_dim;
+    q_shape = {tokens, heads, dim};
+    kv_shape = {tokens, kv_heads, dim};
+    lse_shape = {heads, tokens};
+    test::Rng rng(seed + tokens * 7 + heads);
+    q = bf16_values(rng, tokens * heads * dim, 2.0);
+    k = bf16_values(rng, tokens * kv_heads * dim, 2.0);
+    v = bf16_values(rng, tokens * kv_heads * dim, 1.0);
+    dout = bf16_values(rng, tokens * heads * dim, 1.0);
+    gpu_q = on_gpu_bf16(q_shape, q);
+    gpu_k = on_gpu_bf16(kv_shape, k);
+    gpu_v = on_gpu_bf16(kv_shape, v);
+    gpu_dout = on_gpu_bf16(q_shape, dout);
+  }
+};
+
 class AttentionCuda : public ::testing::TestWithParam<AttentionCase> {
  protected:
   void SetUp() override {
@@ -82,20 +113,10 @@ class AttentionCuda : public ::testing::TestWithParam<AttentionCase> {
 
 // One forward and backward on both backends, then every output compared.
 TEST_P(AttentionCuda, MatchesCpuReference) {
-  const AttentionCase& c = GetParam();
-  const AttentionShape& shape = c.shape;
-  const std::vector<int32_t> cu_seqlens = offsets_of(c.lengths);
-  const int64_t tokens = cu_seqlens.back(), heads = shape.heads, kv_heads = shape.kv_heads,
-                dim = shape.head_dim;
-  const std::vector<int64_t> q_shape = {tokens, heads, dim}, kv_shape = {tokens, kv_heads, dim},
-                             lse_shape = {heads, tokens};
-  test::Rng rng(1000 + tokens * 7 + heads);
-  // |q|, |k| up to 2 spread the scores over several units, so the softmax is neither flat nor
-  // one-hot and every key's contribution matters.
-  std::vector<float> q = bf16_values(rng, tokens * heads * dim, 2.0);
-  std::vector<float> k = bf16_values(rng, tokens * kv_heads * dim, 2.0);
-  std::vector<float> v = bf16_values(rng, tokens * kv_heads * dim, 1.0);
-  std::vector<float> dout = bf16_values(rng, tokens * heads * dim, 1.0);
+  const AttentionShape& shape = GetParam().shape;
+  const AttentionProblem in(GetParam(), 1000);
+  const auto& [cu_seqlens, q_shape, kv_shape, lse_shape, q, k, v, dout, gpu_q, gpu_k, gpu_v,
+               gpu_dout] = in;
 
   OwnedTensor cpu_q = on_cpu(q_shape, q), cpu_k = on_cpu(kv_shape, k), cpu_v = on_cpu(kv_shape, v);
   OwnedTensor cpu_dout = on_cpu(q_shape, dout);
@@ -104,8 +125,6 @@ TEST_P(AttentionCuda, MatchesCpuReference) {
       cpu_dv(kv_shape, DType::f32, Device::cpu);
   attention_forward(cpu_out, cpu_lse, cpu_q, cpu_k, cpu_v, cu_seqlens, shape);
 
-  OwnedTensor gpu_q = on_gpu_bf16(q_shape, q), gpu_k = on_gpu_bf16(kv_shape, k),
-              gpu_v = on_gpu_bf16(kv_shape, v), gpu_dout = on_gpu_bf16(q_shape, dout);
   OwnedTensor gpu_out(q_shape, DType::bf16, Device::cuda), gpu_lse(lse_shape, DType::f32, Device::cuda);
   OwnedTensor gpu_dq(q_shape, DType::bf16, Device::cuda), gpu_dk(kv_shape, DType::bf16, Device::cuda),
       gpu_dv(kv_shape, DType::bf16, Device::cuda);
@@ -176,37 +195,29 @@ TEST_P(AttentionCuda, MatchesCpuReference) {
   }
 }
 
-// The Hopper forward (ForwardQueryTile::rows128_warpgroups: warpgroup multiplies, sm_90a) on the
-// flash head dims, in a suite of its own so that tools/gpu_check.sh runs it in a process of its
-// own: a kernel that faults poisons the CUDA context of every test after it in its process.
+// The Hopper kernels (ForwardQueryTile::rows128_warpgroups, BackwardKernels: warpgroup
+// multiplies, sm_90a) on the flash head dims, in a suite of its own so that tools/gpu_check.sh
+// runs it in a process of its own: a kernel that faults poisons the CUDA context of every test
+// after it in its process.
 class AttentionHopper : public ::testing::TestWithParam<AttentionCase> {
  protected:
   void SetUp() override {
     if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU visible: the attention kernels need one";
-    if (!cuda::forward_query_tile_runs(cuda::ForwardQueryTile::rows128_warpgroups))
-      GTEST_SKIP() << "the warpgroup forward needs a GPU of compute capability 9.0";
+    if (!cuda::warpgroup_kernels_run())
+      GTEST_SKIP() << "the warpgroup kernels need a GPU of compute capability 9.0";
   }
 };
 
 // Against the CPU reference within the tolerances above (its sums are the tensor cores', grouped
 // unlike the other tiles'), and the same bits on a second run.
 TEST_P(AttentionHopper, WarpgroupForwardMatchesCpuReference) {
-  const AttentionCase& c = GetParam();
-  const AttentionShape& shape = c.shape;
-  const std::vector<int32_t> cu_seqlens = offsets_of(c.lengths);
-  const int64_t tokens = cu_seqlens.back(), heads = shape.heads, kv_heads = shape.kv_heads,
-                dim = shape.head_dim;
-  const std::vector<int64_t> q_shape = {tokens, heads, dim}, kv_shape = {tokens, kv_heads, dim},
-                             lse_shape = {heads, tokens};
-  test::Rng rng(3000 + tokens * 7 + heads);
-  std::vector<float> q = bf16_values(rng, tokens * heads * dim, 2.0);
-  std::vector<float> k = bf16_values(rng, tokens * kv_heads * dim, 2.0);
-  std::vector<float> v = bf16_values(rng, tokens * kv_heads * dim, 1.0);
+  const AttentionShape& shape = GetParam().shape;
+  const AttentionProblem in(GetParam(), 3000);
+  const auto& [cu_seqlens, q_shape, kv_shape, lse_shape, q, k, v, dout, gpu_q, gpu_k, gpu_v,
+               gpu_dout] = in;
   OwnedTensor cpu_out(q_shape, DType::f32, Device::cpu), cpu_lse(lse_shape, DType::f32, Device::cpu);
   attention_forward(cpu_out, cpu_lse, on_cpu(q_shape, q), on_cpu(kv_shape, k), on_cpu(kv_shape, v),
                     cu_seqlens, shape);
-  OwnedTensor gpu_q = on_gpu_bf16(q_shape, q), gpu_k = on_gpu_bf16(kv_shape, k),
-              gpu_v = on_gpu_bf16(kv_shape, v);
   auto forward = [&] {
     OwnedTensor out(q_shape, DType::bf16, Device::cuda), lse(lse_shape, DType::f32, Device::cuda);
     cuda::attention_forward(out, lse, gpu_q, gpu_k, gpu_v, cu_seqlens, shape,
@@ -217,10 +228,77 @@ TEST_P(AttentionHopper, WarpgroupForwardMatchesCpuReference) {
   const double out_error = relative_error(out, cpu_out), lse_error = relative_error(lse, cpu_lse);
   EXPECT_LT(out_error, kOutputTolerance) << "out";
   EXPECT_LT(lse_error, kLseTolerance) << "lse";
-  RecordProperty("relative_errors", "out " + std::to_string(out_error) + " lse " + std::to_string(lse_error));
+  RecordProperty("relative_errors",
+                 "out " + std::to_string(out_error) + " lse " + std::to_string(lse_error));
   const auto [out_again, lse_again] = forward();
   EXPECT_EQ(out_again, out) << "out differs between two runs";
   EXPECT_EQ(lse_again, lse) << "lse differs between two runs";
+}
+
+// The backward with each choice of Hopper kernels: dq, dk and dv against the CPU reference within
+// the tolerances above, the same bits on a second run, and the outputs of a pass left on
+// mma.sync the bits of the all-mma.sync backward. On the emulated GPU only both passes on
+// warpgroups, once: the tile test (tests/test_attention_emulated.cpp) runs each pass alone, a
+// second run there cannot differ, and each backward takes seconds.
+#ifdef CST_CUDA_EMULATION
+constexpr bool kEmulated = true;
+#else
+constexpr bool kEmulated = false;
+#endif
+
+TEST_P(AttentionHopper, WarpgroupBackwardMatchesCpuReference) {
+  const AttentionShape& shape = GetParam().shape;
+  const AttentionProblem in(GetParam(), 4000);
+  const auto& [cu_seqlens, q_shape, kv_shape, lse_shape, q, k, v, dout, gpu_q, gpu_k, gpu_v,
+               gpu_dout] = in;
+  OwnedTensor gpu_out(q_shape, DType::bf16, Device::cuda), gpu_lse(lse_shape, DType::f32, Device::cuda);
+  attention_forward(gpu_out, gpu_lse, gpu_q, gpu_k, gpu_v, cu_seqlens, shape);
+  // The CPU backward from the GPU's forward results, as in AttentionCuda.MatchesCpuReference.
+  OwnedTensor cpu_dq(q_shape, DType::f32, Device::cpu), cpu_dk(kv_shape, DType::f32, Device::cpu),
+      cpu_dv(kv_shape, DType::f32, Device::cpu);
+  attention_backward(cpu_dq, cpu_dk, cpu_dv, on_cpu(q_shape, dout), on_cpu(q_shape, q),
+                     on_cpu(kv_shape, k), on_cpu(kv_shape, v),
+                     on_cpu(q_shape, to_host_f32(gpu_out)), on_cpu(lse_shape, to_host_f32(gpu_lse)),
+                     cu_seqlens, shape);
+  struct Gradients {
+    std::vector<float> dq, dk, dv;
+  };
+  auto backward = [&](cuda::BackwardKernels kernels) {
+    OwnedTensor dq(q_shape, DType::bf16, Device::cuda), dk(kv_shape, DType::bf16, Device::cuda),
+        dv(kv_shape, DType::bf16, Device::cuda);
+    cuda::attention_backward(dq, dk, dv, gpu_dout, gpu_q, gpu_k, gpu_v, gpu_out, gpu_lse,
+                             cu_seqlens, shape, AttentionBackward::recompute_dq, kernels);
+    return Gradients{to_host_f32(dq), to_host_f32(dk), to_host_f32(dv)};
+  };
+  const Gradients mma = kEmulated ? Gradients{} : backward(cuda::BackwardKernels::mma);
+  std::string errors;
+  for (cuda::BackwardKernels kernels : cuda::kBackwardKernels) {
+    if (kernels == cuda::BackwardKernels::mma) continue;
+    if (kEmulated && kernels != cuda::BackwardKernels::warpgroups) continue;
+    const std::string name = cuda::backward_kernels_name(kernels);
+    const Gradients hopper = backward(kernels);
+    const double dq_error = relative_error(hopper.dq, cpu_dq);
+    const double dk_error = relative_error(hopper.dk, cpu_dk);
+    const double dv_error = relative_error(hopper.dv, cpu_dv);
+    EXPECT_LT(dq_error, kOutputTolerance) << name << " dq";
+    EXPECT_LT(dk_error, kOutputTolerance) << name << " dk";
+    EXPECT_LT(dv_error, kOutputTolerance) << name << " dv";
+    errors += name + " dq " + std::to_string(dq_error) + " dk " + std::to_string(dk_error) +
+              " dv " + std::to_string(dv_error) + "; ";
+    if (kernels == cuda::BackwardKernels::warpgroup_dq) {
+      EXPECT_EQ(hopper.dk, mma.dk) << "dk beside the warpgroup dQ pass";
+      EXPECT_EQ(hopper.dv, mma.dv) << "dv beside the warpgroup dQ pass";
+    }
+    if (kernels == cuda::BackwardKernels::warpgroup_dkdv) {
+      EXPECT_EQ(hopper.dq, mma.dq) << "dq beside the warpgroup dK/dV pass";
+    }
+    if (kEmulated) continue;
+    const Gradients again = backward(kernels);
+    EXPECT_EQ(again.dq, hopper.dq) << name << " dq differs between two runs";
+    EXPECT_EQ(again.dk, hopper.dk) << name << " dk differs between two runs";
+    EXPECT_EQ(again.dv, hopper.dv) << name << " dv differs between two runs";
+  }
+  RecordProperty("relative_errors", errors);
 }
 
 // Lengths cover 0, 1, odd lengths, exact tiles (64) and tails (65, 130, 200); windows below, at and
@@ -244,7 +322,9 @@ const std::vector<AttentionCase> kCases = {
     AttentionCase{"rowwise_window2_gqa8_d100", {45, 1, 2}, {8, 1, 100, 2}},
     AttentionCase{"rowwise_causal_gqa2_d256", {20, 9}, {2, 1, 256, 0}}};
 
-std::string case_name(const ::testing::TestParamInfo<AttentionCase>& info) { return info.param.name; }
+std::string case_name(const ::testing::TestParamInfo<AttentionCase>& info) {
+  return info.param.name;
+}
 
 // The cases of the flash head dims, 64 and 128.
 std::vector<AttentionCase> flash_cases() {

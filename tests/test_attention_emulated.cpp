@@ -185,6 +185,34 @@ std::string run_forward_warpgroups(const flash::AttentionParams& p, int longest,
       flash::kWarpgroupForwardThreads);
 }
 
+// The Hopper dQ pass (128-query tiles on two warpgroups), for the sequences from first_sequence
+// on; lse and D come from the kernels run before it.
+template <int kHeadDim>
+std::string run_dq_warpgroups(const flash::AttentionParams& p, int longest, int first_sequence,
+                              int sequences) {
+  constexpr int kQueryRows = flash::kForwardWarpgroups * flash::kTileRows;
+  return launch_tiles(
+      (longest + kQueryRows - 1) / kQueryRows, p.heads, first_sequence, sequences,
+      flash::backward_dq_warpgroups_shared_bytes<kHeadDim>(),
+      [&](char* shared, flash::TileCoordinates at, int thread) {
+        flash::backward_dq_warpgroups_block<kHeadDim>(p, shared, at, thread);
+      },
+      flash::kWarpgroupForwardThreads);
+}
+
+// The Hopper dK/dV pass (64-key tiles on one warpgroup), for the sequences from first_sequence
+// on; lse and D come from the kernels run before it.
+template <int kHeadDim>
+std::string run_dkdv_warpgroup(const flash::AttentionParams& p, int longest, int first_sequence,
+                               int sequences) {
+  return launch_tiles((longest + flash::kTileRows - 1) / flash::kTileRows, p.kv_heads,
+                      first_sequence, sequences,
+                      flash::backward_dkdv_warpgroup_shared_bytes<kHeadDim>(),
+                      [&](char* shared, flash::TileCoordinates at, int thread) {
+                        flash::backward_dkdv_warpgroup_block<kHeadDim>(p, shared, at, thread);
+                      });
+}
+
 // The forward (64-query tiles) and the three backward kernels, in the order kernels/attention.cu
 // launches them, for the sequences from first_sequence on, whose first token is first_token.
 template <int kHeadDim>
@@ -415,6 +443,7 @@ TEST_P(AttentionEmulated, MatchesCpuReference) {
          << " dq " << dq_error << " dk " << dk_error << " dv " << dv_error;
   RecordProperty("relative_errors", errors.str());
 
+
   // The forward with 128-query tiles (32 rows per warp) gives the same bits (kernels/attention.h).
   if (dim == 64 || dim == 128) {
     poison_forward_outputs();
@@ -458,6 +487,28 @@ TEST_P(AttentionEmulated, MatchesCpuReference) {
       EXPECT_EQ(read_rows(gpu->dv, kv_rows), default_dv) << "dv beside the " << name << " dq";
       errors << " " << name << " dq " << share_dq_error;
     }
+    RecordProperty("relative_errors", errors.str());
+  }
+
+  // The Hopper passes, from the same lse and D (the 128-query forward's out and lse are the
+  // default's bits): dq, dk and dv within the same tolerance.
+  if (dim == 64 || dim == 128) {
+    gpu->dq.poison(q_rows.first(), q_rows.count());
+    for (auto* output : {&gpu->dk, &gpu->dv}) output->poison(kv_rows.first(), kv_rows.count());
+    const std::string error =
+        dim == 64 ? run_dq_warpgroups<64>(params, longest, first_sequence, sequences) +
+                        run_dkdv_warpgroup<64>(params, longest, first_sequence, sequences)
+                  : run_dq_warpgroups<128>(params, longest, first_sequence, sequences) +
+                        run_dkdv_warpgroup<128>(params, longest, first_sequence, sequences);
+    ASSERT_EQ(error, "");
+    const double warpgroups_dq_error = error_against(read_rows(gpu->dq, q_rows), cpu_dq);
+    const double warpgroup_dk_error = error_against(read_rows(gpu->dk, kv_rows), cpu_dk);
+    const double warpgroup_dv_error = error_against(read_rows(gpu->dv, kv_rows), cpu_dv);
+    EXPECT_LT(warpgroups_dq_error, kOutputTolerance) << "dq of the warpgroup dQ pass";
+    EXPECT_LT(warpgroup_dk_error, kOutputTolerance) << "dk of the warpgroup dK/dV pass";
+    EXPECT_LT(warpgroup_dv_error, kOutputTolerance) << "dv of the warpgroup dK/dV pass";
+    errors << " warpgroups dq " << warpgroups_dq_error << " dk " << warpgroup_dk_error << " dv "
+           << warpgroup_dv_error;
     RecordProperty("relative_errors", errors.str());
   }
 

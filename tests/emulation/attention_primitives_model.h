@@ -296,13 +296,15 @@ inline SharedMatrix decode_descriptor(uint64_t descriptor) {
 // The bf16 at a shared-window address after the 128-byte swizzle, read through the async proxy.
 inline float swizzled_shared_bf16(uint32_t address) {
   address ^= ((address >> 7) & 7) << 4;
-  const std::byte* row = emulation::block().dynamic_shared() + (address & ~15u) - kSharedWindowStart;
+  const std::byte* row =
+      emulation::block().dynamic_shared() + (address & ~15u) - kSharedWindowStart;
   return bf16_to_f32(uint16_t(element_bits(
       emulation::block().shared_row_for_async_read(row, "wgmma"), int(address & 15) / 2)));
 }
 
 inline float k_major_element(const SharedMatrix& m, int row, int k) {
-  return swizzled_shared_bf16(m.start + uint32_t((row / 8) * m.stride_bytes + (row % 8) * 128 + k * 2));
+  return swizzled_shared_bf16(m.start +
+                              uint32_t((row / 8) * m.stride_bytes + (row % 8) * 128 + k * 2));
 }
 
 inline float mn_major_element(const SharedMatrix& m, int k, int col) {
@@ -310,8 +312,8 @@ inline float mn_major_element(const SharedMatrix& m, int k, int col) {
                                                  (k / 8) * m.stride_bytes + (k % 8) * 128));
 }
 
-// Starts d (kColumns / 8 n8 tiles of this thread) = a(row, k) * b(k, col) summed over k + (accumulate
-// ? d : 0), rows counted within the warpgroup, done when the thread waits for it.
+// Starts d (kColumns / 8 n8 tiles of this thread) = the sum over k of a(row, k) * b(k, col),
+// plus d when `accumulate`, rows counted within the warpgroup: done when the thread waits.
 template <int kColumns, class A, class B>
 void start_warpgroup_multiply(float (&d)[kColumns / 8][4], A a, B b, bool accumulate) {
   const int lane = emulation::block().lane();
@@ -347,7 +349,8 @@ inline void warpgroup_multiply_registers(float (&d)[kColumns / 8][4], const uint
       });
   // The warp's A fragment, as mma_bf16_16x8x16 reads it; rows within the warpgroup.
   std::array<std::array<uint32_t, 4>, kWarpSize> fragments;
-  for (int l = 0; l < kWarpSize; ++l) std::copy(slot.a[l], slot.a[l] + 4, fragments[size_t(l)].begin());
+  for (int l = 0; l < kWarpSize; ++l)
+    std::copy(slot.a[l], slot.a[l] + 4, fragments[size_t(l)].begin());
   auto a_value = [fragments](int row, int k) {
     row %= 16;
     const int lane = (row % 8) * 4 + (k % 8) / 2, reg = row / 8 + 2 * (k / 8);

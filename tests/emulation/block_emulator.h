@@ -350,7 +350,9 @@ class BlockEmulator {
 
   // Asynchronous work of the running thread, done when the thread waits for its group: started,
   // closed in groups by commit_async, and wait_async(n) returns once at most n groups are left.
-  void start_async(std::function<void()> work) { fiber().uncommitted_async.push_back(std::move(work)); }
+  void start_async(std::function<void()> work) {
+    fiber().uncommitted_async.push_back(std::move(work));
+  }
   void commit_async() {
     fiber().committed_async.push_back(std::move(fiber().uncommitted_async));
     fiber().uncommitted_async.clear();

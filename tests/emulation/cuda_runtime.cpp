@@ -300,7 +300,9 @@ const char* cudaGetErrorString(cudaError_t error) {
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int device) {
   if (device < 0 || device >= cst::emulation::kDeviceCount) return cudaErrorInvalidDevice;
   switch (attribute) {
-    case cudaDevAttrMultiProcessorCount: *value = cst::emulation::kMultiprocessors; return cudaSuccess;
+    case cudaDevAttrMultiProcessorCount:
+      *value = cst::emulation::kMultiprocessors;
+      return cudaSuccess;
     case cudaDevAttrComputeCapabilityMajor: *value = 9; return cudaSuccess;
     case cudaDevAttrComputeCapabilityMinor: *value = 0; return cudaSuccess;
     default: return cudaErrorInvalidValue;

@@ -3,8 +3,8 @@
 // forward also with each query tile (64 rows, 16 per warp; 128 rows, 32 per warp; 128 rows in
 // 32-key steps), and the backward with each way of forming dq (AttentionBackward: recomputed in
 // a pass of its own, the default; added by the dK/dV blocks in key order; by atomics), so that
-// one run tells which to make the default. The Hopper forward (ForwardQueryTile::
-// rows128_warpgroups, compute capability 9.0 only) has a table of its own, --hopper, which
+// one run tells which to make the default. The Hopper kernels (the rows128_warpgroups forward,
+// BackwardKernels; compute capability 9.0 only) have a table of their own, --hopper, which
 // tools/gpu_check.sh runs as a process of its own: a kernel that faults would take the whole
 // process's CUDA context, and the main table with it.
 // Causal FLOPs count only the visible half: forward 4 * N * T * H * D / 2 (two matmuls, 2 FLOPs
@@ -15,7 +15,7 @@
 //   attention_bench [--json FILE]          the table, and optionally the rows as JSON
 //   attention_bench --dump DIR [--window W]  runs one small mixed-length case and writes its
 //       inputs and outputs for tools/python/check_attention_sdpa.py
-//   attention_bench --hopper               the Hopper forward beside the default one, per length
+//   attention_bench --hopper               the Hopper kernels beside the default ones, per length
 //   attention_bench --profile T            exactly one forward and one backward of each kind
 //       over the table's batch in sequences of T, for a profiler: under `ncu` each kernel launch
 //       is one profiled result (tools/gpu_check.sh, docs/benchmarks.md)
@@ -93,6 +93,13 @@ void backward(const Inputs& in, const std::vector<int32_t>& cu_seqlens,
                           cu_seqlens, shape, mode);
 }
 
+// The backward with dq recomputed in a pass of its own, on chosen kernels.
+void backward_with_kernels(const Inputs& in, const std::vector<int32_t>& cu_seqlens,
+                           const cst::AttentionShape& shape, cst::cuda::BackwardKernels kernels) {
+  cst::cuda::attention_backward(in.dq, in.dk, in.dv, in.dout, in.q, in.k, in.v, in.out, in.lse,
+                                cu_seqlens, shape, cst::AttentionBackward::recompute_dq, kernels);
+}
+
 // Mean milliseconds per call over `repeats` calls, after warm-up calls.
 template <class Call>
 double time_ms(Call call, int repeats) {
@@ -163,25 +170,39 @@ nlohmann::json benchmark(Inputs& in, int seqlen) {
           {"backward_atomic_dq_tflops", backward_flops / backward_atomic_ms * 1e-9}};
 }
 
-// The Hopper forward against the default forward, at every length of the table.
+// The Hopper kernels against the default ones, at every length of the table, in TFLOP/s: the
+// forward with each tile, and the backward with dq recomputed on each choice of kernels.
 void hopper_table() {
+  using cst::cuda::BackwardKernels;
   using cst::cuda::ForwardQueryTile;
-  if (!cst::cuda::forward_query_tile_runs(ForwardQueryTile::rows128_warpgroups))
-    cst::fail("attention_bench: --hopper: the warpgroup forward needs a GPU of compute capability 9.0");
-  std::printf("cst flash attention forward on Hopper (warpgroup multiplies), head_dim 128, causal, "
-              "32 heads / 8 kv heads, 16384 tokens\n");
-  std::printf("%8s %18s %18s %10s\n", "seqlen", "default fwd TF/s", "warpgroup fwd TF/s", "ratio");
+  if (!cst::cuda::warpgroup_kernels_run())
+    cst::fail("attention_bench: --hopper: the warpgroup kernels need a GPU of compute "
+              "capability 9.0");
+  std::printf("cst flash attention on Hopper (warpgroup multiplies), TFLOP/s, head_dim 128, "
+              "causal, 32 heads / 8 kv heads, 16384 tokens\n");
+  std::printf("%8s %8s %14s %8s %16s %18s %14s\n", "seqlen", "fwd", "fwd warpgroups", "bwd mma",
+              "bwd warpgroup_dq", "bwd warpgroup_dkdv", "bwd warpgroups");
   Inputs in = make_inputs(kTokens, kShape, 1);
   for (int seqlen : {512, 1024, 2048, 4096}) {
     const std::vector<int32_t> cu_seqlens = equal_sequences(seqlen);
-    auto tflops = [&](ForwardQueryTile tile) {
-      const double ms = time_ms([&] { forward_with_tile(in, cu_seqlens, kShape, tile); }, 20);
-      return 4.0 * double(kTokens) * seqlen * kShape.heads * kShape.head_dim / 2 / ms * 1e-9;
+    const double forward_flops =
+        4.0 * double(kTokens) * seqlen * kShape.heads * kShape.head_dim / 2;
+    auto forward_tflops = [&](ForwardQueryTile tile) {
+      return forward_flops /
+             time_ms([&] { forward_with_tile(in, cu_seqlens, kShape, tile); }, 20) * 1e-9;
     };
-    const double default_tflops = tflops(cst::cuda::kDefaultForwardQueryTile);
-    const double hopper_tflops = tflops(ForwardQueryTile::rows128_warpgroups);
-    std::printf("%8d %18.1f %18.1f %9.2fx\n", seqlen, default_tflops, hopper_tflops,
-                hopper_tflops / default_tflops);
+    auto backward_tflops = [&](BackwardKernels kernels) {
+      return 2.5 * forward_flops /
+             time_ms([&] { backward_with_kernels(in, cu_seqlens, kShape, kernels); }, 20) * 1e-9;
+    };
+    const double forward_default = forward_tflops(cst::cuda::kDefaultForwardQueryTile);
+    const double forward_hopper = forward_tflops(ForwardQueryTile::rows128_warpgroups);
+    forward(in, cu_seqlens, kShape);  // the backward's out and lse
+    std::printf("%8d %8.1f %14.1f", seqlen, forward_default, forward_hopper);
+    std::printf(" %8.1f", backward_tflops(BackwardKernels::mma));
+    std::printf(" %16.1f", backward_tflops(BackwardKernels::warpgroup_dq));
+    std::printf(" %18.1f", backward_tflops(BackwardKernels::warpgroup_dkdv));
+    std::printf(" %14.1f\n", backward_tflops(BackwardKernels::warpgroups));
   }
 }
 
@@ -196,8 +217,8 @@ void write_raw(const std::filesystem::path& path, const cst::Tensor& device) {
 // One forward and each backward once and nothing else, so that a profiler sees each attention
 // kernel once (forward, then D, dK/dV and dQ; then D and dK/dV with dQ in key order; then D,
 // dK/dV with atomic dQ and the conversion of its accumulator; then the forward in 32-key steps,
-// and last, on Hopper, the warpgroup forward): no warm-up, since a profiler replays each launch
-// itself.
+// and last, on Hopper, the warpgroup forward and D and both warpgroup passes): no warm-up, since
+// a profiler replays each launch itself.
 void profile_once(int seqlen) {
   const std::vector<int32_t> cu_seqlens = equal_sequences(seqlen);
   Inputs in = make_inputs(kTokens, kShape, 1);
@@ -206,14 +227,15 @@ void profile_once(int seqlen) {
   backward(in, cu_seqlens, kShape, cst::AttentionBackward::ordered_dq);
   backward(in, cu_seqlens, kShape, cst::AttentionBackward::atomic_dq);
   forward_with_tile(in, cu_seqlens, kShape, cst::cuda::ForwardQueryTile::rows128_steps32);
-  const bool hopper =
-      cst::cuda::forward_query_tile_runs(cst::cuda::ForwardQueryTile::rows128_warpgroups);
-  if (hopper)
+  const bool hopper = cst::cuda::warpgroup_kernels_run();
+  if (hopper) {
     forward_with_tile(in, cu_seqlens, kShape, cst::cuda::ForwardQueryTile::rows128_warpgroups);
+    backward_with_kernels(in, cu_seqlens, kShape, cst::cuda::BackwardKernels::warpgroups);
+  }
   cst::cuda::synchronize();
   std::printf("attention_bench --profile: one forward and the three backwards (dq recomputed, "
               "ordered, atomic), then the forward in 32-key steps%s, ",
-              hopper ? " and the warpgroup forward" : "");
+              hopper ? ", the warpgroup forward and the backward on warpgroups" : "");
   std::printf("%lld tokens in sequences of %d, %d heads / %d kv heads of %d\n",
               static_cast<long long>(kTokens), seqlen, kShape.heads, kShape.kv_heads,
               kShape.head_dim);
