@@ -51,7 +51,7 @@ __global__ void __launch_bounds__(flash::kThreads) forward_kernel(AttentionParam
 // Compiled for every architecture, but its warpgroup multiplies exist only on sm_90a: elsewhere
 // they trap, and forward_for_head_dim launches it only on a device of compute capability 9.0.
 template <int kHeadDim>
-__global__ void __launch_bounds__(flash::kWarpgroupForwardThreads)
+__global__ void __launch_bounds__(flash::kQueryTileThreads)
     forward_warpgroups_kernel(AttentionParams params) {
   char* shared = reinterpret_cast<char*>(dynamic_shared_memory());
   flash::forward_warpgroups_block<kHeadDim>(params, shared, query_tile_coordinates(),
@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(flash::kThreads) dkdv_warpgroup_kernel(Attenti
 }
 
 template <int kHeadDim>
-__global__ void __launch_bounds__(flash::kWarpgroupForwardThreads)
+__global__ void __launch_bounds__(flash::kQueryTileThreads)
     dq_warpgroups_kernel(AttentionParams params) {
   char* shared = reinterpret_cast<char*>(dynamic_shared_memory());
   flash::backward_dq_warpgroups_block<kHeadDim>(params, shared, query_tile_coordinates(),
@@ -218,11 +218,11 @@ void forward_with_row_blocks(const AttentionParams& params, const DeviceOffsets&
 
 template <int kHeadDim>
 void forward_with_warpgroups(const AttentionParams& params, const DeviceOffsets& offsets) {
-  constexpr int kQueryRows = flash::kForwardWarpgroups * flash::kTileRows;
+  constexpr int kQueryRows = flash::kQueryTileWarpgroups * flash::kTileRows;
   launch_tiles(forward_warpgroups_kernel<kHeadDim>,
                flash::forward_warpgroups_shared_bytes<kHeadDim>(),
                ceil_div(offsets.max_seqlen, kQueryRows), params.heads, offsets, params,
-               flash::kWarpgroupForwardThreads);
+               flash::kQueryTileThreads);
 }
 
 template <int kHeadDim>
@@ -300,11 +300,11 @@ void dkdv_and_dq_passes(const AttentionParams& params, const DeviceOffsets& offs
                  flash::dkdv_shared_bytes<kHeadDim, flash::DqShare::none>(), key_tiles,
                  params.kv_heads, offsets, params);
   if (uses_warpgroup_dq(kernels)) {
-    constexpr int kQueryRows = flash::kForwardWarpgroups * flash::kTileRows;
+    constexpr int kQueryRows = flash::kQueryTileWarpgroups * flash::kTileRows;
     launch_tiles(dq_warpgroups_kernel<kHeadDim>,
                  flash::backward_dq_warpgroups_shared_bytes<kHeadDim>(),
                  ceil_div(offsets.max_seqlen, kQueryRows), params.heads, offsets, params,
-                 flash::kWarpgroupForwardThreads);
+                 flash::kQueryTileThreads);
   } else {
     launch_tiles(dq_kernel<kHeadDim>, flash::dq_shared_bytes<kHeadDim>(),
                  ceil_div(offsets.max_seqlen, flash::kTileRows), params.heads, offsets, params);

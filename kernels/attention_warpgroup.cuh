@@ -39,8 +39,8 @@
 namespace cst::cuda::flash {
 
 constexpr int kWarpgroupThreads = 128;  // four warps
-constexpr int kForwardWarpgroups = 2;
-constexpr int kWarpgroupForwardThreads = kForwardWarpgroups * kWarpgroupThreads;
+constexpr int kQueryTileWarpgroups = 2;  // per 128-query tile (the forward, the dQ pass)
+constexpr int kQueryTileThreads = kQueryTileWarpgroups * kWarpgroupThreads;
 constexpr int kSwizzleAtomBytes = 1024;  // 8 rows of 128 bytes: the pattern the swizzle repeats
 
 // ---- operand descriptors (PTX ISA, "Matrix Descriptor Format") ----
@@ -85,7 +85,7 @@ CST_FLASH_DEVICE bf16* align_to_swizzle_atom(char* shared) {
 
 template <int kHeadDim>
 constexpr int forward_warpgroups_shared_bytes() {  // 2 Q + 2 K + 2 V, and room to align
-  return (kForwardWarpgroups + 4) * kTileRows * kHeadDim * int(sizeof(bf16)) + kSwizzleAtomBytes;
+  return (kQueryTileWarpgroups + 4) * kTileRows * kHeadDim * int(sizeof(bf16)) + kSwizzleAtomBytes;
 }
 
 // Every thread's copies have landed and are visible to the multiplies, which read shared
@@ -139,8 +139,8 @@ template <int kHeadDim>
 CST_FLASH_DEVICE void load_query_tiles(bf16* tiles, const bf16* tensor, int heads_in_tensor,
                                        int seq_start, int seq_len, int query0, int head,
                                        int thread) {
-  for (int g = 0; g < kForwardWarpgroups; ++g)
-    load_tile_async<kHeadDim, TileLayout::panels, kWarpgroupForwardThreads>(
+  for (int g = 0; g < kQueryTileWarpgroups; ++g)
+    load_tile_async<kHeadDim, TileLayout::panels, kQueryTileThreads>(
         tiles + g * kTileRows * kHeadDim, tensor, heads_in_tensor,
         tile_source(seq_start, seq_len, query0 + g * kTileRows, head), thread);
 }
@@ -173,7 +173,7 @@ CST_FLASH_DEVICE WarpgroupThread warpgroup_thread(int thread) {
 template <int kHeadDim>
 CST_FLASH_DEVICE void forward_warpgroups_block(const AttentionParams& p, char* shared,
                                                TileCoordinates at, int thread) {
-  constexpr int kQueryRows = kForwardWarpgroups * kTileRows;
+  constexpr int kQueryRows = kQueryTileWarpgroups * kTileRows;
   constexpr int kTileElements = kTileRows * kHeadDim;
   const WarpgroupThread me = warpgroup_thread(thread);
   const int lane = me.lane, warpgroup = me.warpgroup, warp_row0 = me.warp_row0;
@@ -182,8 +182,8 @@ CST_FLASH_DEVICE void forward_warpgroups_block(const AttentionParams& p, char* s
   const float scale_log2 = p.scale * kLog2e;
 
   bf16* q_tiles = align_to_swizzle_atom(shared);  // one per warpgroup
-  const auto keys = key_tile_stream<kHeadDim, TileLayout::panels, kWarpgroupForwardThreads>(
-      q_tiles + kForwardWarpgroups * kTileElements, block.query0, kQueryRows, block.seq_len,
+  const auto keys = key_tile_stream<kHeadDim, TileLayout::panels, kQueryTileThreads>(
+      q_tiles + kQueryTileWarpgroups * kTileElements, block.query0, kQueryRows, block.seq_len,
       p.window);
   load_query_tiles<kHeadDim>(q_tiles, p.q, p.heads, block.seq_start, block.seq_len, block.query0,
                              at.head, thread);
@@ -274,14 +274,14 @@ CST_FLASH_DEVICE void forward_warpgroups_block(const AttentionParams& p, char* s
 
 template <int kHeadDim>
 constexpr int backward_dq_warpgroups_shared_bytes() {  // 2 Q + 2 dO + 3 K + 2 V, and alignment
-  return (2 * kForwardWarpgroups + 5) * kTileRows * kHeadDim * int(sizeof(bf16)) +
+  return (2 * kQueryTileWarpgroups + 5) * kTileRows * kHeadDim * int(sizeof(bf16)) +
          kSwizzleAtomBytes;
 }
 
 template <int kHeadDim>
 CST_FLASH_DEVICE void backward_dq_warpgroups_block(const AttentionParams& p, char* shared,
                                                    TileCoordinates at, int thread) {
-  constexpr int kQueryRows = kForwardWarpgroups * kTileRows;
+  constexpr int kQueryRows = kQueryTileWarpgroups * kTileRows;
   constexpr int kTileElements = kTileRows * kHeadDim;
   constexpr int kKeyBuffers = 3;
   const WarpgroupThread me = warpgroup_thread(thread);
@@ -291,9 +291,9 @@ CST_FLASH_DEVICE void backward_dq_warpgroups_block(const AttentionParams& p, cha
   const float scale_log2 = p.scale * kLog2e;
 
   bf16* q_tiles = align_to_swizzle_atom(shared);  // one per warpgroup, then the dO tiles
-  bf16* dout_tiles = q_tiles + kForwardWarpgroups * kTileElements;
-  const auto keys = key_tile_stream<kHeadDim, TileLayout::panels, kWarpgroupForwardThreads>(
-      dout_tiles + kForwardWarpgroups * kTileElements, block.query0, kQueryRows, block.seq_len,
+  bf16* dout_tiles = q_tiles + kQueryTileWarpgroups * kTileElements;
+  const auto keys = key_tile_stream<kHeadDim, TileLayout::panels, kQueryTileThreads>(
+      dout_tiles + kQueryTileWarpgroups * kTileElements, block.query0, kQueryRows, block.seq_len,
       p.window, kKeyBuffers);
   load_query_tiles<kHeadDim>(q_tiles, p.q, p.heads, block.seq_start, block.seq_len, block.query0,
                              at.head, thread);

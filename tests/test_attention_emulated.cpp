@@ -171,33 +171,36 @@ std::string run_forward(const flash::AttentionParams& p, int longest, int first_
                       });
 }
 
-// The Hopper forward: 128-query tiles on two warpgroups, for the sequences from first_sequence on.
+// The Hopper kernels of 128-query tiles on two warpgroups (the forward, the dQ pass), for the
+// sequences from first_sequence on.
+template <class BlockFunction>
+std::string run_warpgroup_query_tiles(const flash::AttentionParams& p, int longest,
+                                      int first_sequence, int sequences, int shared_bytes,
+                                      BlockFunction block_function) {
+  constexpr int kQueryRows = flash::kQueryTileWarpgroups * flash::kTileRows;
+  return launch_tiles(
+      (longest + kQueryRows - 1) / kQueryRows, p.heads, first_sequence, sequences, shared_bytes,
+      [&](char* shared, flash::TileCoordinates at, int thread) {
+        block_function(p, shared, at, thread);
+      },
+      flash::kQueryTileThreads);
+}
+
 template <int kHeadDim>
 std::string run_forward_warpgroups(const flash::AttentionParams& p, int longest,
                                    int first_sequence, int sequences) {
-  constexpr int kQueryRows = flash::kForwardWarpgroups * flash::kTileRows;
-  return launch_tiles(
-      (longest + kQueryRows - 1) / kQueryRows, p.heads, first_sequence, sequences,
-      flash::forward_warpgroups_shared_bytes<kHeadDim>(),
-      [&](char* shared, flash::TileCoordinates at, int thread) {
-        flash::forward_warpgroups_block<kHeadDim>(p, shared, at, thread);
-      },
-      flash::kWarpgroupForwardThreads);
+  return run_warpgroup_query_tiles(p, longest, first_sequence, sequences,
+                                   flash::forward_warpgroups_shared_bytes<kHeadDim>(),
+                                   flash::forward_warpgroups_block<kHeadDim>);
 }
 
-// The Hopper dQ pass (128-query tiles on two warpgroups), for the sequences from first_sequence
-// on; lse and D come from the kernels run before it.
+// lse and D come from the kernels run before it.
 template <int kHeadDim>
 std::string run_dq_warpgroups(const flash::AttentionParams& p, int longest, int first_sequence,
                               int sequences) {
-  constexpr int kQueryRows = flash::kForwardWarpgroups * flash::kTileRows;
-  return launch_tiles(
-      (longest + kQueryRows - 1) / kQueryRows, p.heads, first_sequence, sequences,
-      flash::backward_dq_warpgroups_shared_bytes<kHeadDim>(),
-      [&](char* shared, flash::TileCoordinates at, int thread) {
-        flash::backward_dq_warpgroups_block<kHeadDim>(p, shared, at, thread);
-      },
-      flash::kWarpgroupForwardThreads);
+  return run_warpgroup_query_tiles(p, longest, first_sequence, sequences,
+                                   flash::backward_dq_warpgroups_shared_bytes<kHeadDim>(),
+                                   flash::backward_dq_warpgroups_block<kHeadDim>);
 }
 
 // The Hopper dK/dV pass (64-key tiles on one warpgroup), for the sequences from first_sequence
@@ -442,7 +445,6 @@ TEST_P(AttentionEmulated, MatchesCpuReference) {
   errors << std::scientific << std::setprecision(2) << "out " << out_error << " lse " << lse_error
          << " dq " << dq_error << " dk " << dk_error << " dv " << dv_error;
   RecordProperty("relative_errors", errors.str());
-
 
   // The forward with 128-query tiles (32 rows per warp) gives the same bits (kernels/attention.h).
   if (dim == 64 || dim == 128) {
