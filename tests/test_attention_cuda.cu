@@ -28,6 +28,8 @@
 #include <vector>
 
 #include "kernels/attention.h"
+#include "kernels/attention_warpgroup.cuh"
+#include "kernels/cuda_common.cuh"
 #include "kernels/device.h"
 #include "tests/op_reference.h"
 
@@ -352,6 +354,192 @@ TEST(AttentionCudaArguments, RejectsUnsupportedHeadDim) {
         << error.what();
   }
 }
+
+// ---- The Hopper products alone ----
+//
+// Each warpgroup product of the Hopper kernels (kernels/attention_warpgroup.cuh), run by one
+// warpgroup on tiles loaded as those kernels load them (cp.async into 128-byte-swizzled panels)
+// and holding small integers: exact in bf16, with every f32 sum of their products exact, so the
+// result must equal the host's sums bit for bit. Should the Hopper attention kernels fail on a
+// GPU, these tell whether the products themselves (descriptors, swizzle, fragment layouts) are
+// wrong or the kernels around them.
+
+namespace flash = cuda::flash;
+
+// A warpgroup's 64 x kColumns accumulator (thread t: warp t / 32 owns rows 16 (t / 32) .. + 15,
+// as C fragments) to or from a row-major (64, kColumns) array.
+template <int kColumns>
+__device__ void store_fragments(float* matrix, const float (&fragments)[kColumns / 8][4], int thread) {
+  const int lane = thread % 32, row0 = thread / 32 * 16;
+  for (int n = 0; n < kColumns / 8; ++n)
+    for (int e = 0; e < 4; ++e)
+      matrix[(row0 + flash::fragment_row(lane, e)) * kColumns + flash::fragment_col(lane, n, e)] =
+          fragments[n][e];
+}
+
+template <int kColumns>
+__device__ void load_fragments(float (&fragments)[kColumns / 8][4], const float* matrix, int thread) {
+  const int lane = thread % 32, row0 = thread / 32 * 16;
+  for (int n = 0; n < kColumns / 8; ++n)
+    for (int e = 0; e < 4; ++e)
+      fragments[n][e] =
+          matrix[(row0 + flash::fragment_row(lane, e)) * kColumns + flash::fragment_col(lane, n, e)];
+}
+
+// Starts copying a row-major (64, kHeadDim) matrix into a tile in TileLayout::panels.
+template <int kHeadDim>
+__device__ void load_panel_tile(flash::bf16* tile, const flash::bf16* matrix, int thread) {
+  flash::load_tile_async<kHeadDim, flash::TileLayout::panels, flash::kWarpgroupThreads>(
+      tile, matrix, 1, flash::tile_source(0, flash::kTileRows, 0, 0), thread);
+}
+
+template <int kHeadDim>
+constexpr int two_tiles_shared_bytes() {
+  return 2 * flash::kTileRows * kHeadDim * int(sizeof(flash::bf16)) + flash::kSwizzleAtomBytes;
+}
+
+// product (64, 64) = left (64, kHeadDim) right (64, kHeadDim)^T: S = Q K^T.
+template <int kHeadDim>
+__global__ void rows_times_rows_kernel(float* product, const flash::bf16* left,
+                                       const flash::bf16* right) {
+  const int thread = threadIdx.x;
+  flash::bf16* left_tile =
+      flash::align_to_swizzle_atom(reinterpret_cast<char*>(cuda::dynamic_shared_memory()));
+  flash::bf16* right_tile = left_tile + flash::kTileRows * kHeadDim;
+  load_panel_tile<kHeadDim>(left_tile, left, thread);
+  load_panel_tile<kHeadDim>(right_tile, right, thread);
+  flash::copy_async_commit();
+  flash::wait_for_tiles();
+  float result[flash::kTileRows / 8][4];
+  flash::warpgroup_fence();
+  flash::start_rows_times_rows<kHeadDim>(result, left_tile, right_tile);
+  flash::warpgroup_wait<0>();
+  flash::hold_registers(result);
+  store_fragments<flash::kTileRows>(product, result, thread);
+}
+
+// result (64, kHeadDim) = initial + weights (64, 64) tile (64, kHeadDim): O += P V, the weights
+// going from C fragments to bf16 A fragments as the softmax's do.
+template <int kHeadDim>
+__global__ void weights_times_tile_kernel(float* result, const float* initial, const float* weights,
+                                          const flash::bf16* tile) {
+  const int thread = threadIdx.x;
+  flash::bf16* shared_tile =
+      flash::align_to_swizzle_atom(reinterpret_cast<char*>(cuda::dynamic_shared_memory()));
+  load_panel_tile<kHeadDim>(shared_tile, tile, thread);
+  flash::copy_async_commit();
+  float weight_values[flash::kTileRows / 8][4], accumulator[kHeadDim / 8][4];
+  uint32_t weight_fragments[flash::kTileRows / 16][4];
+  load_fragments<flash::kTileRows>(weight_values, weights, thread);
+  flash::pack_a_fragments<flash::kTileRows>(weight_fragments, weight_values);
+  load_fragments<kHeadDim>(accumulator, initial, thread);
+  flash::wait_for_tiles();
+  flash::warpgroup_fence();
+  flash::start_accumulate_weights_times_tile<kHeadDim>(accumulator, weight_fragments, shared_tile);
+  flash::warpgroup_wait<0>();
+  flash::hold_registers(accumulator);
+  flash::hold_registers(weight_fragments);
+  store_fragments<kHeadDim>(result, accumulator, thread);
+}
+
+// Integers in [-4, 4]: a sum of 128 products of two stays below 2^11, far inside f32's 2^24.
+std::vector<float> small_integers(test::Rng& rng, int64_t count) {
+  std::vector<float> values(static_cast<size_t>(count));
+  for (float& value : values) value = float(rng.integer(-4, 4));
+  return values;
+}
+
+OwnedTensor on_gpu_f32(const std::vector<int64_t>& shape, const std::vector<float>& values) {
+  OwnedTensor device(shape, DType::f32, Device::cuda);
+  copy_tensor(device, on_cpu(shape, values));
+  return device;
+}
+
+// How many elements differ from the expected sums, and where the first one is.
+std::string exact_mismatches(const std::vector<float>& got, const std::vector<double>& expected,
+                             int columns) {
+  int wrong = 0;
+  std::string first;
+  for (size_t i = 0; i < got.size(); ++i)
+    if (double(got[i]) != expected[i] && wrong++ == 0)
+      first = " (first at row " + std::to_string(i / columns) + ", column " +
+              std::to_string(i % columns) + ": " + std::to_string(got[i]) + " for " +
+              std::to_string(expected[i]) + ")";
+  return wrong == 0 ? "" : std::to_string(wrong) + " of " + std::to_string(got.size()) +
+                               " elements wrong" + first;
+}
+
+class AttentionHopperProducts : public ::testing::TestWithParam<int> {  // the head dim
+ protected:
+  void SetUp() override {
+    if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU visible: the products need one";
+    if (!cuda::warpgroup_kernels_run())
+      GTEST_SKIP() << "the warpgroup products need a GPU of compute capability 9.0";
+  }
+};
+
+template <int kHeadDim>
+std::string rows_times_rows_mismatches() {
+  constexpr int kRows = flash::kTileRows;
+  test::Rng rng(50 + kHeadDim);
+  const std::vector<float> left = small_integers(rng, kRows * kHeadDim),
+                           right = small_integers(rng, kRows * kHeadDim);
+  OwnedTensor product({kRows, kRows}, DType::f32, Device::cuda);
+  const OwnedTensor gpu_left = on_gpu_bf16({kRows, kHeadDim}, left),
+                    gpu_right = on_gpu_bf16({kRows, kHeadDim}, right);
+  CST_LAUNCH(1, flash::kWarpgroupThreads, two_tiles_shared_bytes<kHeadDim>(),
+             rows_times_rows_kernel<kHeadDim>)(product->f32(),
+                                               static_cast<const flash::bf16*>(gpu_left->data),
+                                               static_cast<const flash::bf16*>(gpu_right->data));
+  CUDA_CHECK_LAUNCH();
+  std::vector<double> expected(kRows * kRows, 0.0);
+  for (int row = 0; row < kRows; ++row)
+    for (int col = 0; col < kRows; ++col)
+      for (int k = 0; k < kHeadDim; ++k)
+        expected[row * kRows + col] += double(left[row * kHeadDim + k]) * right[col * kHeadDim + k];
+  return exact_mismatches(to_host_f32(product), expected, kRows);
+}
+
+template <int kHeadDim>
+std::string weights_times_tile_mismatches() {
+  constexpr int kRows = flash::kTileRows;
+  test::Rng rng(60 + kHeadDim);
+  const std::vector<float> initial = small_integers(rng, kRows * kHeadDim),
+                           weights = small_integers(rng, kRows * kRows),
+                           tile = small_integers(rng, kRows * kHeadDim);
+  OwnedTensor result({kRows, kHeadDim}, DType::f32, Device::cuda);
+  const OwnedTensor gpu_initial = on_gpu_f32({kRows, kHeadDim}, initial),
+                    gpu_weights = on_gpu_f32({kRows, kRows}, weights),
+                    gpu_tile = on_gpu_bf16({kRows, kHeadDim}, tile);
+  CST_LAUNCH(1, flash::kWarpgroupThreads, two_tiles_shared_bytes<kHeadDim>(),
+             weights_times_tile_kernel<kHeadDim>)(result->f32(), gpu_initial->f32(),
+                                                  gpu_weights->f32(),
+                                                  static_cast<const flash::bf16*>(gpu_tile->data));
+  CUDA_CHECK_LAUNCH();
+  std::vector<double> expected(initial.begin(), initial.end());
+  for (int row = 0; row < kRows; ++row)
+    for (int col = 0; col < kHeadDim; ++col)
+      for (int j = 0; j < kRows; ++j)
+        expected[row * kHeadDim + col] += double(weights[row * kRows + j]) * tile[j * kHeadDim + col];
+  return exact_mismatches(to_host_f32(result), expected, kHeadDim);
+}
+
+// S = Q K^T (and dP = dO V^T, S^T = K Q^T): kHeadDim / 16 multiplies m64n64k16, both operands
+// K-major in shared memory.
+TEST_P(AttentionHopperProducts, RowsTimesRowsIsExact) {
+  EXPECT_EQ(GetParam() == 64 ? rows_times_rows_mismatches<64>() : rows_times_rows_mismatches<128>(), "");
+}
+
+// O += P V (and dQ += dS K, dV += P^T dO, dK += dS^T Q): 4 multiplies m64nDk16, A from
+// registers, B MN-major in shared memory.
+TEST_P(AttentionHopperProducts, WeightsTimesTileIsExact) {
+  EXPECT_EQ(GetParam() == 64 ? weights_times_tile_mismatches<64>() : weights_times_tile_mismatches<128>(), "");
+}
+
+INSTANTIATE_TEST_SUITE_P(HeadDims, AttentionHopperProducts, ::testing::Values(64, 128),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return "d" + std::to_string(info.param);
+                         });
 
 }  // namespace
 }  // namespace cst

@@ -26,12 +26,12 @@
 # start, the check, a second start and a rerun. A step runs under the smaller of its own limit and
 # what the budget has left, less 5 s kept for the summary; a step that would get under 8 s is not
 # started, and the summary says it was skipped for the budget. The steps run most telling first,
-# so a cut check still answers what matters: the GPU tests 70 s and the Hopper kernels' 15,
+# so a cut check still answers what matters: the GPU tests 70 s, the Hopper products' 10 and kernels' 15,
 # cst_train 20 and cst_generate 10 on CUDA, our attention against torch 40, the DPO step benchmark
 # with cst's op breakdown 50 and PyTorch's 45, torch SDPA and attention_bench 20 + 25 (the
 # attention speed table compares them) and its Hopper table 20, kernel_bench 20, the generation
 # benchmark 30, the sanitizers 55 + 55, ncu over the attention kernels 30. The own limits add up
-# to 505 s, so the budget cuts only when steps run near their limits; fast steps all run. A
+# to 515 s, so the budget cuts only when steps run near their limits; fast steps all run. A
 # stopped step gets 3 s to exit before it is killed, so the check ends within a few seconds of
 # its budget: give the GPU machine's run a timeout of the budget plus about a minute (390 s for
 # the default). The summary is rewritten after every step, so a check cut short still leaves
@@ -45,12 +45,15 @@ BUILD="$REPO/build-gpu"
 GPU_ARCH="${CST_GPU_ARCH:-90a}"
 # GoogleTest filter for every GPU suite: CudaKernels*, AttentionCuda*, CudaGeneration*, ...
 GPU_TESTS="${CST_GPU_TESTS:-*Cuda*:*CUDA*}"
-# The Hopper kernels' tests, in a process of their own (tests/test_attention_cuda.cu says why).
-HOPPER_TESTS="*AttentionHopper*"
+# The Hopper kernels' tests, in a process of their own (tests/test_attention_cuda.cu says why),
+# after their warpgroup products alone, in another: should the kernels fail, the products say
+# whether the multiplies themselves are wrong.
+HOPPER_PRODUCT_TESTS="*AttentionHopperProducts*"
+HOPPER_TESTS="*AttentionHopper.*"
 # The sanitizers' tests: the kernel suites (the attention cases are instantiated as
 # Shapes/AttentionCuda.*, hence the leading '*'); racecheck leaves out the row-wise attention
 # cases, whose kernels use no shared memory.
-SANITIZER_TESTS="CudaKernels*:*AttentionCuda*:$HOPPER_TESTS"
+SANITIZER_TESTS="CudaKernels*:*AttentionCuda*:$HOPPER_PRODUCT_TESTS:$HOPPER_TESTS"
 RACECHECK_TESTS="$SANITIZER_TESTS:-*rowwise*"
 PROGRAMS=(cst_tests cst_train cst_generate model_bench write_demo_assets kernel_bench attention_bench)
 
@@ -366,8 +369,17 @@ MISSING_LIBRARIES="$(for program in "$BIN"/*; do
   [[ -f "$program" && -x "$program" ]] && "${WITH_CST_LIBRARIES[@]}" ldd "$program" 2>/dev/null | awk '/not found/ {print $1}'
 done | sort -u | tr '\n' ' ')"
 export OMP_WAIT_POLICY=passive
-SANITIZER="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)"
-NCU="$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)"
+# A tool from the PATH, else the first of the given places that holds it.
+find_tool() {
+  local name="$1" place
+  shift
+  command -v "$name" && return
+  for place in "$@"; do
+    [[ -x "$place" ]] && { echo "$place"; return; }
+  done
+}
+SANITIZER="$(find_tool compute-sanitizer /usr/local/cuda/bin/compute-sanitizer)"
+NCU="$(find_tool ncu /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu)"
 HAVE_GPU=0
 { nvidia-smi -L 2>/dev/null | grep -q '^GPU ' || [[ -e /dev/nvidia0 ]]; } && HAVE_GPU=1
 TORCH_VERSION="$(python3 -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda)' 2>/dev/null)"
@@ -491,6 +503,8 @@ gpu_tests() {
   fi
   run_step "GPU tests ($GPU_TESTS)" 70 "$OUT/tests.log" \
     "${WITH_CST_LIBRARIES[@]}" "$BIN/cst_tests" --gtest_filter="$GPU_TESTS" --gtest_output="xml:$OUT/tests.xml"
+  run_step "Hopper products ($HOPPER_PRODUCT_TESTS)" 10 "$OUT/tests.log" \
+    "${WITH_CST_LIBRARIES[@]}" "$BIN/cst_tests" --gtest_filter="$HOPPER_PRODUCT_TESTS"
   run_step "Hopper kernel tests ($HOPPER_TESTS)" 15 "$OUT/tests.log" \
     "${WITH_CST_LIBRARIES[@]}" "$BIN/cst_tests" --gtest_filter="$HOPPER_TESTS"
 }
