@@ -5,7 +5,8 @@
 // rows blockIdx.x, + gridDim.x, ...: it starts the loads of a row two rows ahead, before the
 // barriers of the rows in between, so its memory traffic does not stop at every row's barrier,
 // and it reads the weights once. Other rows run one warp per row, which reads the row twice
-// (sum of squares, then normalise), the second time mostly from L1/L2.
+// (sum of squares, then normalise), the second time mostly from L1/L2. cuda::RmsNormRows
+// chooses how the model widths' rows are spread instead (kernels/rmsnorm.h).
 // x, out, dout, dx share one dtype T (bf16 or f32); the weight may be bf16 or f32; rstd is f32.
 #include <type_traits>
 
@@ -37,6 +38,12 @@ void with_row_chunks(int channels, Launch launch) {
     case 3: return launch(std::integral_constant<int, 3>());
     default: return launch(std::integral_constant<int, kRowChunksPerThread>());
   }
+}
+
+// The grid of a row-walking kernel: as many blocks as the GPU holds at once, or one per row.
+template <auto kernel>
+int row_walk_grid(int64_t rows, RmsNormRows spread) {
+  return spread == RmsNormRows::block_per_row ? int(rows) : resident_grid<kernel, kRowThreads>(rows);
 }
 
 // The sum of every thread's value in a block of kRowThreads, in a fixed order (the same bits on
@@ -200,6 +207,72 @@ __global__ void __launch_bounds__(kRowThreads)
   walk_rows<BackwardLoads<kChunks, T>>(rows, partial, load, process);
 }
 
+// RmsNormRows::warp_per_row's forward: one warp per row, lane l holding chunks l, l + 32, ... of
+// the row in registers as raw bits (kLaneChunks of them, 256 bytes at most), so the row is read
+// once, all of a lane's loads are in flight at once, and the sum is the warp's own: no barrier.
+// At 4096 bf16 channels it takes 148 registers (sm_90a): blocks of four warps let three share a
+// multiprocessor, 12 rows (96 KB) in flight, where blocks of eight would fit once.
+constexpr int kWarpRowBytesPerLane = 256;
+constexpr int kWarpRowThreads = 128, kWarpRowsPerBlock = kWarpRowThreads / 32;
+
+template <class T>
+constexpr int warp_row_max_lane_chunks() {
+  return kWarpRowBytesPerLane / int(sizeof(RawChunk<T>));
+}
+
+template <int kLaneChunks, class T, class W>
+__global__ void __launch_bounds__(kWarpRowThreads)
+    rmsnorm_forward_warp_row_kernel(T* out, float* rstd, const T* x, const W* weight, int64_t rows,
+                                    int channels, float eps) {
+  const int64_t row = int64_t(blockIdx.x) * kWarpRowsPerBlock + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= rows) return;  // the whole warp leaves together
+  auto channel = [&](int i) { return (lane + 32 * i) * kChunk; };
+  RawChunk<T> chunks[kLaneChunks];
+#pragma unroll
+  for (int i = 0; i < kLaneChunks; ++i)
+    if (channel(i) < channels) load_raw_chunk(x + row * channels + channel(i), chunks[i]);
+  float sum_of_squares = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kLaneChunks; ++i) {
+    if (channel(i) >= channels) continue;
+    float values[kChunk];
+    unpack_chunk(chunks[i], values);
+    for (int k = 0; k < kChunk; ++k) sum_of_squares += values[k] * values[k];
+  }
+  const float r = 1.0f / sqrtf(warp_sum(sum_of_squares) / float(channels) + eps);
+  if (lane == 0) rstd[row] = r;
+#pragma unroll
+  for (int i = 0; i < kLaneChunks; ++i) {
+    const int c = channel(i);
+    if (c >= channels) continue;
+    float values[kChunk], w[kChunk];
+    unpack_chunk(chunks[i], values);
+    load_chunk<kChunk>(weight + c, w);
+    for (int k = 0; k < kChunk; ++k) values[k] = w[k] * (values[k] * r);
+    store_chunk<kChunk>(out + row * channels + c, values);
+  }
+}
+
+int lane_chunks_of(int channels) { return ceil_div(channels, 32 * kChunk); }
+
+template <class T>
+bool fits_lane_registers(int channels) {
+  return lane_chunks_of(channels) <= warp_row_max_lane_chunks<T>();
+}
+
+// Calls launch(std::integral_constant<int, N>()) with N the chunks per lane (8 or 16) the
+// register warp kernel needs for a row of `channels`: rows of the row-walking range (2048
+// channels and more) that fit (fits_lane_registers).
+template <class T, class Launch>
+void with_lane_chunks(int channels, Launch launch) {
+  if (lane_chunks_of(channels) <= 8) {
+    launch(std::integral_constant<int, 8>());
+  } else if constexpr (warp_row_max_lane_chunks<T>() >= 16) {
+    launch(std::integral_constant<int, 16>());
+  }
+}
+
 // The row loops below are unrolled 4 times (#pragma unroll 4): a lane then has four 16-byte loads
 // in flight instead of one, which a memory-bound kernel with one warp per row needs to keep the
 // memory system busy (the trip count, channels / 256, is unknown at compile time).
@@ -313,7 +386,7 @@ static void check_rmsnorm_tensors(const char* op, const Tensor& x, const Tensor&
 }
 
 void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& weight,
-                     float eps) {
+                     float eps, RmsNormRows spread) {
   const char* op = "rmsnorm_forward";
   check_rmsnorm_tensors(op, x, weight, rstd, {&out});
   int64_t rows = x.shape[0];
@@ -328,11 +401,18 @@ void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, con
       const T* x_data = static_cast<const T*>(x.data);
       const W* weight_data = static_cast<const W*>(weight.data);
       const bool chunked = can_use_chunks(channels, out_data, x_data, weight_data);
-      if (runs_row_walk(channels, chunked))
+      const bool row_walk = runs_row_walk(channels, chunked);
+      if (row_walk && spread != RmsNormRows::warp_per_row)
         with_row_chunks(channels, [&](auto chunks) {
           constexpr auto kernel = rmsnorm_forward_row_kernel<chunks(), T, W>;
-          const int grid = resident_grid<kernel, kRowThreads>(rows);
+          const int grid = row_walk_grid<kernel>(rows, spread);
           CST_LAUNCH(grid, kRowThreads, 0, kernel)(
+              out_data, rstd.f32(), x_data, weight_data, rows, channels, eps);
+        });
+      else if (row_walk && fits_lane_registers<T>(channels))
+        with_lane_chunks<T>(channels, [&](auto lane_chunks) {
+          CST_LAUNCH(ceil_div(rows, kWarpRowsPerBlock), kWarpRowThreads, 0,
+                     rmsnorm_forward_warp_row_kernel<lane_chunks(), T, W>)(
               out_data, rstd.f32(), x_data, weight_data, rows, channels, eps);
         });
       else if (chunked)
@@ -347,7 +427,7 @@ void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, con
 }
 
 void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dout, const Tensor& x,
-                      const Tensor& weight, const Tensor& rstd) {
+                      const Tensor& weight, const Tensor& rstd, RmsNormRows spread) {
   const char* op = "rmsnorm_backward";
   check_rmsnorm_tensors(op, x, weight, rstd, {&dx, &dout});
   if (!dweight.empty()) {
@@ -375,10 +455,10 @@ void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dou
       const W* weight_data = static_cast<const W*>(weight.data);
       int blocks = ceil_div(rows, kRowsPerBlock);
       const bool chunked = can_use_chunks(channels, dx_data, dout_data, x_data, weight_data);
-      if (runs_row_walk(channels, chunked))
+      if (runs_row_walk(channels, chunked) && spread != RmsNormRows::warp_per_row)
         with_row_chunks(channels, [&](auto chunks) {
           constexpr auto kernel = rmsnorm_backward_input_row_kernel<chunks(), T, W>;
-          const int grid = resident_grid<kernel, kRowThreads>(rows);
+          const int grid = row_walk_grid<kernel>(rows, spread);
           CST_LAUNCH(grid, kRowThreads, 0, kernel)(
               dx_data, dout_data, x_data, weight_data, rstd.f32(), rows, channels);
         });
@@ -391,6 +471,15 @@ void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dou
       CUDA_CHECK_LAUNCH();
     });
   });
+}
+
+const char* rmsnorm_rows_name(RmsNormRows spread) {
+  switch (spread) {
+    case RmsNormRows::resident_blocks: return "resident blocks";
+    case RmsNormRows::block_per_row: return "block per row";
+    case RmsNormRows::warp_per_row: return "warp per row";
+  }
+  return "?";
 }
 
 }  // namespace cst::cuda

@@ -356,7 +356,9 @@ TEST_F(CudaKernels, AttentionDecodeRejectsRowsOutsideTheCache) {
 // ---- RMSNorm ----
 
 // Rows of whole chunks and not (12, 1000, 4095), model widths (4096, 5120), one row and 17; the
-// block-per-row kernels' range (2048 to 8192 channels in chunks) at both ends and just past it.
+// block-per-row kernels' range (2048 to 8192 channels in chunks) at both ends and just past it;
+// the register warp kernel's lane shares of 8 and 16 chunks (2048, 4096 bf16; 2048 f32) and
+// past them (5120, 8192). Each row spread (cuda::RmsNormRows) runs every shape.
 const int64_t kRowShapes[][2] = {{7, 12},   {5, 64},   {33, 4096}, {3, 1000}, {1, 8},
                                  {17, 4095}, {2, 5120}, {4, 2048},  {3, 8192}, {2, 8200}};
 
@@ -368,10 +370,14 @@ TEST_F(CudaKernels, RmsnormForwardMatchesCpu) {
       OwnedTensor out({rows, channels}, DType::f32, Device::cpu), rstd({rows}, DType::f32, Device::cpu);
       rmsnorm_forward(out, rstd, x, weight, 1e-5f);
       OwnedTensor x_gpu = upload(x, dtype), weight_gpu = upload(weight, dtype);
-      OwnedTensor out_gpu({rows, channels}, dtype, Device::cuda), rstd_gpu({rows}, DType::f32, Device::cuda);
-      rmsnorm_forward(out_gpu, rstd_gpu, x_gpu, weight_gpu, 1e-5f);
-      EXPECT_LE(relative_error(out_gpu, out), tolerance_for(dtype)) << rows << "x" << channels;
-      EXPECT_LE(relative_error(rstd_gpu, rstd), kF32Tolerance) << rows << "x" << channels;
+      for (cuda::RmsNormRows spread : cuda::kRmsNormRowChoices) {
+        OwnedTensor out_gpu({rows, channels}, dtype, Device::cuda), rstd_gpu({rows}, DType::f32, Device::cuda);
+        cuda::rmsnorm_forward(out_gpu, rstd_gpu, x_gpu, weight_gpu, 1e-5f, spread);
+        const std::string where = std::to_string(rows) + "x" + std::to_string(channels) + ", " +
+                                  cuda::rmsnorm_rows_name(spread);
+        EXPECT_LE(relative_error(out_gpu, out), tolerance_for(dtype)) << where;
+        EXPECT_LE(relative_error(rstd_gpu, rstd), kF32Tolerance) << where;
+      }
     }
 }
 
@@ -392,6 +398,14 @@ TEST_F(CudaKernels, RmsnormBackwardMatchesCpu) {
       EXPECT_LE(relative_error(dx_gpu, dx), tolerance_for(dtype)) << rows << "x" << channels;
       // dweight is f32 on both sides; the GPU sums rows in f32, the CPU in double.
       EXPECT_LE(relative_error(dweight_gpu, dweight), 1e-4) << rows << "x" << channels;
+      // dx with the other row spreads (dweight's kernel does not depend on them).
+      for (cuda::RmsNormRows spread : cuda::kRmsNormRowChoices) {
+        if (spread == cuda::kDefaultRmsNormRows) continue;
+        OwnedTensor spread_dx({rows, channels}, dtype, Device::cuda);
+        cuda::rmsnorm_backward(spread_dx, Tensor{}, dout_gpu, x_gpu, weight_gpu, rstd_gpu, spread);
+        EXPECT_LE(relative_error(spread_dx, dx), tolerance_for(dtype))
+            << rows << "x" << channels << ", " << cuda::rmsnorm_rows_name(spread);
+      }
     }
 }
 

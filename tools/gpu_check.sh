@@ -207,7 +207,7 @@ memory_targets() {
   [[ -f "$OUT/bench.log" ]] || { echo "(not run)"; return; }
   awk '
     / of copy / {
-      name = substr($0, 1, 34); sub(/ +$/, "", name)
+      name = substr($0, 1, 40); sub(/ +$/, "", name)
       for (i = 1; i < NF; ++i) {
         if ($(i + 1) == "of" && $(i + 2) == "copy") { copy = $i; sub(/%/, "", copy) }
         if ($(i + 1) == "of" && $(i + 2) == "a") { own = $i; sub(/%/, "", own) }

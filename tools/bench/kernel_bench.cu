@@ -97,7 +97,7 @@ struct Report {
   void copy() {
     double ms = copier.median_ms(Copier::kMaxBytes);
     copy_gb_per_s = 2.0 * double(Copier::kMaxBytes) / (ms * 1e6);  // reads and writes every byte
-    std::printf("%-34s %9.3f ms %9.1f GB/s (read + write)\n", "cudaMemcpy device to device", ms,
+    std::printf("%-40s %9.3f ms %9.1f GB/s (read + write)\n", "cudaMemcpy device to device", ms,
                 copy_gb_per_s);
     results.push_back({{"name", "cudaMemcpy d2d 1 GiB"}, {"kind", "copy"}, {"ms", ms},
                        {"gb_per_s", copy_gb_per_s}});
@@ -109,7 +109,7 @@ struct Report {
     size_t copied = std::min(size_t(bytes / 2), Copier::kMaxBytes);
     double same_size_gb_per_s = 2.0 * double(copied) / (copier.median_ms(copied) * 1e6);
     double percent_of_same_size = 100.0 * gb_per_s / same_size_gb_per_s;
-    std::printf("%-34s %9.3f ms %9.1f GB/s %7.1f%% of copy %7.1f%% of a copy of its size\n",
+    std::printf("%-40s %9.3f ms %9.1f GB/s %7.1f%% of copy %7.1f%% of a copy of its size\n",
                 name.c_str(), ms, gb_per_s, percent, percent_of_same_size);
     results.push_back({{"name", name}, {"kind", "memory"}, {"ms", ms}, {"gb_per_s", gb_per_s},
                        {"percent_of_copy", percent},
@@ -118,7 +118,7 @@ struct Report {
 
   void compute(const std::string& name, double ms, double flops) {
     double tflops = flops / (ms * 1e9);
-    std::printf("%-34s %9.3f ms %9.1f TFLOP/s\n", name.c_str(), ms, tflops);
+    std::printf("%-40s %9.3f ms %9.1f TFLOP/s\n", name.c_str(), ms, tflops);
     results.push_back({{"name", name}, {"kind", "gemm"}, {"ms", ms}, {"tflop_per_s", tflops}});
   }
 };
@@ -159,10 +159,14 @@ void bench_memory_bound(Report& report) {
     OwnedTensor out({kTokens, kChannels}, DType::bf16, Device::cuda);
     OwnedTensor dx({kTokens, kChannels}, DType::bf16, Device::cuda);
     OwnedTensor rstd({kTokens}, DType::f32, Device::cuda);
-    double ms = median_ms([&] { rmsnorm_forward(out, rstd, x, weight, 1e-5f); });
-    report.memory("rmsnorm forward 4096x4096 bf16", ms, 2 * activation + kTokens * 4.0);
-    ms = median_ms([&] { rmsnorm_backward(dx, Tensor{}, dout, x, weight, rstd); });
-    report.memory("rmsnorm backward (dx) bf16", ms, 3 * activation + kTokens * 4.0);
+    // Each way of spreading the rows (kernels/rmsnorm.h), the default first.
+    for (cuda::RmsNormRows spread : cuda::kRmsNormRowChoices) {
+      const std::string name = cuda::rmsnorm_rows_name(spread);
+      double ms = median_ms([&] { cuda::rmsnorm_forward(out, rstd, x, weight, 1e-5f, spread); });
+      report.memory("rmsnorm forward, " + name, ms, 2 * activation + kTokens * 4.0);
+      ms = median_ms([&] { cuda::rmsnorm_backward(dx, Tensor{}, dout, x, weight, rstd, spread); });
+      report.memory("rmsnorm backward dx, " + name, ms, 3 * activation + kTokens * 4.0);
+    }
   }
   {
     OwnedTensor q = random_tensor({kTokens, kHeads, kHeadDim}, DType::bf16, 4);
