@@ -16,15 +16,9 @@
 
 namespace cst {
 namespace {
-using testing_support::expected_messages;
-using testing_support::optional_text;
 using namespace testing_support;
 
 namespace fs = std::filesystem;
-
-std::string fixture(const std::string& name) {
-  return std::string(CST_SOURCE_DIR) + "/tests/fixtures/parquet/" + name;
-}
 
 // Writes `text` to a temporary file named `name` and removes it when the test is done with it.
 struct TempFile {
@@ -39,7 +33,7 @@ struct TempFile {
 };
 
 void expect_matches_fixture(const Table& table, const std::string& expected_name) {
-  std::ifstream stream(fixture(expected_name));
+  std::ifstream stream(parquet_fixture(expected_name));
   ASSERT_TRUE(stream) << "missing " << expected_name
                       << ": run tools/python/make_parquet_fixtures.py";
   const nlohmann::json expected = nlohmann::json::parse(stream);
@@ -66,16 +60,16 @@ void expect_matches_fixture(const Table& table, const std::string& expected_name
 }
 
 TEST(JsonRows, HfDatasetsJsonLinesMatchesDatasetsReadback) {
-  expect_matches_fixture(read_table(fixture("hf_datasets.jsonl"), {}), "hf_datasets.expected.json");
+  expect_matches_fixture(read_table(parquet_fixture("hf_datasets.jsonl"), {}), "hf_datasets.expected.json");
 }
 
 TEST(JsonRows, JsonArrayMatchesDatasetsReadback) {
-  expect_matches_fixture(read_table(fixture("rows_array.json"), {}), "rows_array.expected.json");
+  expect_matches_fixture(read_table(parquet_fixture("rows_array.json"), {}), "rows_array.expected.json");
 }
 
 TEST(JsonRows, MessageListsMatchDatasetsReadback) {
-  expect_matches_fixture(read_table(fixture("messages_hf.jsonl"), {}), "messages_hf.expected.json");
-  expect_matches_fixture(read_table(fixture("messages_array.json"), {}),
+  expect_matches_fixture(read_table(parquet_fixture("messages_hf.jsonl"), {}), "messages_hf.expected.json");
+  expect_matches_fixture(read_table(parquet_fixture("messages_array.json"), {}),
                          "messages_array.expected.json");
 }
 

@@ -19,18 +19,12 @@
 
 namespace cst {
 namespace {
-using testing_support::expected_messages;
-using testing_support::optional_text;
 using namespace testing_support;
 
 namespace fs = std::filesystem;
 
-std::string fixture(const std::string& name) {
-  return std::string(CST_SOURCE_DIR) + "/tests/fixtures/parquet/" + name;
-}
-
 nlohmann::json load_expected(const std::string& name) {
-  std::ifstream stream(fixture(name + ".expected.json"));
+  std::ifstream stream(parquet_fixture(name + ".expected.json"));
   EXPECT_TRUE(stream) << "missing " << name
                       << ".expected.json: run tools/python/make_parquet_fixtures.py";
   return nlohmann::json::parse(stream);
@@ -103,7 +97,7 @@ std::string write_temp(const std::string& name, const std::vector<uint8_t>& byte
 class ParquetGolden : public testing::TestWithParam<std::string> {};
 
 TEST_P(ParquetGolden, EveryCellMatchesPyarrow) {
-  const Table table = read_table(fixture(GetParam() + ".parquet"), {});
+  const Table table = read_table(parquet_fixture(GetParam() + ".parquet"), {});
   const nlohmann::json expected = load_expected(GetParam());
   const size_t cells = expect_table_matches(table, expected);
   size_t expected_cells = 0;
@@ -125,17 +119,17 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, ParquetGolden,
 
 TEST(ParquetShards, DirectoryAndGlobReadShardsInNameOrder) {
   const nlohmann::json expected = load_expected("shards");
-  const Table from_directory = read_table(fixture("shards"), {});
+  const Table from_directory = read_table(parquet_fixture("shards"), {});
   expect_table_matches(from_directory, expected);
-  const Table from_glob = read_table(fixture("shards/train-*-of-00002.parquet"), {});
+  const Table from_glob = read_table(parquet_fixture("shards/train-*-of-00002.parquet"), {});
   expect_table_matches(from_glob, expected);
   EXPECT_TRUE(contains(from_glob.source, "2 files")) << from_glob.source;
-  EXPECT_TRUE(contains(error_of([] { read_table(fixture("shards/test-*.parquet"), {}); }),
+  EXPECT_TRUE(contains(error_of([] { read_table(parquet_fixture("shards/test-*.parquet"), {}); }),
                        "no files match"));
 }
 
 TEST(ParquetColumns, SelectedColumnsComeInRequestOrderAndAbsentOnesAreSkipped) {
-  const Table table = read_table(fixture("dictionary_snappy_v1.parquet"),
+  const Table table = read_table(parquet_fixture("dictionary_snappy_v1.parquet"),
                                  {"label", "no_such_column", "id", "label"});
   EXPECT_EQ(table.columns_in_source, (std::vector<std::string>{"id", "small", "text", "label"}));
   ASSERT_EQ(table.columns.size(), 2u);
@@ -149,15 +143,15 @@ TEST(ParquetColumns, SelectedColumnsComeInRequestOrderAndAbsentOnesAreSkipped) {
 // The 'text' chunk of this file is zeroed: a reader that touched it would fail.
 TEST(ParquetColumns, OnlyTheRequestedColumnChunksAreRead) {
   const nlohmann::json expected = load_expected("corrupt_text_chunk");
-  expect_table_matches(read_table(fixture("corrupt_text_chunk.parquet"), {"id", "small", "label"}),
+  expect_table_matches(read_table(parquet_fixture("corrupt_text_chunk.parquet"), {"id", "small", "label"}),
                        expected);
   const std::string message =
-      error_of([] { read_table(fixture("corrupt_text_chunk.parquet"), {"text"}); });
+      error_of([] { read_table(parquet_fixture("corrupt_text_chunk.parquet"), {"text"}); });
   EXPECT_TRUE(contains(message, "column 'text'")) << message;
 }
 
 TEST(ParquetMessages, ChatColumnReadsBesideARefusedDoubleColumn) {
-  const std::string path = fixture("nested_chat.parquet");
+  const std::string path = parquet_fixture("nested_chat.parquet");
   const Table table = read_table(path, {"messages", "prompt"});
   EXPECT_EQ(table.columns_in_source, (std::vector<std::string>{"prompt", "messages", "score"}));
   ASSERT_EQ(table.columns.size(), 2u);
@@ -175,7 +169,7 @@ TEST(ParquetMessages, ChatColumnReadsBesideARefusedDoubleColumn) {
 
 // Other nested shapes are refused with the column's name and its schema, which says what it is.
 TEST(ParquetMessages, OtherNestedShapesAreRefusedByName) {
-  const std::string path = fixture("messages_other_nested.parquet");
+  const std::string path = parquet_fixture("messages_other_nested.parquet");
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"tags", "whose elements are not structs"},
       {"pair", "that is not a list"},
@@ -203,7 +197,7 @@ TEST(ParquetMessages, OtherNestedShapesAreRefusedByName) {
 // so though the specification's "<list>_tuple" would not); without the LIST annotation the group
 // is a struct ('unannotated').
 TEST(ParquetMessages, RepeatedGroupNamesDecideTheListForm) {
-  const std::string path = fixture("messages_two_level_names.parquet");
+  const std::string path = parquet_fixture("messages_two_level_names.parquet");
   const nlohmann::json expected = load_expected("messages_two_level_names");
   const Table table = read_table(path, {"id", "prompt", "legacy"});
   EXPECT_EQ(table.columns_in_source,
@@ -231,7 +225,7 @@ TEST(ParquetMessages, RepeatedGroupNamesDecideTheListForm) {
 // with null roles and contents; one-level lists empty (they cannot be null).
 TEST(ParquetMessages, LegacyListFixturesHoldEveryShape) {
   for (const std::string name : {"messages_two_level", "messages_one_level"}) {
-    const Table table = read_table(fixture(name + ".parquet"), {"prompt", "chosen"});
+    const Table table = read_table(parquet_fixture(name + ".parquet"), {"prompt", "chosen"});
     size_t nulls = 0, empty = 0, null_fields = 0, messages = 0;
     for (const Column& column : table.columns) {
       for (const auto& cell : column.messages) {
@@ -253,7 +247,7 @@ TEST(ParquetMessages, LegacyListFixturesHoldEveryShape) {
 // The golden comparison only means something if the fixture holds every shape: null lists, empty
 // lists, lists of several messages and a message longer than a page.
 TEST(ParquetMessages, FixtureHoldsEveryShape) {
-  const Table table = read_table(fixture("messages_dictionary_v1.parquet"), {"prompt", "chosen"});
+  const Table table = read_table(parquet_fixture("messages_dictionary_v1.parquet"), {"prompt", "chosen"});
   size_t messages = 0, nulls = 0, empty = 0;
   for (const auto& cell : table.find("prompt")->messages) {
     nulls += !cell;
@@ -268,17 +262,17 @@ TEST(ParquetMessages, FixtureHoldsEveryShape) {
 }
 
 TEST(ParquetErrors, UnsupportedCodecIsNamed) {
-  const std::string message = error_of([] { read_table(fixture("lz4.parquet"), {}); });
+  const std::string message = error_of([] { read_table(parquet_fixture("lz4.parquet"), {}); });
   EXPECT_TRUE(contains(message, "LZ4") && contains(message, "column '")) << message;
 }
 
 TEST(ParquetErrors, GitLfsPointerSaysToPull) {
-  const std::string message = error_of([] { read_table(fixture("git_lfs_pointer.parquet"), {}); });
+  const std::string message = error_of([] { read_table(parquet_fixture("git_lfs_pointer.parquet"), {}); });
   EXPECT_TRUE(contains(message, "git-LFS pointer") && contains(message, "git lfs pull")) << message;
 }
 
 TEST(ParquetErrors, EncryptedFooterMagicIsNamed) {
-  std::vector<uint8_t> bytes = read_bytes(fixture("pyarrow_defaults.parquet"));
+  std::vector<uint8_t> bytes = read_bytes(parquet_fixture("pyarrow_defaults.parquet"));
   std::copy_n("PARE", 4, bytes.end() - 4);
   const std::string path = write_temp("encrypted.parquet", bytes);
   const std::string message = error_of([&] { read_table(path, {}); });
@@ -288,8 +282,8 @@ TEST(ParquetErrors, EncryptedFooterMagicIsNamed) {
 
 TEST(ParquetErrors, MissingAndTruncatedFiles) {
   EXPECT_TRUE(
-      contains(error_of([] { read_table(fixture("no_such_file.parquet"), {}); }), "cannot open"));
-  const std::vector<uint8_t> bytes = read_bytes(fixture("pyarrow_defaults.parquet"));
+      contains(error_of([] { read_table(parquet_fixture("no_such_file.parquet"), {}); }), "cannot open"));
+  const std::vector<uint8_t> bytes = read_bytes(parquet_fixture("pyarrow_defaults.parquet"));
   const std::string path =
       write_temp("truncated.parquet", {bytes.begin(), bytes.begin() + bytes.size() / 2});
   const std::string message = error_of([&] { read_table(path, {}); });
@@ -309,7 +303,7 @@ TEST(ParquetErrors, CorruptBytesNeverCrash) {
   std::mt19937 random(1234);
   int mutations = 0, refused = 0;
   for (const std::string& name : names) {
-    const std::vector<uint8_t> original = read_bytes(fixture(name + ".parquet"));
+    const std::vector<uint8_t> original = read_bytes(parquet_fixture(name + ".parquet"));
     for (int trial = 0; trial < 50; ++trial) {
       std::vector<uint8_t> bytes = original;
       if (trial < 10) {

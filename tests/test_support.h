@@ -21,6 +21,11 @@
 
 namespace cst::testing_support {
 
+// A data-reader fixture (tests/fixtures/parquet/, written by tools/python/make_parquet_fixtures.py).
+inline std::string parquet_fixture(const std::string& name) {
+  return std::string(CST_SOURCE_DIR) + "/tests/fixtures/parquet/" + name;
+}
+
 // The whole file as bytes (an empty string, and a test failure, when it cannot be opened).
 inline std::string read_bytes(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
