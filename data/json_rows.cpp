@@ -1,15 +1,12 @@
 #include "data/json_rows.h"
 
-#include <cerrno>
-#include <cstring>
-#include <fstream>
 #include <limits>
-#include <sstream>
 #include <unordered_set>
 
 #include <nlohmann/json.hpp>
 
 #include "kernels/error.h"
+#include "kernels/files.h"
 
 namespace cst {
 
@@ -17,15 +14,6 @@ namespace {
 
 // ordered_json keeps each object's keys in file order, so columns_in_source reads like the file.
 using Json = nlohmann::ordered_json;
-
-std::string read_text_file(const std::string& path) {
-  std::ifstream stream(path, std::ios::binary);
-  if (!stream) fail("cannot open ", path, ": ", std::strerror(errno));
-  std::ostringstream text;
-  text << stream.rdbuf();
-  if (stream.bad()) fail("cannot read ", path);
-  return text.str();
-}
 
 // "line L, column C" of a byte offset into `text`, whose first line is line `first_line`.
 std::string text_position(std::string_view text, size_t byte, size_t first_line) {
@@ -210,7 +198,7 @@ Column read_column(Rows& rows, const std::string& name, const std::string& path)
 }  // namespace
 
 Table read_json_rows(const std::string& path, const std::vector<std::string>& wanted) {
-  const std::string text = read_text_file(path);
+  const std::string text = read_file_bytes(path);
   fail_if_git_lfs_pointer(std::string_view(text).substr(0, 64), path);
   // A file of only whitespace is an empty table (a JSON lines file with no lines).
   const bool blank = text.find_first_not_of(" \t\r\n") == std::string::npos;

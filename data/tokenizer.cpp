@@ -7,14 +7,13 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <queue>
-#include <sstream>
 #include <tuple>
 
 #include "data/unicode_categories.h"
 #include "kernels/error.h"
+#include "kernels/files.h"
 
 namespace cst {
 
@@ -568,11 +567,7 @@ Tokenizer Tokenizer::from_directory(const std::string& directory) {
   for (const std::string& name : kTokenizerFiles) {
     const std::filesystem::path path = std::filesystem::path(directory) / name;
     if (!std::filesystem::exists(path)) continue;
-    std::ifstream stream(path, std::ios::binary);
-    if (!stream) fail(path.string(), ": cannot open");
-    std::ostringstream bytes;
-    bytes << stream.rdbuf();
-    files[name] = bytes.str();
+    files[name] = read_file_bytes(path.string());
   }
   if (!files.count("tokenizer.model") && !files.count("tokenizer.json")) {
     fail(directory, ": no tokenizer.json or tokenizer.model in this directory");

@@ -4,12 +4,11 @@
 #include <charconv>
 #include <climits>
 #include <cstdlib>
-#include <fstream>
 #include <map>
-#include <sstream>
 #include <utility>
 
 #include "kernels/error.h"
+#include "kernels/files.h"
 
 namespace cst {
 
@@ -345,11 +344,7 @@ ModelConfig parse_model_config(const nlohmann::json& config_json, const std::str
 }
 
 ModelConfig load_model_config(const std::string& config_json_path) {
-  std::ifstream file(config_json_path, std::ios::binary);
-  if (!file) fail(config_json_path, ": cannot open config.json");
-  std::stringstream text;
-  text << file.rdbuf();
-  json parsed = json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  json parsed = json::parse(read_file_bytes(config_json_path), nullptr, /*allow_exceptions=*/false);
   if (parsed.is_discarded()) fail(config_json_path, ": not valid JSON");
   return parse_model_config(parsed, config_json_path);
 }

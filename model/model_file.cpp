@@ -6,11 +6,11 @@
 #include <cctype>
 #include <charconv>
 #include <filesystem>
-#include <fstream>
 #include <sstream>
 #include <vector>
 
 #include "kernels/error.h"
+#include "kernels/files.h"
 
 namespace cst {
 
@@ -24,19 +24,10 @@ constexpr const char* kConfigJsonKey = "cst.config_json";
 constexpr const char* kOwnTensorPrefix = "cst.";
 constexpr const char* kTokenizerTensorPrefix = "cst.tokenizer.";
 
-std::string read_file(const fs::path& path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) fail(path.string(), ": cannot open");
-  std::stringstream bytes;
-  bytes << file.rdbuf();
-  if (file.bad()) fail(path.string(), ": read failed");
-  return bytes.str();
-}
-
 std::map<std::string, std::string> read_tokenizer_files(const fs::path& directory) {
   std::map<std::string, std::string> files;
   for (const char* name : kTokenizerFileNames)
-    if (fs::exists(directory / name)) files[name] = read_file(directory / name);
+    if (fs::exists(directory / name)) files[name] = read_file_bytes((directory / name).string());
   return files;
 }
 
@@ -169,7 +160,7 @@ void convert_hf_directory(const std::string& hf_directory, const std::string& mo
     fail(hf_directory, ": not a directory (expected a Hugging Face model directory)");
   ModelFile model(hf_directory);  // validates config, weights and their agreement
   // The config text is stored as written, so model.bin records exactly what came in.
-  std::string config_text = read_file(fs::path(hf_directory) / "config.json");
+  std::string config_text = read_file_bytes((fs::path(hf_directory) / "config.json").string());
 
   std::vector<TensorToWrite> tensors = weights_to_write(model.weights());
   for (const auto& [name, bytes] : model.tokenizer_files())

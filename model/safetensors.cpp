@@ -12,11 +12,11 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <set>
-#include <sstream>
+
+#include "kernels/files.h"
 
 namespace cst {
 
@@ -305,17 +305,9 @@ const TensorInfo* SafetensorsFile::find(const std::string& name) const {
 
 namespace {
 
-std::string read_text_file(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) fail(path, ": cannot open");
-  std::stringstream text;
-  text << file.rdbuf();
-  return text.str();
-}
-
 // model.safetensors.index.json: {"metadata": {...}, "weight_map": {tensor name: shard file}}.
 std::map<std::string, std::string> read_weight_map(const std::string& index_path) {
-  std::string text = read_text_file(index_path);
+  std::string text = read_file_bytes(index_path);
   ordered_json index = parse_json_strictly(text.data(), text.data() + text.size(), index_path);
   if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
     fail(index_path, ": needs a 'weight_map' object of tensor name -> shard file");

@@ -1,0 +1,21 @@
+#include "kernels/files.h"
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "kernels/error.h"
+
+namespace cst {
+
+std::string read_file_bytes(const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) fail(path, ": cannot open (", std::strerror(errno), ")");
+  std::ostringstream bytes;
+  bytes << file.rdbuf();
+  if (file.bad()) fail(path, ": read failed");
+  return bytes.str();
+}
+
+}  // namespace cst
