@@ -5,7 +5,7 @@ PROGRAMS := cst_train cst_convert cst_export cst_generate cst_eval
 DEBIAN_PACKAGES := cmake ninja-build g++ libopenblas-dev libsentencepiece-dev libsnappy-dev \
                    libzstd-dev zlib1g-dev nlohmann-json3-dev libgtest-dev
 
-.PHONY: all deps configure test demo bench gpu-check gpu-prepare fixtures clean
+.PHONY: all deps configure test sanitize fuzz demo bench gpu-check gpu-prepare fixtures clean
 
 all: configure
 	cmake --build $(BUILD) -j $(JOBS)
@@ -28,6 +28,36 @@ deps:
 
 test: deps all
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 600
+
+# The CPU tests again under AddressSanitizer and UndefinedBehaviorSanitizer (a CPU-only build in
+# $(SANITIZE_BUILD); a leak, an out-of-bounds access or undefined behaviour fails the run). The
+# block emulator's fibers switch stacks behind ASan's back, so its suites run in `make test` only.
+SANITIZE_BUILD ?= build-sanitize
+SANITIZE_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+sanitize: $(SANITIZE_BUILD)/build.ninja
+	cmake --build $(SANITIZE_BUILD) -j $(JOBS) --target cst_tests
+	OMP_WAIT_POLICY=passive $(SANITIZE_BUILD)/cst_tests --gtest_filter='-BlockEmulator.*:*AttentionEmulated*'
+
+$(SANITIZE_BUILD)/build.ninja: CMakeLists.txt | deps
+	cmake -S . -B $(SANITIZE_BUILD) -G Ninja -DCST_CUDA=OFF -DCST_CUDA_EMULATION=OFF \
+	  -DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS=$(SANITIZE_FLAGS)" \
+	  "-DCMAKE_EXE_LINKER_FLAGS=$(SANITIZE_FLAGS)"
+
+# The readers' mutation fuzzer (tools/fuzz/fuzz_readers.cpp) in the sanitizer build: each good
+# file below gets FUZZ_ITERATIONS damaged copies, which must be read or refused with a cst error.
+FUZZ_ITERATIONS ?= 1000
+FIXTURES := tests/fixtures
+FUZZ_INPUTS := table:$(FIXTURES)/parquet/dictionary_snappy_v1.parquet \
+  table:$(FIXTURES)/parquet/messages_hf.parquet table:$(FIXTURES)/parquet/delta_encodings_v2.parquet \
+  table:$(FIXTURES)/parquet/hf_datasets.jsonl table:$(FIXTURES)/parquet/messages_array.json \
+  safetensors:$(FIXTURES)/safetensors/python_written.safetensors \
+  model:$(FIXTURES)/safetensors/tiny_hf \
+  tokenizer:$(FIXTURES)/tokenizer/byte_level/llama3/tokenizer.json \
+  tokenizer:$(FIXTURES)/tokenizer/chatml/tokenizer.model
+fuzz: $(SANITIZE_BUILD)/build.ninja
+	cmake --build $(SANITIZE_BUILD) -j $(JOBS) --target fuzz_readers
+	cd $(SANITIZE_BUILD) && for input in $(FUZZ_INPUTS); do \
+	  ./fuzz_readers $${input%%:*} $(CURDIR)/$${input#*:} $(FUZZ_ITERATIONS) || exit 1; done
 
 demo: all
 	./cst_train --demo
@@ -53,4 +83,4 @@ fixtures:
 	tools/python/make_all_fixtures.sh
 
 clean:
-	rm -rf $(BUILD) $(PROGRAMS)
+	rm -rf $(BUILD) $(SANITIZE_BUILD) $(PROGRAMS)
