@@ -12,9 +12,11 @@
 # Why two halves: a GPU machine typically has python3 and the NVIDIA driver, maybe nvcc, but not
 # the libraries the build links (OpenBLAS, sentencepiece, snappy, zstd, nlohmann-json, GoogleTest).
 # So the build happens where they are: --prepare builds build-gpu/ (CUDA on, sm_90a for H100/H200;
-# CST_GPU_ARCH overrides), copies the programs to build-gpu/bin and the shared libraries they
-# need, the CUDA runtime included, compressed, to build-gpu/lib/shared-libraries.tar.gz. Only
-# those two folders travel (see the size --prepare prints; the carried tree is limited to 64 MiB).
+# CST_GPU_ARCH overrides), packs the programs into build-gpu/bin/programs.tar.gz and the shared
+# libraries they need, the CUDA runtime included, into build-gpu/lib/shared-libraries.tar.gz
+# (compressed: the programs alone are about 50 MB). Only those two folders travel (see the size
+# --prepare prints; the carried tree, repository included, is limited to 64 MiB); the check
+# unpacks them.
 # cuBLAS is far too big to carry and is taken from the GPU machine: its CUDA toolkit ($CUDA_HOME,
 # nvcc's folder, /usr/local/cuda) or, failing that, the nvidia-* pip packages next to its torch
 # (site-packages/nvidia/*/lib); it must be cuBLAS 13 like the build's. NCCL's folder from those
@@ -74,10 +76,11 @@ prepare() {
     ninja -C "$BUILD" -t targets all 2>/dev/null | grep -q "^$program:" && targets+=("$program")
   done
   ninja -C "$BUILD" -j "${JOBS:-2}" "${targets[@]}" || return 1
-  rm -rf "${BUILD:?}/bin" "${BUILD:?}/lib" "${BUILD:?}/lib-staging" "${BUILD:?}/lib-unpacked"
-  mkdir -p "$BUILD/bin" "$BUILD/lib" "$BUILD/lib-staging"
+  rm -rf "${BUILD:?}/bin" "${BUILD:?}/lib" "${BUILD:?}/bin-staging" "${BUILD:?}/lib-staging" \
+    "${BUILD:?}/lib-unpacked"
+  mkdir -p "$BUILD/bin" "$BUILD/lib" "$BUILD/bin-staging" "$BUILD/lib-staging"
   for program in "${targets[@]}"; do
-    cp "$BUILD/$program" "$BUILD/bin/"
+    cp "$BUILD/$program" "$BUILD/bin-staging/"
     # "libname.so.N => /path/libname.so.N (0x...)": keep the paths of the libraries to carry.
     ldd "$BUILD/$program" | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' |
       while read -r name path; do
@@ -85,17 +88,19 @@ prepare() {
       done
   done
   # Host debug info only (the kernels' line info for the sanitizer lives in the fatbinary), and
-  # the libraries compressed: OpenBLAS alone is 36 MB, and what travels must stay small.
-  strip --strip-debug "$BUILD"/bin/* "$BUILD"/lib-staging/*
+  # both compressed: OpenBLAS alone is 36 MB, each program carries every kernel, and what
+  # travels must stay small.
+  strip --strip-debug "$BUILD"/bin-staging/* "$BUILD"/lib-staging/*
+  tar czf "$BUILD/bin/programs.tar.gz" -C "$BUILD/bin-staging" .
   tar czf "$BUILD/lib/shared-libraries.tar.gz" -C "$BUILD/lib-staging" .
-  rm -rf "$BUILD/lib-staging"
+  rm -rf "$BUILD/bin-staging" "$BUILD/lib-staging"
   # The tests find their fixtures under the source path compiled into them; record it, and the
   # commit the programs are built from (the GPU machine's copy of the tree may have no history).
   echo "$REPO" > "$BUILD/bin/source_dir"
   git -C "$REPO" describe --always --dirty > "$BUILD/bin/commit" 2>/dev/null || echo unknown > "$BUILD/bin/commit"
   echo "prepared: $(du -sh "$BUILD/bin" | cut -f1) of programs, $(du -sh "$BUILD/lib" | cut -f1) of libraries" \
        "($(du -shc "$BUILD/bin" "$BUILD/lib" | tail -1 | cut -f1) to carry):"
-  ls -l "$BUILD/bin"
+  tar tvzf "$BUILD/bin/programs.tar.gz"
   tar tzf "$BUILD/lib/shared-libraries.tar.gz"
   echo "carry build-gpu/bin and build-gpu/lib to the GPU machine, then run tools/gpu_check.sh there"
 }
@@ -345,11 +350,17 @@ find_nccl() {
   done < <(python_nvidia_folders)
 }
 
-# The programs: carried from the build machine, or built here when the libraries are present. The
-# build has its own limit and is not counted in the check's budget.
+# The programs: carried from the build machine (unpacked into build-gpu/bin), or built here when
+# the libraries are present. The build has its own limit and is not counted in the check's budget.
+unpack_programs() {
+  [[ -f "$BIN/programs.tar.gz" ]] || return 0
+  tar xzf "$BIN/programs.tar.gz" -C "$BIN" || echo "could not unpack the programs"
+}
+unpack_programs
 if [[ ! -x "$BIN/cst_tests" ]]; then
   echo "no build-gpu/bin/cst_tests: trying to build here (needs the Debian -dev libraries)"
   run_limited "build on this machine" 900 900 "$OUT/tests.log" "$0" --prepare
+  unpack_programs
   CHECK_START=$SECONDS
 fi
 # The carried libraries are unpacked beside, not into, build-gpu/lib: what travels stays small.
