@@ -32,7 +32,8 @@
 //
 // A switch between fibers is switch_stacks below, a few instructions of x86-64 (the kernels'
 // shuffles switch millions of times per launch; glibc's swapcontext makes a system call for the
-// signal mask each time, which made the emulation several times slower).
+// signal mask each time, which made the emulation several times slower). Built with
+// AddressSanitizer (`make sanitize`), every switch also tells it which stack runs next.
 #pragma once
 
 #include <algorithm>
@@ -52,6 +53,15 @@
 #include <vector>
 
 #include "kernels/error.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define CST_EMULATION_ASAN 1
+#else
+#define CST_EMULATION_ASAN 0
+#define ASAN_UNPOISON_MEMORY_REGION(address, size) ((void)(address), (void)(size))
+#endif
 
 #if !defined(__x86_64__)
 #error "the CUDA emulation switches fibers with x86-64 instructions"
@@ -222,7 +232,7 @@ class BlockEmulator {
           continue;
         }
         current_ = t;
-        switch_stacks(&scheduler_stack_pointer_, fibers_[t].stack_pointer);
+        switch_to_fiber(t);
         if (fibers_[t].finished) --live;
       }
       if (live == 0 || !error_.empty() || progress_ != progress_before) continue;
@@ -284,8 +294,7 @@ class BlockEmulator {
 
   [[noreturn]] void fail(const std::string& message) {
     if (error_.empty()) error_ = "thread " + std::to_string(current_) + ": " + message;
-    switch_stacks(&fibers_[current_].stack_pointer, scheduler_stack_pointer_);  // never resumed
-    std::abort();
+    leave_for_good();
   }
 
   void arrive_and_wait(Barrier& barrier, const char* where) {
@@ -298,8 +307,7 @@ class BlockEmulator {
       if (&barrier == &block_barrier_) ++epoch_;
       return;
     }
-    while (barrier.releases == releases)
-      switch_stacks(&fiber().stack_pointer, scheduler_stack_pointer_);
+    while (barrier.releases == releases) switch_to_scheduler();
   }
 
   // Posts this lane's part of a collective in the next slot and waits for the whole warp; every
@@ -447,12 +455,48 @@ class BlockEmulator {
   // A fiber's whole life: the body, then back to the scheduler for good.
   static void fiber_main() {
     BlockEmulator& emulator = instance();
+#if CST_EMULATION_ASAN
+    // Arrived here from the scheduler, whose stack this learns.
+    __sanitizer_finish_switch_fiber(nullptr, &emulator.scheduler_stack_bottom_,
+                                    &emulator.scheduler_stack_bytes_);
+#endif
     emulator.body_(emulator.shared_.data(), emulator.current_);
-    Fiber& fiber = emulator.fibers_[emulator.current_];
-    fiber.finished = true;
+    emulator.fibers_[emulator.current_].finished = true;
     ++emulator.progress_;
-    switch_stacks(&fiber.stack_pointer, emulator.scheduler_stack_pointer_);
-    std::abort();  // a finished fiber is never resumed
+    emulator.leave_for_good();
+  }
+
+  // The scheduler hands the running thread to fiber t, until it switches back.
+  void switch_to_fiber(int t) {
+#if CST_EMULATION_ASAN
+    void* fake_stack = nullptr;
+    __sanitizer_start_switch_fiber(&fake_stack, fibers_[t].stack.get(), kStackBytes);
+    switch_stacks(&scheduler_stack_pointer_, fibers_[t].stack_pointer);
+    __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
+#else
+    switch_stacks(&scheduler_stack_pointer_, fibers_[t].stack_pointer);
+#endif
+  }
+
+  // The running fiber waits: back to the scheduler, until its next turn.
+  void switch_to_scheduler() {
+#if CST_EMULATION_ASAN
+    void* fake_stack = nullptr;
+    __sanitizer_start_switch_fiber(&fake_stack, scheduler_stack_bottom_, scheduler_stack_bytes_);
+    switch_stacks(&fiber().stack_pointer, scheduler_stack_pointer_);
+    __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
+#else
+    switch_stacks(&fiber().stack_pointer, scheduler_stack_pointer_);
+#endif
+  }
+
+  // The running fiber is done (finished, or failed): back to the scheduler, never resumed.
+  [[noreturn]] void leave_for_good() {
+#if CST_EMULATION_ASAN
+    __sanitizer_start_switch_fiber(nullptr, scheduler_stack_bottom_, scheduler_stack_bytes_);
+#endif
+    switch_stacks(&fiber().stack_pointer, scheduler_stack_pointer_);
+    std::abort();
   }
 
   void reset(Extent block, size_t shared_bytes) {
@@ -473,6 +517,8 @@ class BlockEmulator {
     for (int t = 0; t < threads_; ++t) {
       Fiber& fiber = fibers_[t];
       if (!fiber.stack) fiber.stack.reset(new char[kStackBytes]);  // first use: stacks cost
+      // A fiber left waiting when its block failed leaves its frames' poison behind.
+      ASAN_UNPOISON_MEMORY_REGION(fiber.stack.get(), kStackBytes);
       fiber.finished = false;                                     // only what blocks use
       fiber.waiting_in = "";
       fiber.collectives = 0;
@@ -541,6 +587,10 @@ class BlockEmulator {
   std::vector<Fiber> fibers_;
   std::vector<WarpExchange> warps_;
   void* scheduler_stack_pointer_ = nullptr;
+#if CST_EMULATION_ASAN
+  const void* scheduler_stack_bottom_ = nullptr;  // the stack run() runs on, for AddressSanitizer
+  size_t scheduler_stack_bytes_ = 0;
+#endif
   std::function<void(std::byte*, int)> body_;
   std::vector<std::byte> shared_;
   std::vector<ChunkHistory> chunks_;
