@@ -18,4 +18,10 @@ std::string read_file_bytes(const std::string& path) {
   return bytes.str();
 }
 
+void write_file_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream file(path, std::ios::binary | std::ios::trunc);
+  file.write(bytes.data(), std::streamsize(bytes.size()));
+  if (!file.flush()) fail(path, ": cannot write");
+}
+
 }  // namespace cst

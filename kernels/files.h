@@ -8,4 +8,8 @@ namespace cst {
 // cannot be opened or read.
 std::string read_file_bytes(const std::string& path);
 
+// Writes `bytes` as the whole file at `path` (not atomically: for outputs that must never be
+// seen half-written, write_file_atomically in model/safetensors.h); an Error naming it on failure.
+void write_file_bytes(const std::string& path, const std::string& bytes);
+
 }  // namespace cst

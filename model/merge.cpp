@@ -1,19 +1,13 @@
 #include "model/merge.h"
 
 #include <filesystem>
-#include <fstream>
 
+#include "kernels/files.h"
 #include "kernels/gemm.h"
 #include "model/lora.h"
 
 namespace cst {
 namespace fs = std::filesystem;
-
-static void write_file(const fs::path& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(bytes.data(), std::streamsize(bytes.size()));
-  if (!out.flush()) fail("cannot write ", path.string());
-}
 
 void write_merged_hf_directory(const ModelFile& model, const std::string& adapter_dir,
                                const std::string& output_dir, size_t max_shard_bytes) {
@@ -56,8 +50,10 @@ void write_merged_hf_directory(const ModelFile& model, const std::string& adapte
   try {
     fs::create_directories(staging);
     write_sharded_safetensors(staging.string(), tensors, max_shard_bytes);
-    write_file(staging / "config.json", model_config_to_json(config).dump(2) + "\n");
-    for (const auto& [name, bytes] : model.tokenizer_files()) write_file(staging / name, bytes);
+    write_file_bytes((staging / "config.json").string(),
+                     model_config_to_json(config).dump(2) + "\n");
+    for (const auto& [name, bytes] : model.tokenizer_files())
+      write_file_bytes((staging / name).string(), bytes);
     fs::remove_all(output_dir);  // empty, if it exists
     fs::rename(staging, output_dir);
   } catch (...) {

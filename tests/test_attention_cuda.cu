@@ -60,18 +60,18 @@ std::vector<float> bf16_values(test::Rng& rng, int64_t count, double magnitude) 
   return values;
 }
 
-OwnedTensor on_gpu_bf16(const std::vector<int64_t>& shape, const std::vector<float>& values) {
-  OwnedTensor host(shape, DType::f32, Device::cpu);
-  std::copy(values.begin(), values.end(), host->f32());
-  OwnedTensor device(shape, DType::bf16, Device::cuda);
-  copy_tensor(device, host);
-  return device;
-}
-
 OwnedTensor on_cpu(const std::vector<int64_t>& shape, const std::vector<float>& values) {
   OwnedTensor t(shape, DType::f32, Device::cpu);
   std::copy(values.begin(), values.end(), t->f32());
   return t;
+}
+
+// The values on the GPU as `dtype` (bf16 values stay exact when they came from bf16_values).
+OwnedTensor on_gpu(const std::vector<int64_t>& shape, const std::vector<float>& values,
+                   DType dtype) {
+  OwnedTensor device(shape, dtype, Device::cuda);
+  copy_tensor(device, on_cpu(shape, values));
+  return device;
 }
 
 double relative_error(const std::vector<float>& gpu, const Tensor& cpu) {
@@ -99,10 +99,10 @@ struct AttentionProblem {
     k = bf16_values(rng, tokens * kv_heads * dim, 2.0);
     v = bf16_values(rng, tokens * kv_heads * dim, 1.0);
     dout = bf16_values(rng, tokens * heads * dim, 1.0);
-    gpu_q = on_gpu_bf16(q_shape, q);
-    gpu_k = on_gpu_bf16(kv_shape, k);
-    gpu_v = on_gpu_bf16(kv_shape, v);
-    gpu_dout = on_gpu_bf16(q_shape, dout);
+    gpu_q = on_gpu(q_shape, q, DType::bf16);
+    gpu_k = on_gpu(kv_shape, k, DType::bf16);
+    gpu_v = on_gpu(kv_shape, v, DType::bf16);
+    gpu_dout = on_gpu(q_shape, dout, DType::bf16);
   }
 };
 
@@ -449,12 +449,6 @@ std::vector<float> small_integers(test::Rng& rng, int64_t count) {
   return values;
 }
 
-OwnedTensor on_gpu_f32(const std::vector<int64_t>& shape, const std::vector<float>& values) {
-  OwnedTensor device(shape, DType::f32, Device::cuda);
-  copy_tensor(device, on_cpu(shape, values));
-  return device;
-}
-
 // How many elements differ from the expected sums, and where the first one is.
 std::string exact_mismatches(const std::vector<float>& got, const std::vector<double>& expected,
                              int columns) {
@@ -485,8 +479,8 @@ std::string rows_times_rows_mismatches() {
   const std::vector<float> left = small_integers(rng, kRows * kHeadDim),
                            right = small_integers(rng, kRows * kHeadDim);
   OwnedTensor product({kRows, kRows}, DType::f32, Device::cuda);
-  const OwnedTensor gpu_left = on_gpu_bf16({kRows, kHeadDim}, left),
-                    gpu_right = on_gpu_bf16({kRows, kHeadDim}, right);
+  const OwnedTensor gpu_left = on_gpu({kRows, kHeadDim}, left, DType::bf16),
+                    gpu_right = on_gpu({kRows, kHeadDim}, right, DType::bf16);
   CST_LAUNCH(1, flash::kWarpgroupThreads, two_tiles_shared_bytes<kHeadDim>(),
              rows_times_rows_kernel<kHeadDim>)(product->f32(),
                                                static_cast<const flash::bf16*>(gpu_left->data),
@@ -508,9 +502,9 @@ std::string weights_times_tile_mismatches() {
                            weights = small_integers(rng, kRows * kRows),
                            tile = small_integers(rng, kRows * kHeadDim);
   OwnedTensor result({kRows, kHeadDim}, DType::f32, Device::cuda);
-  const OwnedTensor gpu_initial = on_gpu_f32({kRows, kHeadDim}, initial),
-                    gpu_weights = on_gpu_f32({kRows, kRows}, weights),
-                    gpu_tile = on_gpu_bf16({kRows, kHeadDim}, tile);
+  const OwnedTensor gpu_initial = on_gpu({kRows, kHeadDim}, initial, DType::f32),
+                    gpu_weights = on_gpu({kRows, kRows}, weights, DType::f32),
+                    gpu_tile = on_gpu({kRows, kHeadDim}, tile, DType::bf16);
   CST_LAUNCH(1, flash::kWarpgroupThreads, two_tiles_shared_bytes<kHeadDim>(),
              weights_times_tile_kernel<kHeadDim>)(result->f32(), gpu_initial->f32(),
                                                   gpu_weights->f32(),

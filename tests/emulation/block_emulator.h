@@ -466,28 +466,30 @@ class BlockEmulator {
     emulator.leave_for_good();
   }
 
-  // The scheduler hands the running thread to fiber t, until it switches back.
-  void switch_to_fiber(int t) {
+  // switch_stacks to the stack `load` (whose memory is [bottom, bottom + bytes)), telling
+  // AddressSanitizer, when it is on, which stack runs from here until the switch back.
+  static void switch_to(void** save, void* load, const void* bottom, size_t bytes) {
 #if CST_EMULATION_ASAN
     void* fake_stack = nullptr;
-    __sanitizer_start_switch_fiber(&fake_stack, fibers_[t].stack.get(), kStackBytes);
-    switch_stacks(&scheduler_stack_pointer_, fibers_[t].stack_pointer);
+    __sanitizer_start_switch_fiber(&fake_stack, bottom, bytes);
+    switch_stacks(save, load);
     __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
 #else
-    switch_stacks(&scheduler_stack_pointer_, fibers_[t].stack_pointer);
+    (void)bottom, (void)bytes;
+    switch_stacks(save, load);
 #endif
+  }
+
+  // The scheduler hands the running thread to fiber t, until it switches back.
+  void switch_to_fiber(int t) {
+    switch_to(&scheduler_stack_pointer_, fibers_[t].stack_pointer, fibers_[t].stack.get(),
+              kStackBytes);
   }
 
   // The running fiber waits: back to the scheduler, until its next turn.
   void switch_to_scheduler() {
-#if CST_EMULATION_ASAN
-    void* fake_stack = nullptr;
-    __sanitizer_start_switch_fiber(&fake_stack, scheduler_stack_bottom_, scheduler_stack_bytes_);
-    switch_stacks(&fiber().stack_pointer, scheduler_stack_pointer_);
-    __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
-#else
-    switch_stacks(&fiber().stack_pointer, scheduler_stack_pointer_);
-#endif
+    switch_to(&fiber().stack_pointer, scheduler_stack_pointer_, scheduler_stack_bottom_,
+              scheduler_stack_bytes_);
   }
 
   // The running fiber is done (finished, or failed): back to the scheduler, never resumed.
@@ -587,10 +589,8 @@ class BlockEmulator {
   std::vector<Fiber> fibers_;
   std::vector<WarpExchange> warps_;
   void* scheduler_stack_pointer_ = nullptr;
-#if CST_EMULATION_ASAN
   const void* scheduler_stack_bottom_ = nullptr;  // the stack run() runs on, for AddressSanitizer
-  size_t scheduler_stack_bytes_ = 0;
-#endif
+  size_t scheduler_stack_bytes_ = 0;               // (learnt by fiber_main when it is on)
   std::function<void(std::byte*, int)> body_;
   std::vector<std::byte> shared_;
   std::vector<ChunkHistory> chunks_;

@@ -17,7 +17,6 @@
 #include <cstring>
 #include <exception>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <random>
 #include <string>
@@ -32,12 +31,6 @@
 
 namespace cst {
 namespace {
-
-void write_file(const std::string& path, const std::string& bytes) {
-  std::ofstream file(path, std::ios::binary | std::ios::trunc);
-  file.write(bytes.data(), std::streamsize(bytes.size()));
-  if (!file) fail("cannot write ", path);
-}
 
 // One to four damages at random places.
 std::string damage(std::string bytes, std::mt19937_64& random) {
@@ -104,7 +97,7 @@ int run(const std::string& kind, std::string good_path, int iterations, uint64_t
   int accepted = 0, findings = 0;
   for (int i = 0; i < iterations; ++i) {
     const std::string bytes = damage(good, random);
-    write_file(case_path, bytes);
+    write_file_bytes(case_path, bytes);
     try {
       read_as(kind, case_path, bytes);
       ++accepted;
@@ -113,7 +106,7 @@ int run(const std::string& kind, std::string good_path, int iterations, uint64_t
     } catch (const std::exception& other) {
       ++findings;
       const std::string kept = "fuzz_readers_finding" + std::to_string(findings) + extension;
-      write_file(kept, bytes);
+      write_file_bytes(kept, bytes);
       std::printf("FINDING: iteration %d threw %s, not cst::Error (input kept in %s)\n", i,
                   other.what(), kept.c_str());
     }
